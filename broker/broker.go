@@ -1,0 +1,579 @@
+package broker
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"log/slog"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+)
+
+// Errors returned by the Broker. Callers map them to protocol error codes.
+var (
+	// ErrUnavailable means NATS cannot take the operation now (disconnected,
+	// reconnecting, or the broker is closing). Retrying later may succeed.
+	ErrUnavailable = errors.New("broker: NATS unavailable")
+	// ErrInvalidData means a payload is not a single valid JSON value.
+	ErrInvalidData = errors.New("broker: payload is not valid JSON")
+	// ErrUnknownChannel means the channel is not open on this node.
+	ErrUnknownChannel = errors.New("broker: channel not open on this node")
+	// ErrTooLarge means a payload is over the NATS server's maximum.
+	ErrTooLarge = errors.New("broker: payload too large")
+)
+
+// Config configures a Broker. The zero value, with a Logger, is a working
+// development setup: an embedded NATS server with no TCP listener.
+type Config struct {
+	// URL lists external NATS servers, comma-separated (nats:// or tls://).
+	// Empty starts an embedded server in this process.
+	URL string
+	// Node identifies this instance in channel names, subjects and the NATS
+	// connection name: 1–64 letters, digits, '-' or '_'. Default: random.
+	Node string
+	// Region labels this instance in its NATS connection name. Optional.
+	Region string
+	// Prefix starts every subject. Dot-separated tokens of letters, digits,
+	// '-' and '_'. Default "groupcast".
+	Prefix string
+
+	// CredsFile is a NATS credentials file (user JWT and nkey seed).
+	CredsFile string
+	// NKeyFile is a file holding an nkey seed.
+	NKeyFile string
+	// Token is a NATS authentication token.
+	Token string
+	// TLSCA is a PEM file of CAs that sign the servers' certificates.
+	TLSCA string
+	// TLSCert and TLSKey are a PEM client certificate and its key.
+	TLSCert, TLSKey string
+
+	// ListenAddr makes the embedded server listen on TCP (host:port), for
+	// local tools such as the nats CLI. Default "": in-process only.
+	ListenAddr string
+	// MaxPayload is the embedded server's largest message, in bytes.
+	// Default 1 MiB. (An external server announces its own.)
+	MaxPayload int
+
+	// PingInterval is how often the client pings the server; two missed
+	// pongs mark the connection dead. Default 10s.
+	PingInterval time.Duration
+	// ReconnectWait is the base wait between reconnect attempts, with as
+	// much jitter again. Default 500ms. Attempts never stop.
+	ReconnectWait time.Duration
+	// ConnectTimeout bounds each dial to an external server. Default 2s.
+	ConnectTimeout time.Duration
+	// DrainTimeout bounds Close's drain of the NATS connection. Default 3s.
+	DrainTimeout time.Duration
+	// FlushTimeout bounds how long a group's first join waits for the NATS
+	// server to confirm the subscription. Default 5s.
+	FlushTimeout time.Duration
+	// QueueLen bounds the messages received from NATS and not yet fanned
+	// out, per dispatch goroutine. Beyond it NATS drops messages for this
+	// node (a slow consumer, logged and counted). Default 8192.
+	QueueLen int
+
+	// Logger receives the broker's and the embedded server's logs. Required.
+	Logger *slog.Logger
+}
+
+func (c *Config) setDefaults() error {
+	if c.Logger == nil {
+		return errors.New("broker: Config.Logger is required")
+	}
+	if c.Node == "" {
+		c.Node = randomID(10)
+	}
+	if !validID(c.Node) {
+		return fmt.Errorf("broker: node id %q: want 1-64 letters, digits, '-' or '_'", c.Node)
+	}
+	if c.Prefix == "" {
+		c.Prefix = "groupcast"
+	}
+	if !validPrefix(c.Prefix) {
+		return fmt.Errorf("broker: subject prefix %q: want dot-separated tokens of letters, digits, '-' or '_'", c.Prefix)
+	}
+	if c.MaxPayload <= 0 {
+		c.MaxPayload = 1 << 20
+	}
+	setDuration(&c.PingInterval, 10*time.Second)
+	setDuration(&c.ReconnectWait, 500*time.Millisecond)
+	setDuration(&c.ConnectTimeout, 2*time.Second)
+	setDuration(&c.DrainTimeout, 3*time.Second)
+	setDuration(&c.FlushTimeout, 5*time.Second)
+	if c.QueueLen <= 0 {
+		c.QueueLen = 8192
+	}
+	return nil
+}
+
+func setDuration(d *time.Duration, def time.Duration) {
+	if *d <= 0 {
+		*d = def
+	}
+}
+
+// A Receiver takes the frames delivered to one channel.
+//
+// Receive is called from the broker's dispatch goroutines, possibly while
+// a group's member list is read-locked: it must not block and must not call
+// the Broker. The frame is shared by every receiver of the message and
+// must not be modified; it stays valid after Receive returns.
+type Receiver interface {
+	Receive(frame []byte)
+}
+
+// Broker is the channel layer of one node: channels (one per connection),
+// groups of channels, and fan-out over NATS. Its methods are safe for
+// concurrent use.
+type Broker struct {
+	cfg    Config
+	log    *slog.Logger
+	nc     *nats.Conn
+	ns     *server.Server // nil with an external cluster
+	closed chan struct{}  // closed when nc is closed for good
+
+	groupPrefix  string // "<prefix>.group."
+	directPrefix string // "<prefix>.direct.<node>."
+
+	shards  []chan *nats.Msg
+	seed    maphash.Seed
+	stop    chan struct{}
+	workers sync.WaitGroup
+	direct  *nats.Subscription
+
+	mu       sync.RWMutex
+	groups   map[string]*group             // live groups by name
+	bySub    map[*nats.Subscription]*group // for dispatch
+	channels map[string]*member            // open channels by name
+	closing  bool
+
+	nextConn  atomic.Uint64
+	closeOnce sync.Once
+	closeErr  error
+	stats     counters
+}
+
+// group is one group with local members, and its NATS subscription.
+type group struct {
+	name  string
+	refs  int           // Broker.mu: members plus joins in flight
+	ready chan struct{} // closed once the subscription is live, or failed
+	err   error         // why it failed; written before ready is closed
+	sub   *nats.Subscription
+
+	mu      sync.RWMutex // guards members and index; read-held during fan-out
+	members []*member
+	index   map[*member]int
+}
+
+// member is one open channel.
+type member struct {
+	name   string
+	recv   Receiver
+	groups map[string]*group // Broker.mu
+	closed bool              // Broker.mu
+}
+
+// New connects to NATS (starting the embedded server when cfg.URL is
+// empty) and returns a Broker. With an external cluster New does not wait
+// for the first connection: Ready reports it. Close releases everything.
+func New(cfg Config) (*Broker, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	b := &Broker{
+		cfg:          cfg,
+		log:          cfg.Logger.With("component", "broker"),
+		closed:       make(chan struct{}),
+		groupPrefix:  cfg.Prefix + ".group.",
+		directPrefix: cfg.Prefix + ".direct." + cfg.Node + ".",
+		seed:         maphash.MakeSeed(),
+		stop:         make(chan struct{}),
+		groups:       make(map[string]*group),
+		bySub:        make(map[*nats.Subscription]*group),
+		channels:     make(map[string]*member),
+	}
+	nc, ns, err := connect(&b.cfg, b.handlers())
+	if err != nil {
+		return nil, err
+	}
+	b.nc, b.ns = nc, ns
+
+	n := min(runtime.GOMAXPROCS(0), 16)
+	b.shards = make([]chan *nats.Msg, n)
+	for i := range b.shards {
+		b.shards[i] = make(chan *nats.Msg, cfg.QueueLen)
+		b.workers.Add(1)
+		go b.dispatchLoop(b.shards[i])
+	}
+	b.direct, err = nc.ChanSubscribe(b.directPrefix+"*", b.shards[0])
+	if err != nil {
+		b.Close(context.Background())
+		return nil, fmt.Errorf("broker: subscribe direct channels: %w", err)
+	}
+	mode := "external"
+	if ns != nil {
+		mode = "embedded"
+	}
+	b.log.Info("broker started", "nats", mode, "node", cfg.Node, "prefix", cfg.Prefix)
+	return b, nil
+}
+
+func (b *Broker) handlers() []nats.Option {
+	return []nats.Option{
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err == nil {
+				return // a deliberate close
+			}
+			b.stats.disconnects.Add(1)
+			b.log.Warn("NATS disconnected", "error", err)
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			b.stats.reconnects.Add(1)
+			b.log.Info("NATS reconnected", "server", nc.ConnectedUrlRedacted())
+		}),
+		nats.ConnectHandler(func(nc *nats.Conn) {
+			b.log.Info("NATS connected", "server", nc.ConnectedUrlRedacted())
+		}),
+		nats.ClosedHandler(func(*nats.Conn) { close(b.closed) }),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			if errors.Is(err, nats.ErrSlowConsumer) {
+				b.stats.slowConsumer.Add(1)
+			}
+			subject := ""
+			if sub != nil {
+				subject = sub.Subject
+			}
+			b.log.Error("NATS error", "error", err, "subject", subject)
+		}),
+	}
+}
+
+// Node returns this node's id.
+func (b *Broker) Node() string { return b.cfg.Node }
+
+// Embedded reports whether the broker runs its own NATS server.
+func (b *Broker) Embedded() bool { return b.ns != nil }
+
+// Ready returns nil when the broker can deliver: connected to NATS and not
+// closing. Otherwise it returns an error wrapping ErrUnavailable.
+func (b *Broker) Ready() error {
+	b.mu.RLock()
+	closing := b.closing
+	b.mu.RUnlock()
+	if closing {
+		return fmt.Errorf("%w: closing", ErrUnavailable)
+	}
+	if s := b.nc.Status(); s != nats.CONNECTED {
+		return fmt.Errorf("%w: %s", ErrUnavailable, s)
+	}
+	return nil
+}
+
+// GroupSubject returns the NATS subject of a valid group name.
+func (b *Broker) GroupSubject(group string) string { return b.groupPrefix + group }
+
+// NewChannel opens a channel on this node for r and returns its name,
+// "<node>.<n>". Frames for the channel's groups and direct sends go to r
+// until CloseChannel.
+func (b *Broker) NewChannel(r Receiver) (string, error) {
+	name := b.cfg.Node + "." + strconv.FormatUint(b.nextConn.Add(1), 36)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closing {
+		return "", fmt.Errorf("%w: closing", ErrUnavailable)
+	}
+	b.channels[name] = &member{name: name, recv: r, groups: make(map[string]*group)}
+	return name, nil
+}
+
+// CloseChannel removes the channel from its groups and closes it. It is
+// idempotent; after it returns, the channel's Receiver gets no more frames.
+func (b *Broker) CloseChannel(channel string) {
+	b.mu.Lock()
+	m := b.channels[channel]
+	if m == nil {
+		b.mu.Unlock()
+		return
+	}
+	delete(b.channels, channel)
+	m.closed = true
+	groups := make([]*group, 0, len(m.groups))
+	for _, g := range m.groups {
+		groups = append(groups, g)
+	}
+	clear(m.groups)
+	subs := make([]*nats.Subscription, 0, len(groups))
+	for _, g := range groups {
+		if sub := b.releaseLocked(g); sub != nil {
+			subs = append(subs, sub)
+		}
+	}
+	b.mu.Unlock()
+	for _, g := range groups {
+		g.remove(m)
+	}
+	for _, sub := range subs {
+		b.unsubscribe(sub)
+	}
+}
+
+// GroupAdd adds a channel of this node to a group. When it returns nil the
+// membership is live: any message published to the group after that
+// reaches the channel. The first local member subscribes the node to the
+// group and waits for the NATS server to confirm, bounded by ctx. Adding a
+// channel twice is a no-op.
+func (b *Broker) GroupAdd(ctx context.Context, groupName, channel string) error {
+	if !ValidGroup(groupName) {
+		return ErrInvalidGroup
+	}
+	b.mu.Lock()
+	if b.closing {
+		b.mu.Unlock()
+		return fmt.Errorf("%w: closing", ErrUnavailable)
+	}
+	m := b.channels[channel]
+	if m == nil {
+		b.mu.Unlock()
+		return ErrUnknownChannel
+	}
+	if g := m.groups[groupName]; g != nil {
+		b.mu.Unlock()
+		return b.await(ctx, g)
+	}
+	g := b.groups[groupName]
+	first := g == nil
+	if first {
+		g = &group{name: groupName, ready: make(chan struct{}), index: make(map[*member]int)}
+		b.groups[groupName] = g
+	}
+	g.refs++
+	m.groups[groupName] = g
+	b.mu.Unlock()
+
+	if first {
+		b.subscribe(g)
+	}
+	if err := b.await(ctx, g); err != nil {
+		b.discard(m, g)
+		return err
+	}
+	b.mu.Lock()
+	live := m.groups[groupName] == g // not discarded or closed meanwhile
+	if live {
+		g.add(m)
+	}
+	b.mu.Unlock()
+	return nil
+}
+
+// subscribe makes g's subscription live: subscribe, then flush so the
+// server has the interest. A failure is recorded in g for every joiner.
+// The flush is bounded by Config.FlushTimeout, not by the first joiner's
+// context, so that one impatient joiner does not fail the others.
+func (b *Broker) subscribe(g *group) {
+	sub, err := b.nc.ChanSubscribe(b.groupPrefix+g.name, b.shard(g.name))
+	if err == nil {
+		b.mu.Lock()
+		g.sub = sub
+		b.bySub[sub] = g
+		b.mu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), b.cfg.FlushTimeout)
+		err = b.nc.FlushWithContext(ctx)
+		cancel()
+	}
+	if err != nil {
+		b.log.Warn("group subscribe failed", "group", g.name, "error", err)
+		err = fmt.Errorf("%w: %v", ErrUnavailable, err)
+		// Later joiners start afresh instead of inheriting this failure.
+		b.mu.Lock()
+		if b.groups[g.name] == g {
+			delete(b.groups, g.name)
+		}
+		b.mu.Unlock()
+	} else {
+		b.stats.subscribes.Add(1)
+	}
+	g.err = err
+	close(g.ready)
+}
+
+func (b *Broker) await(ctx context.Context, g *group) error {
+	select {
+	case <-g.ready:
+		return g.err
+	case <-ctx.Done():
+		return fmt.Errorf("%w: %v", ErrUnavailable, ctx.Err())
+	}
+}
+
+// GroupDiscard removes a channel of this node from a group. After it
+// returns the channel gets no more frames from the group. Discarding a
+// channel that is not in the group is a no-op.
+func (b *Broker) GroupDiscard(groupName, channel string) error {
+	if !ValidGroup(groupName) {
+		return ErrInvalidGroup
+	}
+	b.mu.RLock()
+	m := b.channels[channel]
+	b.mu.RUnlock()
+	if m == nil {
+		return ErrUnknownChannel
+	}
+	b.mu.Lock()
+	g := m.groups[groupName]
+	b.mu.Unlock()
+	if g != nil {
+		b.discard(m, g)
+	}
+	return nil
+}
+
+// discard takes m out of g, unsubscribing the node when m was the last.
+func (b *Broker) discard(m *member, g *group) {
+	b.mu.Lock()
+	if m.groups[g.name] != g {
+		b.mu.Unlock()
+		return
+	}
+	delete(m.groups, g.name)
+	sub := b.releaseLocked(g)
+	b.mu.Unlock()
+	g.remove(m)
+	if sub != nil {
+		b.unsubscribe(sub)
+	}
+}
+
+// releaseLocked drops one reference to g. When it was the last, g leaves
+// the registry and its subscription is returned for unsubscribing.
+func (b *Broker) releaseLocked(g *group) *nats.Subscription {
+	g.refs--
+	if g.refs > 0 {
+		return nil
+	}
+	if b.groups[g.name] == g {
+		delete(b.groups, g.name)
+	}
+	sub := g.sub
+	if sub != nil {
+		delete(b.bySub, sub)
+	}
+	return sub
+}
+
+func (b *Broker) unsubscribe(sub *nats.Subscription) {
+	if err := sub.Unsubscribe(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrBadSubscription) {
+		b.log.Warn("group unsubscribe failed", "subject", sub.Subject, "error", err)
+	}
+	b.stats.unsubscribes.Add(1)
+}
+
+// GroupSend publishes data, one JSON value, to every member of the group
+// on every node. It returns once NATS has taken the message.
+func (b *Broker) GroupSend(groupName string, data []byte) error {
+	if !ValidGroup(groupName) {
+		return ErrInvalidGroup
+	}
+	return b.publish(b.groupPrefix+groupName, data)
+}
+
+// Send publishes data, one JSON value, to one channel, on whichever node
+// it lives. A message to a channel that no longer exists is dropped.
+func (b *Broker) Send(channel string, data []byte) error {
+	if !ValidChannel(channel) {
+		return ErrInvalidChannel
+	}
+	return b.publish(b.cfg.Prefix+".direct."+channel, data)
+}
+
+func (b *Broker) publish(subject string, data []byte) error {
+	data, err := compactJSON(data)
+	if err != nil {
+		return err
+	}
+	if int64(len(data)) > b.nc.MaxPayload() {
+		return ErrTooLarge
+	}
+	if err := b.Ready(); err != nil {
+		return err
+	}
+	if err := b.nc.Publish(subject, data); err != nil {
+		if errors.Is(err, nats.ErrMaxPayload) {
+			return ErrTooLarge
+		}
+		return fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	b.stats.published.Add(1)
+	return nil
+}
+
+// Close closes every channel, drains the NATS connection (bounded by ctx
+// and Config.DrainTimeout), stops the dispatch goroutines and, when
+// embedded, the NATS server. It is idempotent.
+func (b *Broker) Close(ctx context.Context) error {
+	b.closeOnce.Do(func() {
+		b.mu.Lock()
+		b.closing = true
+		names := make([]string, 0, len(b.channels))
+		for name := range b.channels {
+			names = append(names, name)
+		}
+		b.mu.Unlock()
+		for _, name := range names {
+			b.CloseChannel(name)
+		}
+		b.closeErr = closeConn(ctx, b.nc, b.closed, b.ns)
+		close(b.stop)
+		b.workers.Wait()
+		b.log.Info("broker stopped")
+	})
+	return b.closeErr
+}
+
+func (g *group) add(m *member) {
+	g.mu.Lock()
+	if _, ok := g.index[m]; !ok {
+		g.index[m] = len(g.members)
+		g.members = append(g.members, m)
+	}
+	g.mu.Unlock()
+}
+
+func (g *group) remove(m *member) {
+	g.mu.Lock()
+	if i, ok := g.index[m]; ok {
+		last := len(g.members) - 1
+		g.members[i] = g.members[last]
+		g.index[g.members[i]] = i
+		g.members[last] = nil
+		g.members = g.members[:last]
+		delete(g.index, m)
+	}
+	g.mu.Unlock()
+}
+
+// shard picks the dispatch queue of a subject, so that each group's
+// messages are fanned out in order by one goroutine.
+func (b *Broker) shard(key string) chan *nats.Msg {
+	return b.shards[maphash.String(b.seed, key)%uint64(len(b.shards))]
+}
+
+func randomID(n int) string {
+	const alphabet = "0123456789abcdefghijklmnopqrstuvwxyz"
+	buf := make([]byte, n)
+	rand.Read(buf)
+	for i, c := range buf {
+		buf[i] = alphabet[int(c)%len(alphabet)]
+	}
+	return string(buf)
+}

@@ -1,0 +1,135 @@
+package broker
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// testLogger writes to the test log when -v is given, else nowhere.
+func testLogger(t testing.TB) *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// startNATS starts a nats-server with a TCP listener on a random port, the
+// stand-in for an external cluster. It stops when the test ends.
+func startNATS(t testing.TB) *server.Server {
+	t.Helper()
+	return startNATSOn(t, -1)
+}
+
+func startNATSOn(t testing.TB, port int) *server.Server {
+	t.Helper()
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: port, NoSigs: true, NoLog: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.Start()
+	if !ns.ReadyForConnections(5 * time.Second) {
+		t.Fatal("nats-server did not start")
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	return ns
+}
+
+// newBroker returns a broker (embedded when url is empty) closed at cleanup.
+func newBroker(t testing.TB, url string) *Broker {
+	t.Helper()
+	b, err := New(Config{URL: url, Logger: testLogger(t), ReconnectWait: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close(context.Background()) })
+	waitFor(t, 5*time.Second, func() bool { return b.Ready() == nil })
+	return b
+}
+
+// waitFor polls cond until it holds or the timeout passes.
+func waitFor(t testing.TB, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met in time")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// inbox is a Receiver that keeps what it receives.
+type inbox struct{ frames chan []byte }
+
+func newInbox() *inbox { return &inbox{frames: make(chan []byte, 100000)} }
+
+func (r *inbox) Receive(frame []byte) {
+	select {
+	case r.frames <- frame:
+	default:
+		panic("test inbox full")
+	}
+}
+
+// next returns the next frame, failing the test after a while.
+func (r *inbox) next(t testing.TB) string {
+	t.Helper()
+	select {
+	case f := <-r.frames:
+		return string(f)
+	case <-time.After(5 * time.Second):
+		t.Fatal("no frame received")
+		return ""
+	}
+}
+
+// none fails if a frame arrives within d.
+func (r *inbox) none(t testing.TB, d time.Duration) {
+	t.Helper()
+	select {
+	case f := <-r.frames:
+		t.Fatalf("unexpected frame %s", f)
+	case <-time.After(d):
+	}
+}
+
+// open opens a channel for a new inbox.
+func open(t testing.TB, b *Broker) (string, *inbox) {
+	t.Helper()
+	r := newInbox()
+	ch, err := b.NewChannel(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ch, r
+}
+
+func join(t testing.TB, b *Broker, group, channel string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := b.GroupAdd(ctx, group, channel); err != nil {
+		t.Fatalf("GroupAdd(%q): %v", group, err)
+	}
+}
+
+// subscriptions counts the server's subscriptions on subject.
+func subscriptions(t testing.TB, ns *server.Server, subject string) int {
+	t.Helper()
+	sz, err := ns.Subsz(&server.SubszOptions{Subscriptions: true, Test: subject})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sz.Total
+}

@@ -1,0 +1,88 @@
+package web
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// metrics are the server's Prometheus metrics, in a registry of its own.
+type metrics struct {
+	registry      *prometheus.Registry
+	connections   prometheus.Gauge
+	connects      prometheus.Counter
+	joins         prometheus.Counter
+	published     *prometheus.CounterVec
+	framesWritten prometheus.Counter
+	bytesWritten  prometheus.Counter
+	slowConsumers prometheus.Counter
+	errors        *prometheus.CounterVec
+}
+
+func newMetrics(b Broker) *metrics {
+	m := &metrics{
+		registry: prometheus.NewRegistry(),
+		connections: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "groupcast_connections", Help: "Open WebSocket connections.",
+		}),
+		connects: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "groupcast_connects_total", Help: "WebSocket connections accepted.",
+		}),
+		joins: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "groupcast_joins_total", Help: "Successful group joins.",
+		}),
+		published: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "groupcast_published_total", Help: "Messages published, by source (api, client).",
+		}, []string{"source"}),
+		framesWritten: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "groupcast_frames_written_total", Help: "Server frames (JSON objects) written to WebSockets.",
+		}),
+		bytesWritten: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "groupcast_bytes_written_total", Help: "Payload bytes written to WebSockets.",
+		}),
+		slowConsumers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "groupcast_slow_consumer_closes_total", Help: "Connections closed because their outbox overflowed.",
+		}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "groupcast_errors_total", Help: "Refusals sent to clients and API callers, by code.",
+		}, []string{"code"}),
+	}
+	m.registry.MustRegister(m.connections, m.connects, m.joins, m.published, m.framesWritten,
+		m.bytesWritten, m.slowConsumers, m.errors,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		brokerCollector{b})
+	return m
+}
+
+var (
+	descGroups     = prometheus.NewDesc("groupcast_groups", "Groups with members on this instance (one NATS subscription each).", nil, nil)
+	descReceived   = prometheus.NewDesc("groupcast_nats_received_total", "Messages received from NATS.", nil, nil)
+	descDelivered  = prometheus.NewDesc("groupcast_deliveries_total", "Messages handed to connections' outboxes.", nil, nil)
+	descInvalid    = prometheus.NewDesc("groupcast_nats_invalid_total", "Messages from NATS dropped for not being JSON.", nil, nil)
+	descSlowNATS   = prometheus.NewDesc("groupcast_nats_slow_consumer_total", "Times NATS dropped messages for this instance.", nil, nil)
+	descConnected  = prometheus.NewDesc("groupcast_nats_connected", "1 while connected to NATS.", nil, nil)
+	descReconnects = prometheus.NewDesc("groupcast_nats_reconnects_total", "NATS reconnections.", nil, nil)
+)
+
+// brokerCollector reads the broker's counters at scrape time.
+type brokerCollector struct{ b Broker }
+
+func (c brokerCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descGroups, descReceived, descDelivered, descInvalid, descSlowNATS, descConnected, descReconnects} {
+		ch <- d
+	}
+}
+
+func (c brokerCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.b.Stats()
+	connected := 0.0
+	if s.NATSConnected {
+		connected = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descGroups, prometheus.GaugeValue, float64(s.Groups))
+	ch <- prometheus.MustNewConstMetric(descReceived, prometheus.CounterValue, float64(s.Received))
+	ch <- prometheus.MustNewConstMetric(descDelivered, prometheus.CounterValue, float64(s.Delivered))
+	ch <- prometheus.MustNewConstMetric(descInvalid, prometheus.CounterValue, float64(s.Invalid))
+	ch <- prometheus.MustNewConstMetric(descSlowNATS, prometheus.CounterValue, float64(s.SlowConsumer))
+	ch <- prometheus.MustNewConstMetric(descConnected, prometheus.GaugeValue, connected)
+	ch <- prometheus.MustNewConstMetric(descReconnects, prometheus.CounterValue, float64(s.Reconnects))
+}

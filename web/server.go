@@ -1,0 +1,342 @@
+// Package web serves groupcast over HTTP with Echo: the WebSocket endpoint
+// /ws, the server API for backends, health, metrics and the demo page.
+package web
+
+import (
+	"context"
+	"crypto/subtle"
+	"embed"
+	"errors"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/labstack/echo/v4"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/groupcast/groupcast/broker"
+)
+
+// Broker is what the web layer needs from the channel layer.
+type Broker interface {
+	Node() string
+	Ready() error
+	NewChannel(broker.Receiver) (string, error)
+	CloseChannel(channel string)
+	GroupAdd(ctx context.Context, group, channel string) error
+	GroupDiscard(group, channel string) error
+	GroupSend(group string, data []byte) error
+	Send(channel string, data []byte) error
+	Stats() broker.Stats
+}
+
+// Config configures a Server. Zero fields take the defaults given.
+type Config struct {
+	// Region labels this instance in the welcome frame.
+	Region string
+	// APIKey, when set, is required as "Authorization: Bearer <APIKey>" on
+	// the server API. When empty, only loopback callers may use it.
+	APIKey string
+	// AllowedOrigins are host patterns (path.Match syntax, e.g.
+	// "*.example.com") of pages allowed to open WebSockets besides this
+	// server's own origin. Default none: same-origin pages and non-browser
+	// clients (no Origin header) only.
+	AllowedOrigins []string
+	// ClientSend lets clients publish with "send" frames. Default false.
+	ClientSend bool
+	// MaxFrameBytes bounds a client frame; a larger one closes the
+	// connection with 1009. Default 64 KiB.
+	MaxFrameBytes int64
+	// MaxBodyBytes bounds a server API body; a larger one gets 413.
+	// Default 1 MiB.
+	MaxBodyBytes int64
+	// MaxGroups bounds the groups one connection may be in. Default 100.
+	MaxGroups int
+	// OutboxFrames and OutboxBytes bound the frames waiting to be written
+	// to one connection; past either, it is closed with 4008. Defaults
+	// 1024 frames and 1 MiB.
+	OutboxFrames int
+	OutboxBytes  int
+	// WriteTimeout bounds one write or ping. Default 10s.
+	WriteTimeout time.Duration
+	// PingInterval is how often an idle connection is pinged. Default 25s.
+	PingInterval time.Duration
+	// JoinTimeout bounds how long a join waits for NATS. Default 5s.
+	JoinTimeout time.Duration
+	// Logger is required.
+	Logger *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	setInt64(&c.MaxFrameBytes, 64<<10)
+	setInt64(&c.MaxBodyBytes, 1<<20)
+	setInt(&c.MaxGroups, 100)
+	setInt(&c.OutboxFrames, 1024)
+	setInt(&c.OutboxBytes, 1<<20)
+	setDuration(&c.WriteTimeout, 10*time.Second)
+	setDuration(&c.PingInterval, 25*time.Second)
+	setDuration(&c.JoinTimeout, 5*time.Second)
+}
+
+func setInt(p *int, def int) {
+	if *p <= 0 {
+		*p = def
+	}
+}
+
+func setInt64(p *int64, def int64) {
+	if *p <= 0 {
+		*p = def
+	}
+}
+
+func setDuration(p *time.Duration, def time.Duration) {
+	if *p <= 0 {
+		*p = def
+	}
+}
+
+// Server is the HTTP side of one instance. Create it with New, serve
+// Handler, and call Shutdown to close every WebSocket.
+type Server struct {
+	cfg     Config
+	broker  Broker
+	log     *slog.Logger
+	echo    *echo.Echo
+	metrics *metrics
+	buffers sync.Pool // *[]byte for batching frames
+
+	mu       sync.Mutex
+	sessions map[*session]struct{}
+	draining bool
+	active   sync.WaitGroup // one per running session
+}
+
+//go:embed static
+var static embed.FS
+
+// New returns a Server that serves b.
+func New(b Broker, cfg Config) *Server {
+	cfg.setDefaults()
+	s := &Server{
+		cfg:      cfg,
+		broker:   b,
+		log:      cfg.Logger.With("component", "web"),
+		metrics:  newMetrics(b),
+		sessions: make(map[*session]struct{}),
+	}
+	s.buffers.New = func() any { p := make([]byte, 0, 4096); return &p }
+
+	e := echo.New()
+	e.HideBanner, e.HidePort = true, true
+	e.HTTPErrorHandler = s.httpError
+	e.GET("/healthz", func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
+	e.GET("/readyz", s.readyz)
+	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{})))
+	e.GET("/ws", s.serveWS)
+	api := e.Group("/api", s.authorize)
+	api.POST("/groups/:group/messages", s.publishGroup)
+	api.POST("/channels/:channel/messages", s.publishChannel)
+	sub, _ := fs.Sub(static, "static")
+	e.StaticFS("/", sub)
+	s.echo = e
+	return s
+}
+
+// Handler returns the server's HTTP handler.
+func (s *Server) Handler() http.Handler { return s.echo }
+
+func (s *Server) readyz(c echo.Context) error {
+	s.mu.Lock()
+	draining := s.draining
+	s.mu.Unlock()
+	if draining {
+		return writeError(c, http.StatusServiceUnavailable, CodeUnavailable, "shutting down")
+	}
+	if err := s.broker.Ready(); err != nil {
+		return writeError(c, http.StatusServiceUnavailable, CodeUnavailable, err.Error())
+	}
+	return c.String(http.StatusOK, "ready\n")
+}
+
+// serveWS upgrades to a WebSocket and runs the session until it ends.
+func (s *Server) serveWS(c echo.Context) error {
+	conn, err := websocket.Accept(c.Response(), c.Request(), &websocket.AcceptOptions{
+		OriginPatterns:  s.cfg.AllowedOrigins,
+		CompressionMode: websocket.CompressionDisabled,
+	})
+	if err != nil {
+		return nil // Accept has answered the request
+	}
+	conn.SetReadLimit(s.cfg.MaxFrameBytes)
+	ss := &session{
+		srv:     s,
+		conn:    conn,
+		out:     newOutbox(s.cfg.OutboxFrames, s.cfg.OutboxBytes),
+		groups:  make(map[string]struct{}),
+		closing: make(chan struct{}),
+	}
+	ss.abort, ss.abortNow = context.WithCancel(context.Background())
+	defer ss.abortNow()
+	if !s.track(ss) {
+		conn.Close(websocket.StatusServiceRestart, "server restart")
+		return nil
+	}
+	defer s.untrack(ss)
+	ss.channel, err = s.broker.NewChannel(ss)
+	if err != nil {
+		conn.Close(websocket.StatusTryAgainLater, "messaging unavailable")
+		return nil
+	}
+	ss.log = s.log.With("channel", ss.channel)
+	ss.log.Debug("connected", "remote", c.Request().RemoteAddr)
+	s.metrics.connects.Inc()
+	s.metrics.connections.Inc()
+	defer s.metrics.connections.Dec()
+
+	ss.send(s.welcome(ss.channel))
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		ss.writeLoop()
+	}()
+	ss.readLoop()
+	s.broker.CloseChannel(ss.channel)
+	ss.close(0, "")
+	<-writerDone
+	ss.log.Debug("disconnected", "code", int(ss.code))
+	return nil
+}
+
+func (s *Server) welcome(channel string) []byte {
+	buf := append([]byte(nil), `{"type":"welcome","channel":"`...)
+	buf = append(buf, channel...)
+	buf = append(buf, `","node":"`...)
+	buf = append(buf, s.broker.Node()...)
+	buf = append(buf, `","region":`...)
+	buf = appendJSONString(buf, s.cfg.Region)
+	return append(buf, '}')
+}
+
+func (s *Server) track(ss *session) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining {
+		return false
+	}
+	s.sessions[ss] = struct{}{}
+	s.active.Add(1)
+	return true
+}
+
+func (s *Server) untrack(ss *session) {
+	s.mu.Lock()
+	delete(s.sessions, ss)
+	s.mu.Unlock()
+	s.active.Done()
+}
+
+// Shutdown closes every WebSocket concurrently with 1012 (service restart)
+// so clients reconnect elsewhere, refuses new ones, and waits for the
+// sessions to end. When ctx ends first it drops the remaining connections
+// without a handshake. /readyz answers 503 from the first call on.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.draining = true
+	for ss := range s.sessions {
+		ss.close(websocket.StatusServiceRestart, "server restart")
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		s.active.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	for ss := range s.sessions {
+		ss.conn.CloseNow()
+	}
+	s.mu.Unlock()
+	<-done
+	return ctx.Err()
+}
+
+// authorize guards the server API: a Bearer API key when one is set,
+// otherwise loopback callers only.
+func (s *Server) authorize(next echo.HandlerFunc) echo.HandlerFunc {
+	want := []byte("Bearer " + s.cfg.APIKey)
+	return func(c echo.Context) error {
+		if s.cfg.APIKey != "" {
+			got := []byte(c.Request().Header.Get(echo.HeaderAuthorization))
+			if subtle.ConstantTimeCompare(got, want) != 1 {
+				return refuse(CodeUnauthorized, "a valid API key is required: Authorization: Bearer <API_KEY>")
+			}
+			return next(c)
+		}
+		if !isLoopback(c.Request().RemoteAddr) {
+			return refuse(CodeUnauthorized, "API_KEY is not set, so only loopback callers may use the server API")
+		}
+		return next(c)
+	}
+}
+
+// isLoopback reports whether a request's TCP peer is on this machine. It
+// reads the connection's address, never a forwarded header.
+func isLoopback(remoteAddr string) bool {
+	host, _, err := net.SplitHostPort(remoteAddr)
+	if err != nil {
+		return false
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.Unmap().IsLoopback()
+}
+
+// httpError writes every HTTP error as {"error":{"code":..,"message":..}}.
+func (s *Server) httpError(err error, c echo.Context) {
+	if c.Response().Committed {
+		return
+	}
+	var he *echo.HTTPError
+	if errors.As(err, &he) {
+		code := CodeInternal
+		switch he.Code {
+		case http.StatusNotFound:
+			code = CodeNotFound
+		case http.StatusMethodNotAllowed:
+			code = "method_not_allowed"
+		case http.StatusRequestEntityTooLarge:
+			code = CodeTooLarge
+		}
+		msg, _ := he.Message.(string)
+		if msg == "" {
+			msg = http.StatusText(he.Code)
+		}
+		s.metrics.errors.WithLabelValues(code).Inc()
+		writeError(c, he.Code, code, msg)
+		return
+	}
+	code, message, status := classify(err)
+	if code == CodeInternal {
+		s.log.Error("request failed", "method", c.Request().Method, "path", c.Path(), "error", err)
+	}
+	s.metrics.errors.WithLabelValues(code).Inc()
+	writeError(c, status, code, message)
+}
+
+func writeError(c echo.Context, status int, code, message string) error {
+	type body struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	}
+	return c.JSON(status, map[string]body{"error": {code, message}})
+}

@@ -1,0 +1,296 @@
+package web
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+func TestWelcomeJoinPublishLeave(t *testing.T) {
+	e := newEnv(t, "", nil)
+	c := e.dial()
+	if c.welcome["region"] != "test-region" || c.welcome["node"] != e.broker.Node() ||
+		!strings.HasPrefix(c.channel(), e.broker.Node()+".") {
+		t.Fatalf("welcome %v", c.welcome)
+	}
+	c.join("room.lobby")
+	if status, body := e.post("/api/groups/room.lobby/messages", `{"text":"hi"}`); status != http.StatusAccepted {
+		t.Fatalf("publish: %d %s", status, body)
+	}
+	c.expectMessage("room.lobby", `{"text":"hi"}`)
+
+	if m := c.call(map[string]any{"type": "ping"}); m["type"] != "pong" {
+		t.Fatalf("ping answered %v", m)
+	}
+	if m := c.call(map[string]any{"type": "leave", "group": "room.lobby"}); m["type"] != "ack" {
+		t.Fatalf("leave answered %v", m)
+	}
+	e.post("/api/groups/room.lobby/messages", `{"text":"after leave"}`)
+	c.quiet(100 * time.Millisecond)
+}
+
+func TestClientSend(t *testing.T) {
+	e := newEnv(t, "", nil)
+	a, b := e.dial(), e.dial()
+	a.join("chat")
+	b.join("chat")
+	if m := a.call(map[string]any{"type": "send", "group": "chat", "data": map[string]any{"text": "yo"}}); m["type"] != "ack" {
+		t.Fatalf("send answered %v", m)
+	}
+	b.expectMessage("chat", `{"text":"yo"}`)
+	a.expectMessage("chat", `{"text":"yo"}`)
+}
+
+func TestDirectMessage(t *testing.T) {
+	e := newEnv(t, "", nil)
+	a, b := e.dial(), e.dial()
+	if status, body := e.post("/api/channels/"+a.channel()+"/messages", `[1,2,3]`); status != http.StatusAccepted {
+		t.Fatalf("%d %s", status, body)
+	}
+	m := a.next()
+	if m["type"] != "message" || m["channel"] != a.channel() || fmt.Sprint(m["data"]) != "[1 2 3]" {
+		t.Fatalf("got %v", m)
+	}
+	b.quiet(100 * time.Millisecond)
+}
+
+// TestBadInput sends every kind of bad frame: each gets its error code, the
+// connection stays usable, and a healthy client beside it keeps receiving.
+func TestBadInput(t *testing.T) {
+	e := newEnv(t, "", &Config{ClientSend: true, MaxGroups: 2})
+	healthy := e.dial()
+	healthy.join("g")
+	bad := e.dial()
+	bad.join("one")
+	bad.join("two")
+	cases := []struct {
+		frame, code string
+		id          any
+	}{
+		{`not json`, CodeInvalidJSON, nil},
+		{`[1,2]`, CodeInvalidJSON, nil},
+		{`{"type":"join","group":"x"`, CodeInvalidJSON, nil},
+		{`{}`, CodeUnknownType, nil},
+		{`{"type":"dance","id":1}`, CodeUnknownType, 1.0},
+		{`{"type":"join","group":"a..b","id":"s"}`, CodeInvalidGroup, "s"},
+		{`{"type":"join","group":"a.*","id":2}`, CodeInvalidGroup, 2.0},
+		{`{"type":"join","group":"` + strings.Repeat("x", 101) + `","id":3}`, CodeInvalidGroup, 3.0},
+		{`{"type":"join","group":"three","id":4}`, CodeTooManyGroups, 4.0},
+		{`{"type":"send","group":"g","id":5}`, CodeInvalidData, 5.0},
+		{`{"type":"send","group":"g>","data":1,"id":6}`, CodeInvalidGroup, 6.0},
+		{`{"type":"join","group":7,"id":7}`, CodeInvalidFrame, 7.0},
+		{`{"type":"ping","id":{"x":1}}`, CodeInvalidFrame, nil},
+	}
+	for _, tc := range cases {
+		bad.write(tc.frame)
+		m := bad.next()
+		if m["type"] != "error" || m["code"] != tc.code || m["id"] != tc.id || m["message"] == "" {
+			t.Errorf("%s: got %v, want code %s id %v", tc.frame, m, tc.code, tc.id)
+		}
+	}
+	ctx := context.Background()
+	bad.conn.Write(ctx, websocket.MessageBinary, []byte(`{"type":"ping"}`))
+	if m := bad.next(); m["code"] != CodeInvalidFrame {
+		t.Errorf("binary frame: got %v", m)
+	}
+	// Still usable, and the healthy client was never disturbed.
+	if m := bad.call(map[string]any{"type": "ping"}); m["type"] != "pong" {
+		t.Fatalf("after errors: %v", m)
+	}
+	e.post("/api/groups/g/messages", `"still here"`)
+	healthy.expectMessage("g", `"still here"`)
+}
+
+func TestClientSendForbidden(t *testing.T) {
+	e := newEnv(t, "", &Config{})
+	c := e.dial()
+	m := c.call(map[string]any{"type": "send", "group": "g", "data": 1})
+	if m["type"] != "error" || m["code"] != CodeForbidden {
+		t.Fatalf("got %v", m)
+	}
+}
+
+func TestOversizeFrameCloses1009(t *testing.T) {
+	e := newEnv(t, "", &Config{MaxFrameBytes: 1024})
+	healthy := e.dial()
+	healthy.join("g")
+	c := e.dial()
+	c.write(`{"type":"ping","pad":"` + strings.Repeat("x", 2000) + `"}`)
+	_, err := c.raw()
+	if status := websocket.CloseStatus(err); status != websocket.StatusMessageTooBig {
+		t.Fatalf("read after oversize frame: %v (status %d), want close 1009", err, status)
+	}
+	e.post("/api/groups/g/messages", `1`)
+	healthy.expectMessage("g", `1`)
+}
+
+// TestSlowConsumer: a client that never reads during a flood is closed with
+// 4008 once its outbox is full, so what the server holds for it stays
+// bounded, while a reading client beside it gets every message.
+func TestSlowConsumer(t *testing.T) {
+	e := newEnv(t, "", &Config{OutboxFrames: 1024, OutboxBytes: 256 << 10})
+	stuck := e.dial()
+	stuck.join("flood")
+	good := e.dial()
+	good.join("flood")
+
+	const n, window = 20000, 200 // 20 MB: more than socket buffers hold
+	payload := `{"pad":"` + strings.Repeat("x", 1000) + `"}`
+	for i := 0; i < n; i += window {
+		for range window {
+			if err := e.broker.GroupSend("flood", []byte(payload)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for range window { // the good client keeps up
+			if _, err := good.raw(); err != nil {
+				t.Fatalf("good client after %d messages: %v", i, err)
+			}
+		}
+	}
+	// The server lets go of the stuck client within a second: its socket
+	// buffers are full, so its connection is dropped.
+	waitFor(t, 3*time.Second, func() bool { return e.broker.Stats().Channels == 1 })
+	var err error
+	for err == nil {
+		_, err = stuck.raw()
+	}
+	if status := websocket.CloseStatus(err); status == websocket.StatusNormalClosure {
+		t.Fatalf("stuck client closed normally")
+	}
+}
+
+// TestSlowConsumerCloseCode: a client whose outbox overflows while its
+// socket can still take a close frame learns why: 4008.
+func TestSlowConsumerCloseCode(t *testing.T) {
+	e := newEnv(t, "", &Config{OutboxFrames: 1})
+	c := e.dial()
+	c.join("g")
+	// The welcome and ack are written; these two land in one outbox of one.
+	e.srv.mu.Lock()
+	var ss *session
+	for s := range e.srv.sessions {
+		ss = s
+	}
+	e.srv.mu.Unlock()
+	ss.Receive([]byte(`{"type":"message","group":"g","data":1}`))
+	ss.Receive([]byte(`{"type":"message","group":"g","data":2}`))
+	var err error
+	for err == nil {
+		_, err = c.raw()
+	}
+	if status := websocket.CloseStatus(err); status != CloseSlowConsumer {
+		t.Fatalf("got %v, want close %d", err, CloseSlowConsumer)
+	}
+}
+
+func TestOriginCheck(t *testing.T) {
+	e := newEnv(t, "", &Config{AllowedOrigins: []string{"*.example.com"}})
+	url := "ws" + strings.TrimPrefix(e.http.URL, "http") + "/ws"
+	dial := func(origin string) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		c, _, err := websocket.Dial(ctx, url, &websocket.DialOptions{HTTPHeader: http.Header{"Origin": {origin}}})
+		if err == nil {
+			c.CloseNow()
+		}
+		return err
+	}
+	if err := dial("https://evil.test"); err == nil {
+		t.Fatal("cross-origin page accepted")
+	}
+	if err := dial("https://app.example.com"); err != nil {
+		t.Fatalf("allowed origin refused: %v", err)
+	}
+	if err := dial(e.http.URL); err != nil {
+		t.Fatalf("same origin refused: %v", err)
+	}
+}
+
+// TestShutdownCloses1012: Shutdown closes every socket with 1012, makes
+// /readyz 503 and refuses new sockets.
+func TestShutdownCloses1012(t *testing.T) {
+	e := newEnv(t, "", nil)
+	const n = 200
+	clients := make([]*client, n)
+	for i := range clients {
+		clients[i] = e.dial()
+		clients[i].join("all")
+	}
+	// Clients read, as browsers do, so they answer the close handshake.
+	var wg sync.WaitGroup
+	for _, c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := c.raw()
+			if status := websocket.CloseStatus(err); status != websocket.StatusServiceRestart {
+				t.Errorf("got %v, want close 1012", err)
+			}
+		}()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := e.srv.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("closed %d sockets in %v", n, time.Since(start))
+	wg.Wait()
+	resp, err := http.Get(e.http.URL + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz after shutdown: %d", resp.StatusCode)
+	}
+	if e.broker.Stats().Channels != 0 {
+		t.Fatal("channels left open")
+	}
+}
+
+// TestNATSDown: with the external NATS gone, /readyz is 503, publishes and
+// joins are refused as unavailable, and pings still work.
+func TestNATSDown(t *testing.T) {
+	ns := startNATS(t)
+	e := newEnv(t, ns.ClientURL(), nil)
+	c := e.dial()
+	ns.Shutdown()
+	ns.WaitForShutdown()
+	waitFor(t, 5*time.Second, func() bool {
+		resp, err := http.Get(e.http.URL + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusServiceUnavailable
+	})
+	if status, body := e.post("/api/groups/g/messages", `1`); status != http.StatusServiceUnavailable || !strings.Contains(body, CodeUnavailable) {
+		t.Fatalf("publish while down: %d %s", status, body)
+	}
+	if m := c.call(map[string]any{"type": "send", "group": "g", "data": 1}); m["code"] != CodeUnavailable {
+		t.Fatalf("send while down: %v", m)
+	}
+	if m := c.call(map[string]any{"type": "ping"}); m["type"] != "pong" {
+		t.Fatalf("ping while down: %v", m)
+	}
+}
+
+func TestReadCloseError(t *testing.T) {
+	// A client that goes away without a close frame is cleaned up.
+	e := newEnv(t, "", nil)
+	c := e.dial()
+	c.join("g")
+	c.conn.CloseNow()
+	waitFor(t, 5*time.Second, func() bool { return e.broker.Stats().Channels == 0 && e.broker.Stats().Groups == 0 })
+	var ce websocket.CloseError
+	_ = errors.As(nil, &ce)
+}

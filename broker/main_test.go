@@ -10,6 +10,8 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"go.uber.org/goleak"
+
+	"github.com/groupcast/groupcast/internal/natstest"
 )
 
 func TestMain(m *testing.M) {
@@ -24,26 +26,13 @@ func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
-// startNATS starts a nats-server with a TCP listener on a random port, the
-// stand-in for an external cluster. It stops when the test ends.
-func startNATS(t testing.TB) *server.Server {
-	t.Helper()
-	return startNATSOn(t, -1)
-}
+var (
+	startNATSOn   = natstest.Start
+	waitFor       = natstest.WaitFor
+	subscriptions = natstest.Subscriptions
+)
 
-func startNATSOn(t testing.TB, port int) *server.Server {
-	t.Helper()
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: port, NoSigs: true, NoLog: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns.Start()
-	if !ns.ReadyForConnections(5 * time.Second) {
-		t.Fatal("nats-server did not start")
-	}
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	return ns
-}
+func startNATS(t testing.TB) *server.Server { return natstest.Start(t, -1) }
 
 // newBroker returns a broker (embedded when url is empty) closed at cleanup.
 func newBroker(t testing.TB, url string) *Broker {
@@ -55,18 +44,6 @@ func newBroker(t testing.TB, url string) *Broker {
 	t.Cleanup(func() { b.Close(context.Background()) })
 	waitFor(t, 5*time.Second, func() bool { return b.Ready() == nil })
 	return b
-}
-
-// waitFor polls cond until it holds or the timeout passes.
-func waitFor(t testing.TB, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met in time")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 // inbox is a Receiver that keeps what it receives.
@@ -122,14 +99,4 @@ func join(t testing.TB, b *Broker, group, channel string) {
 	if err := b.GroupAdd(ctx, group, channel); err != nil {
 		t.Fatalf("GroupAdd(%q): %v", group, err)
 	}
-}
-
-// subscriptions counts the server's subscriptions on subject.
-func subscriptions(t testing.TB, ns *server.Server, subject string) int {
-	t.Helper()
-	sz, err := ns.Subsz(&server.SubszOptions{Subscriptions: true, Test: subject})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return sz.Total
 }

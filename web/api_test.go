@@ -72,9 +72,9 @@ func TestAPILoopbackOnlyWithoutKey(t *testing.T) {
 func TestHealthReadyPageMetrics(t *testing.T) {
 	e := newEnv(t, "", nil)
 	c := e.dial()
-	c.join("g")
+	c.Join("g")
 	e.post("/api/groups/g/messages", `1`)
-	c.expectMessage("g", `1`)
+	c.ExpectMessage("g", `1`)
 	for path, want := range map[string]string{
 		"/healthz":   "ok",
 		"/readyz":    "ready",

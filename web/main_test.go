@@ -1,9 +1,7 @@
 package web
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"io"
 	"log/slog"
 	"net/http"
@@ -13,11 +11,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coder/websocket"
-	"github.com/nats-io/nats-server/v2/server"
 	"go.uber.org/goleak"
 
 	"github.com/groupcast/groupcast/broker"
+	"github.com/groupcast/groupcast/internal/natstest"
+	"github.com/groupcast/groupcast/internal/wstest"
 )
 
 func TestMain(m *testing.M) {
@@ -87,150 +85,17 @@ func (e *env) post(path, body string, header ...string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
-func startNATS(t testing.TB) *server.Server {
-	t.Helper()
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns.Start()
-	if !ns.ReadyForConnections(5 * time.Second) {
-		t.Fatal("nats-server did not start")
-	}
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	return ns
-}
+var waitFor = natstest.WaitFor
 
-func waitFor(t testing.TB, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met in time")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
-// client is a test WebSocket client that splits server frames on newlines.
-type client struct {
-	t       testing.TB
-	conn    *websocket.Conn
-	welcome map[string]any
-	pending [][]byte
-	nextID  int
-}
-
-func (e *env) dial(header ...string) *client {
+// dial opens a WebSocket to the instance; header holds name, value pairs.
+func (e *env) dial(header ...string) *wstest.Client {
 	e.t.Helper()
 	h := http.Header{}
 	for i := 0; i+1 < len(header); i += 2 {
 		h.Set(header[i], header[i+1])
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	conn, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(e.http.URL, "http")+"/ws", &websocket.DialOptions{HTTPHeader: h})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	conn.SetReadLimit(-1)
-	c := &client{t: e.t, conn: conn}
-	e.t.Cleanup(func() { conn.CloseNow() })
-	c.welcome = c.next()
-	if c.welcome["type"] != "welcome" {
-		e.t.Fatalf("first frame %v, want welcome", c.welcome)
-	}
-	return c
+	return wstest.Dial(e.t, e.wsURL(), h)
 }
 
-func (c *client) channel() string { return c.welcome["channel"].(string) }
+func (e *env) wsURL() string { return "ws" + strings.TrimPrefix(e.http.URL, "http") + "/ws" }
 
-// raw reads the next JSON object as bytes.
-func (c *client) raw() ([]byte, error) {
-	for len(c.pending) == 0 {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_, p, err := c.conn.Read(ctx)
-		cancel()
-		if err != nil {
-			return nil, err
-		}
-		c.pending = bytes.Split(p, []byte("\n"))
-	}
-	f := c.pending[0]
-	c.pending = c.pending[1:]
-	return f, nil
-}
-
-func (c *client) next() map[string]any {
-	c.t.Helper()
-	p, err := c.raw()
-	if err != nil {
-		c.t.Fatalf("read: %v", err)
-	}
-	var m map[string]any
-	if err := json.Unmarshal(p, &m); err != nil {
-		c.t.Fatalf("frame %q: %v", p, err)
-	}
-	return m
-}
-
-func (c *client) write(frame string) {
-	c.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := c.conn.Write(ctx, websocket.MessageText, []byte(frame)); err != nil {
-		c.t.Fatal(err)
-	}
-}
-
-// call sends a frame with a fresh id and returns the answer with that id.
-func (c *client) call(frame map[string]any) map[string]any {
-	c.t.Helper()
-	c.nextID++
-	frame["id"] = c.nextID
-	b, _ := json.Marshal(frame)
-	c.write(string(b))
-	for {
-		m := c.next()
-		if id, ok := m["id"].(float64); ok && int(id) == c.nextID {
-			return m
-		}
-		if m["type"] != "message" {
-			c.t.Fatalf("unexpected frame %v", m)
-		}
-	}
-}
-
-func (c *client) join(group string) {
-	c.t.Helper()
-	if m := c.call(map[string]any{"type": "join", "group": group}); m["type"] != "ack" {
-		c.t.Fatalf("join %s: %v", group, m)
-	}
-}
-
-// expectMessage reads the next frame and checks it is a delivery of data.
-func (c *client) expectMessage(group, data string) {
-	c.t.Helper()
-	m := c.next()
-	got, _ := json.Marshal(m["data"])
-	var want any
-	json.Unmarshal([]byte(data), &want)
-	w, _ := json.Marshal(want)
-	if m["type"] != "message" || m["group"] != group || string(got) != string(w) {
-		c.t.Fatalf("got %v, want message %s on %s", m, data, group)
-	}
-}
-
-// quiet fails if a frame arrives within d. It ends the connection (a
-// read that times out closes a coder/websocket Conn), so call it last.
-func (c *client) quiet(d time.Duration) {
-	c.t.Helper()
-	if len(c.pending) > 0 {
-		c.t.Fatalf("unexpected frame %s", c.pending[0])
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	defer cancel()
-	if _, p, err := c.conn.Read(ctx); err == nil {
-		c.t.Fatalf("unexpected frame %s", p)
-	}
-}

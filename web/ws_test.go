@@ -2,7 +2,6 @@ package web
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -11,54 +10,57 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/groupcast/groupcast/internal/natstest"
+	"github.com/groupcast/groupcast/internal/wstest"
 )
 
 func TestWelcomeJoinPublishLeave(t *testing.T) {
 	e := newEnv(t, "", nil)
 	c := e.dial()
-	if c.welcome["region"] != "test-region" || c.welcome["node"] != e.broker.Node() ||
-		!strings.HasPrefix(c.channel(), e.broker.Node()+".") {
-		t.Fatalf("welcome %v", c.welcome)
+	if c.Welcome["region"] != "test-region" || c.Welcome["node"] != e.broker.Node() ||
+		!strings.HasPrefix(c.Channel(), e.broker.Node()+".") {
+		t.Fatalf("welcome %v", c.Welcome)
 	}
-	c.join("room.lobby")
+	c.Join("room.lobby")
 	if status, body := e.post("/api/groups/room.lobby/messages", `{"text":"hi"}`); status != http.StatusAccepted {
 		t.Fatalf("publish: %d %s", status, body)
 	}
-	c.expectMessage("room.lobby", `{"text":"hi"}`)
+	c.ExpectMessage("room.lobby", `{"text":"hi"}`)
 
-	if m := c.call(map[string]any{"type": "ping"}); m["type"] != "pong" {
+	if m := c.Call(map[string]any{"type": "ping"}); m["type"] != "pong" {
 		t.Fatalf("ping answered %v", m)
 	}
-	if m := c.call(map[string]any{"type": "leave", "group": "room.lobby"}); m["type"] != "ack" {
+	if m := c.Call(map[string]any{"type": "leave", "group": "room.lobby"}); m["type"] != "ack" {
 		t.Fatalf("leave answered %v", m)
 	}
 	e.post("/api/groups/room.lobby/messages", `{"text":"after leave"}`)
-	c.quiet(100 * time.Millisecond)
+	c.Quiet(100 * time.Millisecond)
 }
 
 func TestClientSend(t *testing.T) {
 	e := newEnv(t, "", nil)
 	a, b := e.dial(), e.dial()
-	a.join("chat")
-	b.join("chat")
-	if m := a.call(map[string]any{"type": "send", "group": "chat", "data": map[string]any{"text": "yo"}}); m["type"] != "ack" {
+	a.Join("chat")
+	b.Join("chat")
+	if m := a.Call(map[string]any{"type": "send", "group": "chat", "data": map[string]any{"text": "yo"}}); m["type"] != "ack" {
 		t.Fatalf("send answered %v", m)
 	}
-	b.expectMessage("chat", `{"text":"yo"}`)
-	a.expectMessage("chat", `{"text":"yo"}`)
+	b.ExpectMessage("chat", `{"text":"yo"}`)
+	a.ExpectMessage("chat", `{"text":"yo"}`)
 }
 
 func TestDirectMessage(t *testing.T) {
 	e := newEnv(t, "", nil)
 	a, b := e.dial(), e.dial()
-	if status, body := e.post("/api/channels/"+a.channel()+"/messages", `[1,2,3]`); status != http.StatusAccepted {
+	if status, body := e.post("/api/channels/"+a.Channel()+"/messages", `[1,2,3]`); status != http.StatusAccepted {
 		t.Fatalf("%d %s", status, body)
 	}
-	m := a.next()
-	if m["type"] != "message" || m["channel"] != a.channel() || fmt.Sprint(m["data"]) != "[1 2 3]" {
+	m := a.Next()
+	if m["type"] != "message" || m["channel"] != a.Channel() || fmt.Sprint(m["data"]) != "[1 2 3]" {
 		t.Fatalf("got %v", m)
 	}
-	b.quiet(100 * time.Millisecond)
+	b.Quiet(100 * time.Millisecond)
 }
 
 // TestBadInput sends every kind of bad frame: each gets its error code, the
@@ -66,10 +68,10 @@ func TestDirectMessage(t *testing.T) {
 func TestBadInput(t *testing.T) {
 	e := newEnv(t, "", &Config{ClientSend: true, MaxGroups: 2})
 	healthy := e.dial()
-	healthy.join("g")
+	healthy.Join("g")
 	bad := e.dial()
-	bad.join("one")
-	bad.join("two")
+	bad.Join("one")
+	bad.Join("two")
 	cases := []struct {
 		frame, code string
 		id          any
@@ -89,29 +91,29 @@ func TestBadInput(t *testing.T) {
 		{`{"type":"ping","id":{"x":1}}`, CodeInvalidFrame, nil},
 	}
 	for _, tc := range cases {
-		bad.write(tc.frame)
-		m := bad.next()
+		bad.Write(tc.frame)
+		m := bad.Next()
 		if m["type"] != "error" || m["code"] != tc.code || m["id"] != tc.id || m["message"] == "" {
 			t.Errorf("%s: got %v, want code %s id %v", tc.frame, m, tc.code, tc.id)
 		}
 	}
 	ctx := context.Background()
-	bad.conn.Write(ctx, websocket.MessageBinary, []byte(`{"type":"ping"}`))
-	if m := bad.next(); m["code"] != CodeInvalidFrame {
+	bad.Conn.Write(ctx, websocket.MessageBinary, []byte(`{"type":"ping"}`))
+	if m := bad.Next(); m["code"] != CodeInvalidFrame {
 		t.Errorf("binary frame: got %v", m)
 	}
 	// Still usable, and the healthy client was never disturbed.
-	if m := bad.call(map[string]any{"type": "ping"}); m["type"] != "pong" {
+	if m := bad.Call(map[string]any{"type": "ping"}); m["type"] != "pong" {
 		t.Fatalf("after errors: %v", m)
 	}
 	e.post("/api/groups/g/messages", `"still here"`)
-	healthy.expectMessage("g", `"still here"`)
+	healthy.ExpectMessage("g", `"still here"`)
 }
 
 func TestClientSendForbidden(t *testing.T) {
 	e := newEnv(t, "", &Config{})
 	c := e.dial()
-	m := c.call(map[string]any{"type": "send", "group": "g", "data": 1})
+	m := c.Call(map[string]any{"type": "send", "group": "g", "data": 1})
 	if m["type"] != "error" || m["code"] != CodeForbidden {
 		t.Fatalf("got %v", m)
 	}
@@ -120,15 +122,15 @@ func TestClientSendForbidden(t *testing.T) {
 func TestOversizeFrameCloses1009(t *testing.T) {
 	e := newEnv(t, "", &Config{MaxFrameBytes: 1024})
 	healthy := e.dial()
-	healthy.join("g")
+	healthy.Join("g")
 	c := e.dial()
-	c.write(`{"type":"ping","pad":"` + strings.Repeat("x", 2000) + `"}`)
-	_, err := c.raw()
+	c.Write(`{"type":"ping","pad":"` + strings.Repeat("x", 2000) + `"}`)
+	_, err := c.Raw()
 	if status := websocket.CloseStatus(err); status != websocket.StatusMessageTooBig {
 		t.Fatalf("read after oversize frame: %v (status %d), want close 1009", err, status)
 	}
 	e.post("/api/groups/g/messages", `1`)
-	healthy.expectMessage("g", `1`)
+	healthy.ExpectMessage("g", `1`)
 }
 
 // TestSlowConsumer: a client that never reads during a flood is closed with
@@ -137,9 +139,9 @@ func TestOversizeFrameCloses1009(t *testing.T) {
 func TestSlowConsumer(t *testing.T) {
 	e := newEnv(t, "", &Config{OutboxFrames: 1024, OutboxBytes: 256 << 10})
 	stuck := e.dial()
-	stuck.join("flood")
+	stuck.Join("flood")
 	good := e.dial()
-	good.join("flood")
+	good.Join("flood")
 
 	const n, window = 20000, 200 // 20 MB: more than socket buffers hold
 	payload := `{"pad":"` + strings.Repeat("x", 1000) + `"}`
@@ -150,7 +152,7 @@ func TestSlowConsumer(t *testing.T) {
 			}
 		}
 		for range window { // the good client keeps up
-			if _, err := good.raw(); err != nil {
+			if _, err := good.Raw(); err != nil {
 				t.Fatalf("good client after %d messages: %v", i, err)
 			}
 		}
@@ -160,7 +162,7 @@ func TestSlowConsumer(t *testing.T) {
 	waitFor(t, 3*time.Second, func() bool { return e.broker.Stats().Channels == 1 })
 	var err error
 	for err == nil {
-		_, err = stuck.raw()
+		_, err = stuck.Raw()
 	}
 	if status := websocket.CloseStatus(err); status == websocket.StatusNormalClosure {
 		t.Fatalf("stuck client closed normally")
@@ -172,7 +174,7 @@ func TestSlowConsumer(t *testing.T) {
 func TestSlowConsumerCloseCode(t *testing.T) {
 	e := newEnv(t, "", &Config{OutboxFrames: 1})
 	c := e.dial()
-	c.join("g")
+	c.Join("g")
 	// The welcome and ack are written; these two land in one outbox of one.
 	e.srv.mu.Lock()
 	var ss *session
@@ -184,7 +186,7 @@ func TestSlowConsumerCloseCode(t *testing.T) {
 	ss.Receive([]byte(`{"type":"message","group":"g","data":2}`))
 	var err error
 	for err == nil {
-		_, err = c.raw()
+		_, err = c.Raw()
 	}
 	if status := websocket.CloseStatus(err); status != CloseSlowConsumer {
 		t.Fatalf("got %v, want close %d", err, CloseSlowConsumer)
@@ -193,7 +195,7 @@ func TestSlowConsumerCloseCode(t *testing.T) {
 
 func TestOriginCheck(t *testing.T) {
 	e := newEnv(t, "", &Config{AllowedOrigins: []string{"*.example.com"}})
-	url := "ws" + strings.TrimPrefix(e.http.URL, "http") + "/ws"
+	url := e.wsURL()
 	dial := func(origin string) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
@@ -219,10 +221,10 @@ func TestOriginCheck(t *testing.T) {
 func TestShutdownCloses1012(t *testing.T) {
 	e := newEnv(t, "", nil)
 	const n = 200
-	clients := make([]*client, n)
+	clients := make([]*wstest.Client, n)
 	for i := range clients {
 		clients[i] = e.dial()
-		clients[i].join("all")
+		clients[i].Join("all")
 	}
 	// Clients read, as browsers do, so they answer the close handshake.
 	var wg sync.WaitGroup
@@ -230,7 +232,7 @@ func TestShutdownCloses1012(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, err := c.raw()
+			_, err := c.Raw()
 			if status := websocket.CloseStatus(err); status != websocket.StatusServiceRestart {
 				t.Errorf("got %v, want close 1012", err)
 			}
@@ -260,7 +262,7 @@ func TestShutdownCloses1012(t *testing.T) {
 // TestNATSDown: with the external NATS gone, /readyz is 503, publishes and
 // joins are refused as unavailable, and pings still work.
 func TestNATSDown(t *testing.T) {
-	ns := startNATS(t)
+	ns := natstest.Start(t, -1)
 	e := newEnv(t, ns.ClientURL(), nil)
 	c := e.dial()
 	ns.Shutdown()
@@ -276,10 +278,10 @@ func TestNATSDown(t *testing.T) {
 	if status, body := e.post("/api/groups/g/messages", `1`); status != http.StatusServiceUnavailable || !strings.Contains(body, CodeUnavailable) {
 		t.Fatalf("publish while down: %d %s", status, body)
 	}
-	if m := c.call(map[string]any{"type": "send", "group": "g", "data": 1}); m["code"] != CodeUnavailable {
+	if m := c.Call(map[string]any{"type": "send", "group": "g", "data": 1}); m["code"] != CodeUnavailable {
 		t.Fatalf("send while down: %v", m)
 	}
-	if m := c.call(map[string]any{"type": "ping"}); m["type"] != "pong" {
+	if m := c.Call(map[string]any{"type": "ping"}); m["type"] != "pong" {
 		t.Fatalf("ping while down: %v", m)
 	}
 }
@@ -288,9 +290,7 @@ func TestReadCloseError(t *testing.T) {
 	// A client that goes away without a close frame is cleaned up.
 	e := newEnv(t, "", nil)
 	c := e.dial()
-	c.join("g")
-	c.conn.CloseNow()
+	c.Join("g")
+	c.Conn.CloseNow()
 	waitFor(t, 5*time.Second, func() bool { return e.broker.Stats().Channels == 0 && e.broker.Stats().Groups == 0 })
-	var ce websocket.CloseError
-	_ = errors.As(nil, &ce)
 }

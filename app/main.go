@@ -1,0 +1,135 @@
+// Command groupcast is a real-time server: browsers join channel groups
+// over WebSockets, backends publish to a group or a connection over HTTP,
+// and NATS fans every message out to every instance. Settings come from
+// the environment; see README.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/groupcast/groupcast/broker"
+	"github.com/groupcast/groupcast/web"
+)
+
+// version is stamped at build time (-ldflags "-X main.version=...").
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Getenv, os.Stderr, nil); err != nil {
+		fmt.Fprintln(os.Stderr, "groupcast:", err)
+		os.Exit(1)
+	}
+}
+
+// run starts the server with the given environment and serves until ctx
+// ends, then shuts down gracefully. When listening is not nil it receives
+// the bound address once the server accepts connections.
+func run(ctx context.Context, getenv func(string) string, stderr io.Writer, listening func(net.Addr)) error {
+	cfg, err := loadSettings(getenv)
+	if err != nil {
+		return err
+	}
+	log := newLogger(stderr, cfg.LogFormat, cfg.LogLevel)
+
+	ln, err := net.Listen("tcp", ":"+strconv.Itoa(cfg.Port))
+	if err != nil {
+		return fmt.Errorf("PORT=%d: %v", cfg.Port, err)
+	}
+	defer ln.Close()
+
+	b, err := broker.New(broker.Config{
+		URL:        cfg.NATSURL,
+		Node:       cfg.NodeID,
+		Region:     cfg.Region,
+		Prefix:     cfg.NATSPrefix,
+		CredsFile:  cfg.NATSCreds,
+		NKeyFile:   cfg.NATSNKey,
+		Token:      cfg.NATSToken,
+		TLSCA:      cfg.NATSTLSCA,
+		TLSCert:    cfg.NATSTLSCert,
+		TLSKey:     cfg.NATSTLSKey,
+		ListenAddr: cfg.NATSListen,
+		Logger:     log,
+	})
+	if err != nil {
+		return err
+	}
+	log = log.With("node", b.Node())
+	if b.Embedded() {
+		log.Info("NATS_URL is unset: using an embedded NATS server; right for one instance only")
+	}
+	w := web.New(b, web.Config{
+		Region:         cfg.Region,
+		APIKey:         cfg.APIKey,
+		AllowedOrigins: cfg.AllowedOrigins,
+		ClientSend:     cfg.ClientSend,
+		MaxFrameBytes:  int64(cfg.MaxFrameBytes),
+		MaxBodyBytes:   int64(cfg.MaxBodyBytes),
+		MaxGroups:      cfg.MaxGroups,
+		OutboxFrames:   cfg.OutboxFrames,
+		OutboxBytes:    cfg.OutboxBytes,
+		WriteTimeout:   cfg.WriteTimeout,
+		PingInterval:   cfg.PingInterval,
+		Logger:         log,
+	})
+	if cfg.APIKey == "" {
+		log.Warn("API_KEY is unset: the server API answers loopback callers only")
+	}
+	srv := &http.Server{
+		Handler:           w.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	log.Info("groupcast listening", "addr", ln.Addr().String(), "version", version, "region", cfg.Region)
+	if listening != nil {
+		listening(ln.Addr())
+	}
+
+	select {
+	case <-ctx.Done():
+	case err = <-served:
+		err = fmt.Errorf("serve: %w", err)
+	}
+	start := time.Now()
+	log.Info("shutting down", "timeout", cfg.ShutdownTimeout.String())
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+
+	// Stop accepting, close every WebSocket (Shutdown ignores hijacked
+	// connections), then drain NATS and stop the embedded server.
+	httpDone := make(chan error, 1)
+	go func() { httpDone <- srv.Shutdown(sctx) }()
+	if werr := w.Shutdown(sctx); werr != nil {
+		log.Warn("some WebSockets did not close in time", "error", werr)
+	}
+	if herr := <-httpDone; herr != nil {
+		log.Warn("HTTP shutdown", "error", herr)
+		srv.Close()
+	}
+	if err == nil {
+		<-served
+	}
+	if berr := b.Close(sctx); berr != nil {
+		log.Warn("NATS drain", "error", berr)
+	}
+	log.Info("stopped", "took", time.Since(start).Round(time.Millisecond).String())
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}

@@ -1,0 +1,314 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"go.uber.org/goleak"
+
+	"github.com/groupcast/groupcast/internal/natstest"
+	"github.com/groupcast/groupcast/internal/wstest"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// instance is one groupcast started through run.
+type instance struct {
+	t    testing.TB
+	base string // http://127.0.0.1:port
+	logs *syncBuffer
+	stop func() error
+}
+
+// start runs the server with env (PORT=0 unless given) until the test
+// ends or stop is called.
+func start(t testing.TB, env map[string]string) *instance {
+	t.Helper()
+	if _, ok := env["PORT"]; !ok {
+		env["PORT"] = "0"
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	addr := make(chan net.Addr, 1)
+	logs := &syncBuffer{}
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, func(k string) string { return env[k] }, logs, func(a net.Addr) { addr <- a })
+	}()
+	inst := &instance{t: t, logs: logs}
+	select {
+	case a := <-addr:
+		inst.base = fmt.Sprintf("http://127.0.0.1:%d", a.(*net.TCPAddr).Port)
+	case err := <-done:
+		cancel()
+		t.Fatalf("run: %v\n%s", err, logs)
+	}
+	var once sync.Once
+	var err error
+	inst.stop = func() error {
+		once.Do(func() { cancel(); err = <-done })
+		return err
+	}
+	t.Cleanup(func() { inst.stop() })
+	return inst
+}
+
+func (i *instance) ws() *wstest.Client {
+	return wstest.Dial(i.t, "ws"+strings.TrimPrefix(i.base, "http")+"/ws", nil)
+}
+
+func (i *instance) publish(group, body string) {
+	i.t.Helper()
+	resp, err := http.Post(i.base+"/api/groups/"+group+"/messages", "application/json", strings.NewReader(body))
+	if err != nil {
+		i.t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		i.t.Fatalf("publish: %d", resp.StatusCode)
+	}
+}
+
+func (i *instance) status(path string) int {
+	resp, err := http.Get(i.base + path)
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// TestEmbeddedEndToEnd is the two-minute tour: start with no settings,
+// join from a socket, publish over HTTP, receive, stop cleanly.
+func TestEmbeddedEndToEnd(t *testing.T) {
+	inst := start(t, map[string]string{"REGION": "local"})
+	if inst.status("/readyz") != 200 || inst.status("/healthz") != 200 || inst.status("/") != 200 {
+		t.Fatal("not healthy")
+	}
+	c := inst.ws()
+	if c.Welcome["region"] != "local" {
+		t.Fatalf("welcome %v", c.Welcome)
+	}
+	c.Join("room.lobby")
+	inst.publish("room.lobby", `{"text":"hi"}`)
+	c.ExpectMessage("room.lobby", `{"text":"hi"}`)
+	if err := inst.stop(); err != nil {
+		t.Fatalf("run returned %v", err)
+	}
+	_, err := c.Raw()
+	if status := websocket.CloseStatus(err); status != websocket.StatusServiceRestart {
+		t.Fatalf("socket ended with %v, want 1012", err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(inst.logs.String()), "\n") {
+		var entry map[string]any
+		if err := json.Unmarshal([]byte(line), &entry); err != nil || entry["severity"] == nil || entry["message"] == nil {
+			t.Fatalf("log line is not Cloud Logging JSON: %s", line)
+		}
+	}
+}
+
+// TestTwoInstancesExternalNATS: two instances on one NATS server; a
+// message published on either reaches every member on both, exactly once.
+func TestTwoInstancesExternalNATS(t *testing.T) {
+	ns := natstest.Start(t, -1)
+	a := start(t, map[string]string{"NATS_URL": ns.ClientURL()})
+	b := start(t, map[string]string{"NATS_URL": ns.ClientURL()})
+	clients := []*wstest.Client{a.ws(), a.ws(), b.ws(), b.ws()}
+	for _, c := range clients {
+		c.Join("everyone")
+	}
+	if clients[0].Welcome["node"] == clients[2].Welcome["node"] {
+		t.Fatal("two instances share a node id")
+	}
+	const n = 50
+	for i := range n {
+		[]*instance{a, b}[i%2].publish("everyone", fmt.Sprint(i))
+	}
+	for _, c := range clients {
+		seen := map[string]int{}
+		for range n {
+			m := c.Next()
+			seen[fmt.Sprint(m["data"])]++
+		}
+		for i := range n {
+			if seen[fmt.Sprint(i)] != 1 {
+				t.Fatalf("message %d delivered %d times", i, seen[fmt.Sprint(i)])
+			}
+		}
+	}
+	// Nothing more: a duplicate would show up here.
+	for _, c := range clients {
+		c.Quiet(100 * time.Millisecond)
+	}
+	// Channel sends reach the other instance's connection.
+	d := b.ws()
+	resp, err := http.Post(a.base+"/api/channels/"+d.Channel()+"/messages", "application/json", strings.NewReader(`"direct"`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if m := d.Next(); m["data"] != "direct" || m["channel"] != d.Channel() {
+		t.Fatalf("direct message: %v", m)
+	}
+}
+
+// TestNATSRestart: the NATS server goes away and comes back; /readyz goes
+// 503 then 200, and the SAME WebSocket connections receive again.
+func TestNATSRestart(t *testing.T) {
+	ns := natstest.Start(t, -1)
+	port := natstest.Port(ns)
+	inst := start(t, map[string]string{"NATS_URL": ns.ClientURL()})
+	c1, c2 := inst.ws(), inst.ws()
+	c1.Join("g")
+	c2.Join("g")
+	inst.publish("g", `1`)
+	c1.ExpectMessage("g", `1`)
+	c2.ExpectMessage("g", `1`)
+
+	ns.Shutdown()
+	ns.WaitForShutdown()
+	natstest.WaitFor(t, 10*time.Second, func() bool { return inst.status("/readyz") == http.StatusServiceUnavailable })
+	natstest.Start(t, port)
+	natstest.WaitFor(t, 10*time.Second, func() bool { return inst.status("/readyz") == http.StatusOK })
+	inst.publish("g", `2`)
+	c1.ExpectMessage("g", `2`)
+	c2.ExpectMessage("g", `2`)
+}
+
+func TestBadSettings(t *testing.T) {
+	cases := map[string]string{
+		"PORT":                      "80a",
+		"NATS_URL":                  "http://user:pw@host:4222",
+		"NATS_CREDS":                "/nonexistent/user.creds",
+		"NATS_TLS_CA":               "/nonexistent/ca.pem",
+		"NODE_ID":                   "has.dot",
+		"CLIENT_SEND":               "maybe",
+		"MAX_FRAME_BYTES":           "-1",
+		"OUTBOX_FRAMES":             "lots",
+		"WRITE_TIMEOUT":             "10",
+		"LOG_LEVEL":                 "loud",
+		"NATS_LISTEN":               "4222",
+		"MAX_GROUPS_PER_CONNECTION": "0",
+	}
+	for name, value := range cases {
+		err := run(context.Background(), func(k string) string {
+			if k == name {
+				return value
+			}
+			return ""
+		}, io.Discard, nil)
+		if err == nil {
+			t.Errorf("%s=%q: started", name, value)
+			continue
+		}
+		msg := err.Error()
+		if !strings.HasPrefix(msg, name) || strings.Contains(msg, "\n") {
+			t.Errorf("%s=%q: error %q does not start with the variable or is not one line", name, value, msg)
+		}
+		if strings.Contains(msg, "pw@") {
+			t.Errorf("error %q leaks a password", msg)
+		}
+	}
+	if err := run(context.Background(), func(k string) string {
+		return map[string]string{"NATS_TLS_CERT": "main.go"}[k]
+	}, io.Discard, nil); err == nil || !strings.Contains(err.Error(), "NATS_TLS_KEY") {
+		t.Errorf("cert without key: %v", err)
+	}
+}
+
+// TestSIGTERM runs the real binary with hundreds of open sockets, sends
+// SIGTERM, and checks every socket is closed with 1012 and the process
+// exits cleanly well inside Cloud Run's 10 seconds.
+func TestSIGTERM(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	bin := filepath.Join(t.TempDir(), "groupcast")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	cmd := exec.Command(bin)
+	cmd.Env = append(os.Environ(), fmt.Sprintf("PORT=%d", port), "LOG_FORMAT=json")
+	var stderr syncBuffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	inst := &instance{t: t, base: fmt.Sprintf("http://127.0.0.1:%d", port)}
+	natstest.WaitFor(t, 10*time.Second, func() bool { return inst.status("/readyz") == 200 })
+
+	const n = 300
+	clients := make([]*wstest.Client, n)
+	for i := range clients {
+		clients[i] = inst.ws()
+		clients[i].Join("all")
+	}
+	codes := make(chan websocket.StatusCode, n)
+	for _, c := range clients {
+		go func() {
+			_, err := c.Raw()
+			codes <- websocket.CloseStatus(err)
+		}()
+	}
+	start := time.Now()
+	cmd.Process.Signal(syscall.SIGTERM)
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("exit: %v\n%s", err, &stderr)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("still running 10 s after SIGTERM\n%s", &stderr)
+	}
+	t.Logf("exited %v after SIGTERM with %d sockets", time.Since(start).Round(time.Millisecond), n)
+	for range n {
+		if code := <-codes; code != websocket.StatusServiceRestart {
+			t.Fatalf("a socket ended with %d, want 1012", code)
+		}
+	}
+	if !strings.Contains(stderr.String(), `"message":"stopped"`) {
+		t.Fatalf("no clean stop logged:\n%s", &stderr)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent writes and reads.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}

@@ -1,0 +1,236 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// settings are the process's configuration, read from the environment.
+type settings struct {
+	Port            int
+	NATSURL         string
+	Region          string
+	APIKey          string
+	NodeID          string
+	NATSPrefix      string
+	NATSCreds       string
+	NATSNKey        string
+	NATSToken       string
+	NATSTLSCA       string
+	NATSTLSCert     string
+	NATSTLSKey      string
+	NATSListen      string
+	AllowedOrigins  []string
+	ClientSend      bool
+	MaxFrameBytes   int
+	MaxBodyBytes    int
+	MaxGroups       int
+	OutboxFrames    int
+	OutboxBytes     int
+	WriteTimeout    time.Duration
+	PingInterval    time.Duration
+	ShutdownTimeout time.Duration
+	LogLevel        slog.Level
+	LogFormat       string
+}
+
+// setting documents one environment variable; the README's table says the same.
+type setting struct {
+	name, def, doc string
+	parse          func(s *settings, v string) error
+}
+
+// settingsTable lists every variable, its default and how it is read.
+var settingsTable = []setting{
+	{"PORT", "8080", "the one port for HTTP and WebSocket", func(s *settings, v string) (err error) {
+		s.Port, err = parseInt(v, 0, 65535)
+		return err
+	}},
+	{"NATS_URL", "", "unset: embedded NATS server; set: comma-separated nats:// or tls:// URLs of an external cluster", func(s *settings, v string) error {
+		s.NATSURL = v
+		return checkNATSURLs(v)
+	}},
+	{"REGION", "", "label of this instance's region, in the welcome frame and logs", func(s *settings, v string) error { s.Region = v; return nil }},
+	{"API_KEY", "", "required as Authorization: Bearer on the server API; unset: loopback callers only", func(s *settings, v string) error { s.APIKey = v; return nil }},
+	{"NODE_ID", "random", "this instance's id in channel names and subjects (letters, digits, - and _)", func(s *settings, v string) error {
+		s.NodeID = v
+		if v != "" && !isToken(v) {
+			return errors.New("want 1-64 letters, digits, '-' or '_'")
+		}
+		return nil
+	}},
+	{"NATS_PREFIX", "groupcast", "first tokens of every NATS subject", func(s *settings, v string) error { s.NATSPrefix = v; return nil }},
+	{"NATS_CREDS", "", "NATS credentials file (user JWT and seed)", readableFile(func(s *settings) *string { return &s.NATSCreds })},
+	{"NATS_NKEY", "", "file holding an NATS nkey seed", readableFile(func(s *settings) *string { return &s.NATSNKey })},
+	{"NATS_TOKEN", "", "NATS authentication token", func(s *settings, v string) error { s.NATSToken = v; return nil }},
+	{"NATS_TLS_CA", "", "PEM file of CAs for the NATS servers' certificates", readableFile(func(s *settings) *string { return &s.NATSTLSCA })},
+	{"NATS_TLS_CERT", "", "PEM client certificate for NATS (with NATS_TLS_KEY)", readableFile(func(s *settings) *string { return &s.NATSTLSCert })},
+	{"NATS_TLS_KEY", "", "PEM key of NATS_TLS_CERT", readableFile(func(s *settings) *string { return &s.NATSTLSKey })},
+	{"NATS_LISTEN", "", "embedded mode: also listen for NATS clients on this host:port (e.g. 127.0.0.1:4222)", func(s *settings, v string) error {
+		s.NATSListen = v
+		if v == "" {
+			return nil
+		}
+		i := strings.LastIndexByte(v, ':')
+		if i < 0 {
+			return errors.New("want host:port")
+		}
+		_, err := parseInt(v[i+1:], 0, 65535)
+		return err
+	}},
+	{"ALLOWED_ORIGINS", "", "comma-separated host patterns (e.g. *.example.com) of other sites' pages allowed to connect", func(s *settings, v string) error {
+		s.AllowedOrigins = splitList(v)
+		return nil
+	}},
+	{"CLIENT_SEND", "true", "let WebSocket clients publish with send frames", func(s *settings, v string) (err error) {
+		s.ClientSend, err = strconv.ParseBool(v)
+		if err != nil {
+			return errors.New("want true or false")
+		}
+		return nil
+	}},
+	{"MAX_FRAME_BYTES", "65536", "largest client frame; larger closes the socket with 1009", intSetting(func(s *settings) *int { return &s.MaxFrameBytes }, 256, 64<<20)},
+	{"MAX_BODY_BYTES", "1048576", "largest server API body; larger gets 413", intSetting(func(s *settings) *int { return &s.MaxBodyBytes }, 256, 64<<20)},
+	{"MAX_GROUPS_PER_CONNECTION", "100", "groups one connection may be in", intSetting(func(s *settings) *int { return &s.MaxGroups }, 1, 1<<20)},
+	{"OUTBOX_FRAMES", "1024", "frames queued for one connection before it is closed as a slow consumer (4008)", intSetting(func(s *settings) *int { return &s.OutboxFrames }, 1, 1<<24)},
+	{"OUTBOX_BYTES", "1048576", "bytes queued for one connection before it is closed as a slow consumer (4008)", intSetting(func(s *settings) *int { return &s.OutboxBytes }, 1024, 1<<30)},
+	{"WRITE_TIMEOUT", "10s", "bound on one WebSocket write or ping", durationSetting(func(s *settings) *time.Duration { return &s.WriteTimeout })},
+	{"PING_INTERVAL", "25s", "how often idle WebSockets are pinged", durationSetting(func(s *settings) *time.Duration { return &s.PingInterval })},
+	{"SHUTDOWN_TIMEOUT", "8s", "bound on the graceful shutdown after SIGTERM", durationSetting(func(s *settings) *time.Duration { return &s.ShutdownTimeout })},
+	{"LOG_LEVEL", "info", "debug, info, warn or error", func(s *settings, v string) error {
+		if err := s.LogLevel.UnmarshalText([]byte(v)); err != nil {
+			return errors.New("want debug, info, warn or error")
+		}
+		return nil
+	}},
+	{"LOG_FORMAT", "auto", "json (Cloud Logging), text, or auto: text on a terminal, json otherwise", func(s *settings, v string) error {
+		switch v {
+		case "auto", "json", "text":
+			s.LogFormat = v
+			return nil
+		}
+		return errors.New("want auto, json or text")
+	}},
+}
+
+// loadSettings reads every setting. The error names the variable.
+func loadSettings(getenv func(string) string) (*settings, error) {
+	s := &settings{}
+	for _, st := range settingsTable {
+		v := strings.TrimSpace(getenv(st.name))
+		if v == "" && st.def != "random" {
+			v = st.def
+		}
+		if err := st.parse(s, v); err != nil {
+			if st.name == "NATS_URL" { // may hold credentials: the error shows it redacted
+				return nil, fmt.Errorf("%s: %v", st.name, err)
+			}
+			return nil, fmt.Errorf("%s=%q: %v", st.name, v, err)
+		}
+	}
+	if (s.NATSTLSCert == "") != (s.NATSTLSKey == "") {
+		return nil, errors.New("NATS_TLS_CERT and NATS_TLS_KEY must be set together")
+	}
+	return s, nil
+}
+
+func parseInt(v string, lo, hi int) (int, error) {
+	n, err := strconv.Atoi(v)
+	if err != nil || n < lo || n > hi {
+		return 0, fmt.Errorf("want a whole number from %d to %d", lo, hi)
+	}
+	return n, nil
+}
+
+func intSetting(field func(*settings) *int, lo, hi int) func(*settings, string) error {
+	return func(s *settings, v string) (err error) {
+		*field(s), err = parseInt(v, lo, hi)
+		return err
+	}
+}
+
+func durationSetting(field func(*settings) *time.Duration) func(*settings, string) error {
+	return func(s *settings, v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return errors.New("want a positive duration such as 10s or 500ms")
+		}
+		*field(s) = d
+		return nil
+	}
+}
+
+func readableFile(field func(*settings) *string) func(*settings, string) error {
+	return func(s *settings, v string) error {
+		*field(s) = v
+		if v == "" {
+			return nil
+		}
+		f, err := os.Open(v)
+		if err != nil {
+			return fmt.Errorf("cannot read: %v", errors.Unwrap(err))
+		}
+		return f.Close()
+	}
+}
+
+func checkNATSURLs(v string) error {
+	if v == "" {
+		return nil
+	}
+	for _, raw := range strings.Split(v, ",") {
+		u, err := url.Parse(strings.TrimSpace(raw))
+		if err != nil {
+			return errors.New("not a URL list")
+		}
+		switch u.Scheme {
+		case "nats", "tls", "ws", "wss":
+		default:
+			return fmt.Errorf("URL %q: want scheme nats://, tls://, ws:// or wss://", redact(u))
+		}
+		if u.Hostname() == "" {
+			return fmt.Errorf("URL %q: no host", redact(u))
+		}
+		if p := u.Port(); p != "" {
+			if _, err := parseInt(p, 1, 65535); err != nil {
+				return fmt.Errorf("URL %q: bad port", redact(u))
+			}
+		}
+	}
+	return nil
+}
+
+func redact(u *url.URL) string {
+	if u.User != nil {
+		u.User = url.User("REDACTED")
+	}
+	return u.String()
+}
+
+func splitList(v string) []string {
+	var out []string
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func isToken(v string) bool {
+	if len(v) == 0 || len(v) > 64 {
+		return false
+	}
+	for _, c := range []byte(v) {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}

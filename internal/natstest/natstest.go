@@ -1,0 +1,52 @@
+// Package natstest starts real nats-servers for tests.
+package natstest
+
+import (
+	"net"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+// Start starts a nats-server listening on 127.0.0.1:port (-1: a random
+// port), the stand-in for an external cluster. It stops when the test ends.
+func Start(t testing.TB, port int) *server.Server {
+	t.Helper()
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: port, NoSigs: true, NoLog: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.Start()
+	if !ns.ReadyForConnections(5 * time.Second) {
+		t.Fatal("nats-server did not start")
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	return ns
+}
+
+// Port returns the client port of ns.
+func Port(ns *server.Server) int { return ns.Addr().(*net.TCPAddr).Port }
+
+// Subscriptions counts ns's subscriptions that match a literal subject.
+func Subscriptions(t testing.TB, ns *server.Server, subject string) int {
+	t.Helper()
+	sz, err := ns.Subsz(&server.SubszOptions{Subscriptions: true, Test: subject})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sz.Total
+}
+
+// WaitFor polls cond every few milliseconds until it holds, failing the
+// test after timeout.
+func WaitFor(t testing.TB, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met in time")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

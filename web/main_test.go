@@ -98,4 +98,3 @@ func (e *env) dial(header ...string) *wstest.Client {
 }
 
 func (e *env) wsURL() string { return "ws" + strings.TrimPrefix(e.http.URL, "http") + "/ws" }
-

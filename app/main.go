@@ -50,6 +50,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer, list
 	}
 	defer ln.Close()
 
+	metrics := web.NewMetrics()
 	b, err := broker.New(broker.Config{
 		URL:        cfg.NATSURL,
 		Node:       cfg.NodeID,
@@ -62,28 +63,32 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer, list
 		TLSCert:    cfg.NATSTLSCert,
 		TLSKey:     cfg.NATSTLSKey,
 		ListenAddr: cfg.NATSListen,
+		OnFanout:   metrics.ObserveFanout,
 		Logger:     log,
 	})
 	if err != nil {
 		return err
 	}
-	log = log.With("node", b.Node())
+	log = log.With("node", b.Node(), "region", cfg.Region)
 	if b.Embedded() {
 		log.Info("NATS_URL is unset: using an embedded NATS server; right for one instance only")
 	}
 	w := web.New(b, web.Config{
-		Region:         cfg.Region,
-		APIKey:         cfg.APIKey,
-		AllowedOrigins: cfg.AllowedOrigins,
-		ClientSend:     cfg.ClientSend,
-		MaxFrameBytes:  int64(cfg.MaxFrameBytes),
-		MaxBodyBytes:   int64(cfg.MaxBodyBytes),
-		MaxGroups:      cfg.MaxGroups,
-		OutboxFrames:   cfg.OutboxFrames,
-		OutboxBytes:    cfg.OutboxBytes,
-		WriteTimeout:   cfg.WriteTimeout,
-		PingInterval:   cfg.PingInterval,
-		Logger:         log,
+		Region:           cfg.Region,
+		APIKey:           cfg.APIKey,
+		AllowedOrigins:   cfg.AllowedOrigins,
+		ClientSend:       cfg.ClientSend,
+		MaxFrameBytes:    int64(cfg.MaxFrameBytes),
+		MaxBodyBytes:     int64(cfg.MaxBodyBytes),
+		MaxGroups:        cfg.MaxGroups,
+		OutboxFrames:     cfg.OutboxFrames,
+		OutboxBytes:      cfg.OutboxBytes,
+		WriteTimeout:     cfg.WriteTimeout,
+		PingInterval:     cfg.PingInterval,
+		MaxConnectionAge: cfg.MaxConnAge,
+		TraceProject:     cfg.TraceProject,
+		Metrics:          metrics,
+		Logger:           log,
 	})
 	if cfg.APIKey == "" {
 		log.Warn("API_KEY is unset: the server API answers loopback callers only")
@@ -95,7 +100,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer, list
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
-	log.Info("groupcast listening", "addr", ln.Addr().String(), "version", version, "region", cfg.Region)
+	log.Info("groupcast listening", "addr", ln.Addr().String(), "version", version)
 	if listening != nil {
 		listening(ln.Addr())
 	}

@@ -36,6 +36,8 @@ type settings struct {
 	WriteTimeout    time.Duration
 	PingInterval    time.Duration
 	ShutdownTimeout time.Duration
+	MaxConnAge      time.Duration
+	TraceProject    string
 	LogLevel        slog.Level
 	LogFormat       string
 }
@@ -102,6 +104,8 @@ var settingsTable = []setting{
 	{"OUTBOX_BYTES", "1048576", "bytes queued for one connection before it is closed as a slow consumer (4008)", intSetting(func(s *settings) *int { return &s.OutboxBytes }, 1024, 1<<30)},
 	{"WRITE_TIMEOUT", "10s", "bound on one WebSocket write or ping", durationSetting(func(s *settings) *time.Duration { return &s.WriteTimeout })},
 	{"PING_INTERVAL", "25s", "how often idle WebSockets are pinged", durationSetting(func(s *settings) *time.Duration { return &s.PingInterval })},
+	{"MAX_CONNECTION_AGE", "55m", "WebSockets are closed with 1012 after this long (less up to a tenth, at random), before Cloud Run's request timeout cuts them", durationSetting(func(s *settings) *time.Duration { return &s.MaxConnAge })},
+	{"GOOGLE_CLOUD_PROJECT", "", "project id for Cloud Logging trace fields (logging.googleapis.com/trace)", func(s *settings, v string) error { s.TraceProject = v; return nil }},
 	{"SHUTDOWN_TIMEOUT", "8s", "bound on the graceful shutdown after SIGTERM", durationSetting(func(s *settings) *time.Duration { return &s.ShutdownTimeout })},
 	{"LOG_LEVEL", "info", "debug, info, warn or error", func(s *settings, v string) error {
 		if err := s.LogLevel.UnmarshalText([]byte(v)); err != nil {

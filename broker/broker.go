@@ -80,6 +80,10 @@ type Config struct {
 	// out, per dispatch goroutine. Beyond it NATS drops messages for this
 	// node (a slow consumer, logged and counted). Default 8192.
 	QueueLen int
+	// OnFanout, when set, is called after each group message is handed to
+	// the node's members, with their number and the time it took. It runs
+	// on the dispatch goroutine: keep it cheap (a histogram observation).
+	OnFanout func(members int, took time.Duration)
 
 	// Logger receives the broker's and the embedded server's logs. Required.
 	Logger *slog.Logger

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"sync/atomic"
+	"time"
 
 	"github.com/nats-io/nats.go"
 )
@@ -25,6 +26,7 @@ func (b *Broker) dispatchLoop(queue chan *nats.Msg) {
 // receiver. Receivers do not block, so neither does this.
 func (b *Broker) dispatch(msg *nats.Msg) {
 	b.stats.received.Add(1)
+	start := time.Now()
 	if msg.Sub == b.direct {
 		b.dispatchDirect(msg)
 		return
@@ -48,6 +50,9 @@ func (b *Broker) dispatch(msg *nats.Msg) {
 	n := len(g.members)
 	g.mu.RUnlock()
 	b.stats.delivered.Add(uint64(n))
+	if b.cfg.OnFanout != nil {
+		b.cfg.OnFanout(n, time.Since(start))
+	}
 }
 
 func (b *Broker) dispatchDirect(msg *nats.Msg) {

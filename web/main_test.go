@@ -42,7 +42,8 @@ type env struct {
 // be nil for defaults (with client sends allowed).
 func newEnv(t testing.TB, natsURL string, cfg *Config) *env {
 	t.Helper()
-	b, err := broker.New(broker.Config{URL: natsURL, Logger: testLogger(), ReconnectWait: 50 * time.Millisecond})
+	m := NewMetrics()
+	b, err := broker.New(broker.Config{URL: natsURL, Logger: testLogger(), ReconnectWait: 50 * time.Millisecond, OnFanout: m.ObserveFanout})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,6 +51,7 @@ func newEnv(t testing.TB, natsURL string, cfg *Config) *env {
 		cfg = &Config{ClientSend: true}
 	}
 	cfg.Logger = testLogger()
+	cfg.Metrics = m
 	if cfg.Region == "" {
 		cfg.Region = "test-region"
 	}

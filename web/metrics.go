@@ -1,12 +1,16 @@
 package web
 
 import (
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
-// metrics are the server's Prometheus metrics, in a registry of its own.
-type metrics struct {
+// Metrics are a server's Prometheus metrics, in a registry of their own.
+// Create them before the broker so that its fan-out timings reach them
+// (broker.Config.OnFanout = m.ObserveFanout), then pass them in Config.
+type Metrics struct {
 	registry      *prometheus.Registry
 	connections   prometheus.Gauge
 	connects      prometheus.Counter
@@ -16,10 +20,12 @@ type metrics struct {
 	bytesWritten  prometheus.Counter
 	slowConsumers prometheus.Counter
 	errors        *prometheus.CounterVec
+	fanout        prometheus.Histogram
 }
 
-func newMetrics(b Broker) *metrics {
-	m := &metrics{
+// NewMetrics returns a fresh set of metrics.
+func NewMetrics() *Metrics {
+	m := &Metrics{
 		registry: prometheus.NewRegistry(),
 		connections: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "groupcast_connections", Help: "Open WebSocket connections.",
@@ -45,13 +51,21 @@ func newMetrics(b Broker) *metrics {
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "groupcast_errors_total", Help: "Refusals sent to clients and API callers, by code.",
 		}, []string{"code"}),
+		fanout: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "groupcast_fanout_seconds",
+			Help:    "Time to hand one group message to every member on this instance.",
+			Buckets: prometheus.ExponentialBuckets(1e-6, 4, 11), // 1µs to 1s
+		}),
 	}
 	m.registry.MustRegister(m.connections, m.connects, m.joins, m.published, m.framesWritten,
-		m.bytesWritten, m.slowConsumers, m.errors,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		brokerCollector{b})
+		m.bytesWritten, m.slowConsumers, m.errors, m.fanout,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
+
+// ObserveFanout records one group message's local fan-out; it fits
+// broker.Config.OnFanout.
+func (m *Metrics) ObserveFanout(_ int, took time.Duration) { m.fanout.Observe(took.Seconds()) }
 
 var (
 	descGroups     = prometheus.NewDesc("groupcast_groups", "Groups with members on this instance (one NATS subscription each).", nil, nil)

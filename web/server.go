@@ -9,9 +9,11 @@ import (
 	"errors"
 	"io/fs"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
@@ -68,6 +70,18 @@ type Config struct {
 	PingInterval time.Duration
 	// JoinTimeout bounds how long a join waits for NATS. Default 5s.
 	JoinTimeout time.Duration
+	// MaxConnectionAge closes a WebSocket with 1012 after this long (less
+	// up to a tenth, at random, so that sockets opened together do not
+	// reconnect together), before a proxy's request timeout cuts it: the
+	// client reconnects on its own terms. Default 55m, under Cloud Run's
+	// 60-minute maximum request timeout.
+	MaxConnectionAge time.Duration
+	// TraceProject is the Google Cloud project whose trace ids appear in
+	// connection logs ("logging.googleapis.com/trace"). Optional.
+	TraceProject string
+	// Metrics, when set, are the metrics to fill (see NewMetrics); by
+	// default the server makes its own.
+	Metrics *Metrics
 	// Logger is required.
 	Logger *slog.Logger
 }
@@ -81,6 +95,7 @@ func (c *Config) setDefaults() {
 	setDuration(&c.WriteTimeout, 10*time.Second)
 	setDuration(&c.PingInterval, 25*time.Second)
 	setDuration(&c.JoinTimeout, 5*time.Second)
+	setDuration(&c.MaxConnectionAge, 55*time.Minute)
 }
 
 func setInt(p *int, def int) {
@@ -108,7 +123,7 @@ type Server struct {
 	broker  Broker
 	log     *slog.Logger
 	echo    *echo.Echo
-	metrics *metrics
+	metrics *Metrics
 	buffers sync.Pool // *[]byte for batching frames
 
 	mu       sync.Mutex
@@ -127,9 +142,13 @@ func New(b Broker, cfg Config) *Server {
 		cfg:      cfg,
 		broker:   b,
 		log:      cfg.Logger.With("component", "web"),
-		metrics:  newMetrics(b),
+		metrics:  cfg.Metrics,
 		sessions: make(map[*session]struct{}),
 	}
+	if s.metrics == nil {
+		s.metrics = NewMetrics()
+	}
+	s.metrics.registry.MustRegister(brokerCollector{b})
 	s.buffers.New = func() any { p := make([]byte, 0, 4096); return &p }
 
 	e := echo.New()
@@ -193,11 +212,15 @@ func (s *Server) serveWS(c echo.Context) error {
 		conn.Close(websocket.StatusTryAgainLater, "messaging unavailable")
 		return nil
 	}
-	ss.log = s.log.With("channel", ss.channel)
-	ss.log.Debug("connected", "remote", c.Request().RemoteAddr)
+	ss.log = s.log.With(append(traceAttrs(c.Request(), s.cfg.TraceProject), "channel", ss.channel)...)
+	ss.log.Info("websocket connected", "remote_ip", c.RealIP(), "user_agent", c.Request().UserAgent())
 	s.metrics.connects.Inc()
 	s.metrics.connections.Inc()
 	defer s.metrics.connections.Dec()
+	opened := time.Now()
+	maxAge := s.cfg.MaxConnectionAge - rand.N(s.cfg.MaxConnectionAge/10+1)
+	expire := time.AfterFunc(maxAge, func() { ss.close(websocket.StatusServiceRestart, "max connection age") })
+	defer expire.Stop()
 
 	ss.send(s.welcome(ss.channel))
 	writerDone := make(chan struct{})
@@ -209,7 +232,8 @@ func (s *Server) serveWS(c echo.Context) error {
 	s.broker.CloseChannel(ss.channel)
 	ss.close(0, "")
 	<-writerDone
-	ss.log.Debug("disconnected", "code", int(ss.code))
+	ss.log.Info("websocket closed", "code", int(ss.code), "reason", ss.reason,
+		"seconds", time.Since(opened).Round(time.Millisecond).Seconds(), "groups", len(ss.groups))
 	return nil
 }
 
@@ -269,6 +293,38 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Unlock()
 	<-done
 	return ctx.Err()
+}
+
+// traceAttrs returns the Cloud Logging trace fields of a request that came
+// through Google's front end (X-Cloud-Trace-Context or traceparent).
+func traceAttrs(r *http.Request, project string) []any {
+	var trace, span string
+	if h := r.Header.Get("X-Cloud-Trace-Context"); h != "" {
+		trace, span, _ = strings.Cut(h, "/")
+		span, _, _ = strings.Cut(span, ";")
+	} else if h := r.Header.Get("traceparent"); h != "" {
+		// version-trace-span-flags
+		if parts := strings.Split(h, "-"); len(parts) == 4 {
+			trace, span = parts[1], parts[2]
+		}
+	}
+	if trace == "" || project == "" || !isHex(trace) {
+		return nil
+	}
+	attrs := []any{"logging.googleapis.com/trace", "projects/" + project + "/traces/" + trace}
+	if span != "" {
+		attrs = append(attrs, "logging.googleapis.com/spanId", span)
+	}
+	return attrs
+}
+
+func isHex(s string) bool {
+	for _, c := range []byte(s) {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
+			return false
+		}
+	}
+	return len(s) > 0 && len(s) <= 64
 }
 
 // authorize guards the server API: a Bearer API key when one is set,

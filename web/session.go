@@ -29,6 +29,7 @@ type session struct {
 	channel string
 	out     *outbox
 	groups  map[string]struct{} // reader-owned
+	refused int                 // reader-owned: refusals so far
 
 	closing   chan struct{}      // closed by close: the writer stops
 	abort     context.Context    // ends a write in flight: the client is stuck
@@ -138,6 +139,10 @@ func (s *session) write(batch [][]byte) error {
 	return s.countWrite(ctx, p, n)
 }
 
+// maxLoggedRefusals bounds the refusals logged per connection, so that a
+// misbehaving client cannot flood the logs.
+const maxLoggedRefusals = 5
+
 // slowConsumerGrace is how long a slow consumer's blocked write may go on
 // once it is being closed.
 const slowConsumerGrace = time.Second
@@ -183,8 +188,12 @@ func (s *session) handle(p []byte) {
 	}
 	if err != nil {
 		code, message, _ := classify(err)
-		if code == CodeInternal {
+		s.refused++
+		switch {
+		case code == CodeInternal:
 			s.log.Error("frame failed", "type", f.Type, "error", err)
+		case s.refused <= maxLoggedRefusals:
+			s.log.Info("frame refused", "type", f.Type, "code", code, "refusals", s.refused)
 		}
 		s.srv.metrics.errors.WithLabelValues(code).Inc()
 		s.send(errorFrame(f.ID, code, message))

@@ -1,0 +1,128 @@
+package web
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// TestMaxConnectionAge: a socket is closed with 1012 before a proxy's
+// request timeout would cut it, and the reason says why.
+func TestMaxConnectionAge(t *testing.T) {
+	e := newEnv(t, "", &Config{MaxConnectionAge: 300 * time.Millisecond})
+	c := e.dial()
+	c.Join("g")
+	start := time.Now()
+	_, err := c.Raw()
+	var ce websocket.CloseError
+	if !errors.As(err, &ce) || ce.Code != websocket.StatusServiceRestart || ce.Reason != "max connection age" {
+		t.Fatalf("got %v, want 1012 max connection age", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("closed after %v", d)
+	}
+}
+
+func TestTraceAttrs(t *testing.T) {
+	r := httptest.NewRequest("GET", "/ws", nil)
+	r.Header.Set("X-Cloud-Trace-Context", "105445aa7843bc8bf206b12000100000/1;o=1")
+	got := traceAttrs(r, "proj")
+	want := []any{"logging.googleapis.com/trace", "projects/proj/traces/105445aa7843bc8bf206b12000100000", "logging.googleapis.com/spanId", "1"}
+	if len(got) != len(want) {
+		t.Fatalf("got %v", got)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("got %v want %v", got, want)
+		}
+	}
+	r = httptest.NewRequest("GET", "/ws", nil)
+	r.Header.Set("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+	if got := traceAttrs(r, "p"); len(got) != 4 || got[1] != "projects/p/traces/4bf92f3577b34da6a3ce929d0e0e4736" {
+		t.Fatalf("traceparent: %v", got)
+	}
+	r.Header.Set("traceparent", "00-not hex!-x-01")
+	if got := traceAttrs(r, "p"); got != nil {
+		t.Fatalf("bad traceparent: %v", got)
+	}
+}
+
+// TestConnectionLogs: one line when a socket opens and one when it closes,
+// with the trace; none per delivered message.
+func TestConnectionLogs(t *testing.T) {
+	logs := &lockedBuffer{}
+	e := newEnv(t, "", &Config{TraceProject: "proj"})
+	e.srv.log = slog.New(slog.NewJSONHandler(logs, nil))
+	c := e.dial("X-Cloud-Trace-Context", "abc123/7;o=1")
+	c.Join("g")
+	for range 20 {
+		e.post("/api/groups/g/messages", `1`)
+		c.Next()
+	}
+	c.Conn.Close(websocket.StatusNormalClosure, "")
+	waitFor(t, 5*time.Second, func() bool { return strings.Contains(logs.String(), "websocket closed") })
+	lines := strings.Split(strings.TrimSpace(logs.String()), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("want 2 log lines, got %d:\n%s", len(lines), logs)
+	}
+	for _, l := range lines {
+		var m map[string]any
+		json.Unmarshal([]byte(l), &m)
+		if m["logging.googleapis.com/trace"] != "projects/proj/traces/abc123" || m["channel"] != c.Channel() {
+			t.Fatalf("log line lacks trace or channel: %s", l)
+		}
+	}
+}
+
+func TestMetricsExposed(t *testing.T) {
+	e := newEnv(t, "", nil)
+	c := e.dial()
+	c.Join("g")
+	e.post("/api/groups/g/messages", `1`)
+	c.Next()
+	c.Write(`nope`)
+	c.Next()
+	resp, err := http.Get(e.http.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		"groupcast_connections 1", "groupcast_joins_total 1", `groupcast_published_total{source="api"} 1`,
+		"groupcast_groups 1", "groupcast_deliveries_total 1", "groupcast_nats_connected 1",
+		"groupcast_fanout_seconds_count 1", `groupcast_errors_total{code="invalid_json"} 1`,
+		"groupcast_frames_written_total 4", // welcome, ack, message, error
+	} {
+		if !bytes.Contains(body, []byte(want+"\n")) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+}
+
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}

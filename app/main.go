@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"strconv"
@@ -98,6 +99,14 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer, list
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
+	if cfg.PprofAddr != "" {
+		stopPprof, err := servePprof(cfg.PprofAddr, log)
+		if err != nil {
+			b.Close(context.Background())
+			return fmt.Errorf("PPROF_ADDR=%s: %v", cfg.PprofAddr, err)
+		}
+		defer stopPprof()
+	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	log.Info("groupcast listening", "addr", ln.Addr().String(), "version", version)
@@ -137,4 +146,27 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer, list
 		err = nil
 	}
 	return err
+}
+
+// servePprof serves net/http/pprof on its own listener, apart from the
+// public port. The returned function stops it and waits.
+func servePprof(addr string, log *slog.Logger) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.Serve(ln)
+	}()
+	log.Warn("profiler enabled", "addr", ln.Addr().String())
+	return func() { srv.Close(); <-done }, nil
 }

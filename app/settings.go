@@ -37,6 +37,7 @@ type settings struct {
 	PingInterval    time.Duration
 	ShutdownTimeout time.Duration
 	MaxConnAge      time.Duration
+	PprofAddr       string
 	TraceProject    string
 	LogLevel        slog.Level
 	LogFormat       string
@@ -74,18 +75,7 @@ var settingsTable = []setting{
 	{"NATS_TLS_CA", "", "PEM file of CAs for the NATS servers' certificates", readableFile(func(s *settings) *string { return &s.NATSTLSCA })},
 	{"NATS_TLS_CERT", "", "PEM client certificate for NATS (with NATS_TLS_KEY)", readableFile(func(s *settings) *string { return &s.NATSTLSCert })},
 	{"NATS_TLS_KEY", "", "PEM key of NATS_TLS_CERT", readableFile(func(s *settings) *string { return &s.NATSTLSKey })},
-	{"NATS_LISTEN", "", "embedded mode: also listen for NATS clients on this host:port (e.g. 127.0.0.1:4222)", func(s *settings, v string) error {
-		s.NATSListen = v
-		if v == "" {
-			return nil
-		}
-		i := strings.LastIndexByte(v, ':')
-		if i < 0 {
-			return errors.New("want host:port")
-		}
-		_, err := parseInt(v[i+1:], 0, 65535)
-		return err
-	}},
+	{"NATS_LISTEN", "", "embedded mode: also listen for NATS clients on this host:port (e.g. 127.0.0.1:4222)", hostPortSetting(func(s *settings) *string { return &s.NATSListen })},
 	{"ALLOWED_ORIGINS", "", "comma-separated host patterns (e.g. *.example.com) of other sites' pages allowed to connect", func(s *settings, v string) error {
 		s.AllowedOrigins = splitList(v)
 		return nil
@@ -107,6 +97,7 @@ var settingsTable = []setting{
 	{"MAX_CONNECTION_AGE", "55m", "WebSockets are closed with 1012 after this long (less up to a tenth, at random), before Cloud Run's request timeout cuts them", durationSetting(func(s *settings) *time.Duration { return &s.MaxConnAge })},
 	{"GOOGLE_CLOUD_PROJECT", "", "project id for Cloud Logging trace fields (logging.googleapis.com/trace)", func(s *settings, v string) error { s.TraceProject = v; return nil }},
 	{"SHUTDOWN_TIMEOUT", "8s", "bound on the graceful shutdown after SIGTERM", durationSetting(func(s *settings) *time.Duration { return &s.ShutdownTimeout })},
+	{"PPROF_ADDR", "", "serve Go's profiler (net/http/pprof) on this separate host:port, e.g. 127.0.0.1:6060; off when unset", hostPortSetting(func(s *settings) *string { return &s.PprofAddr })},
 	{"LOG_LEVEL", "info", "debug, info, warn or error", func(s *settings, v string) error {
 		if err := s.LogLevel.UnmarshalText([]byte(v)); err != nil {
 			return errors.New("want debug, info, warn or error")
@@ -167,6 +158,21 @@ func durationSetting(field func(*settings) *time.Duration) func(*settings, strin
 		}
 		*field(s) = d
 		return nil
+	}
+}
+
+func hostPortSetting(field func(*settings) *string) func(*settings, string) error {
+	return func(s *settings, v string) error {
+		*field(s) = v
+		if v == "" {
+			return nil
+		}
+		i := strings.LastIndexByte(v, ':')
+		if i < 0 {
+			return errors.New("want host:port")
+		}
+		_, err := parseInt(v[i+1:], 0, 65535)
+		return err
 	}
 }
 

@@ -3,6 +3,7 @@
 package web
 
 import (
+	"bufio"
 	"context"
 	"crypto/subtle"
 	"embed"
@@ -130,12 +131,17 @@ type Server struct {
 	sessions map[*session]struct{}
 	draining bool
 	active   sync.WaitGroup // one per running session
+
+	stopWatchdog chan struct{}
+	watchdogDone sync.WaitGroup
+	stopOnce     sync.Once
 }
 
 //go:embed static
 var static embed.FS
 
-// New returns a Server that serves b.
+// New returns a Server that serves b. It starts one goroutine, a write
+// watchdog, which Shutdown stops.
 func New(b Broker, cfg Config) *Server {
 	cfg.setDefaults()
 	s := &Server{
@@ -144,6 +150,8 @@ func New(b Broker, cfg Config) *Server {
 		log:      cfg.Logger.With("component", "web"),
 		metrics:  cfg.Metrics,
 		sessions: make(map[*session]struct{}),
+
+		stopWatchdog: make(chan struct{}),
 	}
 	if s.metrics == nil {
 		s.metrics = NewMetrics()
@@ -164,6 +172,8 @@ func New(b Broker, cfg Config) *Server {
 	sub, _ := fs.Sub(static, "static")
 	e.StaticFS("/", sub)
 	s.echo = e
+	s.watchdogDone.Add(1)
+	go s.watchdog(s.stopWatchdog)
 	return s
 }
 
@@ -183,9 +193,9 @@ func (s *Server) readyz(c echo.Context) error {
 	return c.String(http.StatusOK, "ready\n")
 }
 
-// serveWS upgrades to a WebSocket and runs the session until it ends.
+// serveWS upgrades to a WebSocket and starts its session.
 func (s *Server) serveWS(c echo.Context) error {
-	conn, err := websocket.Accept(c.Response(), c.Request(), &websocket.AcceptOptions{
+	conn, err := websocket.Accept(smallBuffers{c.Response()}, c.Request(), &websocket.AcceptOptions{
 		OriginPatterns:  s.cfg.AllowedOrigins,
 		CompressionMode: websocket.CompressionDisabled,
 	})
@@ -194,48 +204,117 @@ func (s *Server) serveWS(c echo.Context) error {
 	}
 	conn.SetReadLimit(s.cfg.MaxFrameBytes)
 	ss := &session{
-		srv:     s,
-		conn:    conn,
-		out:     newOutbox(s.cfg.OutboxFrames, s.cfg.OutboxBytes),
-		groups:  make(map[string]struct{}),
-		closing: make(chan struct{}),
+		srv:    s,
+		conn:   conn,
+		out:    newOutbox(s.cfg.OutboxFrames, s.cfg.OutboxBytes),
+		groups: make(map[string]struct{}),
 	}
-	ss.abort, ss.abortNow = context.WithCancel(context.Background())
-	defer ss.abortNow()
+	// Timers, not goroutines: an idle connection costs no writer.
+	ss.pinger = time.AfterFunc(s.cfg.PingInterval, ss.ping)
 	if !s.track(ss) {
+		ss.pinger.Stop()
 		conn.Close(websocket.StatusServiceRestart, "server restart")
 		return nil
 	}
-	defer s.untrack(ss)
 	ss.channel, err = s.broker.NewChannel(ss)
 	if err != nil {
+		ss.pinger.Stop()
+		s.untrack(ss)
 		conn.Close(websocket.StatusTryAgainLater, "messaging unavailable")
 		return nil
 	}
 	ss.log = s.log.With(append(traceAttrs(c.Request(), s.cfg.TraceProject), "channel", ss.channel)...)
 	ss.log.Info("websocket connected", "remote_ip", c.RealIP(), "user_agent", c.Request().UserAgent())
+	// The session reads on a goroutine of its own, awaited by Shutdown,
+	// and this one returns: the HTTP server's goroutine, its deep stack
+	// and the request's state are not kept for the socket's lifetime.
+	go s.run(ss)
+	return nil
+}
+
+// run is a session's reader goroutine: it reads until the connection
+// ends, then releases the channel and waits for the writer.
+func (s *Server) run(ss *session) {
+	defer s.untrack(ss)
 	s.metrics.connects.Inc()
 	s.metrics.connections.Inc()
 	defer s.metrics.connections.Dec()
 	opened := time.Now()
+
+	defer ss.pinger.Stop()
 	maxAge := s.cfg.MaxConnectionAge - rand.N(s.cfg.MaxConnectionAge/10+1)
 	expire := time.AfterFunc(maxAge, func() { ss.close(websocket.StatusServiceRestart, "max connection age") })
 	defer expire.Stop()
 
 	ss.send(s.welcome(ss.channel))
-	writerDone := make(chan struct{})
-	go func() {
-		defer close(writerDone)
-		ss.writeLoop()
-	}()
 	ss.readLoop()
 	s.broker.CloseChannel(ss.channel)
 	ss.close(0, "")
-	<-writerDone
+	ss.writers.Wait()
 	ss.log.Info("websocket closed", "code", int(ss.code), "reason", ss.reason,
 		"seconds", time.Since(opened).Round(time.Millisecond).Seconds(), "groups", len(ss.groups))
-	return nil
 }
+
+// A WebSocket's buffers, smaller than net/http's 4 KiB each: client frames
+// are small, and memory saved here is saved on every idle connection. A
+// delivery that fits the write buffer (with its 2–10 byte frame header)
+// goes out in one write call; a bigger one takes two.
+const (
+	readBufferSize  = 512
+	writeBufferSize = 2048
+)
+
+// smallBuffers hands the WebSocket library smaller buffers than net/http's
+// when nothing is buffered in them yet.
+type smallBuffers struct{ http.ResponseWriter }
+
+func (w smallBuffers) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func (w smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err != nil {
+		return conn, brw, err
+	}
+	if brw.Reader.Buffered() == 0 {
+		brw.Reader = bufio.NewReaderSize(conn, readBufferSize)
+	}
+	if brw.Writer.Buffered() == 0 {
+		brw.Writer = bufio.NewWriterSize(conn, writeBufferSize)
+	}
+	return conn, brw, nil
+}
+
+// watchdog ends WebSocket writes that take longer than allowed, since
+// writes carry no context of their own. It runs until stop is closed.
+func (s *Server) watchdog(stop <-chan struct{}) {
+	defer s.watchdogDone.Done()
+	tick := time.NewTicker(watchdogInterval)
+	defer tick.Stop()
+	var stuck []*session
+	for {
+		select {
+		case <-stop:
+			return
+		case now := <-tick.C:
+			stuck = stuck[:0]
+			s.mu.Lock()
+			for ss := range s.sessions {
+				if ss.overdue(now.UnixNano()) {
+					stuck = append(stuck, ss)
+				}
+			}
+			s.mu.Unlock()
+			for _, ss := range stuck {
+				ss.log.Info("write timed out; dropping the connection")
+				ss.conn.CloseNow()
+			}
+		}
+	}
+}
+
+// watchdogInterval is how often writes are checked: the resolution of
+// WriteTimeout.
+const watchdogInterval = 250 * time.Millisecond
 
 func (s *Server) welcome(channel string) []byte {
 	buf := append([]byte(nil), `{"type":"welcome","channel":"`...)
@@ -281,6 +360,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.active.Wait()
 		close(done)
 	}()
+	defer s.stopOnce.Do(func() {
+		close(s.stopWatchdog)
+		s.watchdogDone.Wait()
+	})
 	select {
 	case <-done:
 		return nil

@@ -21,32 +21,36 @@ const (
 )
 
 // session is one WebSocket connection: a channel in the broker, a reader
-// (the handler's goroutine) and a writer goroutine, owned by serveWS.
+// (the handler's goroutine) and a writer goroutine that runs while there
+// is something to write, owned and awaited by serveWS.
 type session struct {
 	srv     *Server
 	conn    *websocket.Conn
 	log     *slog.Logger
 	channel string
 	out     *outbox
+	writers sync.WaitGroup
+	pinger  *time.Timer
 	groups  map[string]struct{} // reader-owned
 	refused int                 // reader-owned: refusals so far
 
-	closing   chan struct{}      // closed by close: the writer stops
-	abort     context.Context    // ends a write in flight: the client is stuck
-	abortNow  context.CancelFunc // called on overflow
 	closeOnce sync.Once
-	code      websocket.StatusCode // why; written once, before closing is closed
+	code      websocket.StatusCode // why it closes; written once, before the outbox closes
 	reason    string
-	dropped   atomic.Bool
+
+	// writeStart is when the write in flight began (unix ns; 0: none), for
+	// the server's watchdog, which ends writes that take too long.
+	writeStart atomic.Int64
 }
 
 // Receive implements broker.Receiver: it queues the frame without blocking
 // and closes the session as a slow consumer if the outbox is full.
 func (s *session) Receive(frame []byte) {
-	if !s.out.push(frame) {
-		if s.dropped.CompareAndSwap(false, true) {
-			s.srv.metrics.slowConsumers.Inc()
-		}
+	queued, start := s.out.push(frame)
+	if start {
+		s.startWriter()
+	}
+	if !queued {
 		s.close(CloseSlowConsumer, "slow consumer")
 	}
 }
@@ -59,64 +63,82 @@ func (s *session) send(frame []byte) { s.Receive(frame) }
 func (s *session) close(code websocket.StatusCode, reason string) {
 	s.closeOnce.Do(func() {
 		s.code, s.reason = code, reason
-		close(s.closing)
 		if code == CloseSlowConsumer {
-			// A write blocked on the client's full socket would hold the
-			// connection for up to WriteTimeout; give the close frame a
-			// moment to go out, then drop the connection.
-			time.AfterFunc(slowConsumerGrace, s.abortNow)
+			s.srv.metrics.slowConsumers.Inc()
+		}
+		if s.out.requestClose() {
+			s.startWriter()
 		}
 	})
 }
 
-// writeLoop writes queued frames, batching everything queued into one
-// WebSocket message, and pings the client when idle. On close it ends the
-// connection with the requested code, which also unblocks the reader.
+// ping is the keepalive timer's callback.
+func (s *session) ping() {
+	if s.out.requestPing() {
+		s.startWriter()
+	}
+}
+
+func (s *session) startWriter() {
+	s.writers.Add(1)
+	go s.writeLoop()
+}
+
+// writeLoop writes what is queued, batching every queued frame into one
+// WebSocket message, pings when a ping is due, and exits when there is
+// nothing left. On close it ends the connection with the requested code,
+// which also unblocks the reader.
 func (s *session) writeLoop() {
-	cfg := &s.srv.cfg
-	ping := time.NewTicker(cfg.PingInterval)
-	defer ping.Stop()
+	defer s.writers.Done()
 	var batch [][]byte
 	for {
-		select {
-		case <-s.out.wake:
-			batch = s.out.take(batch)
-			if err := s.write(batch); err != nil {
-				s.log.Debug("write failed", "error", err)
-				s.close(websocket.StatusGoingAway, "")
-			}
-			clear(batch)
-			if cap(batch) > 64 {
-				batch = nil // do not keep a burst's storage on an idle connection
-			}
-		case <-ping.C:
-			ctx, cancel := context.WithTimeout(context.Background(), cfg.WriteTimeout)
+		w, ok := s.out.next(batch)
+		if !ok {
+			return
+		}
+		if err := s.write(w.frames); err != nil {
+			s.log.Debug("write failed", "error", err)
+			s.close(websocket.StatusGoingAway, "")
+		}
+		clear(w.frames)
+		batch = w.frames
+		if cap(batch) > 64 {
+			batch = nil // do not keep a burst's storage
+		}
+		if w.ping {
+			ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.WriteTimeout)
 			err := s.conn.Ping(ctx)
 			cancel()
 			if err != nil {
 				s.log.Debug("ping failed", "error", err)
 				s.close(websocket.StatusGoingAway, "")
+			} else {
+				s.pinger.Reset(s.srv.cfg.PingInterval)
 			}
-		case <-s.closing:
+		}
+		if w.closing {
+			s.pinger.Stop()
 			if s.code == 0 {
 				s.conn.CloseNow()
 			} else {
 				s.conn.Close(s.code, s.reason)
 			}
-			return
+			return // writer duty is never released: nothing more is written
 		}
 	}
 }
 
-// write sends a batch as one message, frames separated by newlines.
+// write sends a batch as one message, frames separated by newlines. Writes
+// carry no context (a context per write costs a timer and an allocation):
+// the server's watchdog ends a write that takes longer than WriteTimeout.
 func (s *session) write(batch [][]byte) error {
 	if len(batch) == 0 {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(s.abort, s.srv.cfg.WriteTimeout)
-	defer cancel()
+	s.writeStart.Store(time.Now().UnixNano())
+	defer s.writeStart.Store(0)
 	if len(batch) == 1 {
-		return s.countWrite(ctx, batch[0], 1)
+		return s.countWrite(batch[0], 1)
 	}
 	buf := s.srv.buffers.Get().(*[]byte)
 	defer s.srv.buffers.Put(buf)
@@ -124,7 +146,7 @@ func (s *session) write(batch [][]byte) error {
 	n := 0
 	for _, f := range batch {
 		if len(p) > 0 && len(p)+1+len(f) > maxBatchBytes {
-			if err := s.countWrite(ctx, p, n); err != nil {
+			if err := s.countWrite(p, n); err != nil {
 				return err
 			}
 			p, n = p[:0], 0
@@ -136,7 +158,7 @@ func (s *session) write(batch [][]byte) error {
 		n++
 	}
 	*buf = p
-	return s.countWrite(ctx, p, n)
+	return s.countWrite(p, n)
 }
 
 // maxLoggedRefusals bounds the refusals logged per connection, so that a
@@ -144,19 +166,33 @@ func (s *session) write(batch [][]byte) error {
 const maxLoggedRefusals = 5
 
 // slowConsumerGrace is how long a slow consumer's blocked write may go on
-// once it is being closed.
+// once it is being closed, so that the close frame has a chance.
 const slowConsumerGrace = time.Second
 
 // maxBatchBytes bounds one batched WebSocket message.
 const maxBatchBytes = 64 << 10
 
-func (s *session) countWrite(ctx context.Context, p []byte, frames int) error {
-	if err := s.conn.Write(ctx, websocket.MessageText, p); err != nil {
+func (s *session) countWrite(p []byte, frames int) error {
+	if err := s.conn.Write(context.Background(), websocket.MessageText, p); err != nil {
 		return err
 	}
 	s.srv.metrics.framesWritten.Add(float64(frames))
 	s.srv.metrics.bytesWritten.Add(float64(len(p)))
 	return nil
+}
+
+// overdue reports whether the write in flight has gone on too long: past
+// WriteTimeout, or past slowConsumerGrace once closing as a slow consumer.
+func (s *session) overdue(now int64) bool {
+	start := s.writeStart.Load()
+	if start == 0 {
+		return false
+	}
+	limit := s.srv.cfg.WriteTimeout
+	if s.out.isClosing() && s.code == CloseSlowConsumer {
+		limit = slowConsumerGrace
+	}
+	return now-start > int64(limit)
 }
 
 // readLoop reads client frames until the connection ends and answers each

@@ -17,6 +17,7 @@ type Metrics struct {
 	joins         prometheus.Counter
 	published     *prometheus.CounterVec
 	framesWritten prometheus.Counter
+	writes        prometheus.Counter
 	bytesWritten  prometheus.Counter
 	slowConsumers prometheus.Counter
 	errors        *prometheus.CounterVec
@@ -42,6 +43,9 @@ func NewMetrics() *Metrics {
 		framesWritten: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "groupcast_frames_written_total", Help: "Server frames (JSON objects) written to WebSockets.",
 		}),
+		writes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "groupcast_writes_total", Help: "WebSocket messages written; frames_written/writes is the batching factor.",
+		}),
 		bytesWritten: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "groupcast_bytes_written_total", Help: "Payload bytes written to WebSockets.",
 		}),
@@ -57,7 +61,7 @@ func NewMetrics() *Metrics {
 			Buckets: prometheus.ExponentialBuckets(1e-6, 4, 11), // 1µs to 1s
 		}),
 	}
-	m.registry.MustRegister(m.connections, m.connects, m.joins, m.published, m.framesWritten,
+	m.registry.MustRegister(m.connections, m.connects, m.joins, m.published, m.framesWritten, m.writes,
 		m.bytesWritten, m.slowConsumers, m.errors, m.fanout,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -176,6 +176,7 @@ func (s *session) countWrite(p []byte, frames int) error {
 	if err := s.conn.Write(context.Background(), websocket.MessageText, p); err != nil {
 		return err
 	}
+	s.srv.metrics.writes.Inc()
 	s.srv.metrics.framesWritten.Add(float64(frames))
 	s.srv.metrics.bytesWritten.Add(float64(len(p)))
 	return nil

@@ -1,0 +1,74 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+// natsWS is an in-process nats-server that accepts clients only on its
+// WebSocket listener: the reference point with no application layer.
+type natsWS struct {
+	srv *server.Server
+	// URL is the ws:// URL clients connect to.
+	URL string
+}
+
+// startNATSWS starts a nats-server whose only client listener is a plain
+// (no TLS, no auth, no compression) WebSocket listener on addr ("host:port";
+// port 0 picks a free one). The plain NATS client port is not opened. With
+// logging, the server's notices go to stderr.
+func startNATSWS(addr string, logging bool) (*natsWS, error) {
+	host, portStr, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("addr %q: %w", addr, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil || port < 0 || port > 65535 {
+		return nil, fmt.Errorf("addr %q: bad port", addr)
+	}
+	if port == 0 {
+		port = -1 // nats-server's "random port"; 0 would disable the listener
+	}
+	opts := &server.Options{
+		ServerName: "loadgen-nats-ws",
+		Host:       "127.0.0.1",
+		Port:       -1,
+		DontListen: true, // no plain NATS client listener
+		NoSigs:     true,
+		NoLog:      !logging,
+		Websocket: server.WebsocketOpts{
+			Host:             host,
+			Port:             port,
+			NoTLS:            true,
+			HandshakeTimeout: 10 * time.Second,
+		},
+	}
+	srv, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("nats-server: %w", err)
+	}
+	if logging {
+		srv.ConfigureLogger()
+	}
+	srv.Start()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+		return nil, fmt.Errorf("nats-server: websocket listener on %s not ready", addr)
+	}
+	// Start resolved a random port into opts (under the server's lock, which
+	// ReadyForConnections took after the listener was set), so this read is
+	// ordered after the write.
+	u := "ws://" + net.JoinHostPort(host, strconv.Itoa(opts.Websocket.Port))
+	return &natsWS{srv: srv, URL: u}, nil
+}
+
+// Close shuts the server down and waits until it has stopped.
+func (n *natsWS) Close() {
+	n.srv.Shutdown()
+	n.srv.WaitForShutdown()
+}

@@ -3,14 +3,19 @@ package web
 import "sync"
 
 // outbox is a connection's bounded queue of frames waiting to be written,
-// and the state of its writer goroutine, which runs only while there is
-// something to do: an idle connection has no writer and no stack for it.
+// and the state of its writer goroutine. The writer runs while there is
+// work. When it runs out, it exits, unless the connection is streaming
+// (several bursts within one watchdog tick): then it parks until the next
+// burst, and the watchdog retires it after a second of idleness. So a busy
+// connection does not start a goroutine per message, and a quiet one costs
+// no goroutine at all.
 //
 // push never blocks: a push beyond either bound fails, and the connection
 // is then closed as a slow consumer.
 type outbox struct {
 	maxFrames int
 	maxBytes  int
+	wake      chan struct{} // capacity 1: wakes a parked writer
 
 	mu      sync.Mutex
 	frames  [][]byte
@@ -18,11 +23,20 @@ type outbox struct {
 	full    bool // a push failed
 	ping    bool // a keepalive ping is due
 	closing bool // the connection is to be closed; nothing more is queued
-	running bool // a writer goroutine is on duty
+	running bool // a writer goroutine exists
+	parked  bool // it waits on wake
+	retire  bool // it is to exit when it finds nothing to do
+	idle    int  // watchdog ticks the writer has been parked
+	bursts  int  // writer starts and wake-ups since the last watchdog tick
 }
 
+// streamingBursts is how many bursts within one watchdog tick make a
+// connection count as streaming, so that its writer parks instead of
+// exiting.
+const streamingBursts = 3
+
 func newOutbox(maxFrames, maxBytes int) *outbox {
-	return &outbox{maxFrames: maxFrames, maxBytes: maxBytes}
+	return &outbox{maxFrames: maxFrames, maxBytes: maxBytes, wake: make(chan struct{}, 1)}
 }
 
 // push queues frame unless the outbox is closing or the frame would pass a
@@ -37,7 +51,7 @@ func (o *outbox) push(frame []byte) (queued, start bool) {
 	}
 	o.frames = append(o.frames, frame)
 	o.bytes += len(frame)
-	return true, o.wake()
+	return true, o.kick()
 }
 
 // requestPing marks a ping due; it reports whether to start a writer.
@@ -48,7 +62,7 @@ func (o *outbox) requestPing() (start bool) {
 		return false
 	}
 	o.ping = true
-	return o.wake()
+	return o.kick()
 }
 
 // requestClose stops queueing; it reports whether to start a writer.
@@ -56,15 +70,25 @@ func (o *outbox) requestClose() (start bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.closing = true
-	return o.wake()
+	return o.kick()
 }
 
-// wake claims writer duty if nobody has it. o.mu must be held.
-func (o *outbox) wake() bool {
+// kick gets a writer going: it wakes a parked one, or reports that one
+// must be started. o.mu must be held.
+func (o *outbox) kick() (start bool) {
+	o.idle = 0
+	if o.parked || !o.running {
+		o.bursts++
+	}
+	if o.parked {
+		o.parked = false
+		o.wake <- struct{}{} // never blocks: parked means the slot is free
+		return false
+	}
 	if o.running {
 		return false
 	}
-	o.running = true
+	o.running, o.retire = true, false
 	return true
 }
 
@@ -77,18 +101,40 @@ type work struct {
 
 // next hands the writer everything queued (in dst, reused so the queue
 // and the batch being written swap storage) and whether to ping or close.
-// With nothing to do it releases writer duty and reports false: the
-// writer exits.
+// With nothing to do it parks a streaming connection's writer until there
+// is, or reports false: the writer must exit.
 func (o *outbox) next(dst [][]byte) (work, bool) {
 	o.mu.Lock()
-	defer o.mu.Unlock()
-	if len(o.frames) == 0 && !o.ping && !o.closing {
-		o.running = false
-		return work{}, false
+	for len(o.frames) == 0 && !o.ping && !o.closing {
+		if o.retire || o.bursts < streamingBursts {
+			o.running, o.retire = false, false
+			o.mu.Unlock()
+			return work{}, false
+		}
+		o.parked = true
+		o.mu.Unlock()
+		<-o.wake
+		o.mu.Lock()
 	}
 	w := work{frames: o.frames, ping: o.ping, closing: o.closing}
 	o.frames, o.bytes, o.ping = dst[:0], 0, false
+	o.mu.Unlock()
 	return w, true
+}
+
+// tick is called by the watchdog: a writer parked for more than
+// idleTicks ticks is told to exit.
+func (o *outbox) tick(idleTicks int) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.bursts = 0
+	if !o.parked {
+		return
+	}
+	if o.idle++; o.idle > idleTicks {
+		o.parked, o.retire = false, true
+		o.wake <- struct{}{}
+	}
 }
 
 // isClosing reports whether the connection is being closed.

@@ -285,7 +285,8 @@ func (w smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 }
 
 // watchdog ends WebSocket writes that take longer than allowed, since
-// writes carry no context of their own. It runs until stop is closed.
+// writes carry no context of their own, and retires writer goroutines that
+// have been idle. It runs until stop is closed.
 func (s *Server) watchdog(stop <-chan struct{}) {
 	defer s.watchdogDone.Done()
 	tick := time.NewTicker(watchdogInterval)
@@ -302,6 +303,7 @@ func (s *Server) watchdog(stop <-chan struct{}) {
 				if ss.overdue(now.UnixNano()) {
 					stuck = append(stuck, ss)
 				}
+				ss.out.tick(writerIdleTicks)
 			}
 			s.mu.Unlock()
 			for _, ss := range stuck {
@@ -315,6 +317,10 @@ func (s *Server) watchdog(stop <-chan struct{}) {
 // watchdogInterval is how often writes are checked: the resolution of
 // WriteTimeout.
 const watchdogInterval = 250 * time.Millisecond
+
+// writerIdleTicks is how many watchdog ticks a parked writer waits for
+// work before it exits: about a second.
+const writerIdleTicks = 4
 
 func (s *Server) welcome(channel string) []byte {
 	buf := append([]byte(nil), `{"type":"welcome","channel":"`...)

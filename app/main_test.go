@@ -204,6 +204,7 @@ func TestBadSettings(t *testing.T) {
 		"LOG_LEVEL":                 "loud",
 		"NATS_LISTEN":               "4222",
 		"MAX_GROUPS_PER_CONNECTION": "0",
+		"REGION":                    "eu west",
 	}
 	for name, value := range cases {
 		err := run(context.Background(), func(k string) string {

@@ -59,7 +59,13 @@ var settingsTable = []setting{
 		s.NATSURL = v
 		return checkNATSURLs(v)
 	}},
-	{"REGION", "", "label of this instance's region, in the welcome frame and logs", func(s *settings, v string) error { s.Region = v; return nil }},
+	{"REGION", "", "this instance's region (letters, digits, - and _), in the welcome frame, deliveries, logs and the NATS connection name", func(s *settings, v string) error {
+		s.Region = v
+		if v != "" && !isToken(v) {
+			return errors.New("want 1-64 letters, digits, '-' or '_'")
+		}
+		return nil
+	}},
 	{"API_KEY", "", "required as Authorization: Bearer on the server API; unset: loopback callers only", func(s *settings, v string) error { s.APIKey = v; return nil }},
 	{"NODE_ID", "random", "this instance's id in channel names and subjects (letters, digits, - and _)", func(s *settings, v string) error {
 		s.NodeID = v

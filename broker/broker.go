@@ -17,6 +17,11 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
+// RegionHeader is the NATS header naming the region a message was
+// published in. Deliveries show it as "region"; publishers other than
+// groupcast may set it too.
+const RegionHeader = "Groupcast-Region"
+
 // Errors returned by the Broker. Callers map them to protocol error codes.
 var (
 	// ErrUnavailable means NATS cannot take the operation now (disconnected,
@@ -39,7 +44,9 @@ type Config struct {
 	// Node identifies this instance in channel names, subjects and the NATS
 	// connection name: 1–64 letters, digits, '-' or '_'. Default: random.
 	Node string
-	// Region labels this instance in its NATS connection name. Optional.
+	// Region labels this instance in its NATS connection name, and the
+	// messages it publishes (the RegionHeader), so that deliveries carry
+	// their origin region. Optional; letters, digits, '-' and '_'.
 	Region string
 	// Prefix starts every subject. Dot-separated tokens of letters, digits,
 	// '-' and '_'. Default "groupcast".
@@ -98,6 +105,9 @@ func (c *Config) setDefaults() error {
 	}
 	if !validID(c.Node) {
 		return fmt.Errorf("broker: node id %q: want 1-64 letters, digits, '-' or '_'", c.Node)
+	}
+	if c.Region != "" && !validID(c.Region) {
+		return fmt.Errorf("broker: region %q: want 1-64 letters, digits, '-' or '_'", c.Region)
 	}
 	if c.Prefix == "" {
 		c.Prefix = "groupcast"
@@ -511,7 +521,11 @@ func (b *Broker) publish(subject string, data []byte) error {
 	if err := b.Ready(); err != nil {
 		return err
 	}
-	if err := b.nc.Publish(subject, data); err != nil {
+	msg := &nats.Msg{Subject: subject, Data: data}
+	if b.cfg.Region != "" {
+		msg.Header = nats.Header{RegionHeader: []string{b.cfg.Region}}
+	}
+	if err := b.nc.PublishMsg(msg); err != nil {
 		if errors.Is(err, nats.ErrMaxPayload) {
 			return ErrTooLarge
 		}

@@ -374,12 +374,43 @@ func TestEmbeddedListener(t *testing.T) {
 }
 
 func TestFrameIsValidJSON(t *testing.T) {
-	f, err := appendFrame(nil, `{"type":"message","group":"`, "a.b", []byte("[1,\n2]"))
+	f, err := appendFrame(nil, `{"type":"message","group":"`, "a.b", "eu-west", []byte("[1,\n2]"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	var v map[string]any
-	if err := json.Unmarshal(f, &v); err != nil || v["group"] != "a.b" {
+	if err := json.Unmarshal(f, &v); err != nil || v["group"] != "a.b" || v["region"] != "eu-west" {
 		t.Fatalf("%s: %v", f, err)
+	}
+}
+
+// TestOriginRegion: deliveries name the region they were published in,
+// whoever publishes with the header; a bad header value is left out.
+func TestOriginRegion(t *testing.T) {
+	ns := startNATS(t)
+	eu, err := New(Config{URL: ns.ClientURL(), Region: "europe-west1", Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eu.Close(context.Background())
+	us := newBroker(t, ns.ClientURL())
+	c, r := open(t, us)
+	join(t, us, "g", c)
+	waitFor(t, 5*time.Second, func() bool { return eu.Ready() == nil })
+	eu.GroupSend("g", []byte(`1`))
+	if got, want := r.next(t), `{"type":"message","group":"g","region":"europe-west1","data":1}`; got != want {
+		t.Fatalf("got %s want %s", got, want)
+	}
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	nc.PublishMsg(&nats.Msg{Subject: "groupcast.group.g", Data: []byte(`2`), Header: nats.Header{RegionHeader: {`x","evil":"1`}}})
+	if got, want := r.next(t), `{"type":"message","group":"g","data":2}`; got != want {
+		t.Fatalf("got %s want %s", got, want)
+	}
+	if _, err := New(Config{Region: "not a region", Logger: testLogger(t)}); err == nil {
+		t.Fatal("a region with spaces was accepted")
 	}
 }

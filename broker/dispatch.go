@@ -37,7 +37,7 @@ func (b *Broker) dispatch(msg *nats.Msg) {
 	if g == nil {
 		return // unsubscribed meanwhile
 	}
-	frame, err := appendFrame(nil, `{"type":"message","group":"`, g.name, msg.Data)
+	frame, err := appendFrame(nil, `{"type":"message","group":"`, g.name, originRegion(msg), msg.Data)
 	if err != nil {
 		b.stats.invalid.Add(1)
 		b.log.Warn("dropped a message that is not JSON", "group", g.name, "bytes", len(msg.Data))
@@ -63,7 +63,7 @@ func (b *Broker) dispatchDirect(msg *nats.Msg) {
 	if m == nil {
 		return // closed meanwhile
 	}
-	frame, err := appendFrame(nil, `{"type":"message","channel":"`, channel, msg.Data)
+	frame, err := appendFrame(nil, `{"type":"message","channel":"`, channel, originRegion(msg), msg.Data)
 	if err != nil {
 		b.stats.invalid.Add(1)
 		b.log.Warn("dropped a message that is not JSON", "channel", channel, "bytes", len(msg.Data))
@@ -73,17 +73,34 @@ func (b *Broker) dispatchDirect(msg *nats.Msg) {
 	b.stats.delivered.Add(1)
 }
 
-// appendFrame appends head, name, the data field and the closing brace.
-// Names need no escaping: they are validated to be plain ASCII. The data
-// is checked to be one JSON value and compacted if it holds newlines, which
-// separate objects in a server frame.
-func appendFrame(buf []byte, head, name string, data []byte) ([]byte, error) {
+// originRegion returns the region a message was published in, when it
+// carries a valid RegionHeader.
+func originRegion(msg *nats.Msg) string {
+	if msg.Header == nil {
+		return ""
+	}
+	if r := msg.Header.Get(RegionHeader); validID(r) {
+		return r
+	}
+	return ""
+}
+
+// appendFrame appends head, name, the origin region when known, the data
+// field and the closing brace. Names and regions need no escaping: they
+// are validated to be plain ASCII. The data is checked to be one JSON
+// value and compacted if it holds newlines, which separate objects in a
+// server frame.
+func appendFrame(buf []byte, head, name, region string, data []byte) ([]byte, error) {
 	const mid = `","data":`
 	if buf == nil {
-		buf = make([]byte, 0, len(head)+len(name)+len(mid)+len(data)+1)
+		buf = make([]byte, 0, len(head)+len(name)+len(region)+len(mid)+len(data)+16)
 	}
 	buf = append(buf, head...)
 	buf = append(buf, name...)
+	if region != "" {
+		buf = append(buf, `","region":"`...)
+		buf = append(buf, region...)
+	}
 	buf = append(buf, mid...)
 	if !json.Valid(data) {
 		return nil, ErrInvalidData

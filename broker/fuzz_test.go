@@ -64,7 +64,7 @@ func FuzzAppendFrame(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		frame, err := appendFrame(nil, `{"type":"message","group":"`, "g", data)
+		frame, err := appendFrame(nil, `{"type":"message","group":"`, "g", "", data)
 		if err != nil {
 			if json.Valid(data) {
 				t.Fatalf("valid JSON %q refused", data)

@@ -163,6 +163,7 @@ type Broker struct {
 	stop    chan struct{}
 	workers sync.WaitGroup
 	direct  *nats.Subscription
+	flusher *flusher
 
 	mu       sync.RWMutex
 	groups   map[string]*group             // live groups by name
@@ -221,6 +222,7 @@ func New(cfg Config) (*Broker, error) {
 		return nil, err
 	}
 	b.nc, b.ns = nc, ns
+	b.flusher = newFlusher(nc, cfg.FlushTimeout)
 
 	n := min(runtime.GOMAXPROCS(0), 16)
 	b.shards = make([]chan *nats.Msg, n)
@@ -401,9 +403,7 @@ func (b *Broker) subscribe(g *group) {
 		g.sub = sub
 		b.bySub[sub] = g
 		b.mu.Unlock()
-		ctx, cancel := context.WithTimeout(context.Background(), b.cfg.FlushTimeout)
-		err = b.nc.FlushWithContext(ctx)
-		cancel()
+		err = b.flusher.flush()
 	}
 	if err != nil {
 		b.log.Warn("group subscribe failed", "group", g.name, "error", err)

@@ -414,3 +414,41 @@ func TestOriginRegion(t *testing.T) {
 		t.Fatal("a region with spaces was accepted")
 	}
 }
+
+// TestFlushCoalescing: first joins of many groups at once all get live
+// memberships, with fewer round trips to the server than joins.
+func TestFlushCoalescing(t *testing.T) {
+	ns := startNATS(t)
+	a := newBroker(t, ns.ClientURL())
+	b := newBroker(t, ns.ClientURL())
+	const n = 200
+	chans := make([]string, n)
+	inboxes := make([]*inbox, n)
+	for i := range chans {
+		chans[i], inboxes[i] = open(t, a)
+	}
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			join(t, a, fmt.Sprintf("room.%d", i), chans[i])
+		}()
+	}
+	wg.Wait()
+	for i := range n {
+		if err := b.GroupSend(fmt.Sprintf("room.%d", i), []byte(`1`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, r := range inboxes {
+		r.next(t)
+	}
+	a.flusher.mu.Lock()
+	rounds := a.flusher.rounds
+	a.flusher.mu.Unlock()
+	t.Logf("%d first joins took %d flushes", n, rounds)
+	if rounds >= n {
+		t.Fatalf("%d flushes for %d first joins: none coalesced", rounds, n)
+	}
+}

@@ -308,7 +308,7 @@ func (b *Broker) NewChannel(r Receiver) (string, error) {
 	if b.closing {
 		return "", fmt.Errorf("%w: closing", ErrUnavailable)
 	}
-	b.channels[name] = &member{name: name, recv: r, groups: make(map[string]*group)}
+	b.channels[name] = &member{name: name, recv: r}
 	return name, nil
 }
 
@@ -373,6 +373,9 @@ func (b *Broker) GroupAdd(ctx context.Context, groupName, channel string) error 
 		b.groups[groupName] = g
 	}
 	g.refs++
+	if m.groups == nil {
+		m.groups = make(map[string]*group)
+	}
 	m.groups[groupName] = g
 	b.mu.Unlock()
 

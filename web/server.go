@@ -204,10 +204,9 @@ func (s *Server) serveWS(c echo.Context) error {
 	}
 	conn.SetReadLimit(s.cfg.MaxFrameBytes)
 	ss := &session{
-		srv:    s,
-		conn:   conn,
-		out:    newOutbox(s.cfg.OutboxFrames, s.cfg.OutboxBytes),
-		groups: make(map[string]struct{}),
+		srv:  s,
+		conn: conn,
+		out:  newOutbox(s.cfg.OutboxFrames, s.cfg.OutboxBytes),
 	}
 	// Timers, not goroutines: an idle connection costs no writer.
 	ss.pinger = time.AfterFunc(s.cfg.PingInterval, ss.ping)
@@ -223,8 +222,8 @@ func (s *Server) serveWS(c echo.Context) error {
 		conn.Close(websocket.StatusTryAgainLater, "messaging unavailable")
 		return nil
 	}
-	ss.log = s.log.With(append(traceAttrs(c.Request(), s.cfg.TraceProject), "channel", ss.channel)...)
-	ss.log.Info("websocket connected", "remote_ip", c.RealIP(), "user_agent", c.Request().UserAgent())
+	ss.trace = traceAttrs(c.Request(), s.cfg.TraceProject)
+	ss.logger().Info("websocket connected", "remote_ip", c.RealIP(), "user_agent", c.Request().UserAgent())
 	// The session reads on a goroutine of its own, awaited by Shutdown,
 	// and this one returns: the HTTP server's goroutine, its deep stack
 	// and the request's state are not kept for the socket's lifetime.
@@ -251,7 +250,7 @@ func (s *Server) run(ss *session) {
 	s.broker.CloseChannel(ss.channel)
 	ss.close(0, "")
 	ss.writers.Wait()
-	ss.log.Info("websocket closed", "code", int(ss.code), "reason", ss.reason,
+	ss.logger().Info("websocket closed", "code", int(ss.code), "reason", ss.reason,
 		"seconds", time.Since(opened).Round(time.Millisecond).Seconds(), "groups", len(ss.groups))
 }
 
@@ -307,7 +306,7 @@ func (s *Server) watchdog(stop <-chan struct{}) {
 			}
 			s.mu.Unlock()
 			for _, ss := range stuck {
-				ss.log.Info("write timed out; dropping the connection")
+				ss.logger().Info("write timed out; dropping the connection")
 				ss.conn.CloseNow()
 			}
 		}

@@ -26,7 +26,7 @@ const (
 type session struct {
 	srv     *Server
 	conn    *websocket.Conn
-	log     *slog.Logger
+	trace   []any // the upgrade request's trace fields, for logs
 	channel string
 	out     *outbox
 	writers sync.WaitGroup
@@ -41,6 +41,12 @@ type session struct {
 	// writeStart is when the write in flight began (unix ns; 0: none), for
 	// the server's watchdog, which ends writes that take too long.
 	writeStart atomic.Int64
+}
+
+// logger returns a logger with the connection's channel and trace. It is
+// made when needed, not kept: a logger per idle connection is memory.
+func (s *session) logger() *slog.Logger {
+	return s.srv.log.With(append(s.trace[:len(s.trace):len(s.trace)], "channel", s.channel)...)
 }
 
 // Receive implements broker.Receiver: it queues the frame without blocking
@@ -97,7 +103,7 @@ func (s *session) writeLoop() {
 			return
 		}
 		if err := s.write(w.frames); err != nil {
-			s.log.Debug("write failed", "error", err)
+			s.logger().Debug("write failed", "error", err)
 			s.close(websocket.StatusGoingAway, "")
 		}
 		clear(w.frames)
@@ -110,7 +116,7 @@ func (s *session) writeLoop() {
 			err := s.conn.Ping(ctx)
 			cancel()
 			if err != nil {
-				s.log.Debug("ping failed", "error", err)
+				s.logger().Debug("ping failed", "error", err)
 				s.close(websocket.StatusGoingAway, "")
 			} else {
 				s.pinger.Reset(s.srv.cfg.PingInterval)
@@ -206,7 +212,7 @@ func (s *session) readLoop() {
 		typ, p, err := s.conn.Read(ctx)
 		if err != nil {
 			if status := websocket.CloseStatus(err); status == -1 && !errors.Is(err, context.Canceled) {
-				s.log.Debug("read ended", "error", err)
+				s.logger().Debug("read ended", "error", err)
 			}
 			return
 		}
@@ -228,9 +234,9 @@ func (s *session) handle(p []byte) {
 		s.refused++
 		switch {
 		case code == CodeInternal:
-			s.log.Error("frame failed", "type", f.Type, "error", err)
+			s.logger().Error("frame failed", "type", f.Type, "error", err)
 		case s.refused <= maxLoggedRefusals:
-			s.log.Info("frame refused", "type", f.Type, "code", code, "refusals", s.refused)
+			s.logger().Info("frame refused", "type", f.Type, "code", code, "refusals", s.refused)
 		}
 		s.srv.metrics.errors.WithLabelValues(code).Inc()
 		s.send(errorFrame(f.ID, code, message))
@@ -255,6 +261,9 @@ func (s *session) dispatch(f *clientFrame) error {
 		cancel()
 		if err != nil {
 			return err
+		}
+		if s.groups == nil {
+			s.groups = make(map[string]struct{})
 		}
 		s.groups[f.Group] = struct{}{}
 		s.srv.metrics.joins.Inc()

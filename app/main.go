@@ -75,24 +75,38 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer, list
 		log.Info("NATS_URL is unset: using an embedded NATS server; right for one instance only")
 	}
 	w := web.New(b, web.Config{
-		Region:           cfg.Region,
-		APIKey:           cfg.APIKey,
-		AllowedOrigins:   cfg.AllowedOrigins,
-		ClientSend:       cfg.ClientSend,
-		MaxFrameBytes:    int64(cfg.MaxFrameBytes),
-		MaxBodyBytes:     int64(cfg.MaxBodyBytes),
-		MaxGroups:        cfg.MaxGroups,
-		OutboxFrames:     cfg.OutboxFrames,
-		OutboxBytes:      cfg.OutboxBytes,
-		WriteTimeout:     cfg.WriteTimeout,
-		PingInterval:     cfg.PingInterval,
-		MaxConnectionAge: cfg.MaxConnAge,
-		TraceProject:     cfg.TraceProject,
-		Metrics:          metrics,
-		Logger:           log,
+		Region:  cfg.Region,
+		APIKeys: cfg.APIKeys,
+		Auth: web.AuthConfig{
+			Secret:   []byte(cfg.JWTSecret),
+			JWKSURL:  cfg.JWKSURL,
+			Issuer:   cfg.JWTIssuer,
+			Audience: cfg.JWTAudience,
+			Leeway:   cfg.JWTLeeway,
+		},
+		MaxConnections:      cfg.MaxConnections,
+		FramesPerSecond:     float64(cfg.FramesPerSecond),
+		HandshakesPerSecond: float64(cfg.HandshakesPerIP),
+		TrustedProxies:      cfg.TrustedProxies,
+		AllowedOrigins:      cfg.AllowedOrigins,
+		ClientSend:          cfg.ClientSend,
+		MaxFrameBytes:       int64(cfg.MaxFrameBytes),
+		MaxBodyBytes:        int64(cfg.MaxBodyBytes),
+		MaxGroups:           cfg.MaxGroups,
+		OutboxFrames:        cfg.OutboxFrames,
+		OutboxBytes:         cfg.OutboxBytes,
+		WriteTimeout:        cfg.WriteTimeout,
+		PingInterval:        cfg.PingInterval,
+		MaxConnectionAge:    cfg.MaxConnAge,
+		TraceProject:        cfg.TraceProject,
+		Metrics:             metrics,
+		Logger:              log,
 	})
-	if cfg.APIKey == "" {
+	if len(cfg.APIKeys) == 0 {
 		log.Warn("API_KEY is unset: the server API answers loopback callers only")
+	}
+	if cfg.JWTSecret == "" && cfg.JWKSURL == "" {
+		log.Warn("ANONYMOUS CONNECTIONS: neither JWT_SECRET nor JWKS_URL is set, so any client may join any group; set one before exposing this server")
 	}
 	srv := &http.Server{
 		Handler:           w.Handler(),

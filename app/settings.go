@@ -16,7 +16,16 @@ type settings struct {
 	Port            int
 	NATSURL         string
 	Region          string
-	APIKey          string
+	APIKeys         []string
+	JWTSecret       string
+	JWKSURL         string
+	JWTIssuer       string
+	JWTAudience     string
+	JWTLeeway       time.Duration
+	MaxConnections  int
+	FramesPerSecond int
+	HandshakesPerIP int
+	TrustedProxies  int
 	NodeID          string
 	NATSPrefix      string
 	NATSCreds       string
@@ -66,7 +75,32 @@ var settingsTable = []setting{
 		}
 		return nil
 	}},
-	{"API_KEY", "", "required as Authorization: Bearer on the server API; unset: loopback callers only", func(s *settings, v string) error { s.APIKey = v; return nil }},
+	{"API_KEY", "", "server API keys, comma-separated (several for rotation), each accepted as Authorization: Bearer; unset: loopback callers only", func(s *settings, v string) error { s.APIKeys = splitList(v); return nil }},
+	{"JWT_SECRET", "", "shared secret for HS256 connection tokens; with it (or JWKS_URL) every WebSocket needs a token", func(s *settings, v string) error {
+		s.JWTSecret = v
+		if v != "" && len(v) < 32 {
+			return errors.New("want at least 32 bytes")
+		}
+		return nil
+	}},
+	{"JWKS_URL", "", "https URL of a JWK Set for RS256/ES256 connection tokens", func(s *settings, v string) error {
+		s.JWKSURL = v
+		if v == "" {
+			return nil
+		}
+		u, err := url.Parse(v)
+		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			return errors.New("want an http(s) URL")
+		}
+		return nil
+	}},
+	{"JWT_ISSUER", "", "when set, tokens' iss must equal it", func(s *settings, v string) error { s.JWTIssuer = v; return nil }},
+	{"JWT_AUDIENCE", "", "when set, tokens' aud must include it", func(s *settings, v string) error { s.JWTAudience = v; return nil }},
+	{"JWT_LEEWAY", "30s", "clock skew allowed on tokens' exp and nbf", durationSetting(func(s *settings) *time.Duration { return &s.JWTLeeway })},
+	{"MAX_CONNECTIONS", "10000", "WebSockets this instance takes; more get 503", intSetting(func(s *settings) *int { return &s.MaxConnections }, 1, 10_000_000)},
+	{"FRAMES_PER_SECOND", "20", "client frames a connection may send per second (burst twice as many); over it: rate_limited, then close 1008", intSetting(func(s *settings) *int { return &s.FramesPerSecond }, 1, 1_000_000)},
+	{"HANDSHAKES_PER_SECOND", "10", "new WebSockets per client IP per second (burst twice as many); more get 429", intSetting(func(s *settings) *int { return &s.HandshakesPerIP }, 1, 1_000_000)},
+	{"TRUSTED_PROXIES", "0", "proxies in front that append to X-Forwarded-For (0: use the TCP peer; 1 on Cloud Run; 2 behind Google's external Application Load Balancer)", intSetting(func(s *settings) *int { return &s.TrustedProxies }, 0, 10)},
 	{"NODE_ID", "random", "this instance's id in channel names and subjects (letters, digits, - and _)", func(s *settings, v string) error {
 		s.NodeID = v
 		if v != "" && !isToken(v) {

@@ -33,7 +33,7 @@ func TestAPIErrors(t *testing.T) {
 }
 
 func TestAPIKey(t *testing.T) {
-	e := newEnv(t, "", &Config{APIKey: "s3cret"})
+	e := newEnv(t, "", &Config{APIKeys: []string{"s3cret"}})
 	for _, h := range [][]string{nil, {"Authorization", "Bearer wrong"}, {"Authorization", "s3cret"}, {"Authorization", "Bearer s3cret2"}} {
 		if status, body := e.post("/api/groups/g/messages", `1`, h...); status != 401 || !strings.Contains(body, CodeUnauthorized) {
 			t.Errorf("header %v: %d %s, want 401", h, status, body)

@@ -24,6 +24,7 @@ const (
 	CodeUnavailable   = "unavailable"     // NATS cannot deliver now; retry later
 	CodeUnauthorized  = "unauthorized"    // missing or wrong API key
 	CodeNotFound      = "not_found"       // no such route
+	CodeRateLimited   = "rate_limited"    // too many frames or connections; slow down
 	CodeInternal      = "internal"        // a bug; logged
 )
 
@@ -68,7 +69,7 @@ func httpStatus(code string) int {
 		return http.StatusBadRequest
 	case CodeForbidden:
 		return http.StatusForbidden
-	case CodeTooManyGroups:
+	case CodeTooManyGroups, CodeRateLimited:
 		return http.StatusTooManyRequests
 	case CodeTooLarge:
 		return http.StatusRequestEntityTooLarge
@@ -88,6 +89,7 @@ type clientFrame struct {
 	Group string          `json:"group"`
 	ID    json.RawMessage `json:"id"`
 	Data  json.RawMessage `json:"data"`
+	Token string          `json:"token"` // join: a per-group token; refresh: a new connection token
 }
 
 // parseFrame decodes a client frame. The id, when present, must be a

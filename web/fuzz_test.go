@@ -2,6 +2,7 @@ package web
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
 )
 
@@ -32,6 +33,46 @@ func FuzzParseFrame(f *testing.F) {
 		ack := appendReply(nil, "ack", fr.ID)
 		if !json.Valid(ack) {
 			t.Fatalf("ack %q is not JSON", ack)
+		}
+	})
+}
+
+// FuzzPatterns: a valid pattern never lets a join escape its prefix, and
+// no pattern matches a name that is not a valid group.
+func FuzzPatterns(f *testing.F) {
+	for _, s := range [][2]string{{"room.*", "room.lobby"}, {"*", "x"}, {"room.>", "room.a"}, {"a", "a"}, {"a*", "b"}, {"..*", "a"}} {
+		f.Add(s[0], s[1])
+	}
+	f.Fuzz(func(t *testing.T, pattern, group string) {
+		if !validPattern(pattern) {
+			return
+		}
+		if !allowed([]string{pattern}, group) {
+			return
+		}
+		prefix, wild := strings.CutSuffix(pattern, "*")
+		if !wild && pattern != group {
+			t.Fatalf("exact pattern %q matched %q", pattern, group)
+		}
+		if wild && !strings.HasPrefix(group, prefix) {
+			t.Fatalf("pattern %q matched %q", pattern, group)
+		}
+	})
+}
+
+// FuzzToken: no input panics the verifier, and none passes without the
+// key (the fuzzer cannot forge an HMAC).
+func FuzzToken(f *testing.F) {
+	f.Add("eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.")
+	f.Add("a.b.c")
+	f.Add("")
+	a, err := newAuthenticator(AuthConfig{Secret: []byte("0123456789abcdef0123456789abcdef")}, testLogger())
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, token string) {
+		if id, err := a.connection(token); err == nil {
+			t.Fatalf("forged token %q accepted as %+v", token, id)
 		}
 	})
 }

@@ -42,9 +42,29 @@ type Broker interface {
 type Config struct {
 	// Region labels this instance in the welcome frame.
 	Region string
-	// APIKey, when set, is required as "Authorization: Bearer <APIKey>" on
-	// the server API. When empty, only loopback callers may use it.
-	APIKey string
+	// APIKeys, when any is set, are accepted as "Authorization: Bearer
+	// <key>" on the server API (several, so that keys rotate without
+	// downtime). When empty, only loopback callers may use it.
+	APIKeys []string
+	// Auth configures connection tokens. Zero: anonymous connections.
+	Auth AuthConfig
+	// MaxConnections bounds this instance's WebSockets; more are refused
+	// with 503. Default 10000.
+	MaxConnections int
+	// FramesPerSecond bounds each connection's client frames (a token
+	// bucket with a burst of twice as many). A frame over it is refused
+	// with "rate_limited"; a client that keeps on is closed with 1008.
+	// Default 20.
+	FramesPerSecond float64
+	// HandshakesPerSecond bounds new WebSockets per client IP (burst twice
+	// as many); more get 429. Loopback clients (local tools and load
+	// tests) are not limited. Default 10.
+	HandshakesPerSecond float64
+	// TrustedProxies is how many proxies in front of the server append to
+	// X-Forwarded-For: the client IP is that many entries from its end.
+	// 0 (default): the TCP peer; 1 on Cloud Run; 2 behind Google's
+	// external Application Load Balancer.
+	TrustedProxies int
 	// AllowedOrigins are host patterns (path.Match syntax, e.g.
 	// "*.example.com") of pages allowed to open WebSockets besides this
 	// server's own origin. Default none: same-origin pages and non-browser
@@ -97,6 +117,13 @@ func (c *Config) setDefaults() {
 	setDuration(&c.PingInterval, 25*time.Second)
 	setDuration(&c.JoinTimeout, 5*time.Second)
 	setDuration(&c.MaxConnectionAge, 55*time.Minute)
+	setInt(&c.MaxConnections, 10000)
+	if c.FramesPerSecond <= 0 {
+		c.FramesPerSecond = 20
+	}
+	if c.HandshakesPerSecond <= 0 {
+		c.HandshakesPerSecond = 10
+	}
 }
 
 func setInt(p *int, def int) {
@@ -125,7 +152,9 @@ type Server struct {
 	log     *slog.Logger
 	echo    *echo.Echo
 	metrics *Metrics
-	buffers sync.Pool // *[]byte for batching frames
+	buffers sync.Pool      // *[]byte for batching frames
+	auth    *authenticator // nil: anonymous connections
+	shakes  *ipLimiter
 
 	mu       sync.Mutex
 	sessions map[*session]struct{}
@@ -157,6 +186,14 @@ func New(b Broker, cfg Config) *Server {
 		s.metrics = NewMetrics()
 	}
 	s.metrics.registry.MustRegister(brokerCollector{b})
+	s.shakes = newIPLimiter(cfg.HandshakesPerSecond, maxTrackedIPs)
+	auth, err := newAuthenticator(cfg.Auth, s.log)
+	if err != nil {
+		// Fail closed: with tokens configured but unverifiable, refuse all.
+		s.log.Error("tokens cannot be verified; refusing every connection", "error", err)
+		auth = &authenticator{cfg: cfg.Auth, parser: nil, stop: func() {}}
+	}
+	s.auth = auth
 	s.buffers.New = func() any { p := make([]byte, 0, 4096); return &p }
 
 	e := echo.New()
@@ -195,6 +232,20 @@ func (s *Server) readyz(c echo.Context) error {
 
 // serveWS upgrades to a WebSocket and starts its session.
 func (s *Server) serveWS(c echo.Context) error {
+	r := c.Request()
+	if ip := clientIP(r, s.cfg.TrustedProxies); !isLoopback(net.JoinHostPort(ip, "0")) && !s.shakes.allow(ip, time.Now()) {
+		return refuse(CodeRateLimited, "too many new connections from this address; retry later")
+	}
+	var ident *identity
+	if s.auth != nil {
+		var err error
+		if ident, err = s.auth.connection(requestToken(r)); err != nil {
+			return err
+		}
+	}
+	if s.metricsConnections() >= s.cfg.MaxConnections {
+		return refuse(CodeUnavailable, "this instance has as many connections as allowed; retry elsewhere")
+	}
 	conn, err := websocket.Accept(smallBuffers{c.Response()}, c.Request(), &websocket.AcceptOptions{
 		OriginPatterns:  s.cfg.AllowedOrigins,
 		CompressionMode: websocket.CompressionDisabled,
@@ -204,9 +255,11 @@ func (s *Server) serveWS(c echo.Context) error {
 	}
 	conn.SetReadLimit(s.cfg.MaxFrameBytes)
 	ss := &session{
-		srv:  s,
-		conn: conn,
-		out:  newOutbox(s.cfg.OutboxFrames, s.cfg.OutboxBytes),
+		srv:    s,
+		conn:   conn,
+		out:    newOutbox(s.cfg.OutboxFrames, s.cfg.OutboxBytes),
+		ident:  ident,
+		frames: bucket{tokens: 2 * s.cfg.FramesPerSecond, filled: time.Now()},
 	}
 	// Timers, not goroutines: an idle connection costs no writer.
 	ss.pinger = time.AfterFunc(s.cfg.PingInterval, ss.ping)
@@ -223,7 +276,7 @@ func (s *Server) serveWS(c echo.Context) error {
 		return nil
 	}
 	ss.trace = traceAttrs(c.Request(), s.cfg.TraceProject)
-	ss.logger().Info("websocket connected", "remote_ip", c.RealIP(), "user_agent", c.Request().UserAgent())
+	ss.logger().Info("websocket connected", "remote_ip", clientIP(r, s.cfg.TrustedProxies), "user", ss.user(), "user_agent", r.UserAgent())
 	// The session reads on a goroutine of its own, awaited by Shutdown,
 	// and this one returns: the HTTP server's goroutine, its deep stack
 	// and the request's state are not kept for the socket's lifetime.
@@ -245,7 +298,9 @@ func (s *Server) run(ss *session) {
 	expire := time.AfterFunc(maxAge, func() { ss.close(websocket.StatusServiceRestart, "max connection age") })
 	defer expire.Stop()
 
-	ss.send(s.welcome(ss.channel))
+	ss.armExpiry()
+	defer ss.stopExpiry()
+	ss.send(s.welcome(ss.channel, ss.user()))
 	ss.readLoop()
 	s.broker.CloseChannel(ss.channel)
 	ss.close(0, "")
@@ -305,6 +360,7 @@ func (s *Server) watchdog(stop <-chan struct{}) {
 				ss.out.tick(writerIdleTicks)
 			}
 			s.mu.Unlock()
+			s.shakes.sweep(now)
 			for _, ss := range stuck {
 				ss.logger().Info("write timed out; dropping the connection")
 				ss.conn.CloseNow()
@@ -321,14 +377,25 @@ const watchdogInterval = 250 * time.Millisecond
 // work before it exits: about a second.
 const writerIdleTicks = 4
 
-func (s *Server) welcome(channel string) []byte {
+func (s *Server) welcome(channel, user string) []byte {
 	buf := append([]byte(nil), `{"type":"welcome","channel":"`...)
 	buf = append(buf, channel...)
 	buf = append(buf, `","node":"`...)
 	buf = append(buf, s.broker.Node()...)
 	buf = append(buf, `","region":`...)
 	buf = appendJSONString(buf, s.cfg.Region)
+	if user != "" {
+		buf = append(buf, `,"user":`...)
+		buf = appendJSONString(buf, user)
+	}
 	return append(buf, '}')
+}
+
+// metricsConnections is the number of open sessions.
+func (s *Server) metricsConnections() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions)
 }
 
 func (s *Server) track(ss *session) bool {
@@ -368,6 +435,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	defer s.stopOnce.Do(func() {
 		close(s.stopWatchdog)
 		s.watchdogDone.Wait()
+		s.auth.close()
 	})
 	select {
 	case <-done:
@@ -418,11 +486,20 @@ func isHex(s string) bool {
 // authorize guards the server API: a Bearer API key when one is set,
 // otherwise loopback callers only.
 func (s *Server) authorize(next echo.HandlerFunc) echo.HandlerFunc {
-	want := []byte("Bearer " + s.cfg.APIKey)
+	var wants [][]byte
+	for _, k := range s.cfg.APIKeys {
+		if k != "" {
+			wants = append(wants, []byte("Bearer "+k))
+		}
+	}
 	return func(c echo.Context) error {
-		if s.cfg.APIKey != "" {
+		if len(wants) > 0 {
 			got := []byte(c.Request().Header.Get(echo.HeaderAuthorization))
-			if subtle.ConstantTimeCompare(got, want) != 1 {
+			ok := 0
+			for _, want := range wants { // every key compared: no early exit
+				ok |= subtle.ConstantTimeCompare(got, want)
+			}
+			if ok != 1 {
 				return refuse(CodeUnauthorized, "a valid API key is required: Authorization: Bearer <API_KEY>")
 			}
 			return next(c)

@@ -18,6 +18,9 @@ const (
 	// CloseSlowConsumer closes a connection whose outbox overflowed: the
 	// client did not read fast enough and has missed messages.
 	CloseSlowConsumer websocket.StatusCode = 4008
+	// CloseTokenExpired closes a connection whose token expired without a
+	// refresh: the client needs a new token to reconnect.
+	CloseTokenExpired websocket.StatusCode = 4001
 )
 
 // session is one WebSocket connection: a channel in the broker, a reader
@@ -33,6 +36,10 @@ type session struct {
 	pinger  *time.Timer
 	groups  map[string]struct{} // reader-owned
 	refused int                 // reader-owned: refusals so far
+	ident   *identity           // reader-owned; nil: anonymous (no tokens configured)
+	frames  bucket              // reader-owned: the client's frame rate
+	flooded int                 // reader-owned: frames refused in a row for rate
+	expiry  *time.Timer         // closes the connection when the token expires
 
 	closeOnce sync.Once
 	code      websocket.StatusCode // why it closes; written once, before the outbox closes
@@ -41,6 +48,61 @@ type session struct {
 	// writeStart is when the write in flight began (unix ns; 0: none), for
 	// the server's watchdog, which ends writes that take too long.
 	writeStart atomic.Int64
+}
+
+// user is the connection's user id from its token ("" when anonymous).
+func (s *session) user() string {
+	if s.ident == nil {
+		return ""
+	}
+	return s.ident.user
+}
+
+// mayJoin checks a join against the token's permissions, or against a
+// per-group token given with the join.
+func (s *session) mayJoin(group, token string) error {
+	if s.ident == nil || allowed(s.ident.join, group) {
+		return nil
+	}
+	if token != "" {
+		return s.srv.auth.groupToken(token, s.ident.user, group)
+	}
+	return refuse(CodeForbidden, "the token does not allow joining this group")
+}
+
+// refresh replaces the connection's token with a fresh one for the same
+// user, before the old one expires.
+func (s *session) refresh(token string) error {
+	if s.srv.auth == nil {
+		return refuse(CodeForbidden, "this server does not use tokens")
+	}
+	id, err := s.srv.auth.connection(token)
+	if err != nil {
+		return err
+	}
+	if id.user != s.ident.user {
+		return refuse(CodeForbidden, "the token is for another user")
+	}
+	s.stopExpiry()
+	s.ident = id
+	s.armExpiry()
+	return nil
+}
+
+// armExpiry closes the connection with 4001 when its token expires.
+func (s *session) armExpiry() {
+	if s.ident == nil || s.ident.expires.IsZero() {
+		return
+	}
+	s.expiry = time.AfterFunc(time.Until(s.ident.expires), func() {
+		s.close(CloseTokenExpired, "token expired")
+	})
+}
+
+func (s *session) stopExpiry() {
+	if s.expiry != nil {
+		s.expiry.Stop()
+	}
 }
 
 // logger returns a logger with the connection's channel and trace. It is
@@ -225,6 +287,18 @@ func (s *session) readLoop() {
 }
 
 func (s *session) handle(p []byte) {
+	cfg := &s.srv.cfg
+	if !s.frames.take(time.Now(), cfg.FramesPerSecond, 2*cfg.FramesPerSecond) {
+		if s.flooded++; s.flooded > int(2*cfg.FramesPerSecond) {
+			s.close(websocket.StatusPolicyViolation, "rate limit")
+			return
+		}
+		f, _ := parseFrame(p)
+		s.srv.metrics.errors.WithLabelValues(CodeRateLimited).Inc()
+		s.send(errorFrame(f.ID, CodeRateLimited, "too many frames; slow down"))
+		return
+	}
+	s.flooded = 0
 	f, err := parseFrame(p)
 	if err == nil {
 		err = s.dispatch(&f)
@@ -256,6 +330,9 @@ func (s *session) dispatch(f *clientFrame) error {
 		if len(s.groups) >= s.srv.cfg.MaxGroups {
 			return refuse(CodeTooManyGroups, "this connection is in as many groups as allowed")
 		}
+		if err := s.mayJoin(f.Group, f.Token); err != nil {
+			return err
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.JoinTimeout)
 		err := b.GroupAdd(ctx, f.Group, s.channel)
 		cancel()
@@ -276,6 +353,12 @@ func (s *session) dispatch(f *clientFrame) error {
 		if !s.srv.cfg.ClientSend {
 			return refuse(CodeForbidden, "clients may not send on this server")
 		}
+		if !broker.ValidGroup(f.Group) {
+			return broker.ErrInvalidGroup
+		}
+		if s.ident != nil && !allowed(s.ident.send, f.Group) {
+			return refuse(CodeForbidden, "the token does not allow sending to this group")
+		}
 		if f.Data == nil {
 			return refuse(CodeInvalidData, `"data" is required`)
 		}
@@ -286,6 +369,10 @@ func (s *session) dispatch(f *clientFrame) error {
 	case "ping":
 		s.send(appendReply(nil, "pong", f.ID))
 		return nil
+	case "refresh":
+		if err := s.refresh(f.Token); err != nil {
+			return err
+		}
 	case "":
 		return refuse(CodeUnknownType, `"type" is required`)
 	default:

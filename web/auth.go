@@ -1,0 +1,227 @@
+package web
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/MicahParks/keyfunc/v3"
+	"github.com/golang-jwt/jwt/v5"
+	"golang.org/x/time/rate"
+
+	"github.com/groupcast/groupcast/broker"
+)
+
+// AuthConfig configures connection tokens (JWTs). With neither Secret nor
+// JWKSURL set, connections are anonymous and may join any group.
+type AuthConfig struct {
+	// Secret verifies HS256 tokens.
+	Secret []byte
+	// JWKSURL is where RS256 and ES256 keys are fetched from. The set is
+	// cached, refreshed hourly, and refetched (at most every 10 s) when a
+	// token names a key id it does not hold.
+	JWKSURL string
+	// Issuer and Audience, when set, must match the iss and aud claims.
+	Issuer, Audience string
+	// Leeway is the clock skew allowed on exp and nbf. Default 30s.
+	Leeway time.Duration
+}
+
+// Enabled reports whether tokens are required.
+func (c AuthConfig) Enabled() bool { return len(c.Secret) > 0 || c.JWKSURL != "" }
+
+// Claims are what a groupcast token says, beside the registered claims
+// (sub, exp, nbf, iss, aud). Patterns are group names, or a prefix ending
+// in '*' ("room.*" covers "room.lobby"; "*" covers every group).
+type Claims struct {
+	jwt.RegisteredClaims
+	// Join lists the groups the connection may join.
+	Join []string `json:"join,omitempty"`
+	// Send lists the groups the connection may send to.
+	Send []string `json:"send,omitempty"`
+	// Group makes a per-group token: it lets the connection of user sub
+	// join this one group (given in the join frame's "token").
+	Group string `json:"group,omitempty"`
+}
+
+// identity is who a connection is and what it may do.
+type identity struct {
+	user    string
+	join    []string
+	send    []string
+	expires time.Time // zero: never
+}
+
+// Errors of token verification, all refused as "unauthorized".
+var (
+	errNoToken      = refuse(CodeUnauthorized, "a token is required: ?token= or Authorization: Bearer")
+	errTokenInvalid = refuse(CodeUnauthorized, "the token is invalid or expired")
+)
+
+// authenticator verifies tokens.
+type authenticator struct {
+	cfg    AuthConfig
+	parser *jwt.Parser
+	jwks   keyfunc.Keyfunc // nil without JWKSURL
+	stop   context.CancelFunc
+}
+
+// newAuthenticator returns nil when cfg does not enable tokens. With a
+// JWKS URL it starts keyfunc's refresh goroutine, which close stops.
+func newAuthenticator(cfg AuthConfig, log *slog.Logger) (*authenticator, error) {
+	if !cfg.Enabled() {
+		return nil, nil
+	}
+	setDuration(&cfg.Leeway, 30*time.Second)
+	var methods []string
+	if len(cfg.Secret) > 0 {
+		methods = append(methods, jwt.SigningMethodHS256.Alg())
+	}
+	if cfg.JWKSURL != "" {
+		methods = append(methods, jwt.SigningMethodRS256.Alg(), jwt.SigningMethodES256.Alg())
+	}
+	opts := []jwt.ParserOption{jwt.WithValidMethods(methods), jwt.WithLeeway(cfg.Leeway), jwt.WithIssuedAt()}
+	if cfg.Issuer != "" {
+		opts = append(opts, jwt.WithIssuer(cfg.Issuer))
+	}
+	if cfg.Audience != "" {
+		opts = append(opts, jwt.WithAudience(cfg.Audience))
+	}
+	a := &authenticator{cfg: cfg, parser: jwt.NewParser(opts...), stop: func() {}}
+	if cfg.JWKSURL != "" {
+		ctx, cancel := context.WithCancel(context.Background())
+		noWait := false
+		jwks, err := keyfunc.NewDefaultOverrideCtx(ctx, []string{cfg.JWKSURL}, keyfunc.Override{
+			HTTPTimeout:               5 * time.Second,
+			RateLimitWaitMax:          time.Millisecond, // an unknown kid past the limit fails at once
+			RefreshUnknownKID:         rate.NewLimiter(rate.Every(10*time.Second), 1),
+			NoErrorReturnFirstHTTPReq: &noWait,
+			RefreshErrorHandlerFunc: func(u string) func(context.Context, error) {
+				return func(_ context.Context, err error) { log.Warn("JWKS refresh failed", "url", u, "error", err) }
+			},
+		})
+		if err != nil {
+			cancel()
+			return nil, fmt.Errorf("JWKS %s: %w", cfg.JWKSURL, err)
+		}
+		a.jwks, a.stop = jwks, cancel
+	}
+	return a, nil
+}
+
+func (a *authenticator) close() {
+	if a != nil {
+		a.stop()
+	}
+}
+
+// key picks the verification key by algorithm, so that an HS256 token is
+// only ever checked against the shared secret and an RS256/ES256 token
+// only against the JWKS: no key of one kind is used as the other.
+func (a *authenticator) key(t *jwt.Token) (any, error) {
+	switch t.Method.(type) {
+	case *jwt.SigningMethodHMAC:
+		if len(a.cfg.Secret) == 0 {
+			return nil, errors.New("HS256 not accepted")
+		}
+		return a.cfg.Secret, nil
+	case *jwt.SigningMethodRSA, *jwt.SigningMethodECDSA:
+		if a.jwks == nil {
+			return nil, errors.New("no JWKS configured")
+		}
+		return a.jwks.Keyfunc(t)
+	}
+	return nil, errors.New("unsupported algorithm")
+}
+
+func (a *authenticator) parse(token string) (*Claims, error) {
+	if len(token) > maxTokenBytes || a.parser == nil {
+		return nil, errTokenInvalid
+	}
+	var c Claims
+	if _, err := a.parser.ParseWithClaims(token, &c, a.key); err != nil {
+		return nil, fmt.Errorf("%w: %v", errTokenInvalid, err)
+	}
+	return &c, nil
+}
+
+// maxTokenBytes bounds a token; longer ones are refused unread.
+const maxTokenBytes = 8 << 10
+
+// connection verifies a connection token and returns its identity.
+func (a *authenticator) connection(token string) (*identity, error) {
+	if token == "" {
+		return nil, errNoToken
+	}
+	c, err := a.parse(token)
+	if err != nil {
+		return nil, err
+	}
+	if c.Group != "" {
+		return nil, fmt.Errorf("%w: a per-group token cannot open a connection", errTokenInvalid)
+	}
+	for _, p := range append(c.Join, c.Send...) {
+		if !validPattern(p) {
+			return nil, fmt.Errorf("%w: bad group pattern %q", errTokenInvalid, p)
+		}
+	}
+	id := &identity{user: c.Subject, join: c.Join, send: c.Send}
+	if c.ExpiresAt != nil {
+		id.expires = c.ExpiresAt.Time.Add(a.cfg.Leeway)
+	}
+	return id, nil
+}
+
+// groupToken verifies a per-group token for user's join of group.
+func (a *authenticator) groupToken(token, user, group string) error {
+	c, err := a.parse(token)
+	if err != nil {
+		return err
+	}
+	if c.Group != group || c.Subject != user {
+		return refuse(CodeForbidden, "the token is for another group or user")
+	}
+	return nil
+}
+
+// requestToken is the token of an upgrade request: ?token= or a Bearer
+// Authorization header.
+func requestToken(r *http.Request) string {
+	if t := r.URL.Query().Get("token"); t != "" {
+		return t
+	}
+	if h := r.Header.Get("Authorization"); len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
+		return h[7:]
+	}
+	return ""
+}
+
+// validPattern reports whether p is a group name or a prefix with '*'.
+func validPattern(p string) bool {
+	if p == "*" {
+		return true
+	}
+	if prefix, ok := strings.CutSuffix(p, "*"); ok {
+		// The prefix of some valid name: check it with a letter appended.
+		return len(prefix) < broker.MaxGroupLen && broker.ValidGroup(prefix+"x")
+	}
+	return broker.ValidGroup(p)
+}
+
+// allowed reports whether group matches one of patterns.
+func allowed(patterns []string, group string) bool {
+	for _, p := range patterns {
+		if prefix, ok := strings.CutSuffix(p, "*"); ok {
+			if strings.HasPrefix(group, prefix) {
+				return true
+			}
+		} else if p == group {
+			return true
+		}
+	}
+	return false
+}

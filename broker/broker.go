@@ -165,6 +165,9 @@ type Broker struct {
 	direct  *nats.Subscription
 	flusher *flusher
 
+	commands, broadcasts *nats.Subscription
+	onCommand            atomic.Pointer[func(cmd []byte)]
+
 	mu       sync.RWMutex
 	groups   map[string]*group             // live groups by name
 	bySub    map[*nats.Subscription]*group // for dispatch
@@ -232,9 +235,19 @@ func New(cfg Config) (*Broker, error) {
 		go b.dispatchLoop(b.shards[i])
 	}
 	b.direct, err = nc.ChanSubscribe(b.directPrefix+"*", b.shards[0])
+	if err == nil {
+		if b.commands, err = nc.ChanSubscribe(cfg.Prefix+".command."+cfg.Node, b.shards[0]); err == nil {
+			b.broadcasts, err = nc.ChanSubscribe(cfg.Prefix+".command.all", b.shards[0])
+		}
+	}
 	if err != nil {
 		b.Close(context.Background())
-		return nil, fmt.Errorf("broker: subscribe direct channels: %w", err)
+		return nil, fmt.Errorf("broker: subscribe: %w", err)
+	}
+	if nc.IsConnected() {
+		// The node's own subscriptions are live before New returns; when
+		// not connected yet, they are sent on connecting.
+		nc.FlushTimeout(cfg.FlushTimeout)
 	}
 	mode := "external"
 	if ns != nil {
@@ -535,6 +548,37 @@ func (b *Broker) publish(subject string, data []byte) error {
 		return fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
 	b.stats.published.Add(1)
+	return nil
+}
+
+// HandleCommands sets the function that receives the commands sent to
+// this node with Command, or to every node with Broadcast (on the subjects
+// <prefix>.command.<node> and <prefix>.command.all). It runs on a dispatch
+// goroutine and must not block. Until it is set, commands are dropped.
+func (b *Broker) HandleCommands(f func(cmd []byte)) { b.onCommand.Store(&f) }
+
+// Command sends cmd to the node that owns channel, for its command
+// handler. Like a publish, it returns once NATS has taken it.
+func (b *Broker) Command(channel string, cmd []byte) error {
+	node, _, ok := splitChannel(channel)
+	if !ok {
+		return ErrInvalidChannel
+	}
+	return b.command(b.cfg.Prefix+".command."+node, cmd)
+}
+
+// Broadcast sends cmd to every node, this one included.
+func (b *Broker) Broadcast(cmd []byte) error {
+	return b.command(b.cfg.Prefix+".command.all", cmd)
+}
+
+func (b *Broker) command(subject string, cmd []byte) error {
+	if err := b.Ready(); err != nil {
+		return err
+	}
+	if err := b.nc.Publish(subject, cmd); err != nil {
+		return fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
 	return nil
 }
 

@@ -452,3 +452,43 @@ func TestFlushCoalescing(t *testing.T) {
 		t.Fatalf("%d flushes for %d first joins: none coalesced", rounds, n)
 	}
 }
+
+// TestCommands: a command reaches the node that owns a channel, a
+// broadcast reaches every node.
+func TestCommands(t *testing.T) {
+	ns := startNATS(t)
+	a := newBroker(t, ns.ClientURL())
+	b := newBroker(t, ns.ClientURL())
+	got := map[*Broker]chan string{a: make(chan string, 4), b: make(chan string, 4)}
+	for n, ch := range got {
+		a := ch
+		n.HandleCommands(func(cmd []byte) { a <- string(cmd) })
+	}
+	c, _ := open(t, a)
+	if err := b.Command(c, []byte("to-a")); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Broadcast([]byte("to-all")); err != nil {
+		t.Fatal(err)
+	}
+	expect := func(ch chan string, want string) {
+		t.Helper()
+		select {
+		case cmd := <-ch:
+			if cmd != want {
+				t.Fatalf("got %q want %q", cmd, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no %q", want)
+		}
+	}
+	// Two publishers: no order between their commands.
+	first, second := <-got[a], <-got[a]
+	if !(first == "to-a" && second == "to-all" || first == "to-all" && second == "to-a") {
+		t.Fatalf("node a got %q, %q", first, second)
+	}
+	expect(got[b], "to-all")
+	if err := a.Command("not-a-channel", nil); !errors.Is(err, ErrInvalidChannel) {
+		t.Fatalf("bad channel: %v", err)
+	}
+}

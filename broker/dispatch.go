@@ -31,6 +31,12 @@ func (b *Broker) dispatch(msg *nats.Msg) {
 		b.dispatchDirect(msg)
 		return
 	}
+	if msg.Sub == b.commands || msg.Sub == b.broadcasts {
+		if f := b.onCommand.Load(); f != nil {
+			(*f)(msg.Data)
+		}
+		return
+	}
 	b.mu.RLock()
 	g := b.bySub[msg.Sub]
 	b.mu.RUnlock()

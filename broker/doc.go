@@ -19,6 +19,8 @@
 //
 //	groupcast.group.<group>             one message to every member of <group>
 //	groupcast.direct.<node>.<conn>      one message to the channel "<node>.<conn>"
+//	groupcast.command.<node>            a command to one node (Config.OnCommand)
+//	groupcast.command.all               a command to every node
 //
 // The payload is one JSON value, the data the members receive. Group names
 // are 1–100 ASCII letters, digits, '-', '_' and '.', never starting or

@@ -385,3 +385,7 @@ func (j *jwksServer) set(keys map[string]any) {
 	j.body = body
 	j.mu.Unlock()
 }
+
+func jwtSubject(sub string) jwt.RegisteredClaims {
+	return jwt.RegisteredClaims{Subject: sub, ExpiresAt: jwt.NewNumericDate(time.Now().Add(time.Hour))}
+}

@@ -90,6 +90,7 @@ type clientFrame struct {
 	ID    json.RawMessage `json:"id"`
 	Data  json.RawMessage `json:"data"`
 	Token string          `json:"token"` // join: a per-group token; refresh: a new connection token
+	raw   json.RawMessage // the whole frame, for a Consumer's own types
 }
 
 // parseFrame decodes a client frame. The id, when present, must be a
@@ -108,6 +109,7 @@ func parseFrame(p []byte) (clientFrame, error) {
 		}
 		return clientFrame{}, refuse(CodeInvalidJSON, "a frame must be one JSON object")
 	}
+	f.raw = p
 	if string(f.ID) == "null" {
 		f.ID = nil
 	}

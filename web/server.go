@@ -36,6 +36,9 @@ type Broker interface {
 	GroupSend(group string, data []byte) error
 	Send(channel string, data []byte) error
 	Stats() broker.Stats
+	HandleCommands(func(cmd []byte))
+	Command(channel string, cmd []byte) error
+	Broadcast(cmd []byte) error
 }
 
 // Config configures a Server. Zero fields take the defaults given.
@@ -100,6 +103,11 @@ type Config struct {
 	// TraceProject is the Google Cloud project whose trace ids appear in
 	// connection logs ("logging.googleapis.com/trace"). Optional.
 	TraceProject string
+	// Consumer runs the application's code in each connection's life.
+	// Default DefaultConsumer.
+	Consumer Consumer
+	// Hooks forward decisions to an HTTP backend, after Consumer allows.
+	Hooks HookConfig
 	// Metrics, when set, are the metrics to fill (see NewMetrics); by
 	// default the server makes its own.
 	Metrics *Metrics
@@ -147,19 +155,24 @@ func setDuration(p *time.Duration, def time.Duration) {
 // Server is the HTTP side of one instance. Create it with New, serve
 // Handler, and call Shutdown to close every WebSocket.
 type Server struct {
-	cfg     Config
-	broker  Broker
-	log     *slog.Logger
-	echo    *echo.Echo
-	metrics *Metrics
-	buffers sync.Pool      // *[]byte for batching frames
-	auth    *authenticator // nil: anonymous connections
-	shakes  *ipLimiter
+	cfg      Config
+	broker   Broker
+	log      *slog.Logger
+	echo     *echo.Echo
+	metrics  *Metrics
+	buffers  sync.Pool      // *[]byte for batching frames
+	auth     *authenticator // nil: anonymous connections
+	consumer Consumer
+	shakes   *ipLimiter
 
-	mu       sync.Mutex
-	sessions map[*session]struct{}
-	draining bool
-	active   sync.WaitGroup // one per running session
+	mu        sync.Mutex
+	sessions  map[*session]struct{}
+	byChannel map[string]*session
+	draining  bool
+	active    sync.WaitGroup // one per running session
+
+	commandSlots    chan struct{}
+	commandsRunning sync.WaitGroup
 
 	stopWatchdog chan struct{}
 	watchdogDone sync.WaitGroup
@@ -180,6 +193,9 @@ func New(b Broker, cfg Config) *Server {
 		metrics:  cfg.Metrics,
 		sessions: make(map[*session]struct{}),
 
+		byChannel:    make(map[string]*session),
+		commandSlots: make(chan struct{}, maxCommandsInFlight),
+
 		stopWatchdog: make(chan struct{}),
 	}
 	if s.metrics == nil {
@@ -194,6 +210,13 @@ func New(b Broker, cfg Config) *Server {
 		auth = &authenticator{cfg: cfg.Auth, parser: nil, stop: func() {}}
 	}
 	s.auth = auth
+	s.consumer = cfg.Consumer
+	if s.consumer == nil {
+		s.consumer = DefaultConsumer{}
+	}
+	if cfg.Hooks.Enabled() {
+		s.consumer = newHookConsumer(s.consumer, cfg.Hooks, b.Node(), cfg.Region, cfg.TrustedProxies)
+	}
 	s.buffers.New = func() any { p := make([]byte, 0, 4096); return &p }
 
 	e := echo.New()
@@ -206,9 +229,14 @@ func New(b Broker, cfg Config) *Server {
 	api := e.Group("/api", s.authorize)
 	api.POST("/groups/:group/messages", s.publishGroup)
 	api.POST("/channels/:channel/messages", s.publishChannel)
+	api.POST("/channels/:channel/disconnect", s.disconnectChannel)
+	api.POST("/users/:user/disconnect", s.disconnectUser)
+	api.PUT("/groups/:group/channels/:channel", s.addToGroup)
+	api.DELETE("/groups/:group/channels/:channel", s.removeFromGroup)
 	sub, _ := fs.Sub(static, "static")
 	e.StaticFS("/", sub)
 	s.echo = e
+	b.HandleCommands(s.handleCommand)
 	s.watchdogDone.Add(1)
 	go s.watchdog(s.stopWatchdog)
 	return s
@@ -236,15 +264,21 @@ func (s *Server) serveWS(c echo.Context) error {
 	if ip := clientIP(r, s.cfg.TrustedProxies); !isLoopback(net.JoinHostPort(ip, "0")) && !s.shakes.allow(ip, time.Now()) {
 		return refuse(CodeRateLimited, "too many new connections from this address; retry later")
 	}
-	var ident *identity
-	if s.auth != nil {
-		var err error
-		if ident, err = s.auth.connection(requestToken(r)); err != nil {
-			return err
-		}
-	}
 	if s.metricsConnections() >= s.cfg.MaxConnections {
 		return refuse(CodeUnavailable, "this instance has as many connections as allowed; retry elsewhere")
+	}
+	cr := &ConnectRequest{Request: r}
+	var expires time.Time
+	if s.auth != nil {
+		cr.Token = requestToken(r)
+		id, err := s.auth.connection(cr.Token)
+		if err != nil {
+			return err
+		}
+		cr.User, cr.Permissions, expires = id.user, &Permissions{Join: id.join, Send: id.send}, id.expires
+	}
+	if err := s.consumer.Connect(r.Context(), cr); err != nil {
+		return err
 	}
 	conn, err := websocket.Accept(smallBuffers{c.Response()}, c.Request(), &websocket.AcceptOptions{
 		OriginPatterns:  s.cfg.AllowedOrigins,
@@ -255,12 +289,15 @@ func (s *Server) serveWS(c echo.Context) error {
 	}
 	conn.SetReadLimit(s.cfg.MaxFrameBytes)
 	ss := &session{
-		srv:    s,
-		conn:   conn,
-		out:    newOutbox(s.cfg.OutboxFrames, s.cfg.OutboxBytes),
-		ident:  ident,
-		frames: bucket{tokens: 2 * s.cfg.FramesPerSecond, filled: time.Now()},
+		srv:     s,
+		conn:    conn,
+		out:     newOutbox(s.cfg.OutboxFrames, s.cfg.OutboxBytes),
+		uid:     cr.User,
+		perms:   cr.Permissions,
+		expires: expires,
+		frames:  bucket{tokens: 2 * s.cfg.FramesPerSecond, filled: time.Now()},
 	}
+	ss.public.s = ss
 	// Timers, not goroutines: an idle connection costs no writer.
 	ss.pinger = time.AfterFunc(s.cfg.PingInterval, ss.ping)
 	if !s.track(ss) {
@@ -275,18 +312,21 @@ func (s *Server) serveWS(c echo.Context) error {
 		conn.Close(websocket.StatusTryAgainLater, "messaging unavailable")
 		return nil
 	}
+	s.mu.Lock()
+	s.byChannel[ss.channel] = ss
+	s.mu.Unlock()
 	ss.trace = traceAttrs(c.Request(), s.cfg.TraceProject)
 	ss.logger().Info("websocket connected", "remote_ip", clientIP(r, s.cfg.TrustedProxies), "user", ss.user(), "user_agent", r.UserAgent())
 	// The session reads on a goroutine of its own, awaited by Shutdown,
 	// and this one returns: the HTTP server's goroutine, its deep stack
 	// and the request's state are not kept for the socket's lifetime.
-	go s.run(ss)
+	go s.run(ss, cr.Groups)
 	return nil
 }
 
 // run is a session's reader goroutine: it reads until the connection
 // ends, then releases the channel and waits for the writer.
-func (s *Server) run(ss *session) {
+func (s *Server) run(ss *session, groups []string) {
 	defer s.untrack(ss)
 	s.metrics.connects.Inc()
 	s.metrics.connections.Inc()
@@ -301,12 +341,18 @@ func (s *Server) run(ss *session) {
 	ss.armExpiry()
 	defer ss.stopExpiry()
 	ss.send(s.welcome(ss.channel, ss.user()))
+	for _, g := range groups {
+		if err := ss.serverJoin(context.Background(), g); err != nil {
+			ss.logger().Warn("joining a group chosen at connect failed", "group", g, "error", err)
+		}
+	}
 	ss.readLoop()
 	s.broker.CloseChannel(ss.channel)
 	ss.close(0, "")
 	ss.writers.Wait()
+	s.consumer.Disconnect(&ss.public)
 	ss.logger().Info("websocket closed", "code", int(ss.code), "reason", ss.reason,
-		"seconds", time.Since(opened).Round(time.Millisecond).Seconds(), "groups", len(ss.groups))
+		"seconds", time.Since(opened).Round(time.Millisecond).Seconds(), "groups", ss.count())
 }
 
 // A WebSocket's buffers, smaller than net/http's 4 KiB each: client frames
@@ -412,6 +458,9 @@ func (s *Server) track(ss *session) bool {
 func (s *Server) untrack(ss *session) {
 	s.mu.Lock()
 	delete(s.sessions, ss)
+	if s.byChannel[ss.channel] == ss {
+		delete(s.byChannel, ss.channel)
+	}
 	s.mu.Unlock()
 	s.active.Done()
 }
@@ -435,6 +484,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	defer s.stopOnce.Do(func() {
 		close(s.stopWatchdog)
 		s.watchdogDone.Wait()
+		s.commandsRunning.Wait()
 		s.auth.close()
 	})
 	select {

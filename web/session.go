@@ -2,7 +2,9 @@ package web
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -34,12 +36,15 @@ type session struct {
 	out     *outbox
 	writers sync.WaitGroup
 	pinger  *time.Timer
-	groups  map[string]struct{} // reader-owned
-	refused int                 // reader-owned: refusals so far
-	ident   *identity           // reader-owned; nil: anonymous (no tokens configured)
-	frames  bucket              // reader-owned: the client's frame rate
-	flooded int                 // reader-owned: frames refused in a row for rate
-	expiry  *time.Timer         // closes the connection when the token expires
+	groupSet
+	public  Conn         // what the Consumer sees
+	uid     string       // the user id; set before the session starts
+	perms   *Permissions // reader-owned; nil: every group
+	expires time.Time    // reader-owned: when the token expires (zero: never)
+	refused int          // reader-owned: refusals so far
+	frames  bucket       // reader-owned: the client's frame rate
+	flooded int          // reader-owned: frames refused in a row for rate
+	expiry  *time.Timer  // closes the connection when the token expires
 
 	closeOnce sync.Once
 	code      websocket.StatusCode // why it closes; written once, before the outbox closes
@@ -50,25 +55,8 @@ type session struct {
 	writeStart atomic.Int64
 }
 
-// user is the connection's user id from its token ("" when anonymous).
-func (s *session) user() string {
-	if s.ident == nil {
-		return ""
-	}
-	return s.ident.user
-}
-
-// mayJoin checks a join against the token's permissions, or against a
-// per-group token given with the join.
-func (s *session) mayJoin(group, token string) error {
-	if s.ident == nil || allowed(s.ident.join, group) {
-		return nil
-	}
-	if token != "" {
-		return s.srv.auth.groupToken(token, s.ident.user, group)
-	}
-	return refuse(CodeForbidden, "the token does not allow joining this group")
-}
+// user is the connection's user id ("" when anonymous).
+func (s *session) user() string { return s.uid }
 
 // refresh replaces the connection's token with a fresh one for the same
 // user, before the old one expires.
@@ -80,21 +68,22 @@ func (s *session) refresh(token string) error {
 	if err != nil {
 		return err
 	}
-	if id.user != s.ident.user {
+	if id.user != s.uid {
 		return refuse(CodeForbidden, "the token is for another user")
 	}
 	s.stopExpiry()
-	s.ident = id
+	s.perms = &Permissions{Join: id.join, Send: id.send}
+	s.expires = id.expires
 	s.armExpiry()
 	return nil
 }
 
 // armExpiry closes the connection with 4001 when its token expires.
 func (s *session) armExpiry() {
-	if s.ident == nil || s.ident.expires.IsZero() {
+	if s.expires.IsZero() {
 		return
 	}
-	s.expiry = time.AfterFunc(time.Until(s.ident.expires), func() {
+	s.expiry = time.AfterFunc(time.Until(s.expires), func() {
 		s.close(CloseTokenExpired, "token expired")
 	})
 }
@@ -318,51 +307,39 @@ func (s *session) handle(p []byte) {
 }
 
 func (s *session) dispatch(f *clientFrame) error {
-	b := s.srv.broker
+	consumer := s.srv.consumer
+	ctx := context.Background()
 	switch f.Type {
 	case "join":
-		if _, ok := s.groups[f.Group]; ok {
+		if s.has(f.Group) {
 			break
 		}
 		if !broker.ValidGroup(f.Group) {
 			return broker.ErrInvalidGroup
 		}
-		if len(s.groups) >= s.srv.cfg.MaxGroups {
-			return refuse(CodeTooManyGroups, "this connection is in as many groups as allowed")
-		}
-		if err := s.mayJoin(f.Group, f.Token); err != nil {
+		if err := consumer.Join(ctx, &s.public, &JoinRequest{Group: f.Group, Token: f.Token}); err != nil {
 			return err
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.JoinTimeout)
-		err := b.GroupAdd(ctx, f.Group, s.channel)
-		cancel()
-		if err != nil {
+		if err := s.join(ctx, f.Group); err != nil {
 			return err
 		}
-		if s.groups == nil {
-			s.groups = make(map[string]struct{})
-		}
-		s.groups[f.Group] = struct{}{}
-		s.srv.metrics.joins.Inc()
 	case "leave":
-		if err := b.GroupDiscard(f.Group, s.channel); err != nil {
+		if err := s.srv.broker.GroupDiscard(f.Group, s.channel); err != nil {
 			return err
 		}
-		delete(s.groups, f.Group)
+		s.remove(f.Group)
 	case "send":
-		if !s.srv.cfg.ClientSend {
-			return refuse(CodeForbidden, "clients may not send on this server")
-		}
 		if !broker.ValidGroup(f.Group) {
 			return broker.ErrInvalidGroup
-		}
-		if s.ident != nil && !allowed(s.ident.send, f.Group) {
-			return refuse(CodeForbidden, "the token does not allow sending to this group")
 		}
 		if f.Data == nil {
 			return refuse(CodeInvalidData, `"data" is required`)
 		}
-		if err := b.GroupSend(f.Group, f.Data); err != nil {
+		r := &SendRequest{Group: f.Group, Data: f.Data}
+		if err := consumer.Send(ctx, &s.public, r); err != nil {
+			return err
+		}
+		if err := s.srv.broker.GroupSend(r.Group, r.Data); err != nil {
 			return err
 		}
 		s.srv.metrics.published.WithLabelValues("client").Inc()
@@ -376,7 +353,18 @@ func (s *session) dispatch(f *clientFrame) error {
 	case "":
 		return refuse(CodeUnknownType, `"type" is required`)
 	default:
-		return refuse(CodeUnknownType, "unknown frame type")
+		reply, err := consumer.Frame(ctx, &s.public, f.Type, f.raw)
+		if err != nil {
+			return err
+		}
+		data, err := json.Marshal(reply)
+		if err != nil {
+			return fmt.Errorf("consumer reply for %q: %w", f.Type, err)
+		}
+		frame := appendReply(nil, "reply", f.ID)
+		frame = append(append(frame[:len(frame)-1], `,"data":`...), data...)
+		s.send(append(frame, '}'))
+		return nil
 	}
 	s.send(appendReply(nil, "ack", f.ID))
 	return nil

@@ -1,0 +1,250 @@
+package web
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"slices"
+	"sync"
+
+	"github.com/coder/websocket"
+
+	"github.com/groupcast/groupcast/broker"
+)
+
+// A Consumer is an application's own code in the life of a connection, in
+// the manner of a Django Channels consumer: it accepts or refuses
+// connections, joins and sends, answers frame types of its own, and hears
+// of disconnects. Return Refuse(code, message) to refuse; the client gets
+// that code. Methods run on the connection's reader, one at a time per
+// connection, so a slow method delays only its own connection.
+//
+// DefaultConsumer is the built-in behaviour; embed it and override what
+// you need, calling its methods to keep the built-in checks.
+type Consumer interface {
+	// Connect runs before the WebSocket upgrade; an error refuses it with
+	// the matching HTTP status. It may set the user, the permissions and
+	// groups to join once connected.
+	Connect(ctx context.Context, r *ConnectRequest) error
+	// Join decides a join. The built-in one checks the permissions.
+	Join(ctx context.Context, c *Conn, r *JoinRequest) error
+	// Send decides a client's send and may rewrite r.Data.
+	Send(ctx context.Context, c *Conn, r *SendRequest) error
+	// Frame answers a frame type the protocol does not define. The reply,
+	// marshalled to JSON, goes back as {"type":"reply","id":..,"data":..}.
+	// Return ErrUnknownFrame for types it does not know either.
+	Frame(ctx context.Context, c *Conn, typ string, frame json.RawMessage) (reply any, err error)
+	// Disconnect runs once the connection has ended.
+	Disconnect(c *Conn)
+}
+
+// ConnectRequest is a connection about to be accepted.
+type ConnectRequest struct {
+	// Request is the upgrade request. Read it; do not keep it.
+	Request *http.Request
+	// Token is the connection token, verified, or "" without tokens.
+	Token string
+	// User is the token's subject; Connect may set it.
+	User string
+	// Permissions are the token's; nil (no tokens configured) allows
+	// every group. Connect may replace them.
+	Permissions *Permissions
+	// Groups are joined once the connection is open, as if the client
+	// had joined them (without asking Join).
+	Groups []string
+}
+
+// Permissions are group patterns: names, or prefixes ending in '*'.
+type Permissions struct {
+	Join, Send []string
+}
+
+// JoinRequest is a client's join.
+type JoinRequest struct {
+	Group string
+	Token string // a per-group token, when the client gave one
+}
+
+// SendRequest is a client's send; Send may replace Data (one JSON value).
+type SendRequest struct {
+	Group string
+	Data  json.RawMessage
+}
+
+// Refuse returns an error that refuses a request with a protocol error
+// code (such as "forbidden") and a message for the client.
+func Refuse(code, message string) error { return refuse(code, message) }
+
+// ErrUnknownFrame is what Frame returns for types it does not handle.
+var ErrUnknownFrame = refuse(CodeUnknownType, "unknown frame type")
+
+// DefaultConsumer is the built-in behaviour: connections as the token
+// says, joins and sends within the token's permissions (or a per-group
+// token's), client sends only when Config.ClientSend allows, no frame
+// types of its own.
+type DefaultConsumer struct{}
+
+// Connect accepts every connection the token check let through.
+func (DefaultConsumer) Connect(context.Context, *ConnectRequest) error { return nil }
+
+// Join allows groups within the permissions, or with a per-group token.
+func (DefaultConsumer) Join(_ context.Context, c *Conn, r *JoinRequest) error {
+	s := c.s
+	if s.perms == nil || allowed(s.perms.Join, r.Group) {
+		return nil
+	}
+	if r.Token != "" && s.srv.auth != nil {
+		return s.srv.auth.groupToken(r.Token, s.user(), r.Group)
+	}
+	return refuse(CodeForbidden, "not allowed to join this group")
+}
+
+// Send allows sends when clients may send, within the permissions.
+func (DefaultConsumer) Send(_ context.Context, c *Conn, r *SendRequest) error {
+	s := c.s
+	if !s.srv.cfg.ClientSend {
+		return refuse(CodeForbidden, "clients may not send on this server")
+	}
+	if s.perms != nil && !allowed(s.perms.Send, r.Group) {
+		return refuse(CodeForbidden, "not allowed to send to this group")
+	}
+	return nil
+}
+
+// Frame knows no frame types.
+func (DefaultConsumer) Frame(context.Context, *Conn, string, json.RawMessage) (any, error) {
+	return nil, ErrUnknownFrame
+}
+
+// Disconnect does nothing.
+func (DefaultConsumer) Disconnect(*Conn) {}
+
+// Conn is one WebSocket connection as a Consumer sees it. Its methods are
+// safe for concurrent use, also after the connection has ended.
+type Conn struct{ s *session }
+
+// Channel is the connection's channel name.
+func (c *Conn) Channel() string { return c.s.channel }
+
+// User is the connection's user id ("" when anonymous).
+func (c *Conn) User() string { return c.s.user() }
+
+// Groups lists the groups the connection is in.
+func (c *Conn) Groups() []string {
+	c.s.gmu.Lock()
+	defer c.s.gmu.Unlock()
+	out := make([]string, 0, len(c.s.groups))
+	for g := range c.s.groups {
+		out = append(out, g)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Send delivers data (marshalled to JSON) to this connection alone, as a
+// direct message: {"type":"message","channel":..,"data":..}.
+func (c *Conn) Send(data any) error {
+	b, err := json.Marshal(data)
+	if err != nil {
+		return err
+	}
+	frame := append([]byte(`{"type":"message","channel":"`), c.s.channel...)
+	frame = append(append(frame, `","data":`...), b...)
+	c.s.send(append(frame, '}'))
+	return nil
+}
+
+// Join adds the connection to a group on the server's initiative; the
+// client is told with {"type":"joined","group":..}.
+func (c *Conn) Join(ctx context.Context, group string) error { return c.s.serverJoin(ctx, group) }
+
+// Leave removes the connection from a group; the client is told with
+// {"type":"left","group":..}.
+func (c *Conn) Leave(group string) error { return c.s.serverLeave(group) }
+
+// Close closes the connection with a close code and reason.
+func (c *Conn) Close(code websocket.StatusCode, reason string) { c.s.close(code, reason) }
+
+// groupSet is a session's groups, shared by its reader and server-side
+// joins and leaves.
+type groupSet struct {
+	gmu    sync.Mutex
+	groups map[string]struct{}
+}
+
+func (g *groupSet) has(group string) bool {
+	g.gmu.Lock()
+	defer g.gmu.Unlock()
+	_, ok := g.groups[group]
+	return ok
+}
+
+func (g *groupSet) count() int {
+	g.gmu.Lock()
+	defer g.gmu.Unlock()
+	return len(g.groups)
+}
+
+func (g *groupSet) add(group string) {
+	g.gmu.Lock()
+	defer g.gmu.Unlock()
+	if g.groups == nil {
+		g.groups = make(map[string]struct{})
+	}
+	g.groups[group] = struct{}{}
+}
+
+func (g *groupSet) remove(group string) bool {
+	g.gmu.Lock()
+	defer g.gmu.Unlock()
+	_, ok := g.groups[group]
+	delete(g.groups, group)
+	return ok
+}
+
+// join adds the session to a group in the broker and the set.
+func (s *session) join(ctx context.Context, group string) error {
+	if s.has(group) {
+		return nil
+	}
+	if !broker.ValidGroup(group) {
+		return broker.ErrInvalidGroup
+	}
+	if s.count() >= s.srv.cfg.MaxGroups {
+		return refuse(CodeTooManyGroups, "this connection is in as many groups as allowed")
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.srv.cfg.JoinTimeout)
+	defer cancel()
+	if err := s.srv.broker.GroupAdd(ctx, group, s.channel); err != nil {
+		return err
+	}
+	s.add(group)
+	s.srv.metrics.joins.Inc()
+	return nil
+}
+
+func (s *session) serverJoin(ctx context.Context, group string) error {
+	if s.has(group) {
+		return nil
+	}
+	if err := s.join(ctx, group); err != nil {
+		return err
+	}
+	s.send(groupEvent("joined", group))
+	return nil
+}
+
+func (s *session) serverLeave(group string) error {
+	if err := s.srv.broker.GroupDiscard(group, s.channel); err != nil {
+		return err
+	}
+	if s.remove(group) {
+		s.send(groupEvent("left", group))
+	}
+	return nil
+}
+
+// groupEvent encodes {"type":<typ>,"group":<group>} for a valid group.
+func groupEvent(typ, group string) []byte {
+	return []byte(`{"type":"` + typ + `","group":"` + group + `"}`)
+}

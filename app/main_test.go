@@ -205,6 +205,7 @@ func TestBadSettings(t *testing.T) {
 		"NATS_LISTEN":               "4222",
 		"MAX_GROUPS_PER_CONNECTION": "0",
 		"REGION":                    "eu west",
+		"HOOK_JOIN_URL":             "ftp://backend/join",
 	}
 	for name, value := range cases {
 		err := run(context.Background(), func(k string) string {

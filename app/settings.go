@@ -26,6 +26,12 @@ type settings struct {
 	FramesPerSecond int
 	HandshakesPerIP int
 	TrustedProxies  int
+	HookConnectURL  string
+	HookJoinURL     string
+	HookSendURL     string
+	HookSecret      string
+	HookTimeout     time.Duration
+	HookConcurrency int
 	NodeID          string
 	NATSPrefix      string
 	NATSCreds       string
@@ -83,20 +89,16 @@ var settingsTable = []setting{
 		}
 		return nil
 	}},
-	{"JWKS_URL", "", "https URL of a JWK Set for RS256/ES256 connection tokens", func(s *settings, v string) error {
-		s.JWKSURL = v
-		if v == "" {
-			return nil
-		}
-		u, err := url.Parse(v)
-		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-			return errors.New("want an http(s) URL")
-		}
-		return nil
-	}},
+	{"JWKS_URL", "", "https URL of a JWK Set for RS256/ES256 connection tokens", urlSetting(func(s *settings) *string { return &s.JWKSURL })},
 	{"JWT_ISSUER", "", "when set, tokens' iss must equal it", func(s *settings, v string) error { s.JWTIssuer = v; return nil }},
 	{"JWT_AUDIENCE", "", "when set, tokens' aud must include it", func(s *settings, v string) error { s.JWTAudience = v; return nil }},
 	{"JWT_LEEWAY", "30s", "clock skew allowed on tokens' exp and nbf", durationSetting(func(s *settings) *time.Duration { return &s.JWTLeeway })},
+	{"HOOK_CONNECT_URL", "", "POST connect decisions to this backend URL", urlSetting(func(s *settings) *string { return &s.HookConnectURL })},
+	{"HOOK_JOIN_URL", "", "POST join decisions to this backend URL", urlSetting(func(s *settings) *string { return &s.HookJoinURL })},
+	{"HOOK_SEND_URL", "", "POST client sends to this backend URL (it may rewrite the data)", urlSetting(func(s *settings) *string { return &s.HookSendURL })},
+	{"HOOK_SECRET", "", "sent to the hook backend as Authorization: Bearer, so it can trust the calls", func(s *settings, v string) error { s.HookSecret = v; return nil }},
+	{"HOOK_TIMEOUT", "2s", "bound on one hook call; past it the decision is refused as unavailable", durationSetting(func(s *settings) *time.Duration { return &s.HookTimeout })},
+	{"HOOK_CONCURRENCY", "64", "hook calls in flight at once; past it decisions are refused as unavailable at once", intSetting(func(s *settings) *int { return &s.HookConcurrency }, 1, 100_000)},
 	{"MAX_CONNECTIONS", "10000", "WebSockets this instance takes; more get 503", intSetting(func(s *settings) *int { return &s.MaxConnections }, 1, 10_000_000)},
 	{"FRAMES_PER_SECOND", "20", "client frames a connection may send per second (burst twice as many); over it: rate_limited, then close 1008", intSetting(func(s *settings) *int { return &s.FramesPerSecond }, 1, 1_000_000)},
 	{"HANDSHAKES_PER_SECOND", "10", "new WebSockets per client IP per second (burst twice as many); more get 429", intSetting(func(s *settings) *int { return &s.HandshakesPerIP }, 1, 1_000_000)},
@@ -197,6 +199,20 @@ func durationSetting(field func(*settings) *time.Duration) func(*settings, strin
 			return errors.New("want a positive duration such as 10s or 500ms")
 		}
 		*field(s) = d
+		return nil
+	}
+}
+
+func urlSetting(field func(*settings) *string) func(*settings, string) error {
+	return func(s *settings, v string) error {
+		*field(s) = v
+		if v == "" {
+			return nil
+		}
+		u, err := url.Parse(v)
+		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			return errors.New("want an http(s) URL")
+		}
 		return nil
 	}
 }

@@ -98,6 +98,7 @@ type hookBackend struct {
 	reply func(call hookCall) (int, string)
 }
 
+// newHookBackend starts a backend; with t, it stops when the test ends.
 func newHookBackend(t *testing.T, reply func(hookCall) (int, string)) *hookBackend {
 	h := &hookBackend{reply: reply}
 	h.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -112,7 +113,9 @@ func newHookBackend(t *testing.T, reply func(hookCall) (int, string)) *hookBacke
 		w.WriteHeader(status)
 		io.WriteString(w, body)
 	}))
-	t.Cleanup(h.Close)
+	if t != nil {
+		t.Cleanup(h.Close)
+	}
 	return h
 }
 

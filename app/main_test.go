@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/nats-io/nats-server/v2/server"
 	"go.uber.org/goleak"
 
 	"github.com/groupcast/groupcast/internal/natstest"
@@ -313,4 +314,31 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// TestExternalNATSWithToken: credentials from settings reach the server;
+// a wrong token keeps the instance unready instead of failing silently.
+func TestExternalNATSWithToken(t *testing.T) {
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true, Authorization: "s3cret-token"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.Start()
+	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
+	if !ns.ReadyForConnections(5 * time.Second) {
+		t.Fatal("nats-server did not start")
+	}
+	good := start(t, map[string]string{"NATS_URL": ns.ClientURL(), "NATS_TOKEN": "s3cret-token"})
+	natstest.WaitFor(t, 5*time.Second, func() bool { return good.status("/readyz") == http.StatusOK })
+	c := good.ws()
+	c.Join("g")
+	good.publish("g", `1`)
+	c.ExpectMessage("g", `1`)
+
+	bad := start(t, map[string]string{"NATS_URL": ns.ClientURL(), "NATS_TOKEN": "wrong"})
+	time.Sleep(300 * time.Millisecond) // a few connection attempts
+	if status := bad.status("/readyz"); status != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz with a wrong token: %d", status)
+	}
+	c.Conn.CloseNow()
 }

@@ -149,10 +149,10 @@ func (l serverLog) Fatalf(format string, v ...any) { l.log.Error(fmt.Sprintf(for
 // published), waits for it to close or for ctx, then stops ns if it is set.
 func closeConn(ctx context.Context, nc *nats.Conn, closed <-chan struct{}, ns *server.Server) error {
 	var err error
-	if nc.IsConnected() || nc.IsReconnecting() {
+	if nc.IsConnected() { // nothing to drain while reconnecting
 		err = nc.Drain()
 	}
-	if err == nil {
+	if err == nil && nc.IsDraining() {
 		select {
 		case <-closed:
 		case <-ctx.Done():

@@ -241,7 +241,9 @@ func TestServerSideMembershipAndDisconnect(t *testing.T) {
 	ns := natstest.Start(t, -1)
 	a := newEnv(t, ns.ClientURL(), &Config{Auth: AuthConfig{Secret: []byte(testSecret)}, APIKeys: []string{"k"}})
 	b := newEnv(t, ns.ClientURL(), &Config{Auth: AuthConfig{Secret: []byte(testSecret)}, APIKeys: []string{"k"}})
-	tok := func(user string) string { return sign(t, &Claims{RegisteredClaims: jwtSubject(user), Join: []string{"*"}}) }
+	tok := func(user string) string {
+		return sign(t, &Claims{RegisteredClaims: jwtSubject(user), Join: []string{"*"}})
+	}
 	zed := wstest.Dial(t, a.wsURL()+"?token="+tok("zed"), nil)
 	zed2 := wstest.Dial(t, a.wsURL()+"?token="+tok("zed"), nil)
 	yan := wstest.Dial(t, a.wsURL()+"?token="+tok("yan"), nil)

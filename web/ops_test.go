@@ -2,6 +2,7 @@ package web
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -125,4 +127,39 @@ func (b *lockedBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// TestKeepalivePings: an idle connection is pinged every PingInterval,
+// and one that stops answering is dropped.
+func TestKeepalivePings(t *testing.T) {
+	e := newEnv(t, "", &Config{PingInterval: 50 * time.Millisecond, WriteTimeout: 200 * time.Millisecond})
+	var pings atomic.Int32
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conn, _, err := websocket.Dial(ctx, e.wsURL(), &websocket.DialOptions{
+		OnPingReceived: func(context.Context, []byte) bool { pings.Add(1); return true },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.CloseNow()
+	read := make(chan struct{})
+	go func() { // reading answers pings
+		defer close(read)
+		for {
+			if _, _, err := conn.Read(context.Background()); err != nil {
+				return
+			}
+		}
+	}()
+	defer func() { conn.CloseNow(); <-read }()
+	waitFor(t, 5*time.Second, func() bool { return pings.Load() >= 3 })
+
+	// A client that reads nothing never answers: the server gives up on it.
+	mute, _, err := websocket.Dial(ctx, e.wsURL(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mute.CloseNow()
+	waitFor(t, 5*time.Second, func() bool { return e.broker.Stats().Channels == 1 })
 }

@@ -115,8 +115,9 @@ func (s *session) Receive(frame []byte) {
 // send queues an answer of the session's own; it never blocks either.
 func (s *session) send(frame []byte) { s.Receive(frame) }
 
-// close asks the writer to end the connection with code (0: the reader
-// already saw it end). It never blocks and only the first call counts.
+// close asks the writer to end the connection with code, or with code 0
+// to drop it without a close handshake (the reader saw it end, or the peer
+// is unreachable). It never blocks and only the first call counts.
 func (s *session) close(code websocket.StatusCode, reason string) {
 	s.closeOnce.Do(func() {
 		s.code, s.reason = code, reason
@@ -155,7 +156,7 @@ func (s *session) writeLoop() {
 		}
 		if err := s.write(w.frames); err != nil {
 			s.logger().Debug("write failed", "error", err)
-			s.close(websocket.StatusGoingAway, "")
+			s.close(0, "") // broken or dead: drop it, a close handshake would only time out
 		}
 		clear(w.frames)
 		batch = w.frames
@@ -168,7 +169,7 @@ func (s *session) writeLoop() {
 			cancel()
 			if err != nil {
 				s.logger().Debug("ping failed", "error", err)
-				s.close(websocket.StatusGoingAway, "")
+				s.close(0, "") // broken or dead: drop it, a close handshake would only time out
 			} else {
 				s.pinger.Reset(s.srv.cfg.PingInterval)
 			}

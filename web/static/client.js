@@ -1,4 +1,5 @@
-// groupcast browser client: an ES module with no dependencies.
+// groupcast browser client: an ES module with no dependencies and no build
+// step. Types: /client.d.ts.
 //
 //   import { connect } from "/client.js";
 //   const client = connect();                      // same origin, /ws
@@ -7,76 +8,185 @@
 //   await client.leave("room.lobby");
 //   client.close();
 //
-// Promises resolve on the server's ack and reject with an Error whose
-// .code is the server's error code. The client reconnects by itself with
-// jittered exponential backoff (at once after a planned 1012 close) and
-// rejoins its groups. Events: "state" (connecting, connected,
-// reconnecting, closed), "welcome", "message" (every delivery), "error".
+// Requests resolve on the server's ack and reject with a GroupcastError
+// whose .code is the server's error code (or "disconnected", "timeout",
+// "closed", "token" for failures on this side). The client reconnects by
+// itself with jittered exponential backoff (at once after a planned 1012
+// or 1001 close, or a 4001 token expiry), rejoins its groups, pings the
+// connection, refreshes its token before it expires (with getToken), and
+// reports its state through "state" events: connecting, connected,
+// reconnecting, closed. Other events: "welcome", "message" (every
+// delivery), "error" (errors no request gets).
 
-export function connect(url, options = {}) {
-  return new Client(url || defaultURL(), options);
+/** An error from the server (its code) or from the client itself. */
+export class GroupcastError extends Error {
+  constructor(code, message) {
+    super(message || code);
+    this.name = "GroupcastError";
+    this.code = code;
+  }
 }
 
-function defaultURL() {
-  const proto = location.protocol === "https:" ? "wss:" : "ws:";
-  return `${proto}//${location.host}/ws`;
+const DEFAULTS = {
+  token: undefined, // the connection token (a JWT), sent as ?token=
+  getToken: undefined, // async () => token: before every connection, and to refresh it before its exp
+  minDelay: 250, // first reconnection wait (ms); doubles up to maxDelay
+  maxDelay: 10000,
+  timeout: 10000, // how long a request waits for its answer (ms)
+  pingInterval: 25000, // ping an idle connection this often (ms)
+};
+
+/**
+ * Opens a client. url defaults to this page's origin, path /ws; a
+ * relative URL ("/ws") or an http(s) one is turned into ws(s).
+ */
+export function connect(url, options = {}) {
+  return new Client(url, options);
+}
+
+/** Turns "/ws", "http://h/ws" or "ws://h/ws" into a ws(s) URL. */
+function wsURL(url) {
+  const base = typeof location !== "undefined" ? location.href : "http://localhost/";
+  const u = new URL(url || "/ws", base);
+  if (u.protocol === "http:") u.protocol = "ws:";
+  if (u.protocol === "https:") u.protocol = "wss:";
+  return u;
 }
 
 export class Client extends EventTarget {
-  constructor(url, options) {
+  constructor(url, options = {}) {
     super();
-    this.url = url;
-    this.options = { minDelay: 250, maxDelay: 10000, timeout: 10000, ...options };
-    this.groups = new Map(); // group -> handler
+    this.url = wsURL(url).href;
+    this.options = { ...DEFAULTS, ...options };
+    /** The state: "connecting", "connected", "reconnecting" or "closed". */
+    this.state = "connecting";
+    /** The current connection's welcome: {channel, node, region}. */
+    this.welcome = null;
+    // group -> {handler, offset, epoch}. offset and epoch are copied from
+    // deliveries that carry them and sent back as "since" and "epoch" on
+    // rejoin, so that a server keeping history can resume the group;
+    // groupcast sends neither today and ignores both.
+    this.memberships = new Map();
     this.pending = new Map(); // id -> {resolve, reject, timer}
     this.nextId = 1;
-    this.attempt = 0;
-    this.state = "connecting";
-    this.welcome = null;
+    this.attempt = 0; // reconnection attempts since the last success
+    this.opens = 0;
     this.closed = false;
+    this.directHandler = null;
+    this.onOnline = () => { if (this.state === "reconnecting") this.retryNow(); };
+    if (typeof addEventListener === "function") addEventListener("online", this.onOnline);
     this.open();
   }
 
-  open() {
-    const ws = new WebSocket(this.url);
+  /** The groups joined (and rejoined after each reconnection). */
+  get groups() {
+    return new Set(this.memberships.keys());
+  }
+
+  async open() {
+    clearTimeout(this.timer);
+    const attempt = ++this.opens; // a later open() supersedes this one
+    let url = this.url;
+    let token;
+    try {
+      token = this.options.getToken ? await this.options.getToken() : this.options.token;
+      if (token) {
+        const u = new URL(url);
+        u.searchParams.set("token", token);
+        url = u.href;
+      }
+    } catch (err) {
+      this.emitError(new GroupcastError("token", `getToken failed: ${err && err.message}`));
+      return this.scheduleReconnect(false);
+    }
+    if (this.closed || attempt !== this.opens) return;
+    const ws = new WebSocket(url);
     this.ws = ws;
+    this.token = token;
     ws.onmessage = (ev) => {
+      if (this.ws !== ws) return;
       for (const line of String(ev.data).split("\n")) {
-        if (line) this.handle(JSON.parse(line));
+        if (!line) continue;
+        let msg;
+        try {
+          msg = JSON.parse(line);
+        } catch {
+          this.emitError(new GroupcastError("invalid_json", "undecodable frame from the server"));
+          continue;
+        }
+        this.handle(ws, msg);
       }
     };
     ws.onclose = (ev) => {
       if (this.ws !== ws) return;
-      this.failPending("disconnected", "connection closed");
-      if (this.closed) return this.setState("closed");
-      this.setState("reconnecting");
-      const planned = ev.code === 1012 || ev.code === 1001;
-      const delay = planned && this.attempt === 0 ? 0 : this.backoff();
-      this.attempt++;
-      this.timer = setTimeout(() => this.open(), delay);
+      // Planned closes and an expired token (4001): come back at once.
+      this.lost(ev.code === 1012 || ev.code === 1001 || ev.code === 4001);
     };
+  }
+
+  // lost handles the end of the current socket.
+  lost(planned) {
+    const ws = this.ws;
+    this.ws = null;
+    if (ws) {
+      ws.onmessage = ws.onclose = null;
+      if (ws.readyState < WebSocket.CLOSING) ws.close();
+    }
+    clearTimeout(this.pingTimer);
+    clearTimeout(this.refreshTimer);
+    this.failPending("disconnected", "the connection dropped before an answer");
+    if (this.closed) return;
+    this.setState("reconnecting");
+    this.scheduleReconnect(planned);
+  }
+
+  scheduleReconnect(planned) {
+    if (this.closed) return;
+    const delay = planned ? 0 : this.backoff();
+    this.attempt++;
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.open(), delay);
+  }
+
+  // retryNow skips the wait, as when the browser comes back online.
+  retryNow() {
+    if (this.ws || this.closed) return;
+    clearTimeout(this.timer);
+    this.open();
   }
 
   backoff() {
     const { minDelay, maxDelay } = this.options;
-    const cap = Math.min(maxDelay, minDelay * 2 ** this.attempt);
+    const cap = Math.min(maxDelay, minDelay * 2 ** Math.min(this.attempt, 20));
     return cap / 2 + Math.random() * (cap / 2);
   }
 
-  async handle(msg) {
+  async handle(ws, msg) {
     switch (msg.type) {
       case "welcome":
         this.welcome = msg;
-        this.attempt = 0;
-        this.setState("connected");
         this.dispatchEvent(new CustomEvent("welcome", { detail: msg }));
-        for (const group of this.groups.keys()) {
-          this.request({ type: "join", group }).catch((err) => this.emitError(err));
-        }
+        this.keepalive();
+        this.scheduleRefresh(ws);
+        await this.rejoin(ws);
         break;
       case "message": {
-        const handler = msg.group !== undefined ? this.groups.get(msg.group) : this.onDirect;
-        if (handler) handler(msg.data, msg);
+        let handler = this.directHandler;
+        if (msg.group !== undefined) {
+          const m = this.memberships.get(msg.group);
+          handler = m && m.handler;
+          if (m && msg.offset !== undefined) {
+            m.offset = msg.offset;
+            m.epoch = msg.epoch;
+          }
+        }
+        if (handler) {
+          try {
+            handler(msg.data, msg);
+          } catch (err) {
+            console.error(err);
+          }
+        }
         this.dispatchEvent(new CustomEvent("message", { detail: msg }));
         break;
       }
@@ -84,80 +194,224 @@ export class Client extends EventTarget {
       case "pong":
       case "error": {
         const p = this.pending.get(msg.id);
+        const err = msg.type === "error" ? new GroupcastError(msg.code, msg.message) : null;
         if (!p) {
-          if (msg.type === "error") this.emitError(Object.assign(new Error(msg.message), { code: msg.code }));
+          if (err) this.emitError(err);
           return;
         }
         this.pending.delete(msg.id);
         clearTimeout(p.timer);
-        if (msg.type === "error") p.reject(Object.assign(new Error(msg.message), { code: msg.code }));
+        if (err) p.reject(err);
         else p.resolve(msg);
         break;
       }
     }
   }
 
-  request(frame) {
+  // rejoin joins every group on a new connection, then reports connected.
+  // A group the server refuses for good is dropped (and an "error" event
+  // says so); a temporary failure drops the connection to try again.
+  async rejoin(ws) {
+    const joins = [...this.memberships].map(async ([group, m]) => {
+      const frame = { type: "join", group };
+      if (m.offset !== undefined) {
+        frame.since = m.offset;
+        if (m.epoch !== undefined) frame.epoch = m.epoch;
+      }
+      try {
+        if (m.token) frame.token = await groupToken(m.token);
+      } catch (err) {
+        return { group, m, err: new GroupcastError("unavailable", `group token: ${err && err.message}`) };
+      }
+      return this.request(frame, ws).then(
+        () => null,
+        (err) => ({ group, m, err }),
+      );
+    });
+    let retry = false;
+    for (const failed of await Promise.all(joins)) {
+      if (!failed) continue;
+      const { group, m, err } = failed;
+      if (["unavailable", "timeout", "disconnected"].includes(err.code)) {
+        retry = true;
+        continue;
+      }
+      if (this.memberships.get(group) === m) this.memberships.delete(group);
+      this.emitError(new GroupcastError(err.code, `rejoining ${group}: ${err.message}`));
+    }
+    if (this.ws !== ws) return;
+    if (retry) return this.lost(false);
+    this.attempt = 0;
+    this.setState("connected");
+  }
+
+  // scheduleRefresh hands the server a fresh token from getToken before
+  // the connection's token expires: a minute before its exp, or a quarter
+  // of its remaining life before for a shorter one. If that fails, the
+  // server closes the socket with 4001 at expiry and the client reconnects
+  // at once with a new token.
+  scheduleRefresh(ws) {
+    clearTimeout(this.refreshTimer);
+    const at = refreshTime(this.token);
+    if (!this.options.getToken || at === null) return;
+    this.refreshTimer = setTimeout(async () => {
+      if (this.ws !== ws) return;
+      try {
+        const token = await this.options.getToken();
+        await this.request({ type: "refresh", token }, ws);
+        this.token = token;
+        this.scheduleRefresh(ws);
+      } catch (err) {
+        this.emitError(new GroupcastError(err.code || "token", `refreshing the token: ${err.message}`));
+      }
+    }, Math.max(0, at - Date.now()));
+  }
+
+  // keepalive pings the connection every pingInterval (keeping proxies
+  // from cutting it) and drops it if the pong does not come back in time.
+  keepalive() {
+    clearTimeout(this.pingTimer);
+    const ws = this.ws;
+    this.pingTimer = setTimeout(async () => {
+      if (this.ws !== ws) return;
+      try {
+        await this.request({ type: "ping" }, ws);
+        this.keepalive();
+      } catch (err) {
+        if (this.ws === ws && err.code === "timeout") this.lost(false);
+      }
+    }, this.options.pingInterval);
+  }
+
+  request(frame, ws = this.ws) {
     return new Promise((resolve, reject) => {
-      if (!this.ws || this.ws.readyState !== WebSocket.OPEN) {
-        return reject(Object.assign(new Error("not connected"), { code: "disconnected" }));
+      if (!ws || ws.readyState !== WebSocket.OPEN || ws !== this.ws) {
+        return reject(new GroupcastError("disconnected", "not connected"));
       }
       const id = this.nextId++;
       const timer = setTimeout(() => {
         this.pending.delete(id);
-        reject(Object.assign(new Error("no answer in time"), { code: "timeout" }));
+        reject(new GroupcastError("timeout", "no answer in time"));
       }, this.options.timeout);
       this.pending.set(id, { resolve, reject, timer });
-      this.ws.send(JSON.stringify({ ...frame, id }));
+      ws.send(JSON.stringify({ ...frame, id }));
     });
   }
 
-  // join subscribes to a group; handler(data, msg) gets its messages. The
-  // group is rejoined after every reconnect.
-  async join(group, handler = () => {}) {
-    await this.ready();
-    await this.request({ type: "join", group });
-    this.groups.set(group, handler);
+  /**
+   * Joins a group; handler(data, msg) gets its messages, also across
+   * reconnections, until leave. Resolves once the server acknowledges it.
+   * If the connection drops before the answer, it tries again on the
+   * next one. options.token is a per-group token (a string, or a function
+   * returning one or a promise of one, called for each join and rejoin)
+   * for a group the connection's token does not cover.
+   */
+  async join(group, handler = () => {}, options = {}) {
+    let prev, m;
+    for (;;) {
+      try {
+        await this.ready();
+        if (!m) {
+          // Registered once connected (so that a rejoin in progress does
+          // not send it too) and before the join is sent: membership may
+          // go live, and a message arrive, before the ack.
+          prev = this.memberships.get(group);
+          m = { handler, token: options.token, offset: prev && prev.offset, epoch: prev && prev.epoch };
+          this.memberships.set(group, m);
+        }
+        const frame = { type: "join", group };
+        if (m.token) frame.token = await groupToken(m.token);
+        await this.request(frame);
+        return;
+      } catch (err) {
+        if (err.code === "disconnected" && !this.closed) {
+          // The socket is gone; wait for the client to notice before
+          // trying on the next one.
+          if (this.state === "connected") await this.stateChange();
+          continue;
+        }
+        if (m && this.memberships.get(group) === m) {
+          if (prev) this.memberships.set(group, prev);
+          else this.memberships.delete(group);
+        }
+        throw err;
+      }
+    }
   }
 
+  /**
+   * Leaves a group: its handler gets nothing more from now on. Resolves
+   * on the server's ack, or at once while disconnected (the group is
+   * simply not rejoined).
+   */
   async leave(group) {
-    this.groups.delete(group);
-    await this.ready();
-    await this.request({ type: "leave", group });
+    this.memberships.delete(group);
+    const ws = this.ws;
+    if (!ws || ws.readyState !== WebSocket.OPEN) return;
+    try {
+      await this.request({ type: "leave", group }, ws);
+    } catch (err) {
+      if (err.code !== "disconnected") throw err;
+    }
   }
 
+  /** Publishes data (any JSON value) to a group. Not retried. */
   async send(group, data) {
     await this.ready();
     await this.request({ type: "send", group, data });
   }
 
+  /** A round trip through the server. Resolves with the time it took (ms). */
   async ping() {
     await this.ready();
-    return this.request({ type: "ping" });
+    const start = performance.now();
+    await this.request({ type: "ping" });
+    return performance.now() - start;
   }
 
-  // onMessage sets the handler of messages sent to this connection alone.
-  onMessage(handler) {
-    this.onDirect = handler;
+  /** Sets the handler of messages sent to this connection alone. */
+  onDirect(handler) {
+    this.directHandler = handler;
   }
 
-  // ready resolves once connected.
+  /** Resolves once connected; rejects if the client is closed first. */
   ready() {
     if (this.state === "connected") return Promise.resolve();
-    if (this.closed) return Promise.reject(Object.assign(new Error("closed"), { code: "closed" }));
+    if (this.closed) return Promise.reject(new GroupcastError("closed", "the client is closed"));
     return new Promise((resolve, reject) => {
       const on = () => {
-        if (this.state === "connected") { this.removeEventListener("state", on); resolve(); }
-        if (this.state === "closed") { this.removeEventListener("state", on); reject(Object.assign(new Error("closed"), { code: "closed" })); }
+        if (this.state === "connected") {
+          this.removeEventListener("state", on);
+          resolve();
+        } else if (this.state === "closed") {
+          this.removeEventListener("state", on);
+          reject(new GroupcastError("closed", "the client is closed"));
+        }
       };
       this.addEventListener("state", on);
     });
   }
 
+  // stateChange resolves on the next state event.
+  stateChange() {
+    return new Promise((resolve) => this.addEventListener("state", resolve, { once: true }));
+  }
+
+  /** Closes the connection (1000) and stops reconnecting. */
   close() {
+    if (this.closed) return;
     this.closed = true;
     clearTimeout(this.timer);
-    if (this.ws) this.ws.close(1000);
+    clearTimeout(this.pingTimer);
+    clearTimeout(this.refreshTimer);
+    if (typeof removeEventListener === "function") removeEventListener("online", this.onOnline);
+    const ws = this.ws;
+    this.ws = null;
+    if (ws) {
+      ws.onmessage = ws.onclose = null;
+      ws.close(1000);
+    }
+    this.failPending("closed", "the client is closed");
     this.setState("closed");
   }
 
@@ -170,12 +424,32 @@ export class Client extends EventTarget {
   failPending(code, message) {
     for (const [id, p] of this.pending) {
       clearTimeout(p.timer);
-      p.reject(Object.assign(new Error(message), { code }));
+      p.reject(new GroupcastError(code, message));
       this.pending.delete(id);
     }
   }
 
   emitError(err) {
     this.dispatchEvent(new CustomEvent("error", { detail: err }));
+  }
+}
+
+// groupToken resolves a per-group token given as a value or a function.
+async function groupToken(token) {
+  return typeof token === "function" ? await token() : token;
+}
+
+// refreshTime returns when to refresh a JWT (ms since the epoch), or null
+// for a token without exp (or no JWT at all).
+function refreshTime(token) {
+  const parts = typeof token === "string" ? token.split(".") : [];
+  if (parts.length !== 3) return null;
+  try {
+    const claims = JSON.parse(atob(parts[1].replace(/-/g, "+").replace(/_/g, "/")));
+    if (typeof claims.exp !== "number") return null;
+    const exp = claims.exp * 1000;
+    return exp - Math.min(60000, (exp - Date.now()) / 4);
+  } catch {
+    return null;
   }
 }

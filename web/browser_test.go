@@ -31,6 +31,7 @@ func TestBrowser(t *testing.T) {
 	t.Run("Restart", func(t *testing.T) { testBrowserRestart(t, browser) })
 	t.Run("Tokens", func(t *testing.T) { testBrowserTokens(t, browser) })
 	t.Run("Screenshot", func(t *testing.T) { testBrowserScreenshot(t, browser) })
+	t.Run("Call", func(t *testing.T) { testBrowserCall(t, browser) })
 }
 
 // Two pages chat through the demo: each sees the other's messages with
@@ -335,5 +336,34 @@ func testBrowserTokens(t *testing.T, browser context.Context) {
 	}
 	if n := eval[int](p, `t.fetched`); n < 2 {
 		t.Fatalf("getToken called %d times", n)
+	}
+}
+
+// echoFrames answers the "echo" frame type with the frame it got.
+type echoFrames struct{ DefaultConsumer }
+
+func (echoFrames) Frame(ctx context.Context, c *Conn, typ string, frame json.RawMessage) (any, error) {
+	if typ == "echo" {
+		return frame, nil
+	}
+	return nil, ErrUnknownFrame
+}
+
+// client.call reaches a Go consumer's Frame and resolves with its reply;
+// a type nobody handles rejects with unknown_type; joined events arrive.
+func testBrowserCall(t *testing.T, browser context.Context) {
+	s := startLive(t, "", Config{Consumer: echoFrames{}})
+	p := openPage(t, browser, s.url()+"/")
+	got := eval[map[string]string](p, `(async () => {
+		const { connect } = await import("/client.js");
+		const c = connect();
+		const out = {};
+		const reply = await c.call("echo", { n: 7 });
+		out.reply = String(reply.n) + reply.type;
+		out.unknown = await c.call("nope").then(() => "resolved", (e) => e.code);
+		c.close();
+		return out })()`)
+	if got["reply"] != "7echo" || got["unknown"] != "unknown_type" {
+		t.Fatalf("got %v", got)
 	}
 }

@@ -100,6 +100,8 @@ export class Client extends EventTarget {
   send(group: string, data: JSONValue): Promise<void>;
   /** A round trip through the server; resolves with its time in ms. */
   ping(): Promise<number>;
+  /** Sends a frame of an application-defined type; resolves with its reply's data. */
+  call(type: string, fields?: { [key: string]: JSONValue }): Promise<JSONValue>;
   /** Sets the handler of messages sent to this connection alone. */
   onDirect(handler: Handler | null): void;
   /** Resolves once connected; rejects if closed first. */

@@ -190,8 +190,13 @@ export class Client extends EventTarget {
         this.dispatchEvent(new CustomEvent("message", { detail: msg }));
         break;
       }
+      case "joined":
+      case "left":
+        this.dispatchEvent(new CustomEvent(msg.type, { detail: msg }));
+        break;
       case "ack":
       case "pong":
+      case "reply":
       case "error": {
         const p = this.pending.get(msg.id);
         const err = msg.type === "error" ? new GroupcastError(msg.code, msg.message) : null;
@@ -359,6 +364,16 @@ export class Client extends EventTarget {
   async send(group, data) {
     await this.ready();
     await this.request({ type: "send", group, data });
+  }
+
+  /**
+   * Sends a frame of a type the server's application defines (a Go
+   * consumer's Frame) and resolves with the data of its reply.
+   */
+  async call(type, fields = {}) {
+    await this.ready();
+    const reply = await this.request({ ...fields, type });
+    return reply.data;
   }
 
   /** A round trip through the server. Resolves with the time it took (ms). */

@@ -65,6 +65,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer, list
 		TLSKey:     cfg.NATSTLSKey,
 		ListenAddr: cfg.NATSListen,
 		OnFanout:   metrics.ObserveFanout,
+		Presence:   cfg.PresenceGroups,
 		Logger:     log,
 	})
 	if err != nil {

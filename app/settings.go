@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/groupcast/groupcast/broker"
 )
 
 // settings are the process's configuration, read from the environment.
@@ -43,6 +45,7 @@ type settings struct {
 	NATSListen      string
 	AllowedOrigins  []string
 	ClientSend      bool
+	PresenceGroups  []string
 	MaxFrameBytes   int
 	MaxBodyBytes    int
 	MaxGroups       int
@@ -126,6 +129,15 @@ var settingsTable = []setting{
 		s.ClientSend, err = strconv.ParseBool(v)
 		if err != nil {
 			return errors.New("want true or false")
+		}
+		return nil
+	}},
+	{"PRESENCE_GROUPS", "", "comma-separated group names or prefixes ending in * (e.g. room.*,lobby) whose members are tracked for presence; unset: none", func(s *settings, v string) error {
+		s.PresenceGroups = splitList(v)
+		for _, p := range s.PresenceGroups {
+			if !broker.ValidPresencePattern(p) {
+				return fmt.Errorf("pattern %q: want a group name or a prefix ending in '*'", p)
+			}
 		}
 		return nil
 	}},

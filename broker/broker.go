@@ -92,6 +92,17 @@ type Config struct {
 	// on the dispatch goroutine: keep it cheap (a histogram observation).
 	OnFanout func(members int, took time.Duration)
 
+	// Presence lists the groups whose members are tracked (see
+	// PresenceGet): group names, or prefixes ending in '*'. Default none:
+	// presence costs nothing.
+	Presence []string
+	// PresenceInterval is how often a node sends its presence heartbeat;
+	// a node silent for three intervals is dropped. Default 1s.
+	PresenceInterval time.Duration
+	// PresenceTimeout bounds how long a presence query waits for the
+	// other nodes. Default 250ms.
+	PresenceTimeout time.Duration
+
 	// Logger receives the broker's and the embedded server's logs. Required.
 	Logger *slog.Logger
 }
@@ -126,6 +137,13 @@ func (c *Config) setDefaults() error {
 	if c.QueueLen <= 0 {
 		c.QueueLen = 8192
 	}
+	for _, p := range c.Presence {
+		if !ValidPresencePattern(p) {
+			return fmt.Errorf("broker: presence pattern %q: want a group name or a prefix ending in '*'", p)
+		}
+	}
+	setDuration(&c.PresenceInterval, time.Second)
+	setDuration(&c.PresenceTimeout, 250*time.Millisecond)
 	return nil
 }
 
@@ -164,6 +182,8 @@ type Broker struct {
 	workers sync.WaitGroup
 	direct  *nats.Subscription
 	flusher *flusher
+
+	presence *presence // nil: no presence groups
 
 	commands, broadcasts *nats.Subscription
 	onCommand            atomic.Pointer[func(cmd []byte)]
@@ -239,6 +259,9 @@ func New(cfg Config) (*Broker, error) {
 		if b.commands, err = nc.ChanSubscribe(cfg.Prefix+".command."+cfg.Node, b.shards[0]); err == nil {
 			b.broadcasts, err = nc.ChanSubscribe(cfg.Prefix+".command.all", b.shards[0])
 		}
+	}
+	if err == nil && len(cfg.Presence) > 0 {
+		b.presence, err = newPresence(b)
 	}
 	if err != nil {
 		b.Close(context.Background())
@@ -350,6 +373,7 @@ func (b *Broker) CloseChannel(channel string) {
 	b.mu.Unlock()
 	for _, g := range groups {
 		g.remove(m)
+		b.presence.remove(channel, g.name)
 	}
 	for _, sub := range subs {
 		b.unsubscribe(sub)
@@ -479,6 +503,7 @@ func (b *Broker) discard(m *member, g *group) {
 	sub := b.releaseLocked(g)
 	b.mu.Unlock()
 	g.remove(m)
+	b.presence.remove(m.name, g.name)
 	if sub != nil {
 		b.unsubscribe(sub)
 	}
@@ -597,6 +622,7 @@ func (b *Broker) Close(ctx context.Context) error {
 		for _, name := range names {
 			b.CloseChannel(name)
 		}
+		b.presence.close()
 		b.closeErr = closeConn(ctx, b.nc, b.closed, b.ns)
 		close(b.stop)
 		b.workers.Wait()

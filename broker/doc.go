@@ -21,6 +21,9 @@
 //	groupcast.direct.<node>.<conn>      one message to the channel "<node>.<conn>"
 //	groupcast.command.<node>            a command to one node (Config.OnCommand)
 //	groupcast.command.all               a command to every node
+//	groupcast.presence.nodes            presence heartbeats (Config.Presence only)
+//	groupcast.presence.events.<group>   presence join and leave events of <group>
+//	groupcast.presence.query.<group>    presence requests, answered by nodes with members
 //
 // The payload is one JSON value, the data the members receive. Group names
 // are 1–100 ASCII letters, digits, '-', '_' and '.', never starting or

@@ -52,6 +52,10 @@ type ConnectRequest struct {
 	// Groups are joined once the connection is open, as if the client
 	// had joined them (without asking Join).
 	Groups []string
+	// Info is what presence shows of the connection in groups with
+	// presence (one JSON value, at most 1 KiB; say a name and an avatar).
+	// Connect may set it; clients cannot.
+	Info json.RawMessage
 }
 
 // Permissions are group patterns: names, or prefixes ending in '*'.
@@ -218,6 +222,7 @@ func (s *session) join(ctx context.Context, group string) error {
 	if err := s.srv.broker.GroupAdd(ctx, group, s.channel); err != nil {
 		return err
 	}
+	s.presenceJoin(group, broker.NoEvents)
 	s.add(group)
 	s.srv.metrics.joins.Inc()
 	return nil

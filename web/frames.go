@@ -91,6 +91,13 @@ type clientFrame struct {
 	Data  json.RawMessage `json:"data"`
 	Token string          `json:"token"` // join: a per-group token; refresh: a new connection token
 	raw   json.RawMessage // the whole frame, for a Consumer's own types
+
+	// Presence (join) asks for the group's join and leave events; Limit,
+	// CountOnly and By shape a presence query.
+	Presence  bool   `json:"presence"`
+	Limit     *int   `json:"limit"`
+	CountOnly bool   `json:"count_only"`
+	By        string `json:"by"`
 }
 
 // parseFrame decodes a client frame. The id, when present, must be a

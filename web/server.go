@@ -234,6 +234,7 @@ func New(b Broker, cfg Config) *Server {
 	api.POST("/users/:user/disconnect", s.disconnectUser)
 	api.PUT("/groups/:group/channels/:channel", s.addToGroup)
 	api.DELETE("/groups/:group/channels/:channel", s.removeFromGroup)
+	api.GET("/groups/:group/presence", s.getPresence)
 	sub, _ := fs.Sub(static, "static")
 	e.StaticFS("/", sub)
 	s.echo = e
@@ -294,6 +295,7 @@ func (s *Server) serveWS(c echo.Context) error {
 		conn:    conn,
 		out:     newOutbox(s.cfg.OutboxFrames, s.cfg.OutboxBytes),
 		uid:     cr.User,
+		info:    s.presenceInfo(cr.Info),
 		perms:   cr.Permissions,
 		expires: expires,
 		frames:  bucket{tokens: 2 * s.cfg.FramesPerSecond, filled: time.Now()},

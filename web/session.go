@@ -46,6 +46,8 @@ type session struct {
 	flooded int          // reader-owned: frames refused in a row for rate
 	expiry  *time.Timer  // closes the connection when the token expires
 
+	info json.RawMessage // presence info, from Connect; set before the session starts
+
 	closeOnce sync.Once
 	code      websocket.StatusCode // why it closes; written once, before the outbox closes
 	reason    string
@@ -312,7 +314,13 @@ func (s *session) dispatch(f *clientFrame) error {
 	ctx := context.Background()
 	switch f.Type {
 	case "join":
+		if f.By != "" && f.By != "user" {
+			return refuse(CodeInvalidData, `"by" is "user" or absent`)
+		}
 		if s.has(f.Group) {
+			if f.Presence {
+				s.presenceJoin(f.Group, joinEvents(f))
+			}
 			break
 		}
 		if !broker.ValidGroup(f.Group) {
@@ -324,6 +332,11 @@ func (s *session) dispatch(f *clientFrame) error {
 		if err := s.join(ctx, f.Group); err != nil {
 			return err
 		}
+		if f.Presence {
+			s.presenceJoin(f.Group, joinEvents(f))
+		}
+	case "presence":
+		return s.presence(ctx, f)
 	case "leave":
 		if err := s.srv.broker.GroupDiscard(f.Group, s.channel); err != nil {
 			return err

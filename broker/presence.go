@@ -1,0 +1,919 @@
+package broker
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// Presence: who is in a group, on every node and in every region.
+//
+// Only groups matching Config.Presence are tracked; other groups cost
+// nothing. A node keeps its own members of each presence group and learns
+// of other nodes over four kinds of subjects (with prefix P):
+//
+//	P.presence.nodes            heartbeats: {"node","region","groups":[...]} every PresenceInterval
+//	P.presence.events.<group>   join and leave events of <group>'s members
+//	P.presence.query.<group>    requests; each node with members answers with its own
+//
+// A query is a scatter-gather: the asking node answers for itself and
+// waits, at most PresenceTimeout, for the nodes whose last heartbeat lists
+// the group. A node whose heartbeats stop for three intervals (killed,
+// partitioned) is dropped: its members vanish from answers, and leave
+// events for them are sent to the local members that asked for events.
+// When it comes back, its members are fetched again and join events sent.
+
+// ErrPresenceOff means presence is not enabled for the group.
+var ErrPresenceOff = errors.New("broker: presence is not enabled for this group")
+
+// Presence limits.
+const (
+	// MaxPresenceLimit bounds the members one query returns.
+	MaxPresenceLimit = 1000
+	// MaxPresenceInfo bounds a member's info, in bytes of JSON.
+	MaxPresenceInfo = 1024
+	// maxSyncMembers bounds the members one node sends when another node
+	// resynchronises its view of a group (and for queries folded by user).
+	maxSyncMembers = 5000
+	// maxUserLen bounds a member's user id.
+	maxUserLen = 256
+	// presenceMissed is how many heartbeats may be missed before a node
+	// counts as gone.
+	presenceMissed = 3
+	// presenceQueue bounds presence messages received and not yet handled.
+	presenceQueue = 8192
+	// syncQueue bounds the groups waiting to be resynchronised.
+	syncQueue = 1024
+)
+
+// Member is one connection present in a group.
+type Member struct {
+	Channel string          `json:"channel"`
+	User    string          `json:"user,omitempty"`
+	Region  string          `json:"region,omitempty"`
+	Info    json.RawMessage `json:"info,omitempty"`
+	// Channels is, in answers folded by user, how many connections the
+	// user has in the group (zero otherwise).
+	Channels int `json:"channels,omitempty"`
+}
+
+// PresenceQuery asks who is in a group.
+type PresenceQuery struct {
+	// Limit bounds the members listed, 0 to MaxPresenceLimit; 0 asks for
+	// the count alone, which costs each node O(1).
+	Limit int
+	// ByUser folds the connections of one user into one entry (anonymous
+	// connections stay one entry each); Count is then the number of users.
+	ByUser bool
+}
+
+// Presence answers a PresenceQuery.
+type Presence struct {
+	Count   int      `json:"count"`
+	Members []Member `json:"members"`
+	// Partial is true when a node known to have members did not answer
+	// within Config.PresenceTimeout.
+	Partial bool `json:"partial,omitempty"`
+}
+
+// PresenceEvents says which presence events a member receives.
+type PresenceEvents int
+
+// The kinds of PresenceEvents.
+const (
+	// NoEvents: none.
+	NoEvents PresenceEvents = iota
+	// AllEvents: a join and a leave event for every connection.
+	AllEvents
+	// UserEvents folds the connections of one user: a join event when the
+	// user's first connection joins, a leave event when the last leaves
+	// (as far as this node knows). Anonymous connections count one by one.
+	UserEvents
+)
+
+// ValidPresencePattern reports whether p can be a Config.Presence pattern:
+// a group name, a prefix ending in '*' (such as "room.*"), or "*".
+func ValidPresencePattern(p string) bool {
+	if p == "*" {
+		return true
+	}
+	if prefix, ok := strings.CutSuffix(p, "*"); ok {
+		return ValidGroup(strings.TrimSuffix(prefix, ".")) || ValidGroup(prefix+"x")
+	}
+	return ValidGroup(p)
+}
+
+// heartbeat is a node's message on <prefix>.presence.nodes: the presence
+// groups where it has members; Bye when it is closing.
+type heartbeat struct {
+	Node   string   `json:"node"`
+	Region string   `json:"region,omitempty"`
+	Groups []string `json:"groups"`
+	Bye    bool     `json:"bye,omitempty"`
+}
+
+// presenceEvent is a message on <prefix>.presence.events.<group>.
+type presenceEvent struct {
+	Event  string `json:"event"` // "join" or "leave"
+	Node   string `json:"node"`
+	Member Member `json:"member"`
+}
+
+// presenceRequest is a query on <prefix>.presence.query.<group>.
+type presenceRequest struct {
+	Limit  int  `json:"limit"`
+	ByUser bool `json:"by_user,omitempty"`
+}
+
+// presenceReply is one node's answer to a presenceRequest: its count and
+// up to the limit of its members, sorted.
+type presenceReply struct {
+	Node      string   `json:"node"`
+	Count     int      `json:"count"`
+	Members   []Member `json:"members,omitempty"`
+	Truncated bool     `json:"truncated,omitempty"`
+}
+
+// presence is a Broker's presence state. Lock order: Broker.mu, then mu.
+type presence struct {
+	b        *Broker
+	patterns []string
+	interval time.Duration
+	timeout  time.Duration
+	prefix   string // "<prefix>.presence."
+	in       chan *nats.Msg
+	syncs    chan syncTask
+	kick     chan struct{} // asks for a heartbeat now
+	nodes    *nats.Subscription
+	stop     chan struct{}
+	wg       sync.WaitGroup
+
+	mu      sync.Mutex
+	groups  map[string]*pgroup // presence groups with local members
+	peers   map[string]*peer   // other live nodes, by id
+	pending map[string]bool    // groups queued for a resync
+	closed  bool
+}
+
+// syncTask asks for a group's members from the other nodes. A full one
+// (a group new on this node) waits for every answer until the timeout,
+// since the nodes holding members may not be known yet.
+type syncTask struct {
+	group string
+	full  bool
+}
+
+// peer is another live node, as its heartbeats tell.
+type peer struct {
+	seen     time.Time
+	groups   map[string]bool
+	unsynced map[string]bool // groups whose members were not fetched yet
+}
+
+// pgroup is a presence group with members on this node: the local
+// members, and this node's view of the other nodes' members (kept for
+// the leave events of a node that dies).
+type pgroup struct {
+	name          string
+	local         map[string]*plocal           // by channel
+	listeners     map[string]*plocal           // those of local that asked for events
+	users         map[string]int               // user -> its connections here and on the nodes known
+	remote        map[string]map[string]remote // node -> channel -> member
+	gone          map[string]uint64            // channel -> gen of its leave, while a resync runs
+	gen           uint64
+	syncing       bool
+	events, query *nats.Subscription
+}
+
+// plocal is a member on this node.
+type plocal struct {
+	m      Member
+	recv   Receiver
+	events PresenceEvents
+}
+
+// listen sets which events a local member receives.
+func (g *pgroup) listen(channel string, l *plocal, events PresenceEvents) {
+	l.events = events
+	if events != NoEvents {
+		g.listeners[channel] = l
+	} else {
+		delete(g.listeners, channel)
+	}
+}
+
+// count adds n (1 or -1) to the connections of m's user and reports
+// whether that made it the user's first or last: the folded events' edge.
+func (g *pgroup) count(m Member, n int) bool {
+	if m.User == "" {
+		return true
+	}
+	c := g.users[m.User] + n
+	if c <= 0 {
+		delete(g.users, m.User)
+		return true
+	}
+	g.users[m.User] = c
+	return n > 0 && c == 1
+}
+
+// remote is a member on another node, with the gen it was learnt at.
+type remote struct {
+	m   Member
+	gen uint64
+}
+
+func newPresence(b *Broker) (*presence, error) {
+	p := &presence{
+		b:        b,
+		patterns: b.cfg.Presence,
+		interval: b.cfg.PresenceInterval,
+		timeout:  b.cfg.PresenceTimeout,
+		prefix:   b.cfg.Prefix + ".presence.",
+		in:       make(chan *nats.Msg, presenceQueue),
+		syncs:    make(chan syncTask, syncQueue),
+		kick:     make(chan struct{}, 1),
+		stop:     make(chan struct{}),
+		groups:   make(map[string]*pgroup),
+		peers:    make(map[string]*peer),
+		pending:  make(map[string]bool),
+	}
+	var err error
+	if p.nodes, err = b.nc.ChanSubscribe(p.prefix+"nodes", p.in); err != nil {
+		return nil, err
+	}
+	p.wg.Add(2)
+	go p.loop()
+	go p.syncLoop()
+	return p, nil
+}
+
+// enabled reports whether group is a presence group.
+func (p *presence) enabled(group string) bool {
+	if p == nil {
+		return false
+	}
+	for _, pat := range p.patterns {
+		if prefix, ok := strings.CutSuffix(pat, "*"); ok {
+			if strings.HasPrefix(group, prefix) {
+				return true
+			}
+		} else if pat == group {
+			return true
+		}
+	}
+	return false
+}
+
+// PresenceEnabled reports whether the group's members are tracked.
+func (b *Broker) PresenceEnabled(group string) bool { return b.presence.enabled(group) }
+
+// PresenceAdd makes a channel of this node, already in the group (see
+// GroupAdd), present in it with the given user and info (one JSON value
+// of at most MaxPresenceInfo bytes, or nil); a join event goes to the
+// group's members that asked for events. With events other than NoEvents,
+// the channel receives the group's join and leave events (of others) as
+// {"type":"presence",...} frames. Adding a present channel again only
+// sets events. The channel stops
+// being present when it leaves the group or closes.
+func (b *Broker) PresenceAdd(group, channel, user string, info json.RawMessage, events PresenceEvents) error {
+	p := b.presence
+	if !ValidGroup(group) {
+		return ErrInvalidGroup
+	}
+	if !p.enabled(group) {
+		return ErrPresenceOff
+	}
+	if len(user) > maxUserLen || len(info) > MaxPresenceInfo || (info != nil && !json.Valid(info)) {
+		return ErrInvalidData
+	}
+	if info != nil {
+		var err error
+		if info, err = compactJSON(info); err != nil {
+			return err
+		}
+	}
+	b.mu.RLock()
+	defer b.mu.RUnlock() // held so that a concurrent discard sees the entry
+	m := b.channels[channel]
+	if m == nil {
+		return ErrUnknownChannel
+	}
+	if m.groups[group] == nil {
+		return fmt.Errorf("%w: not in group %s", ErrUnknownChannel, group)
+	}
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return fmt.Errorf("%w: closing", ErrUnavailable)
+	}
+	g := p.groups[group]
+	fresh := g == nil
+	if fresh {
+		g = &pgroup{name: group, local: make(map[string]*plocal), listeners: make(map[string]*plocal), users: make(map[string]int), remote: make(map[string]map[string]remote), gone: make(map[string]uint64)}
+		var err error
+		if g.events, err = b.nc.ChanSubscribe(p.prefix+"events."+group, p.in); err == nil {
+			if g.query, err = b.nc.ChanSubscribe(p.prefix+"query."+group, p.in); err != nil {
+				g.events.Unsubscribe()
+			}
+		}
+		if err != nil {
+			p.mu.Unlock()
+			return fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		p.groups[group] = g
+	}
+	if l := g.local[channel]; l != nil {
+		g.listen(channel, l, events)
+		p.mu.Unlock()
+		return nil
+	}
+	mem := Member{Channel: channel, User: user, Region: b.cfg.Region, Info: info}
+	l := &plocal{m: mem, recv: m.recv}
+	g.local[channel] = l
+	g.listen(channel, l, events)
+	ev := p.encodeEvent(group, "join", mem)
+	g.deliver(ev.event, ev.m, g.count(mem, 1))
+	p.mu.Unlock()
+	p.publish(p.prefix+"events."+group, ev.wire)
+	if fresh {
+		select { // tell the other nodes at once that it has members here
+		case p.kick <- struct{}{}:
+		default:
+		}
+		p.queueSync(syncTask{group: group, full: true})
+	}
+	return nil
+}
+
+// remove takes a channel out of the presence of groups. It is
+// called by GroupDiscard and CloseChannel, without Broker.mu held.
+func (p *presence) remove(channel string, groups ...string) {
+	if p == nil {
+		return
+	}
+	var wires [][]byte
+	var subjects []string
+	p.mu.Lock()
+	for _, group := range groups {
+		g := p.groups[group]
+		if g == nil {
+			continue
+		}
+		l := g.local[channel]
+		if l == nil {
+			continue
+		}
+		delete(g.local, channel)
+		delete(g.listeners, channel)
+		ev := p.encodeEvent(group, "leave", l.m)
+		g.deliver(ev.event, ev.m, g.count(l.m, -1))
+		wires, subjects = append(wires, ev.wire), append(subjects, p.prefix+"events."+group)
+		if len(g.local) == 0 {
+			g.events.Unsubscribe()
+			g.query.Unsubscribe()
+			delete(p.groups, group)
+		}
+	}
+	p.mu.Unlock()
+	for i, w := range wires {
+		p.publish(subjects[i], w)
+	}
+}
+
+func (p *presence) publish(subject string, data []byte) {
+	if err := p.b.nc.Publish(subject, data); err != nil {
+		p.b.log.Debug("presence publish failed", "subject", subject, "error", err)
+	}
+}
+
+type encodedEvent struct {
+	group, event string
+	m            Member
+	wire         []byte
+}
+
+func (p *presence) encodeEvent(group, event string, m Member) encodedEvent {
+	wire, _ := json.Marshal(presenceEvent{Event: event, Node: p.b.cfg.Node, Member: m})
+	return encodedEvent{group: group, event: event, m: m, wire: wire}
+}
+
+// eventFrame encodes the frame members receive.
+func eventFrame(group, event string, m Member) []byte {
+	f, _ := json.Marshal(struct {
+		Type   string `json:"type"`
+		Group  string `json:"group"`
+		Event  string `json:"event"`
+		Member Member `json:"member"`
+	}{"presence", group, event, m})
+	return f
+}
+
+// deliver hands a join or leave event of m to the local members that
+// asked for events, except m itself; those that fold by user get it only
+// at an edge (the user's first connection joined, or its last left). The
+// frame is encoded once, and only when someone is listening. p.mu is held.
+func (g *pgroup) deliver(event string, m Member, edge bool) {
+	var frame []byte
+	for ch, l := range g.listeners {
+		if ch != m.Channel && (edge || l.events != UserEvents) {
+			if frame == nil {
+				frame = eventFrame(g.name, event, m)
+			}
+			l.recv.Receive(frame)
+		}
+	}
+}
+
+// loop handles heartbeats, events and queries, sends this node's
+// heartbeats and drops nodes that went quiet, until close.
+func (p *presence) loop() {
+	defer p.wg.Done()
+	beat := time.NewTicker(p.interval)
+	defer beat.Stop()
+	check := time.NewTicker(p.interval / 4)
+	defer check.Stop()
+	p.heartbeat(false)
+	for {
+		select {
+		case <-p.stop:
+			return
+		case <-beat.C:
+			p.heartbeat(false)
+		case <-p.kick:
+			p.heartbeat(false)
+		case now := <-check.C:
+			p.expire(now)
+		case msg := <-p.in:
+			p.handle(msg)
+		}
+	}
+}
+
+func (p *presence) heartbeat(bye bool) {
+	hb := heartbeat{Node: p.b.cfg.Node, Region: p.b.cfg.Region, Bye: bye, Groups: []string{}}
+	if !bye {
+		p.mu.Lock()
+		for name := range p.groups {
+			hb.Groups = append(hb.Groups, name)
+		}
+		p.mu.Unlock()
+	}
+	data, _ := json.Marshal(hb)
+	if int64(len(data)) > p.b.nc.MaxPayload() {
+		p.b.log.Warn("presence heartbeat over NATS' maximum payload: too many presence groups here", "groups", len(hb.Groups))
+		return
+	}
+	p.publish(p.prefix+"nodes", data)
+}
+
+func (p *presence) handle(msg *nats.Msg) {
+	switch {
+	case msg.Sub == p.nodes:
+		var hb heartbeat
+		if json.Unmarshal(msg.Data, &hb) != nil || !validID(hb.Node) || hb.Node == p.b.cfg.Node {
+			return
+		}
+		p.onHeartbeat(&hb)
+	case strings.HasPrefix(msg.Subject, p.prefix+"events."):
+		group := msg.Subject[len(p.prefix)+len("events."):]
+		var ev presenceEvent
+		if json.Unmarshal(msg.Data, &ev) != nil || !validID(ev.Node) || ev.Node == p.b.cfg.Node || !ValidChannel(ev.Member.Channel) {
+			return
+		}
+		p.onEvent(group, &ev)
+	case strings.HasPrefix(msg.Subject, p.prefix+"query."):
+		if msg.Reply == "" {
+			return
+		}
+		group := msg.Subject[len(p.prefix)+len("query."):]
+		var req presenceRequest
+		if json.Unmarshal(msg.Data, &req) != nil {
+			return
+		}
+		data, _ := json.Marshal(p.answer(group, req))
+		p.publish(msg.Reply, data)
+	}
+}
+
+func (p *presence) onHeartbeat(hb *heartbeat) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if hb.Bye {
+		p.dropLocked(hb.Node)
+		return
+	}
+	prev := p.peers[hb.Node]
+	if prev == nil {
+		p.b.log.Debug("presence: node seen", "peer", hb.Node, "groups", len(hb.Groups))
+	}
+	groups := make(map[string]bool, len(hb.Groups))
+	unsynced := make(map[string]bool)
+	for _, name := range hb.Groups {
+		groups[name] = true
+		g := p.groups[name]
+		if g == nil {
+			continue
+		}
+		// A node seen anew (started, or back from a partition), one whose
+		// members could not be fetched yet, or one listing a group whose
+		// members we never heard of: fetch them.
+		if prev == nil || prev.unsynced[name] || (!prev.groups[name] && len(g.remote[hb.Node]) == 0) {
+			unsynced[name] = true
+			p.queueSyncLocked(syncTask{group: name})
+		}
+	}
+	if prev != nil {
+		// Groups it no longer lists: its members there are gone, even if
+		// the leave events were lost.
+		for name := range prev.groups {
+			if g := p.groups[name]; g != nil && !groups[name] {
+				g.dropNode(p, hb.Node)
+			}
+		}
+	}
+	p.peers[hb.Node] = &peer{seen: time.Now(), groups: groups, unsynced: unsynced}
+}
+
+func (p *presence) onEvent(group string, ev *presenceEvent) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	g := p.groups[group]
+	if g == nil {
+		return
+	}
+	if pr := p.peers[ev.Node]; pr == nil {
+		// Not heard from yet: track it, so that it expires if it dies.
+		p.peers[ev.Node] = &peer{seen: time.Now(), groups: map[string]bool{group: true}, unsynced: map[string]bool{}}
+	} else {
+		pr.groups[group] = true
+	}
+	switch ev.Event {
+	case "join":
+		g.addRemote(group, ev.Node, ev.Member)
+	case "leave":
+		g.gen++
+		if g.syncing {
+			g.gone[ev.Member.Channel] = g.gen
+		}
+		g.removeRemote(group, ev.Node, ev.Member.Channel)
+	}
+}
+
+func (g *pgroup) addRemote(group, node string, m Member) {
+	ms := g.remote[node]
+	if ms == nil {
+		ms = make(map[string]remote)
+		g.remote[node] = ms
+	}
+	if _, ok := ms[m.Channel]; ok {
+		return
+	}
+	g.gen++
+	ms[m.Channel] = remote{m: m, gen: g.gen}
+	g.deliver("join", m, g.count(m, 1))
+}
+
+func (g *pgroup) removeRemote(group, node, channel string) {
+	r, ok := g.remote[node][channel]
+	if !ok {
+		return
+	}
+	delete(g.remote[node], channel)
+	if len(g.remote[node]) == 0 {
+		delete(g.remote, node)
+	}
+	g.deliver("leave", r.m, g.count(r.m, -1))
+}
+
+// dropNode forgets a node's members of g, with leave events.
+func (g *pgroup) dropNode(_ *presence, node string) {
+	for ch := range g.remote[node] {
+		g.removeRemote(g.name, node, ch)
+	}
+}
+
+// dropLocked forgets a node altogether. p.mu is held.
+func (p *presence) dropLocked(node string) {
+	delete(p.peers, node)
+	for _, g := range p.groups {
+		g.dropNode(p, node)
+	}
+}
+
+// expire drops the nodes whose heartbeats stopped.
+func (p *presence) expire(now time.Time) {
+	limit := presenceMissed * p.interval
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for node, pr := range p.peers {
+		if now.Sub(pr.seen) > limit {
+			p.b.log.Info("presence: node gone quiet; its members are dropped", "peer", node)
+			p.dropLocked(node)
+		}
+	}
+}
+
+// answer is this node's reply to a query for group.
+func (p *presence) answer(group string, req presenceRequest) presenceReply {
+	r := presenceReply{Node: p.b.cfg.Node}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	g := p.groups[group]
+	if g == nil {
+		return r
+	}
+	limit := min(max(req.Limit, 0), maxSyncMembers)
+	if req.ByUser {
+		folded := foldByUser(g.localMembers(-1))
+		r.Count = len(folded)
+		r.Members, r.Truncated = folded[:min(len(folded), maxSyncMembers)], len(folded) > maxSyncMembers
+		return r
+	}
+	r.Count = len(g.local)
+	if limit > 0 {
+		r.Members = g.localMembers(limit)
+		r.Truncated = len(r.Members) < r.Count
+	}
+	return r
+}
+
+// localMembers returns up to limit (-1: all) local members, sorted.
+func (g *pgroup) localMembers(limit int) []Member {
+	n := len(g.local)
+	if limit >= 0 {
+		n = min(n, limit)
+	}
+	out := make([]Member, 0, n)
+	for _, l := range g.local {
+		if len(out) == n {
+			break
+		}
+		out = append(out, l.m)
+	}
+	sortMembers(out)
+	return out
+}
+
+func sortMembers(ms []Member) {
+	slices.SortFunc(ms, func(a, b Member) int {
+		return cmp.Or(cmp.Compare(a.User, b.User), cmp.Compare(a.Channel, b.Channel))
+	})
+}
+
+// foldByUser folds members of one user into one entry, counting its
+// channels; anonymous members stay one entry each.
+func foldByUser(ms []Member) []Member {
+	byUser := make(map[string]int)
+	out := ms[:0:0]
+	for _, m := range ms {
+		n := max(m.Channels, 1)
+		if m.User == "" {
+			m.Channels = n
+			out = append(out, m)
+			continue
+		}
+		if i, ok := byUser[m.User]; ok {
+			out[i].Channels += n
+			out[i].Channel = min(out[i].Channel, m.Channel)
+			continue
+		}
+		m.Channels = n
+		byUser[m.User] = len(out)
+		out = append(out, m)
+	}
+	sortMembers(out)
+	return out
+}
+
+// PresenceGet answers who is in a presence group, across every node: this
+// node answers for itself, and the nodes whose heartbeats list the group
+// answer within Config.PresenceTimeout (or ctx's deadline, if sooner).
+func (b *Broker) PresenceGet(ctx context.Context, group string, q PresenceQuery) (Presence, error) {
+	p := b.presence
+	if !ValidGroup(group) {
+		return Presence{}, ErrInvalidGroup
+	}
+	if !p.enabled(group) {
+		return Presence{}, ErrPresenceOff
+	}
+	if q.Limit < 0 || q.Limit > MaxPresenceLimit {
+		return Presence{}, fmt.Errorf("%w: limit must be 0 to %d", ErrInvalidData, MaxPresenceLimit)
+	}
+	req := presenceRequest{Limit: q.Limit, ByUser: q.ByUser}
+	replies, partial, err := p.gather(ctx, group, req, false)
+	if err != nil {
+		return Presence{}, err
+	}
+	var out Presence
+	out.Partial = partial
+	var all []Member
+	overflow := 0
+	for _, r := range replies {
+		out.Count += r.Count
+		all = append(all, r.Members...)
+		if q.ByUser {
+			overflow += r.Count - len(r.Members)
+		}
+	}
+	if q.ByUser {
+		all = foldByUser(all)
+		out.Count = len(all) + overflow
+	} else {
+		sortMembers(all)
+	}
+	out.Members = all[:min(len(all), q.Limit)]
+	if out.Members == nil {
+		out.Members = []Member{}
+	}
+	return out, nil
+}
+
+// gather collects the replies to req from this node and the others known
+// to have members of group; with all, from every node that answers within
+// the timeout. A node that answers with members is known from then on.
+func (p *presence) gather(ctx context.Context, group string, req presenceRequest, all bool) ([]presenceReply, bool, error) {
+	replies := []presenceReply{p.answer(group, req)}
+	self := p.b.cfg.Node
+	p.mu.Lock()
+	waiting := make(map[string]bool)
+	for node, pr := range p.peers {
+		if pr.groups[group] {
+			waiting[node] = true
+		}
+	}
+	p.mu.Unlock()
+	if len(waiting) == 0 && !all {
+		return replies, false, nil
+	}
+	if err := p.b.Ready(); err != nil {
+		return replies, true, nil // this node's view only
+	}
+	inbox := p.b.nc.NewRespInbox()
+	ch := make(chan *nats.Msg, len(waiting)+16)
+	sub, err := p.b.nc.ChanSubscribe(inbox, ch)
+	if err != nil {
+		return nil, false, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	defer sub.Unsubscribe()
+	data, _ := json.Marshal(req)
+	if err := p.b.nc.PublishRequest(p.prefix+"query."+group, inbox, data); err != nil {
+		return nil, false, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, p.timeout)
+	defer cancel()
+	seen := map[string]bool{self: true}
+	for len(waiting) > 0 || all {
+		select {
+		case msg := <-ch:
+			var r presenceReply
+			if json.Unmarshal(msg.Data, &r) != nil || !validID(r.Node) || seen[r.Node] {
+				continue
+			}
+			seen[r.Node] = true
+			expected := waiting[r.Node]
+			delete(waiting, r.Node)
+			replies = append(replies, r)
+			if !expected && r.Count > 0 {
+				p.learn(r.Node, group)
+			}
+		case <-ctx.Done():
+			return replies, len(waiting) > 0, nil
+		}
+	}
+	return replies, false, nil
+}
+
+// learn records that node has members of group, as its next heartbeat
+// will say.
+func (p *presence) learn(node, group string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if pr := p.peers[node]; pr != nil {
+		pr.groups[group] = true
+	} else {
+		p.peers[node] = &peer{seen: time.Now(), groups: map[string]bool{group: true}, unsynced: map[string]bool{}}
+	}
+}
+
+func (p *presence) queueSync(t syncTask) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.queueSyncLocked(t)
+}
+
+func (p *presence) queueSyncLocked(t syncTask) {
+	if p.pending[t.group] || p.closed {
+		return
+	}
+	select {
+	case p.syncs <- t:
+		p.pending[t.group] = true
+	default:
+		p.b.log.Warn("presence: too many groups waiting for a resync; one skipped", "group", t.group)
+	}
+}
+
+// syncLoop refetches the members of groups from the other nodes, one
+// group at a time, until close.
+func (p *presence) syncLoop() {
+	defer p.wg.Done()
+	for {
+		select {
+		case <-p.stop:
+			return
+		case t := <-p.syncs:
+			p.sync(t)
+		}
+	}
+}
+
+// sync reconciles this node's view of the other nodes' members of group
+// with their answers, sending join and leave events for the differences.
+func (p *presence) sync(t syncTask) {
+	group := t.group
+	p.mu.Lock()
+	delete(p.pending, group)
+	g := p.groups[group]
+	var start uint64
+	if g != nil {
+		start = g.gen
+		g.syncing = true
+	}
+	p.mu.Unlock()
+	if g == nil {
+		return
+	}
+	defer func() {
+		p.mu.Lock()
+		g.syncing = false
+		clear(g.gone)
+		p.mu.Unlock()
+	}()
+	ctx, cancel := context.WithCancel(context.Background())
+	p.wg.Add(1)
+	go func() { // the wait ends at close too
+		defer p.wg.Done()
+		select {
+		case <-p.stop:
+		case <-ctx.Done():
+		}
+		cancel()
+	}()
+	replies, partial, err := p.gather(ctx, group, presenceRequest{Limit: maxSyncMembers}, t.full)
+	cancel()
+	p.b.log.Debug("presence: resync", "group", group, "full", t.full, "answers", len(replies), "partial", partial, "error", err)
+	if err != nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.groups[group] != g {
+		return
+	}
+	for _, r := range replies {
+		pr := p.peers[r.Node]
+		if r.Node == p.b.cfg.Node || pr == nil {
+			continue
+		}
+		delete(pr.unsynced, group)
+		got := make(map[string]bool, len(r.Members))
+		for _, m := range r.Members {
+			got[m.Channel] = true
+			if gen, left := g.gone[m.Channel]; left && gen > start {
+				continue // left while the answer was on its way
+			}
+			g.addRemote(group, r.Node, m)
+		}
+		if r.Truncated {
+			continue
+		}
+		for ch, rm := range g.remote[r.Node] {
+			if !got[ch] && rm.gen <= start {
+				g.removeRemote(group, r.Node, ch)
+			}
+		}
+	}
+}
+
+// close says goodbye to the other nodes and stops the goroutines.
+func (p *presence) close() {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
+	p.heartbeat(true)
+	close(p.stop)
+	p.wg.Wait()
+	p.nodes.Unsubscribe()
+}

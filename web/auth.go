@@ -2,6 +2,7 @@ package web
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -46,6 +47,9 @@ type Claims struct {
 	// Group makes a per-group token: it lets the connection of user sub
 	// join this one group (given in the join frame's "token").
 	Group string `json:"group,omitempty"`
+	// Info is what presence shows of the connection (one JSON value of at
+	// most 1 KiB, say a display name).
+	Info json.RawMessage `json:"info,omitempty"`
 }
 
 // identity is who a connection is and what it may do.
@@ -53,6 +57,7 @@ type identity struct {
 	user    string
 	join    []string
 	send    []string
+	info    json.RawMessage
 	expires time.Time // zero: never
 }
 
@@ -169,7 +174,7 @@ func (a *authenticator) connection(token string) (*identity, error) {
 			return nil, fmt.Errorf("%w: bad group pattern %q", errTokenInvalid, p)
 		}
 	}
-	id := &identity{user: c.Subject, join: c.Join, send: c.Send}
+	id := &identity{user: c.Subject, join: c.Join, send: c.Send, info: c.Info}
 	if c.ExpiresAt != nil {
 		id.expires = c.ExpiresAt.Time.Add(a.cfg.Leeway)
 	}

@@ -79,10 +79,15 @@ func (e *env) dialStatus(query string, header http.Header) (int, string) {
 
 func TestTokenPermissions(t *testing.T) {
 	e := authEnv(t, nil)
-	tok := sign(t, claims("alice", []string{"room.*", "news"}, []string{"room.*"}, time.Hour))
+	cl := claims("alice", []string{"room.*", "news"}, []string{"room.*"}, time.Hour)
+	cl.Info = json.RawMessage(`{"name":"Alice"}`)
+	tok := sign(t, cl)
 	c := wstest.Dial(t, e.wsURL()+"?token="+tok, nil)
 	if c.Welcome["user"] != "alice" {
 		t.Fatalf("welcome %v", c.Welcome)
+	}
+	if info := e.sessionInfo(c.Channel()); info != `{"name":"Alice"}` {
+		t.Fatalf("token info: %q", info)
 	}
 	c.Join("room.lobby")
 	c.Join("news")

@@ -54,7 +54,8 @@ type ConnectRequest struct {
 	Groups []string
 	// Info is what presence shows of the connection in groups with
 	// presence (one JSON value, at most 1 KiB; say a name and an avatar).
-	// Connect may set it; clients cannot.
+	// The token's "info" claim or the connect hook's answer sets it, and
+	// Connect may too; clients cannot.
 	Info json.RawMessage
 }
 

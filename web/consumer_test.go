@@ -129,7 +129,7 @@ func TestHooks(t *testing.T) {
 	backend := newHookBackend(t, func(call hookCall) (int, string) {
 		switch {
 		case call.Event == "connect":
-			return 200, `{"user":"u1","join":["room.*"],"send":["room.*"],"groups":["user.u1"]}`
+			return 200, `{"user":"u1","join":["room.*"],"send":["room.*"],"groups":["user.u1"],"info":{"name":"U One"}}`
 		case call.Event == "join" && call.Group == "room.banned":
 			return 200, `{"error":{"code":"banned","message":"you are banned"}}`
 		case call.Event == "join" && call.Group == "room.gone":
@@ -155,6 +155,9 @@ func TestHooks(t *testing.T) {
 	}
 	if m := c.Next(); m["type"] != "joined" || m["group"] != "user.u1" {
 		t.Fatalf("connect hook groups: %v", m)
+	}
+	if info := e.sessionInfo(c.Channel()); info != `{"name":"U One"}` {
+		t.Fatalf("connect hook info: %q", info)
 	}
 	c.Join("room.ok")
 	for group, code := range map[string]string{"room.banned": "banned", "room.gone": "gone", "room.flaky": CodeUnavailable, "other": CodeForbidden} {

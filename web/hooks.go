@@ -74,10 +74,11 @@ type hookAnswer struct {
 		Message string `json:"message"`
 	} `json:"error"`
 	// connect: who the connection is, what it may do, what it joins.
-	User   *string  `json:"user"`
-	Join   []string `json:"join"`
-	Send   []string `json:"send"`
-	Groups []string `json:"groups"`
+	User   *string         `json:"user"`
+	Join   []string        `json:"join"`
+	Send   []string        `json:"send"`
+	Groups []string        `json:"groups"`
+	Info   json.RawMessage `json:"info"`
 	// send: the data to publish instead.
 	Data json.RawMessage `json:"data"`
 }
@@ -104,6 +105,9 @@ func (h *hookConsumer) Connect(ctx context.Context, r *ConnectRequest) error {
 		r.Permissions = &Permissions{Join: a.Join, Send: a.Send}
 	}
 	r.Groups = append(r.Groups, a.Groups...)
+	if a.Info != nil {
+		r.Info = a.Info
+	}
 	return nil
 }
 

@@ -100,3 +100,13 @@ func (e *env) dial(header ...string) *wstest.Client {
 }
 
 func (e *env) wsURL() string { return "ws" + strings.TrimPrefix(e.http.URL, "http") + "/ws" }
+
+// sessionInfo is the presence info of the session on channel.
+func (e *env) sessionInfo(channel string) string {
+	e.srv.mu.Lock()
+	defer e.srv.mu.Unlock()
+	if ss := e.srv.byChannel[channel]; ss != nil {
+		return string(ss.info)
+	}
+	return ""
+}

@@ -277,7 +277,7 @@ func (s *Server) serveWS(c echo.Context) error {
 		if err != nil {
 			return err
 		}
-		cr.User, cr.Permissions, expires = id.user, &Permissions{Join: id.join, Send: id.send}, id.expires
+		cr.User, cr.Permissions, cr.Info, expires = id.user, &Permissions{Join: id.join, Send: id.send}, id.info, id.expires
 	}
 	if err := s.consumer.Connect(r.Context(), cr); err != nil {
 		return err

@@ -20,7 +20,7 @@ var appSettings = []string{"PORT", "REGION", "API_KEY", "NODE_ID"}
 
 // App is a running groupcast process.
 type App struct {
-	URL  string // http://127.0.0.1:<PORT>
+	URL  string // http://<host>:<PORT>
 	cmd  *exec.Cmd
 	done chan struct{}
 	err  error // the process's exit status, once done is closed
@@ -32,7 +32,18 @@ type App struct {
 // On Unix the process gets its own process group, so terminal signals reach only the
 // caller; Stop ends it.
 func StartApp(bin string, port int, settings map[string]string, out io.Writer) (*App, error) {
-	cmd := exec.Command(bin)
+	return startApp([]string{bin}, fmt.Sprintf("http://127.0.0.1:%d", port), port, settings, out)
+}
+
+// StartAppInNetns is StartApp for an instance inside the Linux network namespace netns
+// (run with "ip netns exec", which needs root), listening on every address there;
+// host is an address of the namespace that this process reaches it at.
+func StartAppInNetns(netns, host, bin string, port int, settings map[string]string, out io.Writer) (*App, error) {
+	return startApp([]string{"ip", "netns", "exec", netns, bin}, fmt.Sprintf("http://%s:%d", host, port), port, settings, out)
+}
+
+func startApp(argv []string, url string, port int, settings map[string]string, out io.Writer) (*App, error) {
+	cmd := exec.Command(argv[0], argv[1:]...)
 	for _, kv := range os.Environ() {
 		name, _, _ := strings.Cut(kv, "=")
 		if !isAppSetting(name) {
@@ -48,7 +59,7 @@ func StartApp(bin string, port int, settings map[string]string, out io.Writer) (
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	a := &App{URL: fmt.Sprintf("http://127.0.0.1:%d", port), cmd: cmd, done: make(chan struct{})}
+	a := &App{URL: url, cmd: cmd, done: make(chan struct{})}
 	go func() {
 		a.err = cmd.Wait()
 		close(a.done)

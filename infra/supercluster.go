@@ -35,11 +35,14 @@ const (
 // has exactly this many regions.
 const GatewaySlots = 3
 
-// AppUser is the NATS user (account GROUPCAST) that groupcast instances connect as;
-// SysUser belongs to the system account. Both are defined in infra/nats/accounts.conf.
+// AppUser is the NATS user (account AppAccount) that groupcast instances connect as;
+// SysUser belongs to the system account, SysAccount. All are defined in
+// infra/nats/accounts.conf.
 const (
-	AppUser = "groupcast"
-	SysUser = "sys"
+	AppUser    = "groupcast"
+	SysUser    = "sys"
+	AppAccount = "GROUPCAST"
+	SysAccount = "SYS"
 )
 
 // EnvGatewayName names the variable holding the region name of gateway entry n (1-based).
@@ -150,9 +153,17 @@ func LoadNATSOptions(confPath string, env map[string]string) (*server.Options, e
 type ServerSpec struct {
 	Region      string            // region (cluster) the server belongs to
 	Name        string            // server name
+	ClientPort  int               // client port on 127.0.0.1
 	ClusterPort int               // route port on 127.0.0.1
 	GatewayPort int               // gateway port on 127.0.0.1
 	Env         map[string]string // the variables nats-server.conf reads for this server
+
+	// GatewayAdvertise, when set, is the host:port this server tells other servers to
+	// reach its gateway at, instead of its listen address (gateway "advertise"). Tests
+	// put a proxy there to cut or slow the links between regions.
+	GatewayAdvertise string
+	// ClusterAdvertise is the same for the server's route listener.
+	ClusterAdvertise string
 }
 
 // Topology describes a supercluster on the loopback interface: its regions, in gateway
@@ -165,8 +176,10 @@ type Topology struct {
 }
 
 // LoopbackTopology plans a supercluster of GatewaySlots regions with perRegion servers
-// each, all on 127.0.0.1. Route and gateway ports are picked free now; client and
-// monitoring ports are left to the servers (-1, random), and passwords are random.
+// each, all on 127.0.0.1. Client, route and gateway ports are picked free now, so that a
+// server restarted with Supercluster.StartServer comes back where its clients and peers
+// expect it; monitoring ports are left to the servers (-1, random), and passwords are
+// random.
 func LoopbackTopology(regions []string, perRegion int) (*Topology, error) {
 	if len(regions) != GatewaySlots {
 		return nil, fmt.Errorf("a supercluster has %d regions, got %d", GatewaySlots, len(regions))
@@ -174,7 +187,7 @@ func LoopbackTopology(regions []string, perRegion int) (*Topology, error) {
 	if perRegion < 1 {
 		return nil, errors.New("a region needs at least one server")
 	}
-	ports, err := FreePorts(2 * len(regions) * perRegion)
+	ports, err := FreePorts(3 * len(regions) * perRegion)
 	if err != nil {
 		return nil, err
 	}
@@ -183,8 +196,8 @@ func LoopbackTopology(regions []string, perRegion int) (*Topology, error) {
 	gateways := map[string][]string{}
 	for _, r := range regions {
 		for i := range perRegion {
-			s := ServerSpec{Region: r, Name: fmt.Sprintf("nats-%s-%d", r, i), ClusterPort: ports[0], GatewayPort: ports[1]}
-			ports = ports[2:]
+			s := ServerSpec{Region: r, Name: fmt.Sprintf("nats-%s-%d", r, i), ClientPort: ports[0], ClusterPort: ports[1], GatewayPort: ports[2]}
+			ports = ports[3:]
 			routes[r] = append(routes[r], fmt.Sprintf("nats://127.0.0.1:%d", s.ClusterPort))
 			gateways[r] = append(gateways[r], fmt.Sprintf("nats://127.0.0.1:%d", s.GatewayPort))
 			t.Servers = append(t.Servers, s)
@@ -195,7 +208,7 @@ func LoopbackTopology(regions []string, perRegion int) (*Topology, error) {
 		s.Env = map[string]string{
 			EnvServerName:    s.Name,
 			EnvRegion:        s.Region,
-			EnvClientListen:  "127.0.0.1:-1",
+			EnvClientListen:  fmt.Sprintf("127.0.0.1:%d", s.ClientPort),
 			EnvHTTPListen:    "127.0.0.1:-1",
 			EnvClusterListen: fmt.Sprintf("127.0.0.1:%d", s.ClusterPort),
 			EnvClusterRoutes: ConfigList(routes[s.Region]),
@@ -212,10 +225,14 @@ func LoopbackTopology(regions []string, perRegion int) (*Topology, error) {
 }
 
 // Supercluster is a running set of in-process nats-servers, index-aligned with its
-// Topology's servers.
+// Topology's servers. Its methods are not safe for concurrent use with StopServer and
+// StartServer, which replace entries of Servers.
 type Supercluster struct {
 	Topology *Topology
 	Servers  []*server.Server
+
+	confPath string
+	logger   server.Logger
 }
 
 // StartSupercluster starts every server of topo from the configuration file confPath
@@ -224,22 +241,14 @@ type Supercluster struct {
 // which only exists to stagger servers started together. logger may be nil (silent).
 func StartSupercluster(confPath string, topo *Topology, logger server.Logger) (*Supercluster, error) {
 	server.SetGatewaysSolicitDelay(10 * time.Millisecond)
-	sc := &Supercluster{Topology: topo}
-	for _, spec := range topo.Servers {
-		opts, err := LoadNATSOptions(confPath, spec.Env)
+	sc := &Supercluster{Topology: topo, Servers: make([]*server.Server, len(topo.Servers)), confPath: confPath, logger: logger}
+	for i := range topo.Servers {
+		s, err := sc.newServer(i)
 		if err != nil {
 			sc.Shutdown()
-			return nil, fmt.Errorf("%s: %w", spec.Name, err)
+			return nil, err
 		}
-		s, err := server.NewServer(opts)
-		if err != nil {
-			sc.Shutdown()
-			return nil, fmt.Errorf("%s: %w", spec.Name, err)
-		}
-		if logger != nil {
-			s.SetLoggerV2(logger, false, false, false)
-		}
-		sc.Servers = append(sc.Servers, s)
+		sc.Servers[i] = s
 		go s.Start()
 	}
 	for i, s := range sc.Servers {
@@ -249,6 +258,54 @@ func StartSupercluster(confPath string, topo *Topology, logger server.Logger) (*
 		}
 	}
 	return sc, nil
+}
+
+// newServer creates (without starting) server i from the configuration file.
+func (sc *Supercluster) newServer(i int) (*server.Server, error) {
+	spec := sc.Topology.Servers[i]
+	opts, err := LoadNATSOptions(sc.confPath, spec.Env)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", spec.Name, err)
+	}
+	if spec.GatewayAdvertise != "" {
+		opts.Gateway.Advertise = spec.GatewayAdvertise
+	}
+	if spec.ClusterAdvertise != "" {
+		opts.Cluster.Advertise = spec.ClusterAdvertise
+	}
+	s, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", spec.Name, err)
+	}
+	if sc.logger != nil {
+		s.SetLoggerV2(sc.logger, false, false, false)
+	}
+	return s, nil
+}
+
+// StopServer shuts server i down, as a crash or a stopped VM would (no lame-duck
+// mode), and waits until it has stopped. Its clients, routes and gateways see their
+// connections close.
+func (sc *Supercluster) StopServer(i int) {
+	sc.Servers[i].Shutdown()
+	sc.Servers[i].WaitForShutdown()
+}
+
+// StartServer starts server i afresh from the configuration file, on the ports it had,
+// and waits until it accepts clients. Its routes and gateways reconnect on their own.
+func (sc *Supercluster) StartServer(i int) error {
+	s, err := sc.newServer(i)
+	if err != nil {
+		return err
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		s.Shutdown()
+		s.WaitForShutdown()
+		return fmt.Errorf("%s: not ready for connections", sc.Topology.Servers[i].Name)
+	}
+	sc.Servers[i] = s
+	return nil
 }
 
 // Joined reports nil when every server has a route to every other server of its region
@@ -330,33 +387,48 @@ func (sc *Supercluster) WaitJoined(ctx context.Context) error {
 // ClientURLs returns the client URLs of the servers in region, without credentials.
 func (sc *Supercluster) ClientURLs(region string) []string {
 	var urls []string
-	for i, s := range sc.Servers {
-		if sc.Topology.Servers[i].Region == region {
-			urls = append(urls, s.ClientURL())
+	for i, spec := range sc.Topology.Servers {
+		if spec.Region == region {
+			urls = append(urls, sc.clientURL(i))
 		}
 	}
 	return urls
+}
+
+// clientURL is server i's client URL, known from its spec even while it is stopped.
+func (sc *Supercluster) clientURL(i int) string {
+	return fmt.Sprintf("nats://127.0.0.1:%d", sc.Topology.Servers[i].ClientPort)
 }
 
 // NATSURL returns the value of groupcast's NATS_URL setting for an instance in region:
 // the region's servers, comma-separated, with AppUser's credentials.
 func (sc *Supercluster) NATSURL(region string) string {
 	var urls []string
-	for _, u := range sc.ClientURLs(region) {
-		pu, err := url.Parse(u)
-		if err != nil {
-			continue
+	for i, spec := range sc.Topology.Servers {
+		if spec.Region == region {
+			urls = append(urls, sc.ServerNATSURL(i))
 		}
-		pu.User = url.UserPassword(AppUser, sc.Topology.AppPassword)
-		urls = append(urls, pu.String())
 	}
 	return strings.Join(urls, ",")
+}
+
+// ServerNATSURL returns a NATS_URL naming server i alone, with AppUser's credentials.
+func (sc *Supercluster) ServerNATSURL(i int) string {
+	u, err := url.Parse(sc.clientURL(i))
+	if err != nil {
+		return ""
+	}
+	u.User = url.UserPassword(AppUser, sc.Topology.AppPassword)
+	return u.String()
 }
 
 // Shutdown stops every server and waits for them to finish.
 func (sc *Supercluster) Shutdown() {
 	var wg sync.WaitGroup
 	for _, s := range sc.Servers {
+		if s == nil {
+			continue
+		}
 		wg.Go(func() {
 			s.Shutdown()
 			s.WaitForShutdown()

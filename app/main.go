@@ -107,6 +107,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer, list
 		WriteTimeout:     cfg.WriteTimeout,
 		PingInterval:     cfg.PingInterval,
 		MaxConnectionAge: cfg.MaxConnAge,
+		NATSLossGrace:    cfg.NATSLossGrace,
 		TraceProject:     cfg.TraceProject,
 		Metrics:          metrics,
 		Logger:           log,

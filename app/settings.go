@@ -55,6 +55,7 @@ type settings struct {
 	PingInterval    time.Duration
 	ShutdownTimeout time.Duration
 	MaxConnAge      time.Duration
+	NATSLossGrace   time.Duration
 	PprofAddr       string
 	TraceProject    string
 	LogLevel        slog.Level
@@ -149,6 +150,7 @@ var settingsTable = []setting{
 	{"WRITE_TIMEOUT", "10s", "bound on one WebSocket write or ping", durationSetting(func(s *settings) *time.Duration { return &s.WriteTimeout })},
 	{"PING_INTERVAL", "25s", "how often idle WebSockets are pinged", durationSetting(func(s *settings) *time.Duration { return &s.PingInterval })},
 	{"MAX_CONNECTION_AGE", "55m", "WebSockets are closed with 1012 after this long (less up to a tenth, at random), before Cloud Run's request timeout cuts them", durationSetting(func(s *settings) *time.Duration { return &s.MaxConnAge })},
+	{"NATS_LOSS_GRACE", "5s", "how long NATS may be unavailable before every WebSocket is closed with 1012 (and new ones refused with 503) so clients reconnect where messages flow", durationSetting(func(s *settings) *time.Duration { return &s.NATSLossGrace })},
 	{"GOOGLE_CLOUD_PROJECT", "", "project id for Cloud Logging trace fields (logging.googleapis.com/trace)", func(s *settings, v string) error { s.TraceProject = v; return nil }},
 	{"SHUTDOWN_TIMEOUT", "8s", "bound on the graceful shutdown after SIGTERM", durationSetting(func(s *settings) *time.Duration { return &s.ShutdownTimeout })},
 	{"PPROF_ADDR", "", "serve Go's profiler (net/http/pprof) on this separate host:port, e.g. 127.0.0.1:6060; off when unset", hostPortSetting(func(s *settings) *string { return &s.PprofAddr })},

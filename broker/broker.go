@@ -381,10 +381,12 @@ func (b *Broker) CloseChannel(channel string) {
 }
 
 // GroupAdd adds a channel of this node to a group. When it returns nil the
-// membership is live: any message published to the group after that
-// reaches the channel. The first local member subscribes the node to the
-// group and waits for the NATS server to confirm, bounded by ctx. Adding a
-// channel twice is a no-op.
+// membership is live on this node's NATS server: any message published
+// through that server afterwards reaches the channel (other servers of a
+// cluster learn of it a route hop later, other regions a gateway hop
+// later). The first local member subscribes the node to the group and
+// waits for the server to confirm, bounded by ctx. Adding a channel twice
+// is a no-op.
 func (b *Broker) GroupAdd(ctx context.Context, groupName, channel string) error {
 	if !ValidGroup(groupName) {
 		return ErrInvalidGroup

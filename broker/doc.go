@@ -41,9 +41,11 @@
 //     Nothing is retried.
 //   - Membership is live when GroupAdd returns: the node's subscription
 //     has been confirmed by its NATS server, so a message published
-//     through the same NATS cluster after that reaches the member. Across
-//     a supercluster's gateways interest spreads asynchronously, so a
-//     message published in another region right after the join may miss it.
+//     through that server after that reaches the member. The cluster's
+//     other servers learn of it one route hop later (under a millisecond
+//     on a LAN), and other regions one gateway hop later (one inter-region
+//     one-way latency), so a message published through them right after
+//     the join may miss it.
 //   - After GroupDiscard or CloseChannel returns, the channel receives no
 //     more frames from the group.
 //   - Order: messages from one publisher to one group arrive in the order

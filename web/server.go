@@ -51,6 +51,10 @@ type Config struct {
 	APIKeys []string
 	// Auth configures connection tokens. Zero: anonymous connections.
 	Auth AuthConfig
+	// NATSLossGrace is how long NATS may be unavailable before every
+	// WebSocket is closed with 1012 (and new ones refused with 503), so that
+	// clients reconnect to an instance that can deliver. Default 5s.
+	NATSLossGrace time.Duration
 	// MaxConnections bounds this instance's WebSockets; more are refused
 	// with 503. Default 10000.
 	MaxConnections int
@@ -126,6 +130,7 @@ func (c *Config) setDefaults() {
 	setDuration(&c.JoinTimeout, 5*time.Second)
 	setDuration(&c.MaxConnectionAge, 55*time.Minute)
 	setInt(&c.MaxConnections, 10000)
+	setDuration(&c.NATSLossGrace, 5*time.Second)
 	if c.FramesPerSecond <= 0 {
 		c.FramesPerSecond = 20
 	}
@@ -266,6 +271,9 @@ func (s *Server) serveWS(c echo.Context) error {
 	if ip := clientIP(r, s.cfg.TrustedProxies); !isLoopback(net.JoinHostPort(ip, "0")) && !s.shakes.allow(ip, time.Now()) {
 		return refuse(CodeRateLimited, "too many new connections from this address; retry later")
 	}
+	if err := s.broker.Ready(); err != nil {
+		return refuse(CodeUnavailable, "messaging is unavailable here; retry, elsewhere if need be")
+	}
 	if s.metricsConnections() >= s.cfg.MaxConnections {
 		return refuse(CodeUnavailable, "this instance has as many connections as allowed; retry elsewhere")
 	}
@@ -395,6 +403,7 @@ func (s *Server) watchdog(stop <-chan struct{}) {
 	tick := time.NewTicker(watchdogInterval)
 	defer tick.Stop()
 	var stuck []*session
+	var lostSince time.Time // when the broker stopped being able to deliver
 	for {
 		select {
 		case <-stop:
@@ -414,8 +423,40 @@ func (s *Server) watchdog(stop <-chan struct{}) {
 				ss.logger().Info("write timed out; dropping the connection")
 				ss.conn.CloseNow()
 			}
+			lostSince = s.closeIfLost(now, lostSince)
 		}
 	}
+}
+
+// closeIfLost closes every WebSocket with 1012 once the broker has been
+// unable to deliver for NATSLossGrace, so that clients reconnect to an
+// instance that can (another region, behind a global load balancer)
+// instead of waiting, connected and told nothing. It returns when the
+// loss began (zero while the broker is ready).
+func (s *Server) closeIfLost(now, since time.Time) time.Time {
+	if s.broker.Ready() == nil {
+		return time.Time{}
+	}
+	if since.IsZero() {
+		return now
+	}
+	if now.Sub(since) < s.cfg.NATSLossGrace {
+		return since
+	}
+	s.mu.Lock()
+	n := 0
+	for ss := range s.sessions {
+		if !ss.out.isClosing() {
+			ss.close(websocket.StatusServiceRestart, "messaging unavailable")
+			n++
+		}
+	}
+	s.mu.Unlock()
+	if n > 0 {
+		s.log.Warn("NATS unavailable: closed every WebSocket so clients reconnect elsewhere",
+			"sockets", n, "for", now.Sub(since).Round(time.Second).String())
+	}
+	return since
 }
 
 // watchdogInterval is how often writes are checked: the resolution of

@@ -2,6 +2,7 @@ package web
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -293,4 +294,28 @@ func TestReadCloseError(t *testing.T) {
 	c.Join("g")
 	c.Conn.CloseNow()
 	waitFor(t, 5*time.Second, func() bool { return e.broker.Stats().Channels == 0 && e.broker.Stats().Groups == 0 })
+}
+
+// TestNATSLostClosesSockets: when NATS stays unavailable past the grace,
+// every socket is closed with 1012 so its client reconnects where
+// messages flow, and new sockets are refused with 503.
+func TestNATSLostClosesSockets(t *testing.T) {
+	ns := natstest.Start(t, -1)
+	e := newEnv(t, ns.ClientURL(), &Config{NATSLossGrace: 300 * time.Millisecond})
+	c := e.dial()
+	c.Join("g")
+	ns.Shutdown()
+	ns.WaitForShutdown()
+	start := time.Now()
+	_, err := c.Raw()
+	var ce websocket.CloseError
+	if !errors.As(err, &ce) || ce.Code != websocket.StatusServiceRestart || ce.Reason != "messaging unavailable" {
+		t.Fatalf("socket ended with %v, want 1012 messaging unavailable", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("closed after %v", d)
+	}
+	if status, body := e.dialStatus("", nil); status != http.StatusServiceUnavailable {
+		t.Fatalf("new socket while NATS is down: %d %s", status, body)
+	}
 }

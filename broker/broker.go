@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"log/slog"
+	"os"
 	"runtime"
 	"strconv"
 	"sync"
@@ -92,6 +93,28 @@ type Config struct {
 	// on the dispatch goroutine: keep it cheap (a histogram observation).
 	OnFanout func(members int, took time.Duration)
 
+	// Policies choose how groups keep their messages (first match wins;
+	// unmatched groups are AtMostOnce). Recoverable and Latest groups are
+	// kept in JetStream, which the embedded server then runs and an
+	// external cluster must offer.
+	Policies []PolicyRule
+	// HistorySize is how many messages a recoverable group keeps, and the
+	// most a resume replays. Default 1000.
+	HistorySize int
+	// HistoryTTL is how long kept messages live. Default 1h.
+	HistoryTTL time.Duration
+	// FileStore keeps history on disk (in StoreDir when embedded) instead
+	// of in memory. Default false: memory.
+	FileStore bool
+	// StoreDir is the embedded server's JetStream directory, required with
+	// FileStore; without it a temporary directory is used and removed.
+	StoreDir string
+	// DedupWindow is how long an idempotency key is remembered. Default 2m.
+	DedupWindow time.Duration
+	// Replicas is the number of copies of each history stream in a
+	// cluster. Default 1.
+	Replicas int
+
 	// Presence lists the groups whose members are tracked (see
 	// PresenceGet): group names, or prefixes ending in '*'. Default none:
 	// presence costs nothing.
@@ -136,6 +159,22 @@ func (c *Config) setDefaults() error {
 	setDuration(&c.FlushTimeout, 5*time.Second)
 	if c.QueueLen <= 0 {
 		c.QueueLen = 8192
+	}
+	for _, r := range c.Policies {
+		if !ValidPolicyPattern(r.Pattern) {
+			return fmt.Errorf("broker: policy pattern %q: want a group name, * or a prefix ending in .*", r.Pattern)
+		}
+	}
+	if c.HistorySize <= 0 {
+		c.HistorySize = 1000
+	}
+	setDuration(&c.HistoryTTL, time.Hour)
+	setDuration(&c.DedupWindow, 2*time.Minute)
+	if c.Replicas <= 0 {
+		c.Replicas = 1
+	}
+	if c.FileStore && c.URL == "" && c.StoreDir == "" {
+		return errors.New("broker: file storage needs a store directory")
 	}
 	for _, p := range c.Presence {
 		if !ValidPresencePattern(p) {
@@ -182,6 +221,8 @@ type Broker struct {
 	workers sync.WaitGroup
 	direct  *nats.Subscription
 	flusher *flusher
+	history *history // nil without recoverable or latest groups
+	tmpDir  string   // the embedded server's temporary store, removed at Close
 
 	presence *presence // nil: no presence groups
 
@@ -207,10 +248,12 @@ type group struct {
 	ready chan struct{} // closed once the subscription is live, or failed
 	err   error         // why it failed; written before ready is closed
 	sub   *nats.Subscription
+	kept  *stream // the history stream, nil for an at-most-once group
 
-	mu      sync.RWMutex // guards members and index; read-held during fan-out
-	members []*member
-	index   map[*member]int
+	mu         sync.RWMutex // guards members, index and recovering; read-held during fan-out
+	members    []*member
+	index      map[*member]int
+	recovering map[*member]*recovery // members whose history is being replayed
 }
 
 // member is one open channel.
@@ -240,12 +283,24 @@ func New(cfg Config) (*Broker, error) {
 		bySub:        make(map[*nats.Subscription]*group),
 		channels:     make(map[string]*member),
 	}
+	if cfg.URL == "" && cfg.needsJetStream() && cfg.StoreDir == "" {
+		dir, err := os.MkdirTemp("", "groupcast-jetstream-")
+		if err != nil {
+			return nil, fmt.Errorf("broker: JetStream store: %w", err)
+		}
+		b.tmpDir, b.cfg.StoreDir = dir, dir
+	}
 	nc, ns, err := connect(&b.cfg, b.handlers())
 	if err != nil {
+		os.RemoveAll(b.tmpDir)
 		return nil, err
 	}
 	b.nc, b.ns = nc, ns
 	b.flusher = newFlusher(nc, cfg.FlushTimeout)
+	if b.history, err = newHistory(b); err != nil {
+		b.Close(context.Background())
+		return nil, err
+	}
 
 	n := min(runtime.GOMAXPROCS(0), 16)
 	b.shards = make([]chan *nats.Msg, n)
@@ -388,22 +443,33 @@ func (b *Broker) CloseChannel(channel string) {
 // waits for the server to confirm, bounded by ctx. Adding a channel twice
 // is a no-op.
 func (b *Broker) GroupAdd(ctx context.Context, groupName, channel string) error {
+	_, err := b.GroupJoin(ctx, groupName, channel, nil)
+	return err
+}
+
+// GroupJoin is GroupAdd that resumes: in a recoverable group, with since
+// set, the channel first gets every kept message after since.Offset, then
+// live ones, with no gap and no duplicate; Recovery says whether that was
+// everything it missed. In a latest group the channel first gets the
+// newest kept message. Replayed frames count against the receiver like
+// any others.
+func (b *Broker) GroupJoin(ctx context.Context, groupName, channel string, since *Since) (Recovery, error) {
 	if !ValidGroup(groupName) {
-		return ErrInvalidGroup
+		return Recovery{}, ErrInvalidGroup
 	}
 	b.mu.Lock()
 	if b.closing {
 		b.mu.Unlock()
-		return fmt.Errorf("%w: closing", ErrUnavailable)
+		return Recovery{}, fmt.Errorf("%w: closing", ErrUnavailable)
 	}
 	m := b.channels[channel]
 	if m == nil {
 		b.mu.Unlock()
-		return ErrUnknownChannel
+		return Recovery{}, ErrUnknownChannel
 	}
 	if g := m.groups[groupName]; g != nil {
 		b.mu.Unlock()
-		return b.await(ctx, g)
+		return Recovery{}, b.await(ctx, g)
 	}
 	g := b.groups[groupName]
 	first := g == nil
@@ -423,15 +489,29 @@ func (b *Broker) GroupAdd(ctx context.Context, groupName, channel string) error 
 	}
 	if err := b.await(ctx, g); err != nil {
 		b.discard(m, g)
-		return err
+		return Recovery{}, err
 	}
+	rec := &recovery{}
 	b.mu.Lock()
 	live := m.groups[groupName] == g // not discarded or closed meanwhile
 	if live {
-		g.add(m)
+		g.add(m, rec)
 	}
 	b.mu.Unlock()
-	return nil
+	if !live || g.kept == nil {
+		return Recovery{}, nil
+	}
+	// Live messages for m are held in rec while the history is replayed,
+	// then those after the replay's last offset follow it.
+	got, last, err := b.replay(ctx, g.kept, g, m.recv, since)
+	if lost := g.recovered(m, rec, last); lost {
+		got.Recovered = false
+	}
+	if err != nil {
+		b.discard(m, g)
+		return Recovery{}, err
+	}
+	return got, nil
 }
 
 // subscribe makes g's subscription live: subscribe, then flush so the
@@ -439,7 +519,18 @@ func (b *Broker) GroupAdd(ctx context.Context, groupName, channel string) error 
 // The flush is bounded by Config.FlushTimeout, not by the first joiner's
 // context, so that one impatient joiner does not fail the others.
 func (b *Broker) subscribe(g *group) {
-	sub, err := b.nc.ChanSubscribe(b.groupPrefix+g.name, b.shard(g.name))
+	var sub *nats.Subscription
+	kept, err := b.history.streamOf(g.name)
+	if err == nil && kept != nil {
+		// A kept group is read through an ordered consumer, whose messages
+		// carry their offset; it exists once the call returns, and takes
+		// every message stored from then on.
+		g.kept = kept
+		sub, err = b.history.js.ChanSubscribe(b.groupPrefix+g.name, b.shard(g.name),
+			nats.OrderedConsumer(), nats.DeliverNew(), nats.BindStream(kept.name))
+	} else if err == nil {
+		sub, err = b.nc.ChanSubscribe(b.groupPrefix+g.name, b.shard(g.name))
+	}
 	if err == nil {
 		b.mu.Lock()
 		g.sub = sub
@@ -538,10 +629,52 @@ func (b *Broker) unsubscribe(sub *nats.Subscription) {
 // GroupSend publishes data, one JSON value, to every member of the group
 // on every node. It returns once NATS has taken the message.
 func (b *Broker) GroupSend(groupName string, data []byte) error {
+	_, err := b.GroupPublish(groupName, data, "")
+	return err
+}
+
+// GroupPublish is GroupSend that reports, for a recoverable or latest
+// group, the message's offset once JetStream has stored it. With an
+// idempotency key, a publish that repeats a key seen within
+// Config.DedupWindow is not delivered again (Receipt.Duplicate); keys need
+// a recoverable or latest group.
+func (b *Broker) GroupPublish(groupName string, data []byte, key string) (Receipt, error) {
 	if !ValidGroup(groupName) {
-		return ErrInvalidGroup
+		return Receipt{}, ErrInvalidGroup
 	}
-	return b.publish(b.groupPrefix+groupName, data)
+	kept, err := b.history.streamOf(groupName)
+	if err != nil {
+		return Receipt{}, err
+	}
+	if kept == nil {
+		if key != "" {
+			return Receipt{}, ErrIdempotencyUnsupported
+		}
+		return Receipt{}, b.publish(b.groupPrefix+groupName, data)
+	}
+	data, err = compactJSON(data)
+	if err != nil {
+		return Receipt{}, err
+	}
+	if err := b.Ready(); err != nil {
+		return Receipt{}, err
+	}
+	msg := &nats.Msg{Subject: b.groupPrefix + groupName, Data: data, Header: nats.Header{}}
+	if b.cfg.Region != "" {
+		msg.Header.Set(RegionHeader, b.cfg.Region)
+	}
+	if key != "" {
+		msg.Header.Set(nats.MsgIdHdr, key)
+	}
+	ack, err := b.history.js.PublishMsg(msg)
+	if err != nil {
+		if errors.Is(err, nats.ErrMaxPayload) {
+			return Receipt{}, ErrTooLarge
+		}
+		return Receipt{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	b.stats.published.Add(1)
+	return Receipt{Offset: ack.Sequence, Epoch: kept.currentEpoch(), Duplicate: ack.Duplicate}, nil
 }
 
 // Send publishes data, one JSON value, to one channel, on whichever node
@@ -626,6 +759,9 @@ func (b *Broker) Close(ctx context.Context) error {
 		}
 		b.presence.close()
 		b.closeErr = closeConn(ctx, b.nc, b.closed, b.ns)
+		if b.tmpDir != "" {
+			os.RemoveAll(b.tmpDir)
+		}
 		close(b.stop)
 		b.workers.Wait()
 		b.log.Info("broker stopped")
@@ -633,17 +769,51 @@ func (b *Broker) Close(ctx context.Context) error {
 	return b.closeErr
 }
 
-func (g *group) add(m *member) {
+// add makes m a member; in a kept group its frames go to rec until
+// recovered is called.
+func (g *group) add(m *member, rec *recovery) {
 	g.mu.Lock()
 	if _, ok := g.index[m]; !ok {
 		g.index[m] = len(g.members)
 		g.members = append(g.members, m)
+		if g.kept != nil {
+			if g.recovering == nil {
+				g.recovering = make(map[*member]*recovery)
+			}
+			g.recovering[m] = rec
+		}
 	}
 	g.mu.Unlock()
 }
 
+// recovered ends m's recovery: the frames held for it that came after
+// offset last go to it, in order, before any live one can. It reports
+// whether frames were lost for want of room.
+func (g *group) recovered(m *member, rec *recovery, last uint64) (lost bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.recovering[m] != rec {
+		return false // left meanwhile
+	}
+	delete(g.recovering, m)
+	if len(g.recovering) == 0 {
+		g.recovering = nil
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	for _, f := range rec.frames {
+		if f.seq > last {
+			m.recv.Receive(f.frame)
+		}
+	}
+	return rec.lost
+}
+
 func (g *group) remove(m *member) {
 	g.mu.Lock()
+	if delete(g.recovering, m); len(g.recovering) == 0 {
+		g.recovering = nil
+	}
 	if i, ok := g.index[m]; ok {
 		last := len(g.members) - 1
 		g.members[i] = g.members[last]

@@ -83,6 +83,8 @@ func startEmbedded(cfg *Config) (*server.Server, error) {
 		NoSigs:     true,
 		DontListen: cfg.ListenAddr == "",
 		MaxPayload: int32(cfg.MaxPayload),
+		JetStream:  cfg.needsJetStream(),
+		StoreDir:   cfg.StoreDir,
 	}
 	if cfg.ListenAddr != "" {
 		host, port, err := splitHostPort(cfg.ListenAddr)

@@ -43,15 +43,35 @@ func (b *Broker) dispatch(msg *nats.Msg) {
 	if g == nil {
 		return // unsubscribed meanwhile
 	}
-	frame, err := appendFrame(nil, `{"type":"message","group":"`, g.name, originRegion(msg), msg.Data)
+	var ext []byte
+	var seq uint64
+	if g.kept != nil {
+		meta, err := msg.Metadata()
+		if err != nil {
+			return // not a stream message
+		}
+		seq = meta.Sequence.Stream
+		ext = messageExt(seq, g.kept.currentEpoch())
+	}
+	frame, err := appendFrameExt(nil, `{"type":"message","group":"`, g.name, originRegion(msg), ext, msg.Data)
 	if err != nil {
 		b.stats.invalid.Add(1)
 		b.log.Warn("dropped a message that is not JSON", "group", g.name, "bytes", len(msg.Data))
 		return
 	}
 	g.mu.RLock()
-	for _, m := range g.members {
-		m.recv.Receive(frame)
+	if g.recovering == nil {
+		for _, m := range g.members {
+			m.recv.Receive(frame)
+		}
+	} else {
+		for _, m := range g.members {
+			if r := g.recovering[m]; r != nil {
+				r.add(seq, frame) // sent after its replay
+			} else {
+				m.recv.Receive(frame)
+			}
+		}
 	}
 	n := len(g.members)
 	g.mu.RUnlock()
@@ -97,9 +117,15 @@ func originRegion(msg *nats.Msg) string {
 // value and compacted if it holds newlines, which separate objects in a
 // server frame.
 func appendFrame(buf []byte, head, name, region string, data []byte) ([]byte, error) {
-	const mid = `","data":`
+	return appendFrameExt(buf, head, name, region, nil, data)
+}
+
+// appendFrameExt is appendFrame with more fields, pre-encoded (each
+// starting with a comma), between the region and the data.
+func appendFrameExt(buf []byte, head, name, region string, ext, data []byte) ([]byte, error) {
+	const mid = `,"data":`
 	if buf == nil {
-		buf = make([]byte, 0, len(head)+len(name)+len(region)+len(mid)+len(data)+16)
+		buf = make([]byte, 0, len(head)+len(name)+len(region)+len(ext)+len(mid)+len(data)+16)
 	}
 	buf = append(buf, head...)
 	buf = append(buf, name...)
@@ -107,6 +133,8 @@ func appendFrame(buf []byte, head, name, region string, data []byte) ([]byte, er
 		buf = append(buf, `","region":"`...)
 		buf = append(buf, region...)
 	}
+	buf = append(buf, '"')
+	buf = append(buf, ext...)
 	buf = append(buf, mid...)
 	if !json.Valid(data) {
 		return nil, ErrInvalidData

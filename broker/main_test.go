@@ -34,6 +34,8 @@ var (
 
 func startNATS(t testing.TB) *server.Server { return natstest.Start(t, -1) }
 
+func startJetStreamNATS(t testing.TB) *server.Server { return natstest.StartJetStream(t) }
+
 // newBroker returns a broker (embedded when url is empty) closed at cleanup.
 func newBroker(t testing.TB, url string) *Broker {
 	t.Helper()

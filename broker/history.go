@@ -1,0 +1,415 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// Policy is how a group's messages are kept.
+type Policy int
+
+const (
+	// AtMostOnce groups go over core NATS and keep nothing (the default).
+	AtMostOnce Policy = iota
+	// Recoverable groups keep a window of history in JetStream; members
+	// can resume from the last offset they saw.
+	Recoverable
+	// Latest groups keep only their newest message, which every joiner
+	// gets at once.
+	Latest
+)
+
+// String names the policy as settings spell it.
+func (p Policy) String() string {
+	switch p {
+	case Recoverable:
+		return "recoverable"
+	case Latest:
+		return "latest"
+	}
+	return "at-most-once"
+}
+
+// ParsePolicy reads "at-most-once", "recoverable" or "latest".
+func ParsePolicy(s string) (Policy, bool) {
+	for _, p := range []Policy{AtMostOnce, Recoverable, Latest} {
+		if p.String() == s {
+			return p, true
+		}
+	}
+	return 0, false
+}
+
+// PolicyRule gives the groups matching Pattern a policy. Patterns are a
+// group name, "*" (every group) or a prefix ending in ".*" (every group
+// below it), so that each maps onto a NATS subject filter.
+type PolicyRule struct {
+	Pattern string
+	Policy  Policy
+}
+
+// ValidPolicyPattern reports whether p can be a PolicyRule pattern.
+func ValidPolicyPattern(p string) bool {
+	if p == "*" {
+		return true
+	}
+	if prefix, ok := strings.CutSuffix(p, ".*"); ok {
+		return ValidGroup(prefix)
+	}
+	return ValidGroup(p)
+}
+
+// Errors of history and idempotent publishing.
+var (
+	// ErrIdempotencyUnsupported means an idempotency key was given for a
+	// group that keeps no history (at-most-once).
+	ErrIdempotencyUnsupported = errors.New("broker: idempotency keys need a recoverable or latest group")
+	// ErrNoHistory means the group keeps no history.
+	ErrNoHistory = errors.New("broker: this group keeps no history")
+)
+
+// Since is where a member wants to resume: after Offset, in Epoch.
+type Since struct {
+	Offset uint64
+	Epoch  string
+}
+
+// Recovery reports what a join with Since replayed.
+type Recovery struct {
+	// Recovered is true when every message after the offset was still
+	// kept (and the epoch matched), so the member has missed nothing.
+	Recovered bool
+	// Replayed counts the messages sent before live ones.
+	Replayed int
+}
+
+// Receipt is what a publish to a recoverable or latest group returns.
+type Receipt struct {
+	Offset    uint64 // the message's offset in its group's history
+	Epoch     string
+	Duplicate bool // an idempotency key seen within the window: not published again
+}
+
+// HistoryMessage is one kept message.
+type HistoryMessage struct {
+	Offset uint64
+	Region string
+	Data   []byte
+}
+
+// stream is one of the (at most two) JetStream streams behind policies.
+type stream struct {
+	name    string
+	policy  Policy
+	filters []string
+
+	mu    sync.Mutex
+	epoch string // changes when the stream is created anew
+	ready bool
+}
+
+// history is the broker's JetStream side, nil without policies.
+type history struct {
+	js      nats.JetStreamContext
+	rules   []PolicyRule
+	streams map[Policy]*stream
+	size    int
+	ttl     time.Duration
+	dedup   time.Duration
+	memory  bool
+	reps    int
+}
+
+func (c *Config) needsJetStream() bool {
+	for _, r := range c.Policies {
+		if r.Policy != AtMostOnce {
+			return true
+		}
+	}
+	return false
+}
+
+func newHistory(b *Broker) (*history, error) {
+	cfg := &b.cfg
+	if !cfg.needsJetStream() {
+		return nil, nil
+	}
+	js, err := b.nc.JetStream()
+	if err != nil {
+		return nil, fmt.Errorf("broker: JetStream: %w", err)
+	}
+	h := &history{js: js, rules: cfg.Policies, streams: make(map[Policy]*stream),
+		size: cfg.HistorySize, ttl: cfg.HistoryTTL, dedup: cfg.DedupWindow, memory: !cfg.FileStore, reps: cfg.Replicas}
+	base := strings.ToUpper(strings.NewReplacer(".", "_", "-", "_").Replace(cfg.Prefix))
+	for _, r := range cfg.Policies {
+		if r.Policy == AtMostOnce {
+			continue
+		}
+		s := h.streams[r.Policy]
+		if s == nil {
+			s = &stream{name: base + "_" + strings.ToUpper(r.Policy.String()), policy: r.Policy}
+			h.streams[r.Policy] = s
+		}
+		s.filters = append(s.filters, policyFilter(b.groupPrefix, r.Pattern))
+	}
+	if b.nc.IsConnected() {
+		for _, s := range h.streams {
+			if err := h.ensure(s); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return h, nil
+}
+
+// policyFilter maps a pattern onto the subjects of its groups.
+func policyFilter(groupPrefix, pattern string) string {
+	if pattern == "*" {
+		return groupPrefix + ">"
+	}
+	if prefix, ok := strings.CutSuffix(pattern, ".*"); ok {
+		return groupPrefix + prefix + ".>"
+	}
+	return groupPrefix + pattern
+}
+
+// policy returns the policy of a group: the first rule that matches.
+func (h *history) policy(group string) Policy {
+	if h == nil {
+		return AtMostOnce
+	}
+	for _, r := range h.rules {
+		if r.Pattern == "*" || r.Pattern == group || strings.HasSuffix(r.Pattern, ".*") && strings.HasPrefix(group, r.Pattern[:len(r.Pattern)-1]) {
+			return r.Policy
+		}
+	}
+	return AtMostOnce
+}
+
+// streamOf returns the stream behind a group, ensured, or nil for an
+// at-most-once group.
+func (h *history) streamOf(group string) (*stream, error) {
+	p := h.policy(group)
+	if p == AtMostOnce {
+		return nil, nil
+	}
+	s := h.streams[p]
+	s.mu.Lock()
+	ready := s.ready
+	s.mu.Unlock()
+	if !ready {
+		if err := h.ensure(s); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// ensure creates or updates a stream and reads its epoch.
+func (h *history) ensure(s *stream) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cfg := &nats.StreamConfig{
+		Name:              s.name,
+		Subjects:          s.filters,
+		Storage:           nats.FileStorage,
+		MaxAge:            h.ttl,
+		MaxMsgsPerSubject: int64(h.size),
+		Duplicates:        h.dedup,
+		Replicas:          h.reps,
+		Discard:           nats.DiscardOld,
+		AllowDirect:       true,
+	}
+	if s.policy == Latest {
+		cfg.MaxMsgsPerSubject = 1
+	}
+	if h.memory {
+		cfg.Storage = nats.MemoryStorage
+	}
+	info, err := h.js.AddStream(cfg)
+	if errors.Is(err, nats.ErrStreamNameAlreadyInUse) {
+		info, err = h.js.UpdateStream(cfg)
+	}
+	if err != nil {
+		return fmt.Errorf("%w: stream %s: %v", ErrUnavailable, s.name, err)
+	}
+	s.epoch = strconv.FormatInt(info.Created.UnixNano(), 36)
+	s.ready = true
+	return nil
+}
+
+func (s *stream) currentEpoch() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.epoch
+}
+
+// recovery buffers a joining member's live frames while its history is
+// replayed, so that nothing is lost between the two and nothing doubled.
+type recovery struct {
+	mu     sync.Mutex
+	frames []seqFrame
+	lost   bool // more arrived than the buffer holds
+}
+
+type seqFrame struct {
+	seq   uint64
+	frame []byte
+}
+
+// maxRecoveryBuffer bounds the live frames held for one recovering member.
+const maxRecoveryBuffer = 10_000
+
+func (r *recovery) add(seq uint64, frame []byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.frames) >= maxRecoveryBuffer {
+		r.lost = true
+		return
+	}
+	r.frames = append(r.frames, seqFrame{seq, frame})
+}
+
+// messageExt encodes the offset and epoch fields of a kept message.
+func messageExt(seq uint64, epoch string) []byte {
+	ext := append([]byte(`,"offset":`), strconv.FormatUint(seq, 10)...)
+	ext = append(ext, `,"epoch":"`...)
+	ext = append(ext, epoch...)
+	return append(ext, '"')
+}
+
+// replay sends a member the kept messages of g after since (or, for a
+// latest group, the newest one) in chunks of whole frames, and reports
+// the last offset sent.
+func (b *Broker) replay(ctx context.Context, s *stream, g *group, r Receiver, since *Since) (Recovery, uint64, error) {
+	h := b.history
+	subject := b.groupPrefix + g.name
+	epoch := s.currentEpoch()
+	var rec Recovery
+	var start uint64
+	switch {
+	case s.policy == Latest:
+		last, err := h.js.GetLastMsg(s.name, subject, nats.DirectGet())
+		if errors.Is(err, nats.ErrMsgNotFound) {
+			return Recovery{Recovered: true}, 0, nil
+		}
+		if err != nil {
+			return rec, 0, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		start = last.Sequence
+		rec.Recovered = true
+	case since == nil:
+		return Recovery{}, 0, nil
+	case since.Epoch != epoch:
+		return Recovery{}, 0, nil // history was reset: the client reloads
+	case since.Offset == 0:
+		start = 1 // what is kept; not known to be all
+	default:
+		kept, err := h.js.GetMsg(s.name, since.Offset, nats.DirectGet())
+		if err != nil || kept.Subject != subject {
+			// The window no longer holds the offset: something after it
+			// may be gone too.
+			return Recovery{}, 0, nil
+		}
+		start, rec.Recovered = since.Offset+1, true
+	}
+	sub, err := h.js.SubscribeSync(subject, nats.OrderedConsumer(), nats.StartSequence(start), nats.BindStream(s.name))
+	if err != nil {
+		return Recovery{}, 0, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	defer sub.Unsubscribe()
+	var last uint64
+	var chunk []byte
+	flush := func() {
+		if len(chunk) > 0 {
+			r.Receive(chunk)
+			chunk = nil
+		}
+	}
+	for rec.Replayed < h.size {
+		wait := time.Second
+		if d, ok := ctx.Deadline(); ok {
+			wait = time.Until(d)
+		}
+		msg, err := sub.NextMsg(wait)
+		if errors.Is(err, nats.ErrTimeout) && rec.Replayed == 0 {
+			break // nothing kept after the start
+		}
+		if err != nil {
+			flush()
+			return rec, last, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		meta, err := msg.Metadata()
+		if err != nil {
+			continue
+		}
+		frame, err := appendFrameExt(nil, `{"type":"message","group":"`, g.name, originRegion(msg), messageExt(meta.Sequence.Stream, epoch), msg.Data)
+		if err == nil {
+			if len(chunk)+1+len(frame) > 64<<10 {
+				flush()
+			}
+			if len(chunk) > 0 {
+				chunk = append(chunk, '\n')
+			}
+			chunk = append(chunk, frame...)
+			rec.Replayed++
+		}
+		last = meta.Sequence.Stream
+		if meta.NumPending == 0 {
+			break
+		}
+	}
+	flush()
+	return rec, last, nil
+}
+
+// History returns up to limit kept messages of a group after since.
+func (b *Broker) History(ctx context.Context, group string, since uint64, limit int) ([]HistoryMessage, string, error) {
+	if !ValidGroup(group) {
+		return nil, "", ErrInvalidGroup
+	}
+	if err := b.Ready(); err != nil {
+		return nil, "", err
+	}
+	s, err := b.history.streamOf(group)
+	if err != nil {
+		return nil, "", err
+	}
+	if s == nil {
+		return nil, "", ErrNoHistory
+	}
+	sub, err := b.history.js.SubscribeSync(b.groupPrefix+group, nats.OrderedConsumer(), nats.StartSequence(since+1), nats.BindStream(s.name))
+	if err != nil {
+		return nil, "", fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	defer sub.Unsubscribe()
+	var out []HistoryMessage
+	for len(out) < limit {
+		msg, err := sub.NextMsg(200 * time.Millisecond)
+		if errors.Is(err, nats.ErrTimeout) {
+			break
+		}
+		if err != nil {
+			return nil, "", fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		meta, err := msg.Metadata()
+		if err != nil {
+			continue
+		}
+		out = append(out, HistoryMessage{Offset: meta.Sequence.Stream, Region: originRegion(msg), Data: msg.Data})
+		if meta.NumPending == 0 {
+			break
+		}
+	}
+	return out, s.currentEpoch(), nil
+}
+
+// PolicyOf returns a group's policy.
+func (b *Broker) PolicyOf(group string) Policy { return b.history.policy(group) }

@@ -1,0 +1,247 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func historyBroker(t testing.TB, url string, size int, rules ...PolicyRule) *Broker {
+	t.Helper()
+	b, err := New(Config{URL: url, Logger: testLogger(t), Policies: rules, HistorySize: size})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close(context.Background()) })
+	waitFor(t, 5*time.Second, func() bool { return b.Ready() == nil })
+	return b
+}
+
+// delivery is one message as a member sees it.
+type delivery struct {
+	Group  string
+	Offset uint64
+	Epoch  string
+	Data   json.RawMessage
+}
+
+// deliveries reads n messages from r (frames may hold several).
+func (r *inbox) deliveries(t testing.TB, n int) []delivery {
+	t.Helper()
+	var out []delivery
+	for len(out) < n {
+		for _, line := range strings.Split(r.next(t), "\n") {
+			var d delivery
+			if err := json.Unmarshal([]byte(line), &d); err != nil {
+				t.Fatalf("frame %q: %v", line, err)
+			}
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+func publishN(t testing.TB, b *Broker, group string, from, n int) []Receipt {
+	t.Helper()
+	var rs []Receipt
+	for i := from; i < from+n; i++ {
+		r, err := b.GroupPublish(group, []byte(fmt.Sprint(i)), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		rs = append(rs, r)
+	}
+	return rs
+}
+
+// TestRecoverableResume: a member that left resumes on another node from
+// its last offset and gets every message it missed, once, in order, then
+// live ones.
+func TestRecoverableResume(t *testing.T) {
+	ns := startJetStreamNATS(t)
+	a := historyBroker(t, ns.ClientURL(), 100, PolicyRule{"room.*", Recoverable})
+	b := historyBroker(t, ns.ClientURL(), 100, PolicyRule{"room.*", Recoverable})
+	c, r := open(t, a)
+	join(t, a, "room.x", c)
+	sent := publishN(t, a, "room.x", 0, 5)
+	got := r.deliveries(t, 5)
+	for i, d := range got {
+		if d.Offset != sent[i].Offset || d.Epoch != sent[i].Epoch || string(d.Data) != fmt.Sprint(i) {
+			t.Fatalf("delivery %d: %+v, sent %+v", i, d, sent[i])
+		}
+	}
+	a.CloseChannel(c)
+	missed := publishN(t, a, "room.x", 5, 5)
+
+	c2, r2 := open(t, b)
+	rec, err := b.GroupJoin(context.Background(), "room.x", c2, &Since{Offset: got[4].Offset, Epoch: got[4].Epoch})
+	if err != nil || !rec.Recovered || rec.Replayed != 5 {
+		t.Fatalf("resume: %+v, %v", rec, err)
+	}
+	after := publishN(t, b, "room.x", 10, 2)
+	all := r2.deliveries(t, 7)
+	want := append(missed, after...)
+	for i, d := range all {
+		if d.Offset != want[i].Offset {
+			t.Fatalf("message %d: offset %d, want %d", i, d.Offset, want[i].Offset)
+		}
+	}
+	r2.none(t, 100*time.Millisecond)
+	// Groups outside the policy stay at most once, without offsets.
+	c3, r3 := open(t, b)
+	join(t, b, "plain", c3)
+	b.GroupSend("plain", []byte(`1`))
+	if got := r3.next(t); strings.Contains(got, "offset") {
+		t.Fatalf("plain group delivery %s", got)
+	}
+}
+
+// TestRecoveryGaps: past the window, or in another epoch, the join says
+// it did not recover, and replays nothing.
+func TestRecoveryGaps(t *testing.T) {
+	b := historyBroker(t, "", 3, PolicyRule{"*", Recoverable})
+	first := publishN(t, b, "g", 0, 1)[0]
+	publishN(t, b, "g", 1, 10) // the window holds 3: first is gone
+	for name, since := range map[string]Since{
+		"window": {Offset: first.Offset, Epoch: first.Epoch},
+		"epoch":  {Offset: first.Offset + 9, Epoch: "another"},
+	} {
+		c, r := open(t, b)
+		rec, err := b.GroupJoin(context.Background(), "g", c, &since)
+		if err != nil || rec.Recovered || rec.Replayed != 0 {
+			t.Fatalf("%s: %+v %v", name, rec, err)
+		}
+		r.none(t, 50*time.Millisecond)
+	}
+	// From the oldest message kept (the ninth of eleven): the two after it.
+	c, r := open(t, b)
+	rec, err := b.GroupJoin(context.Background(), "g", c, &Since{Offset: first.Offset + 8, Epoch: first.Epoch})
+	if err != nil || !rec.Recovered || rec.Replayed != 2 {
+		t.Fatalf("within: %+v %v", rec, err)
+	}
+	r.deliveries(t, 2)
+}
+
+func TestLatest(t *testing.T) {
+	b := historyBroker(t, "", 100, PolicyRule{"price.*", Latest})
+	publishN(t, b, "price.eur", 0, 3)
+	c, r := open(t, b)
+	join(t, b, "price.eur", c)
+	if d := r.deliveries(t, 1)[0]; string(d.Data) != "2" {
+		t.Fatalf("joiner got %s, want the newest (2)", d.Data)
+	}
+	r.none(t, 50*time.Millisecond)
+	publishN(t, b, "price.eur", 3, 1)
+	if d := r.deliveries(t, 1)[0]; string(d.Data) != "3" {
+		t.Fatalf("live %s", d.Data)
+	}
+}
+
+func TestIdempotentPublish(t *testing.T) {
+	b := historyBroker(t, "", 100, PolicyRule{"orders", Recoverable})
+	c, r := open(t, b)
+	join(t, b, "orders", c)
+	one, err := b.GroupPublish("orders", []byte(`{"id":1}`), "key-1")
+	if err != nil || one.Duplicate {
+		t.Fatalf("first: %+v %v", one, err)
+	}
+	two, err := b.GroupPublish("orders", []byte(`{"id":1}`), "key-1")
+	if err != nil || !two.Duplicate || two.Offset != one.Offset {
+		t.Fatalf("retry: %+v %v", two, err)
+	}
+	r.deliveries(t, 1)
+	r.none(t, 100*time.Millisecond)
+	if _, err := b.GroupPublish("other", []byte(`1`), "k"); !errors.Is(err, ErrIdempotencyUnsupported) {
+		t.Fatalf("key on an at-most-once group: %v", err)
+	}
+}
+
+// TestRecoveryRace: live messages keep coming while a member resumes;
+// it sees every offset after its own exactly once, in order.
+func TestRecoveryRace(t *testing.T) {
+	b := historyBroker(t, "", 10_000, PolicyRule{"*", Recoverable})
+	start := publishN(t, b, "hot", 0, 200)
+	var mu sync.Mutex
+	var sent []uint64
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			rc, err := b.GroupPublish("hot", []byte(fmt.Sprint(i)), "")
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			sent = append(sent, rc.Offset)
+			mu.Unlock()
+		}
+	}()
+	time.Sleep(20 * time.Millisecond)
+	c, r := open(t, b)
+	rec, err := b.GroupJoin(context.Background(), "hot", c, &Since{Offset: start[49].Offset, Epoch: start[49].Epoch})
+	time.Sleep(50 * time.Millisecond)
+	close(stop)
+	<-done
+	if err != nil || !rec.Recovered {
+		t.Fatalf("%+v %v", rec, err)
+	}
+	mu.Lock()
+	want := len(start) - 50 + len(sent)
+	last := sent[len(sent)-1]
+	mu.Unlock()
+	got := r.deliveries(t, want)
+	prev := start[49].Offset
+	for i, d := range got {
+		if d.Offset != prev+1 {
+			t.Fatalf("delivery %d: offset %d after %d", i, d.Offset, prev)
+		}
+		prev = d.Offset
+	}
+	if prev != last {
+		t.Fatalf("ended at %d, last published %d", prev, last)
+	}
+	r.none(t, 50*time.Millisecond)
+}
+
+func TestHistory(t *testing.T) {
+	b := historyBroker(t, "", 100, PolicyRule{"log", Recoverable})
+	rs := publishN(t, b, "log", 0, 5)
+	msgs, epoch, err := b.History(context.Background(), "log", rs[1].Offset, 2)
+	if err != nil || epoch != rs[0].Epoch || len(msgs) != 2 || msgs[0].Offset != rs[2].Offset || string(msgs[1].Data) != "3" {
+		t.Fatalf("%+v %s %v", msgs, epoch, err)
+	}
+	if _, _, err := b.History(context.Background(), "nolog", 0, 2); !errors.Is(err, ErrNoHistory) {
+		t.Fatalf("no history: %v", err)
+	}
+}
+
+// BenchmarkRecovery measures a resume that replays 10,000 missed messages.
+func BenchmarkRecovery(b *testing.B) {
+	br := historyBroker(b, "", 20_000, PolicyRule{"*", Recoverable})
+	first := publishN(b, br, "big", 0, 1)[0]
+	publishN(b, br, "big", 1, 10_000)
+	b.ResetTimer()
+	for b.Loop() {
+		c, err := br.NewChannel(&discard{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		rec, err := br.GroupJoin(context.Background(), "big", c, &Since{Offset: first.Offset, Epoch: first.Epoch})
+		if err != nil || rec.Replayed != 10_000 {
+			b.Fatalf("%+v %v", rec, err)
+		}
+		br.CloseChannel(c)
+	}
+}

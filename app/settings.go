@@ -45,6 +45,13 @@ type settings struct {
 	NATSListen      string
 	AllowedOrigins  []string
 	ClientSend      bool
+	Policies        []broker.PolicyRule
+	HistorySize     int
+	HistoryTTL      time.Duration
+	FileStore       bool
+	JetStreamDir    string
+	DedupWindow     time.Duration
+	Replicas        int
 	PresenceGroups  []string
 	MaxFrameBytes   int
 	MaxBodyBytes    int
@@ -142,6 +149,34 @@ var settingsTable = []setting{
 		}
 		return nil
 	}},
+	{"GROUP_POLICIES", "", "how groups keep messages: comma-separated pattern=policy, policy one of at-most-once, recoverable, latest; patterns a group name, * or a prefix ending in .* (e.g. chat.*=recoverable,price.*=latest); first match wins; unset: every group at-most-once", func(s *settings, v string) error {
+		for _, item := range splitList(v) {
+			pattern, name, ok := strings.Cut(item, "=")
+			policy, known := broker.ParsePolicy(strings.TrimSpace(name))
+			pattern = strings.TrimSpace(pattern)
+			if !ok || !known {
+				return fmt.Errorf("%q: want pattern=at-most-once|recoverable|latest", item)
+			}
+			if !broker.ValidPolicyPattern(pattern) {
+				return fmt.Errorf("pattern %q: want a group name, * or a prefix ending in .*", pattern)
+			}
+			s.Policies = append(s.Policies, broker.PolicyRule{Pattern: pattern, Policy: policy})
+		}
+		return nil
+	}},
+	{"HISTORY_SIZE", "1000", "messages a recoverable group keeps, and the most a resume replays", intSetting(func(s *settings) *int { return &s.HistorySize }, 1, 10_000_000)},
+	{"HISTORY_TTL", "1h", "how long kept messages live", durationSetting(func(s *settings) *time.Duration { return &s.HistoryTTL })},
+	{"HISTORY_STORE", "memory", "where history is kept: memory, or file (in JETSTREAM_DIR with the embedded server)", func(s *settings, v string) error {
+		switch v {
+		case "memory", "file":
+			s.FileStore = v == "file"
+			return nil
+		}
+		return errors.New("want memory or file")
+	}},
+	{"JETSTREAM_DIR", "", "the embedded server's JetStream directory; required with HISTORY_STORE=file and NATS_URL unset", func(s *settings, v string) error { s.JetStreamDir = v; return nil }},
+	{"IDEMPOTENCY_WINDOW", "2m", "how long an Idempotency-Key is remembered", durationSetting(func(s *settings) *time.Duration { return &s.DedupWindow })},
+	{"HISTORY_REPLICAS", "1", "copies of the history streams in an external cluster (3 in a three-server region)", intSetting(func(s *settings) *int { return &s.Replicas }, 1, 5)},
 	{"MAX_FRAME_BYTES", "65536", "largest client frame; larger closes the socket with 1009", intSetting(func(s *settings) *int { return &s.MaxFrameBytes }, 256, 64<<20)},
 	{"MAX_BODY_BYTES", "1048576", "largest server API body; larger gets 413", intSetting(func(s *settings) *int { return &s.MaxBodyBytes }, 256, 64<<20)},
 	{"MAX_GROUPS_PER_CONNECTION", "100", "groups one connection may be in", intSetting(func(s *settings) *int { return &s.MaxGroups }, 1, 1<<20)},
@@ -184,6 +219,9 @@ func loadSettings(getenv func(string) string) (*settings, error) {
 			}
 			return nil, fmt.Errorf("%s=%q: %v", st.name, v, err)
 		}
+	}
+	if s.FileStore && s.NATSURL == "" && s.JetStreamDir == "" {
+		return nil, errors.New("JETSTREAM_DIR: required with HISTORY_STORE=file and the embedded server")
 	}
 	if (s.NATSTLSCert == "") != (s.NATSTLSKey == "") {
 		return nil, errors.New("NATS_TLS_CERT and NATS_TLS_KEY must be set together")

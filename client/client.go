@@ -277,9 +277,14 @@ type clientFrame struct {
 	Group string          `json:"group,omitempty"`
 	Data  json.RawMessage `json:"data,omitempty"`
 	Token string          `json:"token,omitempty"`
-	Since json.RawMessage `json:"since,omitempty"`
-	Epoch json.RawMessage `json:"epoch,omitempty"`
+	Since *since          `json:"since,omitempty"`
 	ID    int64           `json:"id"`
+}
+
+// since is where a rejoin resumes: after the last offset seen, in its epoch.
+type since struct {
+	Offset json.RawMessage `json:"offset"`
+	Epoch  json.RawMessage `json:"epoch,omitempty"`
 }
 
 // Dial connects to a groupcast WebSocket URL (ws:// or wss://, usually
@@ -693,7 +698,11 @@ func (c *Client) rejoin(ctx context.Context, l *link) bool {
 	frames := make([]clientFrame, 0, len(c.groups))
 	joined := make([]*membership, 0, len(c.groups))
 	for g, m := range c.groups {
-		frames = append(frames, clientFrame{Type: "join", Group: g, Since: m.offset, Epoch: m.epoch})
+		f := clientFrame{Type: "join", Group: g}
+		if m.offset != nil {
+			f.Since = &since{Offset: m.offset, Epoch: m.epoch}
+		}
+		frames = append(frames, f)
 		joined = append(joined, m)
 	}
 	c.mu.Unlock()

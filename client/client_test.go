@@ -411,7 +411,8 @@ func TestRejoinResumesFromOffset(t *testing.T) {
 	}
 	select {
 	case f := <-joins:
-		if f["group"] != "g" || f["since"] != 7.0 || f["epoch"] != "e1" {
+		s, _ := f["since"].(map[string]any)
+		if f["group"] != "g" || s["offset"] != 7.0 || s["epoch"] != "e1" {
 			t.Fatalf("rejoin %v, want since 7 epoch e1", f)
 		}
 	case <-time.After(5 * time.Second):

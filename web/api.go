@@ -3,8 +3,11 @@ package web
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
+	"math"
 	"net/http"
+	"strconv"
 
 	"github.com/labstack/echo/v4"
 
@@ -13,12 +16,76 @@ import (
 
 // publishGroup is POST /api/groups/{group}/messages: the body, one JSON
 // value, goes to every member of the group (Channels' group_send).
+//
+// An Idempotency-Key header makes a retried publish deliver once (in a
+// recoverable or latest group); the answer then says "duplicate". In such
+// groups the answer carries the message's offset and epoch.
 func (s *Server) publishGroup(c echo.Context) error {
 	group := c.Param("group")
 	if !broker.ValidGroup(group) {
 		return broker.ErrInvalidGroup
 	}
-	return s.publish(c, "api", func(body []byte) error { return s.broker.GroupSend(group, body) })
+	key := c.Request().Header.Get("Idempotency-Key")
+	if len(key) > maxIdempotencyKey {
+		return refuse(CodeInvalidData, "Idempotency-Key is too long")
+	}
+	var receipt broker.Receipt
+	err := s.publish(c, "api", func(body []byte) (err error) {
+		receipt, err = s.broker.GroupPublish(group, body, key)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if receipt.Offset == 0 {
+		return c.JSON(http.StatusAccepted, map[string]bool{"ok": true})
+	}
+	return c.JSON(http.StatusAccepted, map[string]any{"ok": true, "offset": receipt.Offset, "epoch": receipt.Epoch, "duplicate": receipt.Duplicate})
+}
+
+// history is GET /api/groups/{group}/history?since=<offset>&limit=<n>:
+// the kept messages after since, oldest first, at most limit (default
+// 100, at most 1000).
+func (s *Server) history(c echo.Context) error {
+	group := c.Param("group")
+	if !broker.ValidGroup(group) {
+		return broker.ErrInvalidGroup
+	}
+	since, err := queryUint(c, "since", 0, math.MaxInt64)
+	if err != nil {
+		return err
+	}
+	limit, err := queryUint(c, "limit", 100, 1000)
+	if err != nil {
+		return err
+	}
+	msgs, epoch, err := s.broker.History(c.Request().Context(), group, since, int(limit))
+	if err != nil {
+		return err
+	}
+	type message struct {
+		Offset uint64          `json:"offset"`
+		Region string          `json:"region,omitempty"`
+		Data   json.RawMessage `json:"data"`
+	}
+	out := make([]message, len(msgs))
+	for i, m := range msgs {
+		out[i] = message{m.Offset, m.Region, m.Data}
+	}
+	return c.JSON(http.StatusOK, map[string]any{"epoch": epoch, "messages": out})
+}
+
+// queryUint reads a whole-number query parameter, def when absent.
+func queryUint(c echo.Context, name string, def, max uint64) (uint64, error) {
+	v := c.QueryParam(name)
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.ParseUint(v, 10, 64)
+	if err != nil || n > max {
+		return 0, refuse(CodeInvalidData, fmt.Sprintf("%s must be a whole number from 0 to %d", name, max))
+	}
+	return n, nil
 }
 
 // publishChannel is POST /api/channels/{channel}/messages: the body goes to
@@ -28,7 +95,10 @@ func (s *Server) publishChannel(c echo.Context) error {
 	if !broker.ValidChannel(channel) {
 		return broker.ErrInvalidChannel
 	}
-	return s.publish(c, "api", func(body []byte) error { return s.broker.Send(channel, body) })
+	if err := s.publish(c, "api", func(body []byte) error { return s.broker.Send(channel, body) }); err != nil {
+		return err
+	}
+	return c.JSON(http.StatusAccepted, map[string]bool{"ok": true})
 }
 
 func (s *Server) publish(c echo.Context, source string, send func([]byte) error) error {
@@ -47,7 +117,7 @@ func (s *Server) publish(c echo.Context, source string, send func([]byte) error)
 		return err
 	}
 	s.metrics.published.WithLabelValues(source).Inc()
-	return c.JSON(http.StatusAccepted, map[string]bool{"ok": true})
+	return nil
 }
 
 // appendJSONString appends s as a JSON string.

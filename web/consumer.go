@@ -208,32 +208,35 @@ func (g *groupSet) remove(group string) bool {
 }
 
 // join adds the session to a group in the broker and the set.
-func (s *session) join(ctx context.Context, group string) error {
+// join adds the session to a group in the broker and the set, resuming a
+// recoverable group after since when it is set.
+func (s *session) join(ctx context.Context, group string, since *broker.Since) (broker.Recovery, error) {
 	if s.has(group) {
-		return nil
+		return broker.Recovery{}, nil
 	}
 	if !broker.ValidGroup(group) {
-		return broker.ErrInvalidGroup
+		return broker.Recovery{}, broker.ErrInvalidGroup
 	}
 	if s.count() >= s.srv.cfg.MaxGroups {
-		return refuse(CodeTooManyGroups, "this connection is in as many groups as allowed")
+		return broker.Recovery{}, refuse(CodeTooManyGroups, "this connection is in as many groups as allowed")
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.srv.cfg.JoinTimeout)
 	defer cancel()
-	if err := s.srv.broker.GroupAdd(ctx, group, s.channel); err != nil {
-		return err
+	rec, err := s.srv.broker.GroupJoin(ctx, group, s.channel, since)
+	if err != nil {
+		return rec, err
 	}
 	s.presenceJoin(group, broker.NoEvents)
 	s.add(group)
 	s.srv.metrics.joins.Inc()
-	return nil
+	return rec, nil
 }
 
 func (s *session) serverJoin(ctx context.Context, group string) error {
 	if s.has(group) {
 		return nil
 	}
-	if err := s.join(ctx, group); err != nil {
+	if _, err := s.join(ctx, group, nil); err != nil {
 		return err
 	}
 	s.send(groupEvent("joined", group))

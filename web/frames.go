@@ -53,6 +53,10 @@ func classify(err error) (code, message string, status int) {
 		code, message = CodeInvalidData, "data must be one JSON value"
 	case errors.Is(err, broker.ErrTooLarge):
 		code, message = CodeTooLarge, "payload too large"
+	case errors.Is(err, broker.ErrIdempotencyUnsupported):
+		code, message = CodeInvalidData, "idempotency keys need a recoverable or latest group"
+	case errors.Is(err, broker.ErrNoHistory):
+		code, message = CodeNotFound, "this group keeps no history"
 	case errors.Is(err, broker.ErrUnavailable):
 		code, message = CodeUnavailable, "messaging is unavailable, retry later"
 	case errors.Is(err, broker.ErrUnknownChannel):
@@ -98,6 +102,14 @@ type clientFrame struct {
 	Limit     *int   `json:"limit"`
 	CountOnly bool   `json:"count_only"`
 	By        string `json:"by"`
+
+	// Since (join) resumes a recoverable group after an offset.
+	Since *struct {
+		Offset uint64 `json:"offset"`
+		Epoch  string `json:"epoch"`
+	} `json:"since"`
+	// IdempotencyKey (send) makes a retried send deliver once.
+	IdempotencyKey string `json:"idempotency_key"`
 }
 
 // parseFrame decodes a client frame. The id, when present, must be a

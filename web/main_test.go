@@ -42,8 +42,15 @@ type env struct {
 // be nil for defaults (with client sends allowed).
 func newEnv(t testing.TB, natsURL string, cfg *Config) *env {
 	t.Helper()
+	return newEnvBroker(t, broker.Config{URL: natsURL}, cfg)
+}
+
+// newEnvBroker is newEnv with more broker settings.
+func newEnvBroker(t testing.TB, bc broker.Config, cfg *Config) *env {
+	t.Helper()
 	m := NewMetrics()
-	b, err := broker.New(broker.Config{URL: natsURL, Logger: testLogger(), ReconnectWait: 50 * time.Millisecond, OnFanout: m.ObserveFanout})
+	bc.Logger, bc.ReconnectWait, bc.OnFanout = testLogger(), 50*time.Millisecond, m.ObserveFanout
+	b, err := broker.New(bc)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -32,6 +32,9 @@ type Broker interface {
 	NewChannel(broker.Receiver) (string, error)
 	CloseChannel(channel string)
 	GroupAdd(ctx context.Context, group, channel string) error
+	GroupJoin(ctx context.Context, group, channel string, since *broker.Since) (broker.Recovery, error)
+	GroupPublish(group string, data []byte, idempotencyKey string) (broker.Receipt, error)
+	History(ctx context.Context, group string, since uint64, limit int) ([]broker.HistoryMessage, string, error)
 	GroupDiscard(group, channel string) error
 	GroupSend(group string, data []byte) error
 	Send(channel string, data []byte) error
@@ -234,6 +237,7 @@ func New(b Broker, cfg Config) *Server {
 	e.GET("/ws", s.serveWS)
 	api := e.Group("/api", s.authorize)
 	api.POST("/groups/:group/messages", s.publishGroup)
+	api.GET("/groups/:group/history", s.history)
 	api.POST("/channels/:channel/messages", s.publishChannel)
 	api.POST("/channels/:channel/disconnect", s.disconnectChannel)
 	api.POST("/users/:user/disconnect", s.disconnectUser)

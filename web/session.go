@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -221,6 +222,9 @@ func (s *session) write(batch [][]byte) error {
 	return s.countWrite(p, n)
 }
 
+// maxIdempotencyKey bounds an idempotency key, in bytes.
+const maxIdempotencyKey = 128
+
 // maxLoggedRefusals bounds the refusals logged per connection, so that a
 // misbehaving client cannot flood the logs.
 const maxLoggedRefusals = 5
@@ -329,11 +333,23 @@ func (s *session) dispatch(f *clientFrame) error {
 		if err := consumer.Join(ctx, &s.public, &JoinRequest{Group: f.Group, Token: f.Token}); err != nil {
 			return err
 		}
-		if err := s.join(ctx, f.Group); err != nil {
+		var since *broker.Since
+		if f.Since != nil {
+			since = &broker.Since{Offset: f.Since.Offset, Epoch: f.Since.Epoch}
+		}
+		rec, err := s.join(ctx, f.Group, since)
+		if err != nil {
 			return err
 		}
 		if f.Presence {
 			s.presenceJoin(f.Group, joinEvents(f))
+		}
+		if since != nil {
+			ack := appendReply(nil, "ack", f.ID)
+			ack = append(ack[:len(ack)-1], `,"recovered":`...)
+			ack = strconv.AppendBool(ack, rec.Recovered)
+			s.send(append(ack, '}'))
+			return nil
 		}
 	case "presence":
 		return s.presence(ctx, f)
@@ -353,10 +369,23 @@ func (s *session) dispatch(f *clientFrame) error {
 		if err := consumer.Send(ctx, &s.public, r); err != nil {
 			return err
 		}
-		if err := s.srv.broker.GroupSend(r.Group, r.Data); err != nil {
+		if len(f.IdempotencyKey) > maxIdempotencyKey {
+			return refuse(CodeInvalidData, "idempotency_key is too long")
+		}
+		receipt, err := s.srv.broker.GroupPublish(r.Group, r.Data, f.IdempotencyKey)
+		if err != nil {
 			return err
 		}
 		s.srv.metrics.published.WithLabelValues("client").Inc()
+		if receipt.Offset > 0 {
+			ack := appendReply(nil, "ack", f.ID)
+			ack = append(ack[:len(ack)-1], `,"offset":`...)
+			ack = strconv.AppendUint(ack, receipt.Offset, 10)
+			ack = append(ack, `,"duplicate":`...)
+			ack = strconv.AppendBool(ack, receipt.Duplicate)
+			s.send(append(ack, '}'))
+			return nil
+		}
 	case "ping":
 		s.send(appendReply(nil, "pong", f.ID))
 		return nil

@@ -220,8 +220,7 @@ export class Client extends EventTarget {
     const joins = [...this.memberships].map(async ([group, m]) => {
       const frame = { type: "join", group };
       if (m.offset !== undefined) {
-        frame.since = m.offset;
-        if (m.epoch !== undefined) frame.epoch = m.epoch;
+        frame.since = { offset: m.offset, epoch: m.epoch };
       }
       try {
         if (m.token) frame.token = await groupToken(m.token);

@@ -1,0 +1,195 @@
+package web
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/groupcast/groupcast/broker"
+	"github.com/groupcast/groupcast/internal/natstest"
+	"github.com/groupcast/groupcast/internal/wstest"
+)
+
+var chatPolicies = []broker.PolicyRule{{Pattern: "chat.*", Policy: broker.Recoverable}, {Pattern: "price.*", Policy: broker.Latest}}
+
+// kept is a delivery of a recoverable group.
+type kept struct {
+	Offset uint64
+	Epoch  string
+	Data   json.RawMessage
+}
+
+func readKept(t *testing.T, c *wstest.Client, n int) []kept {
+	t.Helper()
+	out := make([]kept, 0, n)
+	for len(out) < n {
+		m := c.Next()
+		if m["type"] != "message" {
+			continue
+		}
+		data, _ := json.Marshal(m["data"])
+		out = append(out, kept{Offset: uint64(m["offset"].(float64)), Epoch: m["epoch"].(string), Data: data})
+	}
+	return out
+}
+
+// resume joins with since and returns the ack.
+func resume(c *wstest.Client, group string, last kept) map[string]any {
+	return c.Call(map[string]any{"type": "join", "group": group, "since": map[string]any{"offset": last.Offset, "epoch": last.Epoch}})
+}
+
+// TestResumeAcrossPlannedCloses: whatever closes a socket on purpose (the
+// age cap, a slow-consumer close), a client that resumes from its last
+// offset on another instance misses nothing and gets nothing twice, while
+// messages keep being published.
+func TestResumeAcrossPlannedCloses(t *testing.T) {
+	ns := natstest.StartJetStream(t)
+	a := newEnvBroker(t, broker.Config{URL: ns.ClientURL(), Policies: chatPolicies}, &Config{MaxConnectionAge: 700 * time.Millisecond})
+	b := newEnvBroker(t, broker.Config{URL: ns.ClientURL(), Policies: chatPolicies}, nil)
+
+	stop := make(chan struct{})
+	published := make(chan int, 1)
+	go func() {
+		i := 0
+		defer func() { published <- i }()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+			if status, _ := b.post("/api/groups/chat.room/messages", fmt.Sprint(i)); status == http.StatusAccepted {
+				i++
+			}
+		}
+	}()
+	c := a.dial()
+	c.Join("chat.room")
+	var got []kept
+	// Read until the age cap closes the socket.
+	for {
+		m, err := c.Raw()
+		if err != nil {
+			if websocket.CloseStatus(err) != websocket.StatusServiceRestart {
+				t.Fatalf("closed with %v", err)
+			}
+			break
+		}
+		var k struct {
+			Type   string
+			Offset uint64
+			Epoch  string
+			Data   json.RawMessage
+		}
+		json.Unmarshal(m, &k)
+		if k.Type == "message" {
+			got = append(got, kept{k.Offset, k.Epoch, k.Data})
+		}
+	}
+	if len(got) == 0 {
+		t.Fatal("nothing received before the close")
+	}
+	time.Sleep(50 * time.Millisecond) // messages go on while the client is away
+	c2 := b.dial()
+	if ack := resume(c2, "chat.room", got[len(got)-1]); ack["type"] != "ack" || ack["recovered"] != true {
+		t.Fatalf("resume ack: %v", ack)
+	}
+	time.Sleep(100 * time.Millisecond)
+	close(stop)
+	n := <-published
+	for len(got) < n {
+		got = append(got, readKept(t, c2, 1)...)
+	}
+	for i, k := range got {
+		if string(k.Data) != fmt.Sprint(i) {
+			t.Fatalf("message %d is %s: lost or doubled across the resume", i, k.Data)
+		}
+	}
+	c2.Quiet(100 * time.Millisecond)
+}
+
+func TestResumeOutOfWindow(t *testing.T) {
+	e := newEnvBroker(t, broker.Config{Policies: chatPolicies, HistorySize: 3}, nil)
+	c := e.dial()
+	c.Join("chat.x")
+	e.post("/api/groups/chat.x/messages", `0`)
+	first := readKept(t, c, 1)[0]
+	for i := 1; i < 10; i++ {
+		e.post("/api/groups/chat.x/messages", fmt.Sprint(i))
+	}
+	d := e.dial()
+	if ack := resume(d, "chat.x", first); ack["recovered"] != false {
+		t.Fatalf("past the window: %v", ack)
+	}
+	other := first
+	other.Epoch = "reset"
+	if ack := resume(e.dial(), "chat.x", other); ack["recovered"] != false {
+		t.Fatalf("another epoch: %v", ack)
+	}
+}
+
+func TestLatestAndIdempotencyAndHistory(t *testing.T) {
+	e := newEnvBroker(t, broker.Config{Policies: chatPolicies}, nil)
+	for _, p := range []string{`{"eur":1.1}`, `{"eur":1.2}`} {
+		e.post("/api/groups/price.eur/messages", p)
+	}
+	c := e.dial()
+	c.Join("price.eur")
+	if k := readKept(t, c, 1)[0]; string(k.Data) != `{"eur":1.2}` {
+		t.Fatalf("latest joiner got %s", k.Data)
+	}
+
+	// The same Idempotency-Key twice: delivered once, the retry says so.
+	c.Join("chat.orders")
+	var offsets []string
+	for _, dup := range []string{"false", "true"} {
+		status, body := e.post("/api/groups/chat.orders/messages", `{"order":7}`, "Idempotency-Key", "order-7")
+		if status != http.StatusAccepted || !strings.Contains(body, `"duplicate":`+dup) {
+			t.Fatalf("publish: %d %s", status, body)
+		}
+		offsets = append(offsets, body[strings.Index(body, `"offset"`):strings.Index(body, `,"ok"`)])
+	}
+	if offsets[0] != offsets[1] {
+		t.Fatalf("retry got another offset: %v", offsets)
+	}
+	readKept(t, c, 1)
+	if m := c.Call(map[string]any{"type": "send", "group": "chat.orders", "data": 1, "idempotency_key": "order-7"}); m["duplicate"] != true {
+		t.Fatalf("client send with the same key: %v", m)
+	}
+	if status, body := e.post("/api/groups/plain/messages", `1`, "Idempotency-Key", "k"); status != http.StatusBadRequest {
+		t.Fatalf("key on an at-most-once group: %d %s", status, body)
+	}
+
+	// History over HTTP.
+	resp, err := http.Get(e.http.URL + "/api/groups/chat.orders/history?since=0&limit=10")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var h struct {
+		Epoch    string
+		Messages []struct {
+			Offset uint64
+			Data   json.RawMessage
+		}
+	}
+	json.NewDecoder(resp.Body).Decode(&h)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || h.Epoch == "" || len(h.Messages) != 1 || string(h.Messages[0].Data) != `{"order":7}` {
+		t.Fatalf("history: %d %+v", resp.StatusCode, h)
+	}
+	for path, want := range map[string]int{"/api/groups/plain/history": 404, "/api/groups/chat.orders/history?limit=5000": 400} {
+		resp, err := http.Get(e.http.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("GET %s: %d, want %d", path, resp.StatusCode, want)
+		}
+	}
+}

@@ -309,6 +309,10 @@ func New(cfg Config) (*Broker, error) {
 		b.workers.Add(1)
 		go b.dispatchLoop(b.shards[i])
 	}
+	if b.history != nil {
+		b.workers.Add(1)
+		go b.watchHistory(b.stop)
+	}
 	b.direct, err = nc.ChanSubscribe(b.directPrefix+"*", b.shards[0])
 	if err == nil {
 		if b.commands, err = nc.ChanSubscribe(cfg.Prefix+".command."+cfg.Node, b.shards[0]); err == nil {
@@ -382,6 +386,9 @@ func (b *Broker) Ready() error {
 	}
 	if s := b.nc.Status(); s != nats.CONNECTED {
 		return fmt.Errorf("%w: %s", ErrUnavailable, s)
+	}
+	if b.history != nil && b.history.down.Load() {
+		return fmt.Errorf("%w: history (JetStream) cannot be read", ErrUnavailable)
 	}
 	return nil
 }

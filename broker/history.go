@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -117,6 +118,8 @@ type stream struct {
 
 // history is the broker's JetStream side, nil without policies.
 type history struct {
+	down atomic.Bool // the streams could not be read at the last check
+
 	js      nats.JetStreamContext
 	rules   []PolicyRule
 	streams map[Policy]*stream
@@ -413,3 +416,71 @@ func (b *Broker) History(ctx context.Context, group string, since uint64, limit 
 
 // PolicyOf returns a group's policy.
 func (b *Broker) PolicyOf(group string) Policy { return b.history.policy(group) }
+
+// historyCheckInterval is how often the streams are checked.
+const historyCheckInterval = 2 * time.Second
+
+// watch checks the streams until stop is closed. A stream that cannot be
+// read makes the broker unready; a stream found created anew (a new epoch)
+// or back after an outage may have lost messages, so the members of its
+// groups are told with {"type":"gap","group":G,"epoch":E} and resume
+// from there, reloading state.
+func (b *Broker) watchHistory(stop <-chan struct{}) {
+	defer b.workers.Done()
+	tick := time.NewTicker(historyCheckInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-tick.C:
+		}
+		if !b.nc.IsConnected() {
+			continue
+		}
+		for _, s := range b.history.streams {
+			before := s.currentEpoch()
+			wasDown := b.history.down.Load()
+			info, err := b.history.js.StreamInfo(s.name)
+			if errors.Is(err, nats.ErrStreamNotFound) {
+				err = b.history.ensure(s) // deleted: make it anew
+			} else if err == nil {
+				s.mu.Lock()
+				s.epoch, s.ready = strconv.FormatInt(info.Created.UnixNano(), 36), true
+				s.mu.Unlock()
+			}
+			if err != nil {
+				if !wasDown {
+					b.log.Warn("history unavailable", "stream", s.name, "error", err)
+				}
+				b.history.down.Store(true)
+				continue
+			}
+			b.history.down.Store(false)
+			if after := s.currentEpoch(); after != before || wasDown {
+				b.log.Warn("history may have lost messages; telling members", "stream", s.name, "epoch", after)
+				b.tellGap(s, after)
+			}
+		}
+	}
+}
+
+// tellGap sends a gap frame to every local member of the stream's groups.
+func (b *Broker) tellGap(s *stream, epoch string) {
+	b.mu.RLock()
+	groups := make([]*group, 0, len(b.groups))
+	for _, g := range b.groups {
+		if g.kept == s {
+			groups = append(groups, g)
+		}
+	}
+	b.mu.RUnlock()
+	for _, g := range groups {
+		frame := []byte(`{"type":"gap","group":"` + g.name + `","epoch":"` + epoch + `"}`)
+		g.mu.RLock()
+		for _, m := range g.members {
+			m.recv.Receive(frame)
+		}
+		g.mu.RUnlock()
+	}
+}

@@ -245,3 +245,38 @@ func BenchmarkRecovery(b *testing.B) {
 		br.CloseChannel(c)
 	}
 }
+
+// TestHistoryReset: when the history is reset (the stream deleted), the
+// broker makes it anew, members are told of the gap with the new epoch,
+// and readiness follows the stream.
+func TestHistoryReset(t *testing.T) {
+	b := historyBroker(t, "", 100, PolicyRule{"*", Recoverable})
+	c, r := open(t, b)
+	join(t, b, "g", c)
+	first := publishN(t, b, "g", 0, 1)[0]
+	r.deliveries(t, 1)
+	if err := b.history.js.DeleteStream(b.history.streams[Recoverable].name); err != nil {
+		t.Fatal(err)
+	}
+	var gap struct{ Type, Group, Epoch string }
+	deadline := time.After(3 * historyCheckInterval)
+	for gap.Type != "gap" {
+		select {
+		case f := <-r.frames:
+			json.Unmarshal(f, &gap)
+		case <-deadline:
+			t.Fatal("no gap frame")
+		}
+	}
+	if gap.Group != "g" || gap.Epoch == first.Epoch || gap.Epoch == "" {
+		t.Fatalf("gap %+v after epoch %s", gap, first.Epoch)
+	}
+	if err := b.Ready(); err != nil {
+		t.Fatalf("not ready after the reset: %v", err)
+	}
+	// A resume from the old epoch is told it did not recover.
+	c2, _ := open(t, b)
+	if rec, err := b.GroupJoin(context.Background(), "g", c2, &Since{Offset: first.Offset, Epoch: first.Epoch}); err != nil || rec.Recovered {
+		t.Fatalf("%+v %v", rec, err)
+	}
+}

@@ -241,26 +241,7 @@ func TestSIGTERM(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary")
 	}
-	bin := filepath.Join(t.TempDir(), "groupcast")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	cmd := exec.Command(bin)
-	cmd.Env = append(os.Environ(), fmt.Sprintf("PORT=%d", port), "LOG_FORMAT=json")
-	var stderr syncBuffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Process.Kill()
-	inst := &instance{t: t, base: fmt.Sprintf("http://127.0.0.1:%d", port)}
-	natstest.WaitFor(t, 10*time.Second, func() bool { return inst.status("/readyz") == 200 })
+	cmd, inst, stderr := startBinary(t)
 
 	const n = 300
 	clients := make([]*wstest.Client, n)
@@ -282,10 +263,10 @@ func TestSIGTERM(t *testing.T) {
 	select {
 	case err := <-exited:
 		if err != nil {
-			t.Fatalf("exit: %v\n%s", err, &stderr)
+			t.Fatalf("exit: %v\n%s", err, stderr)
 		}
 	case <-time.After(10 * time.Second):
-		t.Fatalf("still running 10 s after SIGTERM\n%s", &stderr)
+		t.Fatalf("still running 10 s after SIGTERM\n%s", stderr)
 	}
 	t.Logf("exited %v after SIGTERM with %d sockets", time.Since(start).Round(time.Millisecond), n)
 	for range n {
@@ -294,7 +275,7 @@ func TestSIGTERM(t *testing.T) {
 		}
 	}
 	if !strings.Contains(stderr.String(), `"message":"stopped"`) {
-		t.Fatalf("no clean stop logged:\n%s", &stderr)
+		t.Fatalf("no clean stop logged:\n%s", stderr)
 	}
 }
 
@@ -341,4 +322,94 @@ func TestExternalNATSWithToken(t *testing.T) {
 		t.Fatalf("/readyz with a wrong token: %d", status)
 	}
 	c.Conn.CloseNow()
+}
+
+// startBinary builds the real binary and runs it with env on a free port
+// until the test ends; it returns once /readyz answers 200.
+func startBinary(t *testing.T, env ...string) (*exec.Cmd, *instance, *syncBuffer) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	bin := filepath.Join(t.TempDir(), "groupcast")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	cmd := exec.Command(bin)
+	cmd.Env = append(append(os.Environ(), fmt.Sprintf("PORT=%d", port), "LOG_FORMAT=json"), env...)
+	stderr := &syncBuffer{}
+	cmd.Stderr = stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	inst := &instance{t: t, base: fmt.Sprintf("http://127.0.0.1:%d", port)}
+	natstest.WaitFor(t, 10*time.Second, func() bool { return inst.status("/readyz") == 200 })
+	return cmd, inst, stderr
+}
+
+// TestResumeAfterSIGKILL: a client reads part of a recoverable group, its
+// instance is killed without a word, and it resumes on another instance
+// from its last offset: every message exactly once, in order; then the
+// same across a restart of the NATS server, whose history is on disk.
+func TestResumeAfterSIGKILL(t *testing.T) {
+	store := t.TempDir()
+	ns := natstest.StartJetStreamAt(t, -1, store)
+	port := natstest.Port(ns)
+	policy := "GROUP_POLICIES=chat.*=recoverable"
+	cmdA, instA, _ := startBinary(t, "NATS_URL="+ns.ClientURL(), policy, "HISTORY_STORE=file")
+	b := start(t, map[string]string{"NATS_URL": ns.ClientURL(), "GROUP_POLICIES": "chat.*=recoverable", "HISTORY_STORE": "file"})
+	c := instA.ws()
+	c.Join("chat.room")
+	next := 0
+	publish := func(n int) {
+		for range n {
+			b.publish("chat.room", fmt.Sprint(next))
+			next++
+		}
+	}
+	var offset float64
+	var epoch string
+	read := func(c *wstest.Client, from, n int) {
+		t.Helper()
+		for i := from; i < from+n; i++ {
+			m := c.Next()
+			if m["type"] != "message" || m["data"] != float64(i) {
+				t.Fatalf("want message %d, got %v", i, m)
+			}
+			offset, epoch = m["offset"].(float64), m["epoch"].(string)
+		}
+	}
+	publish(20)
+	read(c, 0, 10) // the client has seen 10 of 20 when its instance dies
+	cmdA.Process.Signal(syscall.SIGKILL)
+	cmdA.Wait()
+	publish(10)
+
+	c2 := b.ws()
+	ack := c2.Call(map[string]any{"type": "join", "group": "chat.room", "since": map[string]any{"offset": offset, "epoch": epoch}})
+	if ack["recovered"] != true {
+		t.Fatalf("resume after SIGKILL: %v", ack)
+	}
+	read(c2, 10, 20)
+
+	// The NATS server restarts; history is on its disk.
+	ns.Shutdown()
+	ns.WaitForShutdown()
+	natstest.StartJetStreamAt(t, port, store)
+	natstest.WaitFor(t, 15*time.Second, func() bool { return b.status("/readyz") == http.StatusOK })
+	c2.Conn.CloseNow()
+	publish(5)
+	c3 := b.ws()
+	if ack := c3.Call(map[string]any{"type": "join", "group": "chat.room", "since": map[string]any{"offset": offset, "epoch": epoch}}); ack["recovered"] != true {
+		t.Fatalf("resume after a NATS restart: %v", ack)
+	}
+	read(c3, 30, 5)
+	c3.Conn.CloseNow()
 }

@@ -56,8 +56,16 @@ func WaitFor(t testing.TB, timeout time.Duration, cond func() bool) {
 // that keeps history.
 func StartJetStream(t testing.TB) *server.Server {
 	t.Helper()
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true,
-		JetStream: true, StoreDir: t.TempDir()})
+	return StartJetStreamAt(t, -1, t.TempDir())
+}
+
+// StartJetStreamAt starts a nats-server with JetStream on a port (-1:
+// random) keeping its files in dir, so that a test can restart it with
+// its streams.
+func StartJetStreamAt(t testing.TB, port int, dir string) *server.Server {
+	t.Helper()
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: port, NoSigs: true, NoLog: true,
+		JetStream: true, StoreDir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}

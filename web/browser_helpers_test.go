@@ -61,8 +61,9 @@ func newBrowser(t *testing.T) context.Context {
 
 // page is one browser tab.
 type page struct {
-	t   *testing.T
-	ctx context.Context
+	t      *testing.T
+	ctx    context.Context
+	cancel context.CancelFunc // closes the tab
 
 	mu         sync.Mutex
 	exceptions []string // uncaught JavaScript exceptions
@@ -73,7 +74,7 @@ type page struct {
 func openPage(t *testing.T, browser context.Context, url string) *page {
 	t.Helper()
 	ctx, cancel := chromedp.NewContext(browser)
-	p := &page{t: t, ctx: ctx}
+	p := &page{t: t, ctx: ctx, cancel: cancel}
 	if err := chromedp.Do(ctx); err != nil { // opens the tab
 		cancel()
 		t.Fatal(err)
@@ -176,10 +177,11 @@ func (p *page) waitShown(text string) shown {
 // liveServer is a real groupcast instance on a fixed address, which can
 // be stopped and started again on the same address (a restart).
 type liveServer struct {
-	t       *testing.T
-	addr    string
-	natsURL string
-	cfg     Config
+	presence []string // groups with presence
+	t        *testing.T
+	addr     string
+	natsURL  string
+	cfg      Config
 
 	b    *broker.Broker
 	srv  *Server
@@ -212,7 +214,7 @@ func (s *liveServer) start() {
 		s.t.Fatal(err)
 	}
 	s.addr = ln.Addr().String()
-	s.b, err = broker.New(broker.Config{URL: s.natsURL, Region: s.cfg.Region, Logger: testLogger(), ReconnectWait: 50 * time.Millisecond})
+	s.b, err = broker.New(broker.Config{URL: s.natsURL, Region: s.cfg.Region, Logger: testLogger(), ReconnectWait: 50 * time.Millisecond, Presence: s.presence})
 	if err != nil {
 		ln.Close()
 		s.t.Fatal(err)

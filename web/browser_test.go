@@ -32,6 +32,7 @@ func TestBrowser(t *testing.T) {
 	t.Run("Tokens", func(t *testing.T) { testBrowserTokens(t, browser) })
 	t.Run("Screenshot", func(t *testing.T) { testBrowserScreenshot(t, browser) })
 	t.Run("Call", func(t *testing.T) { testBrowserCall(t, browser) })
+	t.Run("Presence", func(t *testing.T) { testBrowserPresence(t, browser) })
 }
 
 // Two pages chat through the demo: each sees the other's messages with
@@ -366,4 +367,20 @@ func testBrowserCall(t *testing.T, browser context.Context) {
 	if got["reply"] != "7echo" || got["unknown"] != "unknown_type" {
 		t.Fatalf("got %v", got)
 	}
+}
+
+// With presence on, the page lists who is in the room, live: a second
+// page appears in the first one's list, and leaves it when it closes.
+func testBrowserPresence(t *testing.T, browser context.Context) {
+	s := &liveServer{t: t, cfg: Config{Region: "test-region"}, addr: "127.0.0.1:0", presence: []string{"room.*"}}
+	s.start()
+	t.Cleanup(s.stop)
+	a := openPage(t, browser, s.url()+"/")
+	a.waitJoined("room.lobby")
+	a.wait(`document.getElementById("people-title").textContent === "In the room (1)"`)
+	b := openPage(t, browser, s.url()+"/")
+	b.waitJoined("room.lobby")
+	a.wait(`document.getElementById("people-title").textContent === "In the room (2)"`)
+	b.cancel() // the tab closes, and its socket with it
+	a.wait(`document.getElementById("people-title").textContent === "In the room (1)"`)
 }

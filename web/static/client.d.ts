@@ -40,6 +40,28 @@ export type Handler<T = JSONValue> = (data: T, msg: Message<T>) => void;
 export interface JoinOptions {
   /** A per-group token for a group the connection's token does not cover; a function is called for each join and rejoin. */
   token?: string | (() => string | Promise<string>);
+  /** Receive "presence" events (joins and leaves) for the group, where the server tracks presence. */
+  presence?: boolean;
+  /** With presence: "user" hears only a user's first join and last leave. */
+  by?: "user";
+}
+
+/** One connection (or, folded by user, one user) present in a group. */
+export interface Member {
+  channel: string;
+  user?: string;
+  region?: string;
+  info?: JSONValue;
+  /** Folded by user: how many connections the user has in the group. */
+  channels?: number;
+}
+
+/** A presence join or leave. */
+export interface PresenceEvent {
+  type: "presence";
+  group: string;
+  event: "join" | "leave";
+  member: Member;
 }
 
 export interface Options {
@@ -80,6 +102,14 @@ export interface ClientEventMap {
   message: CustomEvent<Message>;
   /** detail: errors no request gets (a group that could not be rejoined, a stray error frame). */
   error: CustomEvent<GroupcastError>;
+  /** detail: a join or leave in a group joined with presence: true. */
+  presence: CustomEvent<PresenceEvent>;
+  /** detail: the server added this connection to a group. */
+  joined: CustomEvent<{ type: "joined"; group: string }>;
+  /** detail: the server removed this connection from a group. */
+  left: CustomEvent<{ type: "left"; group: string }>;
+  /** detail: a recoverable group's history was reset or may have lost messages: reload its state. */
+  gap: CustomEvent<{ type: "gap"; group: string; epoch: string }>;
 }
 
 export class Client extends EventTarget {
@@ -94,6 +124,8 @@ export class Client extends EventTarget {
 
   /** Joins a group; resolves on the server's ack. Retried on the next connection if the socket drops first. */
   join<T = JSONValue>(group: string, handler?: Handler<T>, options?: JoinOptions): Promise<void>;
+  /** Who is in a group (presence must be on for it on the server). */
+  presence(group: string, options?: { limit?: number; by?: "user"; countOnly?: boolean }): Promise<{ count: number; members: Member[]; partial: boolean }>;
   /** Leaves a group; its handler gets nothing more. */
   leave(group: string): Promise<void>;
   /** Publishes a JSON value to a group (when the server lets clients send). Not retried. */

@@ -192,8 +192,15 @@ export class Client extends EventTarget {
       }
       case "joined":
       case "left":
+      case "gap":
         this.dispatchEvent(new CustomEvent(msg.type, { detail: msg }));
         break;
+      case "presence":
+        if (msg.id === undefined) {
+          this.dispatchEvent(new CustomEvent("presence", { detail: msg })); // a join or leave
+          break;
+        }
+      // falls through: the answer to a presence query
       case "ack":
       case "pong":
       case "reply":
@@ -219,6 +226,8 @@ export class Client extends EventTarget {
   async rejoin(ws) {
     const joins = [...this.memberships].map(async ([group, m]) => {
       const frame = { type: "join", group };
+      if (m.presence) frame.presence = true;
+      if (m.by) frame.by = m.by;
       if (m.offset !== undefined) {
         frame.since = { offset: m.offset, epoch: m.epoch };
       }
@@ -320,11 +329,14 @@ export class Client extends EventTarget {
           // not send it too) and before the join is sent: membership may
           // go live, and a message arrive, before the ack.
           prev = this.memberships.get(group);
-          m = { handler, token: options.token, offset: prev && prev.offset, epoch: prev && prev.epoch };
+          m = { handler, token: options.token, presence: options.presence, by: options.by,
+            offset: prev && prev.offset, epoch: prev && prev.epoch };
           this.memberships.set(group, m);
         }
         const frame = { type: "join", group };
         if (m.token) frame.token = await groupToken(m.token);
+        if (m.presence) frame.presence = true;
+        if (m.by) frame.by = m.by;
         await this.request(frame);
         return;
       } catch (err) {
@@ -363,6 +375,21 @@ export class Client extends EventTarget {
   async send(group, data) {
     await this.ready();
     await this.request({ type: "send", group, data });
+  }
+
+  /**
+   * Who is in a group (presence must be on for it on the server):
+   * resolves with { count, members, partial }. Options: limit (0 for the
+   * count alone), by: "user" to fold a user's connections.
+   */
+  async presence(group, { limit, by, countOnly } = {}) {
+    await this.ready();
+    const frame = { type: "presence", group };
+    if (limit !== undefined) frame.limit = limit;
+    if (by) frame.by = by;
+    if (countOnly) frame.count_only = true;
+    const { count, members = [], partial = false } = await this.request(frame);
+    return { count, members, partial };
   }
 
   /**

@@ -46,11 +46,12 @@ function time(t) {
 // --- rooms ---------------------------------------------------------------
 
 async function join(name) {
-  if (!rooms.has(name)) rooms.set(name, { items: [], unread: 0, people: new Map() });
+  if (!rooms.has(name)) rooms.set(name, { items: [], unread: 0, people: new Map(), present: null });
   select(name);
   try {
-    await client.join(name, (data, msg) => receive(name, data, msg));
+    await client.join(name, (data, msg) => receive(name, data, msg), { presence: true, by: "user" });
     note(name, `joined #${name}`);
+    loadPresence(name);
   } catch (err) {
     rooms.delete(name);
     select(rooms.keys().next().value || null);
@@ -161,8 +162,46 @@ function renderMessages() {
   $("messages").scrollTop = $("messages").scrollHeight;
 }
 
+// loadPresence asks who is in a room, when the server tracks presence for
+// it; otherwise the panel keeps showing who spoke lately.
+async function loadPresence(name) {
+  const r = rooms.get(name);
+  try {
+    const { members } = await client.presence(name, { by: "user", limit: 100 });
+    r.present = new Map(members.map((m) => [m.user || m.channel, m]));
+  } catch {
+    r.present = null; // presence is off for this group
+  }
+  if (name === active) renderPeople();
+}
+
+client.addEventListener("presence", (ev) => {
+  const { group, event, member } = ev.detail;
+  const r = rooms.get(group);
+  if (!r || !r.present) return;
+  const key = member.user || member.channel;
+  if (event === "join") r.present.set(key, member);
+  else r.present.delete(key);
+  if (group === active) renderPeople();
+});
+
 function renderPeople() {
   const r = rooms.get(active);
+  if (r && r.present) {
+    $("people-title").textContent = `In the room (${r.present.size})`;
+    $("people-hint").textContent = "Everyone here now, on every instance and region.";
+    $("people").replaceChildren(...[...r.present.values()].slice(0, 50).map((m) => {
+      const name = m.user || m.channel;
+      const li = el("li");
+      const avatar = el("span", "avatar small", name.slice(0, 1).toUpperCase());
+      avatar.style.setProperty("--h", hue(name));
+      li.append(avatar, el("span", "who", name), el("span", "where", m.region || ""));
+      return li;
+    }));
+    return;
+  }
+  $("people-title").textContent = "Recently active";
+  $("people-hint").textContent = "Who spoke here lately, and from which region and instance.";
   const recent = r ? [...r.people].filter(([, p]) => Date.now() - p.at < 10 * 60e3) : [];
   recent.sort((a, b) => b[1].at - a[1].at);
   $("people").replaceChildren(...recent.slice(0, 12).map(([name, p]) => {

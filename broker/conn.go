@@ -91,6 +91,9 @@ func startEmbedded(cfg *Config) (*server.Server, error) {
 		if err != nil {
 			return nil, err
 		}
+		if port == 0 {
+			port = server.RANDOM_PORT // nats-server reads 0 as its default port, 4222
+		}
 		opts.Host, opts.Port = host, port
 	}
 	ns, err := server.NewServer(opts)

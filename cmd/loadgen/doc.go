@@ -1,17 +1,25 @@
-// Command loadgen measures WebSocket fan-out: how much server CPU and memory a
-// group broadcast costs per delivery and per idle connection, for groupcast
-// and, as the no-application-layer reference, for nats-server's own WebSocket
-// listener.
+// Command loadgen measures groupcast over real sockets with its real
+// protocol: how much server CPU a delivery, a join and a connection cost,
+// how much memory an idle connection holds, what latency and throughput
+// come out, and how long a cold start takes. nats-server's own WebSocket
+// listener, driven with the NATS protocol under the same load, is the
+// no-application-layer reference.
 //
 // Usage:
 //
 //	loadgen serve-nats-ws [-addr 127.0.0.1:8090] [-log]
-//	loadgen fanout -target groupcast|nats-ws [flags]
+//	loadgen serve-nats [-addr 127.0.0.1:4222] [-http 127.0.0.1:8222] [-log]
+//	loadgen fanout  -target groupcast|nats-ws [flags]
+//	loadgen rooms   -target groupcast|nats-ws [flags]
+//	loadgen connect -target groupcast|nats-ws [flags]
+//	loadgen coldstart -bin ./groupcast [-n 20] [-cpu 0] [-env K=V]...
 //
 // serve-nats-ws runs an in-process nats-server whose only client listener is
 // a plain WebSocket listener (no TLS, no auth, no compression; the NATS client
-// port is not opened) until SIGINT or SIGTERM. It runs as its own process so
-// it can be pinned to a core and measured with -pid.
+// port is not opened) until SIGINT or SIGTERM. serve-nats runs one with a
+// plain NATS client listener and monitoring (/varz), to be the external
+// NATS (NATS_URL) of several groupcast instances. Both run as processes of
+// their own so they can be pinned to a core and measured with -pid.
 //
 // fanout opens -conns WebSocket connections at -connect-rate per second and
 // joins them all to -group (groupcast: a join frame answered by an ack;
@@ -32,8 +40,45 @@
 // if the loader nears 100 % of a core, it, not the server, is the bottleneck.
 // It also reports the CPU that other processes used meanwhile (noise: run on
 // an otherwise idle machine) and the irq/softirq time, loopback TCP work the
-// kernel charges to no process and so to neither CPU figure.
+// kernel charges to no process and so to neither CPU figure. Every run also
+// reports the ramp: server CPU per connect-and-join and the connect latency
+// (dial start to join ack).
+//
+// rooms is fanout over many small groups: connection i joins
+// <group>.<i*rooms/conns> (-rooms groups of conns/rooms members), and
+// publish n goes to <group>.<n mod rooms>. Meanwhile -churn times a second a
+// connection visits another room: it joins it (nats-ws: SUB and PING), stays
+// -churn-stay after the ack, and leaves (UNSUB and PING). Visits are checked
+// against the protocol: a visitor must receive what was published after its
+// join's ack and handed out (as a member's receipt on the same instance
+// proves) before its leave was sent — those count in expected and lost —
+// and nothing published after its leave's ack (a stray).
+//
+// connect is a reconnect storm, -rounds times: -conns clients dial and join
+// all at once (-max-inflight at a time; 0: all), 3 (-verify) messages are
+// published to prove every client is a member again, every client
+// disconnects, and the loader waits for the server to go idle. It reports
+// each round's server CPU per connect-and-join and connect latency; round 1
+// meets a fresh process, and the median of the later rounds is the headline.
+//
+// Several instances: repeat -url (and, for groupcast, -api and -pid, in the
+// same order). Connection i dials -url number i mod n; publishes go through
+// each -api in turn. Figures are then sums, with one line per instance
+// (its CPU per delivery, and the messages it received from NATS, from its
+// /metrics), and with -broker-pid and -nats-monitor the shared nats-server's
+// CPU and its messages out per publish (once per instance).
+//
+// -plot file.svg draws deliveries (and joins) per second and their latency
+// p50/p99/p99.9 per second. -pprof http://127.0.0.1:6060 (groupcast's
+// PPROF_ADDR) with -cpu-profile f writes a CPU profile of the publishing
+// window (connect: -profile-seconds from round 2 on, storms going on till it
+// ends) and with -heap-profile f a heap profile of the idle connections.
 // With -json the summary goes to stderr and stdout gets one JSON line.
+//
+// coldstart starts -bin -n times (PORT free, NATS_URL unset, so with the
+// embedded NATS), pinned to -cpu, and reports the time from exec to the
+// first accepted connection and to the first 200 on /readyz (polled every
+// millisecond): median, p90, min and max.
 //
 // Typical runs on a 2-core machine, server on core 0, loader on core 1:
 //
@@ -43,8 +88,9 @@
 //	taskset -c 0 loadgen serve-nats-ws -addr 127.0.0.1:8090 &
 //	taskset -c 1 loadgen fanout -target nats-ws -url ws://127.0.0.1:8090 -conns 5000 -rate 10 -pid $!
 //
-// cmd/loadgen/compare.sh RATE [fanout flags] does both, one server at a time,
-// and prints the ratio of server CPU per delivery.
+// cmd/loadgen/compare.sh MODE [flags] does both, one server at a time,
+// retrying noisy runs, and prints the ratios; cmd/loadgen/multi.sh runs one
+// and then two groupcast instances behind one external NATS.
 //
 // The loader raises RLIMIT_NOFILE to its hard limit. Past about 25,000
 // connections to a loopback URL it dials from several source addresses

@@ -1,9 +1,7 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,79 +14,144 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/coder/websocket"
 )
 
-// Targets a fan-out run can measure.
+// Targets a run can measure.
 const (
 	targetGroupcast = "groupcast"
 	targetNATSWS    = "nats-ws"
 )
 
+// Modes of a run. A connect run (runConnect) is a series of fan-out runs
+// whose ramp is the measurement.
 const (
-	joinTimeout    = 15 * time.Second // dial + join + ack, per connection
-	writeTimeout   = 5 * time.Second
-	maxFrameBytes  = 16 << 20    // largest server frame accepted
-	maxBitsetBytes = 256 << 20   // above this, duplicates are found by order
-	maxPublishes   = 100_000_000 // bound on rate*duration
-	maxConns       = 1_000_000   // bound on -conns
-	progressEvery  = time.Second // ramp progress lines
-	pollEvery      = 10 * time.Millisecond
+	modeFanout  = "fanout"
+	modeRooms   = "rooms"
+	modeConnect = "connect"
 )
 
-// Config describes one fan-out run. Zero values of optional fields take the
+const (
+	joinTimeout      = 15 * time.Second // dial + join + ack, per connection
+	writeTimeout     = 5 * time.Second
+	maxFrameBytes    = 16 << 20    // largest server frame accepted
+	maxBitsetBytes   = 256 << 20   // above this, duplicates are found by order
+	maxPublishes     = 100_000_000 // bound on rate*duration
+	maxRoomPublishes = 5_000_000   // bound on rate*duration in rooms mode (per-publish records)
+	maxConns         = 1_000_000   // bound on -conns
+	maxInstances     = 64          // bound on -url
+	progressEvery    = time.Second // ramp progress lines
+	pollEvery        = 10 * time.Millisecond
+)
+
+// Config describes one run. Zero values of optional fields take the
 // defaults noted.
 type Config struct {
-	Target      string        // targetGroupcast or targetNATSWS
-	URL         string        // WebSocket URL
-	API         string        // groupcast HTTP base URL (publishing); groupcast only
+	Mode   string   // modeFanout (default) or modeRooms
+	Target string   // targetGroupcast or targetNATSWS
+	URLs   []string // WebSocket URLs, one per instance: connection i dials URLs[i % len(URLs)]
+	APIs   []string // groupcast HTTP base URLs (publishing), one per instance; groupcast only
+	PIDs   []int    // server processes to measure, one per URL, or none
+
+	// BrokerPID is an external nats-server that the instances share (its
+	// CPU is reported apart); NATSMonitor is its monitoring base URL
+	// (http://host:port), whose /varz message counts show how often each
+	// message crossed NATS. Both optional.
+	BrokerPID   int
+	NATSMonitor string
+
 	Conns       int           // receiving connections
-	Group       string        // group (groupcast) or subject (nats-ws)
-	Rate        float64       // publishes per second
+	Group       string        // group (groupcast) or subject (nats-ws); rooms are Group.0, Group.1, …
+	Rooms       int           // modeRooms: how many groups the connections are split into
+	Churn       float64       // modeRooms: visits started per second (a join, a stay, a leave)
+	ChurnStay   time.Duration // modeRooms: how long a visitor stays; default 1s
+	Rate        float64       // publishes per second (all rooms together)
 	Duration    time.Duration // publishing window
 	Size        int           // payload bytes
-	PID         int           // server process to measure; 0: none
-	ConnectRate float64       // connections opened per second while ramping; default 2000
+	ConnectRate float64       // connections opened per second while ramping; default 2000; +Inf: no limit
 	MaxInflight int           // connections dialing or joining at once; default 500
 	Settle      time.Duration // wait after the ramp before the idle RSS sample; default 2s
 	Drain       time.Duration // wait for stragglers after publishing; default 5s
 	SourceIPs   int           // local 127.0.0.x addresses to dial from; 0: as many as needed
-	Log         io.Writer     // progress lines; nil: none
+
+	// Profile is a groupcast PPROF_ADDR base URL (http://127.0.0.1:6060):
+	// a CPU profile of the publishing window goes to ProfileOut, and with
+	// HeapOut a heap profile of the idle connections (after Settle).
+	// With ProfileRamp > 0 the CPU profile covers that long from the
+	// ramp's start instead, and the run keeps its connections until it has
+	// been written (so that no teardown is in it).
+	Profile     string
+	ProfileOut  string
+	HeapOut     string
+	ProfileRamp time.Duration
+
+	Deliveries *series   // per-second deliveries and their latency; nil: none
+	Joins      *series   // per-second join acks and connect latency; nil: none
+	Log        io.Writer // progress lines; nil: none
 }
 
 func (c *Config) setDefaults() error {
+	switch c.Mode {
+	case "", modeFanout:
+		c.Mode, c.Rooms, c.Churn = modeFanout, 1, 0
+	case modeRooms:
+		if c.Rooms < 1 || c.Rooms > c.Conns {
+			return fmt.Errorf("-rooms must be 1..-conns (%d)", c.Conns)
+		}
+	default:
+		return fmt.Errorf("mode %q: not %s or %s", c.Mode, modeFanout, modeRooms)
+	}
+	if len(c.URLs) == 0 || len(c.URLs) > maxInstances {
+		return fmt.Errorf("1 to %d -url needed", maxInstances)
+	}
+	for _, u := range c.URLs {
+		p, err := url.Parse(u)
+		if err != nil || (p.Scheme != "ws" && p.Scheme != "wss") {
+			return fmt.Errorf("-url %q is not a ws:// URL", u)
+		}
+	}
 	switch c.Target {
 	case targetGroupcast:
-		if c.API == "" {
+		if len(c.APIs) == 0 {
 			return errors.New("-api is required for -target groupcast")
 		}
-		if _, err := url.Parse(c.API); err != nil {
-			return fmt.Errorf("-api: %w", err)
+		for _, a := range c.APIs {
+			if p, err := url.Parse(a); err != nil || (p.Scheme != "http" && p.Scheme != "https") {
+				return fmt.Errorf("-api %q is not an http:// URL", a)
+			}
 		}
 	case targetNATSWS:
 	default:
 		return fmt.Errorf("-target must be %s or %s, not %q", targetGroupcast, targetNATSWS, c.Target)
 	}
-	if _, err := url.Parse(c.URL); err != nil || c.URL == "" {
-		return fmt.Errorf("-url %q is not a WebSocket URL", c.URL)
+	if len(c.PIDs) != 0 && len(c.PIDs) != len(c.URLs) {
+		return fmt.Errorf("%d -pid for %d -url: give one per instance, or none", len(c.PIDs), len(c.URLs))
 	}
 	if c.Conns < 1 || c.Conns > maxConns {
 		return fmt.Errorf("-conns must be 1..%d", maxConns)
 	}
-	if c.Group == "" || strings.ContainsAny(c.Group, " \t\r\n") {
-		return fmt.Errorf("-group %q: empty or has white space", c.Group)
+	if c.Group == "" || strings.ContainsAny(c.Group, " \t\r\n*>") {
+		return fmt.Errorf("-group %q: empty, or has white space or wildcards", c.Group)
 	}
 	if !(c.Rate > 0) || c.Duration <= 0 {
 		return errors.New("-rate and -duration must be positive")
 	}
-	if p := c.Rate * c.Duration.Seconds(); p > maxPublishes {
+	p := c.Rate * c.Duration.Seconds()
+	if p > maxPublishes {
 		return fmt.Errorf("-rate × -duration is %.0f publishes, over %d", p, maxPublishes)
+	}
+	if c.Mode == modeRooms && p > maxRoomPublishes {
+		return fmt.Errorf("rooms: -rate × -duration is %.0f publishes, over %d", p, maxRoomPublishes)
 	}
 	if c.Size < 0 || c.Size > maxFrameBytes/2 {
 		return fmt.Errorf("-size must be 0..%d", maxFrameBytes/2)
 	}
-	if c.ConnectRate <= 0 {
+	if c.Churn < 0 || c.Churn > 100_000 {
+		return errors.New("-churn must be 0..100000")
+	}
+	if c.ChurnStay <= 0 {
+		c.ChurnStay = time.Second
+	}
+	if !(c.ConnectRate > 0) {
 		c.ConnectRate = 2000
 	}
 	if c.MaxInflight <= 0 {
@@ -115,34 +178,90 @@ type Latency struct {
 	Max  float64 `json:"max_ms"`
 }
 
-// Result is what a fan-out run measured. Server figures are zero without a PID.
+func (h *histogram) latency() Latency {
+	return Latency{
+		Mean: h.mean() / 1e6,
+		P50:  float64(h.quantile(0.50)) / 1e6,
+		P99:  float64(h.quantile(0.99)) / 1e6,
+		P999: float64(h.quantile(0.999)) / 1e6,
+		Max:  float64(h.max.Load()) / 1e6,
+	}
+}
+
+// Instance is what one server instance (one -url, -api and -pid) did.
+type Instance struct {
+	URL          string  `json:"url"`
+	PID          int     `json:"pid,omitempty"`
+	Conns        int     `json:"conns"`
+	Delivered    int64   `json:"delivered"`
+	CPUSecs      float64 `json:"cpu_s"` // publishing window + drain
+	USPerDeliv   float64 `json:"us_per_delivery"`
+	RampCPUSecs  float64 `json:"ramp_cpu_s"`
+	USPerConnect float64 `json:"us_per_connect"`
+	RSSBeforeKiB int64   `json:"rss_before_kib"`
+	RSSIdleKiB   int64   `json:"rss_idle_kib"`
+	KiBPerConn   float64 `json:"kib_per_conn"`
+	// NATSReceived is groupcast_nats_received_total over the publishing
+	// window and drain: how many messages reached this instance from
+	// NATS (-1: unknown).
+	NATSReceived int64 `json:"nats_received"`
+}
+
+// Result is what a run measured. Server figures are zero without PIDs;
+// with several instances they are sums, and Instances has each one.
 type Result struct {
+	Mode     string  `json:"mode"`
 	Target   string  `json:"target"`
-	URL      string  `json:"url"`
+	URL      string  `json:"url"` // the -url values, comma-separated
 	Conns    int     `json:"conns"`
 	Group    string  `json:"group"`
+	Rooms    int     `json:"rooms"`
 	Rate     float64 `json:"rate"`
 	Duration float64 `json:"duration_s"`
 	Size     int     `json:"size"`
-	RampSecs float64 `json:"ramp_s"`
+
+	// The ramp: dialing, upgrading and joining every connection.
+	RampSecs           float64 `json:"ramp_s"`
+	ConnectLatency     Latency `json:"connect_latency"` // dial start to join ack
+	RampServerCPUSecs  float64 `json:"ramp_server_cpu_s"`
+	ServerUSPerConnect float64 `json:"server_us_per_connect"`
+	RampLoaderCPUSecs  float64 `json:"ramp_loader_cpu_s"`
+	RampOtherCPUSecs   float64 `json:"ramp_other_cpu_s"`
 
 	Publishes     int64   `json:"publishes"`
 	PublishErrors int64   `json:"publish_errors"`
 	PublishRate   float64 `json:"publish_rate"`
 	PublishLagMax float64 `json:"publish_lag_max_ms"` // worst start delay behind schedule
-	Expected      int64   `json:"expected"`
-	Delivered     int64   `json:"delivered"`
-	Lost          int64   `json:"lost"`
-	Duplicates    int64   `json:"duplicates"`
-	Malformed     int64   `json:"malformed"`
-	ErrorFrames   int64   `json:"error_frames"`
-	Disconnects   int64   `json:"disconnects"`
-	DeliveriesPS  float64 `json:"deliveries_per_s"`
-	WindowSecs    float64 `json:"window_s"` // publishing window
-	DrainSecs     float64 `json:"drain_s"`  // from end of publishing to last delivery (or give-up)
-	Latency       Latency `json:"latency"`
+	// Expected deliveries are those the protocol promises: every publish
+	// to each member of its group, and (rooms) to visitors those published
+	// after the visitor's join ack and handed out before its leave was sent.
+	Expected     int64   `json:"expected"`
+	Delivered    int64   `json:"delivered"` // unique deliveries, visitors' included
+	Lost         int64   `json:"lost"`      // expected and not delivered
+	Duplicates   int64   `json:"duplicates"`
+	Malformed    int64   `json:"malformed"`
+	ErrorFrames  int64   `json:"error_frames"`
+	Disconnects  int64   `json:"disconnects"`
+	DeliveriesPS float64 `json:"deliveries_per_s"`
+	WindowSecs   float64 `json:"window_s"` // publishing window
+	DrainSecs    float64 `json:"drain_s"`  // from end of publishing to last delivery (or give-up)
+	Latency      Latency `json:"latency"`
 
-	ServerPID          int     `json:"server_pid,omitempty"`
+	// Rooms mode: churn. A visit is a join to another room, a stay, and a
+	// leave. VisitDelivered counts deliveries to visitors; VisitExtra
+	// those the protocol neither promises nor forbids (in flight around a
+	// join or leave); Strays are deliveries after a leave's ack, which the
+	// protocol forbids.
+	Visits         int64 `json:"visits,omitempty"`
+	VisitsFailed   int64 `json:"visits_failed,omitempty"`
+	JoinsLeaves    int64 `json:"joins_leaves,omitempty"` // acknowledged joins and leaves of visits
+	VisitExpected  int64 `json:"visit_expected,omitempty"`
+	VisitDelivered int64 `json:"visit_delivered,omitempty"`
+	VisitLost      int64 `json:"visit_lost,omitempty"`
+	VisitExtra     int64 `json:"visit_extra,omitempty"`
+	Strays         int64 `json:"strays,omitempty"`
+
+	ServerPIDs         []int   `json:"server_pids,omitempty"`
 	ServerCPUSecs      float64 `json:"server_cpu_s"`       // over the publishing window
 	ServerCPUDrainSecs float64 `json:"server_cpu_drain_s"` // during the drain
 	ServerCPUUtil      float64 `json:"server_cpu_util"`    // cores busy over the window
@@ -151,14 +270,26 @@ type Result struct {
 	ServerRSSIdleKiB   int64   `json:"server_rss_idle_kib"`
 	ServerKiBPerConn   float64 `json:"server_kib_per_conn"`
 
+	Instances []Instance `json:"instances,omitempty"` // with more than one -url
+
+	// External NATS (-broker-pid, -nats-monitor): its CPU over the window
+	// and drain, and the messages it took in and handed out meanwhile
+	// (NATSOutPerPublish is how many subscribers each publish reached).
+	BrokerCPUSecs     float64 `json:"broker_cpu_s,omitempty"`
+	BrokerUSPerDeliv  float64 `json:"broker_us_per_delivery,omitempty"`
+	NATSInMsgs        int64   `json:"nats_in_msgs,omitempty"`
+	NATSOutMsgs       int64   `json:"nats_out_msgs,omitempty"`
+	NATSOutPerPublish float64 `json:"nats_out_per_publish,omitempty"`
+
 	LoaderCPUSecs    float64 `json:"loader_cpu_s"`    // publishing window + drain
 	LoaderCPUUtil    float64 `json:"loader_cpu_util"` // cores busy over that time
 	LoaderUSPerDeliv float64 `json:"loader_us_per_delivery"`
 
 	// Machine-wide CPU over the publishing window and drain: time used by
-	// processes other than the server and this loader (noise: it should be
-	// near 0), and time in interrupt/softirq handling (loopback TCP work the
-	// kernel charges to no process, so neither server figure includes it).
+	// processes other than the servers, the broker and this loader (noise:
+	// it should be near 0), and time in interrupt/softirq handling
+	// (loopback TCP work the kernel charges to no process, so neither
+	// server figure includes it).
 	OtherCPUSecs float64 `json:"other_cpu_s"`
 	IRQCPUSecs   float64 `json:"irq_cpu_s"`
 
@@ -171,10 +302,19 @@ type fanoutRun struct {
 	ctx      context.Context // canceled when the run ends: closes every connection
 	cancel   context.CancelCauseFunc
 	wg       sync.WaitGroup // every goroutine the run starts
-	hist     histogram
-	seqLimit int64 // publishes planned; seq is in [0, seqLimit)
-	bitset   bool  // per-connection bitsets find duplicates exactly
+	hist     histogram      // delivery latency
+	connHist histogram      // dial start to join ack
+	seqLimit int64          // publishes planned; seq is in [0, seqLimit)
+	bitset   bool           // per-connection bitsets find duplicates exactly
 	http     []*http.Client
+	groups   []string // group (subject) of each room
+
+	// Rooms mode: when each publish started (unix ns; 0: it failed), and
+	// with churn, per instance and seq, the earliest time a member of the
+	// room on that instance received it (the proof that the instance had
+	// handed it out by then).
+	pubT    []atomic.Int64
+	witness [][]atomic.Int64
 
 	joined      atomic.Int64
 	failed      atomic.Int64
@@ -198,9 +338,73 @@ func (r *fanoutRun) err() error {
 	return r.firstErr
 }
 
-// runFanout performs one fan-out measurement: ramp, settle, publish, drain.
-// It returns once every goroutine and connection it started is gone.
-func runFanout(ctx context.Context, cfg Config) (*Result, error) {
+// roomOf returns the room a publish goes to.
+func (r *fanoutRun) roomOf(seq int64) int { return int(seq % int64(len(r.groups))) }
+
+// homeRoom returns the room connection i joins: rooms are contiguous blocks
+// of connections, so that with several instances each room has members on
+// each of them.
+func (r *fanoutRun) homeRoom(i int) int {
+	return int(int64(i) * int64(len(r.groups)) / int64(r.cfg.Conns))
+}
+
+// sample is a reading of every CPU counter a run reports.
+type sample struct {
+	at     time.Time
+	srv    []time.Duration // per PID
+	broker time.Duration
+	self   time.Duration
+	mach   time.Duration
+	irq    time.Duration
+	machOK bool
+}
+
+func (r *fanoutRun) sample() sample {
+	s := sample{at: time.Now(), self: selfCPU(), srv: make([]time.Duration, len(r.cfg.PIDs))}
+	for i, pid := range r.cfg.PIDs {
+		d, err := procCPU(pid)
+		if err != nil {
+			r.noteErr(fmt.Errorf("server cpu: %w", err))
+		}
+		s.srv[i] = d
+	}
+	if r.cfg.BrokerPID > 0 {
+		d, err := procCPU(r.cfg.BrokerPID)
+		if err != nil {
+			r.noteErr(fmt.Errorf("broker cpu: %w", err))
+		}
+		s.broker = d
+	}
+	var err error
+	s.mach, s.irq, err = machineCPU()
+	s.machOK = err == nil
+	return s
+}
+
+// cpuUsage is the CPU used between two samples.
+type cpuUsage struct {
+	wall, self, broker, other, irq time.Duration
+	srv                            []time.Duration
+	srvTotal                       time.Duration
+}
+
+func (a sample) until(b sample) cpuUsage {
+	u := cpuUsage{wall: b.at.Sub(a.at), self: b.self - a.self, broker: b.broker - a.broker, srv: make([]time.Duration, len(a.srv))}
+	for i := range a.srv {
+		u.srv[i] = b.srv[i] - a.srv[i]
+		u.srvTotal += u.srv[i]
+	}
+	if a.machOK && b.machOK {
+		u.irq = b.irq - a.irq
+		u.other = max(0, b.mach-a.mach-u.self-u.srvTotal-u.broker)
+	}
+	return u
+}
+
+// runFanout performs one measurement: ramp, settle, publish (with churn in
+// rooms mode), drain. It returns once every goroutine and connection it
+// started is gone.
+func runFanout(ctx context.Context, cfg Config) (_ *Result, err error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
@@ -208,7 +412,23 @@ func runFanout(ctx context.Context, cfg Config) (*Result, error) {
 	r.ctx, r.cancel = context.WithCancelCause(ctx)
 	r.seqLimit = int64(math.Ceil(cfg.Rate*cfg.Duration.Seconds())) + 1
 	r.bitset = int64(cfg.Conns)*((r.seqLimit+63)/64)*8 <= maxBitsetBytes
-	var err error
+	if cfg.Mode == modeRooms && !r.bitset {
+		return nil, fmt.Errorf("rooms: -conns × publishes needs over %d MiB of bitsets; publish less", maxBitsetBytes>>20)
+	}
+	r.groups = []string{cfg.Group}
+	if cfg.Mode == modeRooms {
+		r.groups = make([]string, cfg.Rooms)
+		for i := range r.groups {
+			r.groups[i] = cfg.Group + "." + strconv.Itoa(i)
+		}
+		r.pubT = make([]atomic.Int64, r.seqLimit)
+		if cfg.Churn > 0 {
+			r.witness = make([][]atomic.Int64, len(cfg.URLs))
+			for i := range r.witness {
+				r.witness[i] = make([]atomic.Int64, r.seqLimit)
+			}
+		}
+	}
 	if r.http, err = wsClients(cfg); err != nil {
 		return nil, err
 	}
@@ -221,29 +441,94 @@ func runFanout(ctx context.Context, cfg Config) (*Result, error) {
 	}()
 
 	res := &Result{
-		Target: cfg.Target, URL: cfg.URL, Conns: cfg.Conns, Group: cfg.Group,
-		Rate: cfg.Rate, Duration: cfg.Duration.Seconds(), Size: cfg.Size, ServerPID: cfg.PID,
+		Mode: cfg.Mode, Target: cfg.Target, URL: strings.Join(cfg.URLs, ","), Conns: cfg.Conns,
+		Group: cfg.Group, Rooms: len(r.groups), Rate: cfg.Rate, Duration: cfg.Duration.Seconds(),
+		Size: cfg.Size, ServerPIDs: cfg.PIDs,
 	}
-	if cfg.PID > 0 {
-		if res.ServerRSSBeforeKiB, err = procRSS(cfg.PID); err != nil {
-			return nil, fmt.Errorf("server pid %d: %w", cfg.PID, err)
+	insts := make([]Instance, len(cfg.URLs))
+	for i := range insts {
+		insts[i] = Instance{URL: cfg.URLs[i], NATSReceived: -1}
+		insts[i].Conns = cfg.Conns / len(cfg.URLs)
+		if i < cfg.Conns%len(cfg.URLs) {
+			insts[i].Conns++
+		}
+	}
+	for i, pid := range cfg.PIDs {
+		insts[i].PID = pid
+		if insts[i].RSSBeforeKiB, err = procRSS(pid); err != nil {
+			return nil, fmt.Errorf("server pid %d: %w", pid, err)
 		}
 	}
 
-	clients, rampDur, err := r.ramp()
-	res.RampSecs = rampDur.Seconds()
+	var profDone chan error
+	startProfile := func(d time.Duration) {
+		if cfg.Profile == "" || cfg.ProfileOut == "" {
+			return
+		}
+		profDone = make(chan error, 1)
+		secs := max(1, int(math.Round(d.Seconds())))
+		go func() {
+			u := fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", cfg.Profile, secs)
+			profDone <- fetchProfile(r.ctx, u, cfg.ProfileOut, time.Duration(secs)*time.Second+30*time.Second)
+		}()
+	}
+	// waitProfile waits for the profile, if one is being taken.
+	waitProfile := func() {
+		if err != nil {
+			r.cancel(err) // failed: do not wait out the profile
+		}
+		if profDone != nil {
+			if err := <-profDone; err != nil {
+				r.noteErr(fmt.Errorf("cpu profile: %w", err))
+			}
+			profDone = nil
+		}
+	}
+	defer waitProfile() // before the deferred teardown (defers run last first)
+	if cfg.ProfileRamp > 0 {
+		startProfile(cfg.ProfileRamp)
+		// Let the profiler start before the ramp does.
+		if err := sleepCtx(r.ctx, 50*time.Millisecond); err != nil {
+			return nil, err
+		}
+	}
+
+	rs0 := r.sample()
+	clients, err := r.ramp()
+	rs1 := r.sample()
+	res.RampSecs = rs1.at.Sub(rs0.at).Seconds()
 	if err != nil {
 		return nil, err
+	}
+	ru := rs0.until(rs1)
+	res.ConnectLatency = r.connHist.latency()
+	res.RampServerCPUSecs = ru.srvTotal.Seconds()
+	res.ServerUSPerConnect = ru.srvTotal.Seconds() * 1e6 / float64(cfg.Conns)
+	res.RampLoaderCPUSecs = ru.self.Seconds()
+	res.RampOtherCPUSecs = ru.other.Seconds()
+	for i := range ru.srv {
+		insts[i].RampCPUSecs = ru.srv[i].Seconds()
+		insts[i].USPerConnect = ru.srv[i].Seconds() * 1e6 / float64(max(1, insts[i].Conns))
 	}
 
 	if err := sleepCtx(r.ctx, cfg.Settle); err != nil {
 		return nil, err
 	}
-	if cfg.PID > 0 {
-		if res.ServerRSSIdleKiB, err = procRSS(cfg.PID); err != nil {
-			return nil, fmt.Errorf("server pid %d: %w", cfg.PID, err)
+	for i, pid := range cfg.PIDs {
+		if insts[i].RSSIdleKiB, err = procRSS(pid); err != nil {
+			return nil, fmt.Errorf("server pid %d: %w", pid, err)
 		}
+		insts[i].KiBPerConn = float64(insts[i].RSSIdleKiB-insts[i].RSSBeforeKiB) / float64(max(1, insts[i].Conns))
+		res.ServerRSSBeforeKiB += insts[i].RSSBeforeKiB
+		res.ServerRSSIdleKiB += insts[i].RSSIdleKiB
+	}
+	if len(cfg.PIDs) > 0 {
 		res.ServerKiBPerConn = float64(res.ServerRSSIdleKiB-res.ServerRSSBeforeKiB) / float64(cfg.Conns)
+	}
+	if cfg.Profile != "" && cfg.HeapOut != "" {
+		if err := fetchProfile(r.ctx, cfg.Profile+"/debug/pprof/heap", cfg.HeapOut, 30*time.Second); err != nil {
+			r.noteErr(fmt.Errorf("heap profile: %w", err))
+		}
 	}
 
 	pub, err := r.newPublisher()
@@ -252,104 +537,168 @@ func runFanout(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	defer pub.close()
 
-	// Publishing window.
-	srv0 := r.serverCPU()
-	self0 := selfCPU()
-	mach0, irq0, machErr := machineCPU()
-	t0 := time.Now()
+	// Publishing window (and churn).
+	recv0 := r.scrapeReceived()
+	varz0, varzErr := scrapeVarz(r.ctx, cfg.NATSMonitor)
+	s0 := r.sample()
+	if cfg.ProfileRamp <= 0 {
+		startProfile(cfg.Duration)
+	}
+	var ch *churn
+	if cfg.Mode == modeRooms && cfg.Churn > 0 {
+		ch = r.startChurn(clients)
+	}
 	var ps pubStats
-	if err := r.publishLoop(pub, t0, &ps); err != nil {
+	err = r.publishLoop(pub, s0.at, &ps)
+	if ch != nil {
+		ch.stop()
+	}
+	if err != nil {
 		return nil, err
 	}
-	t1 := time.Now()
-	srv1 := r.serverCPU()
+	s1 := r.sample()
 	ok := ps.ok.Load()
 	res.Publishes, res.PublishErrors = ok, ps.failed.Load()
 	res.PublishLagMax = float64(ps.lagMax.Load()) / 1e6
-	res.Expected = ok * int64(cfg.Conns)
+	homeExpected := r.homeExpected(clients, ok)
 
 	// Drain: wait for stragglers.
-	deadline := t1.Add(cfg.Drain)
-	for time.Now().Before(deadline) && sumUnique(clients) < res.Expected {
+	deadline := s1.at.Add(cfg.Drain)
+	for time.Now().Before(deadline) && (sumUnique(clients) < homeExpected || ch.pending() > 0) {
 		if err := sleepCtx(r.ctx, pollEvery); err != nil {
 			return nil, err
 		}
 	}
-	t2 := time.Now()
-	srv2 := r.serverCPU()
-	self2 := selfCPU()
-	mach2, irq2, machErr2 := machineCPU()
+	s2 := r.sample()
+	waitProfile()
+	recv1 := r.scrapeReceived()
+	varz1, varzErr1 := scrapeVarz(r.ctx, cfg.NATSMonitor)
 
 	// Stop receiving, then read the per-connection figures.
 	r.cancel(errors.New("run finished"))
 	r.wg.Wait()
 
-	var lastRecv int64
+	var lastRecv, homeDelivered int64
 	for _, c := range clients {
-		res.Delivered += c.unique.Load()
+		homeDelivered += c.unique.Load()
+		res.VisitDelivered += c.away.Load()
 		res.Duplicates += c.dups.Load()
 		res.Malformed += c.bad.Load()
 		res.ErrorFrames += c.errFrames.Load()
+		insts[c.inst].Delivered += c.unique.Load() + c.away.Load()
 		lastRecv = max(lastRecv, c.lastRecv.Load())
 	}
-	res.Lost = max(0, res.Expected-res.Delivered)
+	res.Delivered = homeDelivered + res.VisitDelivered
+	res.Expected = homeExpected
+	res.Lost = max(0, homeExpected-homeDelivered)
+	if ch != nil {
+		ch.account(res, clients)
+	}
 	res.Disconnects = r.disconnects.Load()
-	window := t1.Sub(t0)
+	window := s1.at.Sub(s0.at)
 	res.WindowSecs = window.Seconds()
 	res.PublishRate = float64(ok) / window.Seconds()
-	end := t1
-	if lastRecv > t1.UnixNano() {
+	end := s1.at
+	if lastRecv > s1.at.UnixNano() {
 		end = time.Unix(0, lastRecv)
 	}
-	if res.Delivered < res.Expected {
-		end = t2 // gave up waiting
+	if homeDelivered < homeExpected {
+		end = s2.at // gave up waiting
 	}
-	res.DrainSecs = end.Sub(t1).Seconds()
-	if recvSpan := time.Unix(0, lastRecv).Sub(t0).Seconds(); lastRecv > 0 && recvSpan > 0 {
+	res.DrainSecs = end.Sub(s1.at).Seconds()
+	if recvSpan := time.Unix(0, lastRecv).Sub(s0.at).Seconds(); lastRecv > 0 && recvSpan > 0 {
 		res.DeliveriesPS = float64(res.Delivered) / max(recvSpan, window.Seconds())
 	}
-	res.Latency = Latency{
-		Mean: r.hist.mean() / 1e6,
-		P50:  float64(r.hist.quantile(0.50)) / 1e6,
-		P99:  float64(r.hist.quantile(0.99)) / 1e6,
-		P999: float64(r.hist.quantile(0.999)) / 1e6,
-		Max:  float64(r.hist.max.Load()) / 1e6,
-	}
-	if cfg.PID > 0 {
-		res.ServerCPUSecs = (srv1 - srv0).Seconds()
-		res.ServerCPUDrainSecs = (srv2 - srv1).Seconds()
+	res.Latency = r.hist.latency()
+
+	u1, u2 := s0.until(s1), s0.until(s2)
+	if len(cfg.PIDs) > 0 {
+		res.ServerCPUSecs = u1.srvTotal.Seconds()
+		res.ServerCPUDrainSecs = (u2.srvTotal - u1.srvTotal).Seconds()
 		res.ServerCPUUtil = res.ServerCPUSecs / window.Seconds()
 		if res.Delivered > 0 {
-			res.ServerUSPerDeliv = (srv2 - srv0).Seconds() * 1e6 / float64(res.Delivered)
+			res.ServerUSPerDeliv = u2.srvTotal.Seconds() * 1e6 / float64(res.Delivered)
+		}
+		for i := range insts {
+			insts[i].CPUSecs = u2.srv[i].Seconds()
+			if insts[i].Delivered > 0 {
+				insts[i].USPerDeliv = u2.srv[i].Seconds() * 1e6 / float64(insts[i].Delivered)
+			}
 		}
 	}
-	self := self2 - self0
-	res.LoaderCPUSecs = self.Seconds()
-	res.LoaderCPUUtil = self.Seconds() / t2.Sub(t0).Seconds()
+	if recv0 != nil && recv1 != nil {
+		for i := range insts {
+			if recv0[i] >= 0 && recv1[i] >= 0 {
+				insts[i].NATSReceived = recv1[i] - recv0[i]
+			}
+		}
+	}
+	if len(insts) > 1 || recv0 != nil {
+		res.Instances = insts
+	}
+	if cfg.BrokerPID > 0 {
+		res.BrokerCPUSecs = u2.broker.Seconds()
+		if res.Delivered > 0 {
+			res.BrokerUSPerDeliv = u2.broker.Seconds() * 1e6 / float64(res.Delivered)
+		}
+	}
+	if varzErr == nil && varzErr1 == nil && cfg.NATSMonitor != "" {
+		res.NATSInMsgs = varz1.InMsgs - varz0.InMsgs
+		res.NATSOutMsgs = varz1.OutMsgs - varz0.OutMsgs
+		if ok > 0 {
+			res.NATSOutPerPublish = float64(res.NATSOutMsgs) / float64(ok)
+		}
+	} else if cfg.NATSMonitor != "" {
+		r.noteErr(fmt.Errorf("nats monitor: %w", errors.Join(varzErr, varzErr1)))
+	}
+	res.LoaderCPUSecs = u2.self.Seconds()
+	res.LoaderCPUUtil = u2.self.Seconds() / u2.wall.Seconds()
 	if res.Delivered > 0 {
-		res.LoaderUSPerDeliv = self.Seconds() * 1e6 / float64(res.Delivered)
+		res.LoaderUSPerDeliv = u2.self.Seconds() * 1e6 / float64(res.Delivered)
 	}
-	if machErr == nil && machErr2 == nil {
-		res.IRQCPUSecs = (irq2 - irq0).Seconds()
-		res.OtherCPUSecs = max(0, (mach2 - mach0 - self - (srv2 - srv0)).Seconds())
-	}
+	res.IRQCPUSecs = u2.irq.Seconds()
+	res.OtherCPUSecs = u2.other.Seconds()
 	if err := r.err(); err != nil {
 		res.FirstError = err.Error()
 	}
 	return res, nil
 }
 
-// serverCPU samples the server's CPU time; 0 without a PID or on error (the
-// process may have exited: the final figures then show it).
-func (r *fanoutRun) serverCPU() time.Duration {
-	if r.cfg.PID <= 0 {
-		return 0
+// homeExpected returns the deliveries promised to the rooms' members: each
+// successful publish once per member of its room.
+func (r *fanoutRun) homeExpected(clients []*client, ok int64) int64 {
+	if len(r.groups) == 1 {
+		return ok * int64(len(clients))
 	}
-	d, err := procCPU(r.cfg.PID)
-	if err != nil {
-		r.noteErr(fmt.Errorf("server cpu: %w", err))
+	members := make([]int64, len(r.groups))
+	for _, c := range clients {
+		members[c.room]++
 	}
-	return d
+	var n int64
+	for seq := range r.pubT {
+		if r.pubT[seq].Load() != 0 {
+			n += members[r.roomOf(int64(seq))]
+		}
+	}
+	return n
+}
+
+// scrapeReceived reads groupcast_nats_received_total from each instance's
+// /metrics (groupcast, one -api per -url); nil otherwise. -1: unknown.
+func (r *fanoutRun) scrapeReceived() []int64 {
+	if r.cfg.Target != targetGroupcast || len(r.cfg.APIs) != len(r.cfg.URLs) {
+		return nil
+	}
+	out := make([]int64, len(r.cfg.APIs))
+	for i, api := range r.cfg.APIs {
+		v, err := scrapeMetric(r.ctx, strings.TrimRight(api, "/")+"/metrics", "groupcast_nats_received_total")
+		if err != nil {
+			r.noteErr(fmt.Errorf("metrics: %w", err))
+			v = -1
+		}
+		out[i] = v
+	}
+	return out
 }
 
 func sumUnique(cs []*client) int64 {
@@ -376,7 +725,7 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 // source address, so that more connections than one address has ephemeral
 // ports can reach a loopback server.
 func wsClients(cfg Config) ([]*http.Client, error) {
-	u, err := url.Parse(cfg.URL)
+	u, err := url.Parse(cfg.URLs[0])
 	if err != nil {
 		return nil, err
 	}
@@ -418,26 +767,28 @@ func wsClients(cfg Config) ([]*http.Client, error) {
 // ramp opens cfg.Conns connections at cfg.ConnectRate, at most
 // cfg.MaxInflight dialing or joining at once, and waits until all have joined.
 // Any connection failing to join fails the run.
-func (r *fanoutRun) ramp() ([]*client, time.Duration, error) {
+func (r *fanoutRun) ramp() ([]*client, error) {
 	cfg := r.cfg
 	start := time.Now()
-	interval := time.Duration(float64(time.Second) / cfg.ConnectRate)
+	interval := time.Duration(float64(time.Second) / cfg.ConnectRate) // 0 when unlimited
 	sem := make(chan struct{}, cfg.MaxInflight)
 	clients := make([]*client, 0, cfg.Conns)
 	nextLog := start.Add(progressEvery)
 	words := (r.seqLimit + 63) / 64
 	for i := range cfg.Conns {
-		if d := time.Until(start.Add(time.Duration(i) * interval)); d > 0 {
-			if err := sleepCtx(r.ctx, d); err != nil {
-				return nil, time.Since(start), r.rampErr(err)
+		if interval > 0 {
+			if d := time.Until(start.Add(time.Duration(i) * interval)); d > 0 {
+				if err := sleepCtx(r.ctx, d); err != nil {
+					return nil, r.rampErr(err)
+				}
 			}
 		}
 		select {
 		case sem <- struct{}{}:
 		case <-r.ctx.Done():
-			return nil, time.Since(start), r.rampErr(context.Cause(r.ctx))
+			return nil, r.rampErr(context.Cause(r.ctx))
 		}
-		c := &client{r: r, id: i, lastSeq: -1}
+		c := &client{r: r, id: i, lastSeq: -1, room: r.homeRoom(i), inst: i % len(cfg.URLs)}
 		if r.bitset {
 			c.seen = make([]uint64, words)
 		}
@@ -450,8 +801,8 @@ func (r *fanoutRun) ramp() ([]*client, time.Duration, error) {
 		}
 	}
 	for r.joined.Load()+r.failed.Load() < int64(cfg.Conns) {
-		if err := sleepCtx(r.ctx, pollEvery); err != nil {
-			return nil, time.Since(start), r.rampErr(err)
+		if err := sleepCtx(r.ctx, time.Millisecond); err != nil {
+			return nil, r.rampErr(err)
 		}
 		if now := time.Now(); now.After(nextLog) {
 			fmt.Fprintf(cfg.Log, "ramp: %d joined\n", r.joined.Load())
@@ -460,10 +811,10 @@ func (r *fanoutRun) ramp() ([]*client, time.Duration, error) {
 	}
 	d := time.Since(start)
 	if f := r.failed.Load(); f > 0 {
-		return nil, d, r.rampErr(fmt.Errorf("%d connections failed", f))
+		return nil, r.rampErr(fmt.Errorf("%d connections failed", f))
 	}
-	fmt.Fprintf(cfg.Log, "ramp: %d connections joined %q in %.1fs\n", cfg.Conns, cfg.Group, d.Seconds())
-	return clients, d, nil
+	fmt.Fprintf(cfg.Log, "ramp: %d connections joined %d group(s) in %.2fs\n", cfg.Conns, len(r.groups), d.Seconds())
+	return clients, nil
 }
 
 func (r *fanoutRun) rampErr(err error) error {
@@ -483,7 +834,8 @@ type pubStats struct {
 // ends, open loop: each slot's publish is handed to one of pub's workers
 // (several concurrent HTTP requests for groupcast, one writer for nats-ws),
 // so a slow answer does not slow the schedule unless every worker is busy.
-// A payload's t is the moment its publish starts.
+// A payload's t is the moment its publish starts; publish seq goes to room
+// seq mod rooms.
 func (r *fanoutRun) publishLoop(pub publisher, t0 time.Time, st *pubStats) error {
 	cfg := r.cfg
 	interval := float64(time.Second) / cfg.Rate
@@ -504,12 +856,15 @@ func (r *fanoutRun) publishLoop(pub publisher, t0 time.Time, st *pubStats) error
 					}
 				}
 				buf = appendPayload(buf[:0], uint64(seq), now.UnixNano(), cfg.Size)
-				if err := pub.publish(r.ctx, buf); err != nil {
+				if err := pub.publish(r.ctx, seq, buf); err != nil {
 					if r.ctx.Err() == nil {
 						st.failed.Add(1)
 						r.noteErr(fmt.Errorf("publish %d: %w", seq, err))
 					}
 					continue
+				}
+				if r.pubT != nil {
+					r.pubT[seq].Store(now.UnixNano())
 				}
 				st.ok.Add(1)
 			}
@@ -547,521 +902,4 @@ func (r *fanoutRun) publishLoop(pub publisher, t0 time.Time, st *pubStats) error
 		return sleepCtx(r.ctx, d)
 	}
 	return nil
-}
-
-// client is one receiving WebSocket connection. Its fields other than the
-// atomics belong to its goroutine.
-type client struct {
-	r       *fanoutRun
-	id      int
-	ws      *websocket.Conn
-	seen    []uint64 // bitset of received seqs (when r.bitset)
-	lastSeq int64    // highest seq received (without bitset)
-	buf     []byte
-	release func() // called once: joined or failed
-
-	isJoined  atomic.Bool // the join was acknowledged
-	unique    atomic.Int64
-	dups      atomic.Int64
-	bad       atomic.Int64
-	errFrames atomic.Int64
-	lastRecv  atomic.Int64 // unix nanos of the latest delivery
-}
-
-// run dials, joins and then reads until the run ends. It gives back its
-// semaphore slot once it has joined or failed.
-func (c *client) run(sem chan struct{}) {
-	r := c.r
-	defer r.wg.Done()
-	var once sync.Once
-	c.release = func() { once.Do(func() { <-sem }) }
-	defer c.release()
-
-	if err := c.connect(); err != nil {
-		c.fail(err)
-		return
-	}
-	defer c.ws.CloseNow()
-	stop := context.AfterFunc(r.ctx, func() { c.ws.CloseNow() })
-	defer stop()
-	timer := time.AfterFunc(joinTimeout, func() {
-		if !c.isJoined.Load() {
-			r.noteErr(fmt.Errorf("conn %d: no join answer within %s", c.id, joinTimeout))
-			c.ws.CloseNow()
-		}
-	})
-	defer timer.Stop()
-
-	err := c.readLoop()
-	if r.ctx.Err() != nil {
-		return // run over: the close is ours
-	}
-	if !c.isJoined.Load() {
-		c.fail(err)
-		return
-	}
-	r.disconnects.Add(1)
-	r.noteErr(fmt.Errorf("conn %d lost: %w", c.id, err))
-}
-
-func (c *client) fail(err error) {
-	c.r.failed.Add(1)
-	c.r.noteErr(fmt.Errorf("conn %d: %w", c.id, err))
-	c.r.cancel(fmt.Errorf("conn %d failed", c.id))
-}
-
-// joined marks the join as acknowledged.
-func (c *client) joined() {
-	if c.isJoined.Swap(true) {
-		return
-	}
-	c.r.joined.Add(1)
-	c.release()
-}
-
-// connect dials and sends the join request.
-func (c *client) connect() error {
-	r := c.r
-	ctx, cancel := context.WithTimeout(r.ctx, joinTimeout)
-	defer cancel()
-	ws, _, err := websocket.Dial(ctx, r.cfg.URL, &websocket.DialOptions{
-		HTTPClient: r.http[c.id%len(r.http)],
-	})
-	if err != nil {
-		return err
-	}
-	ws.SetReadLimit(maxFrameBytes)
-	c.ws = ws
-	var msg []byte
-	typ := websocket.MessageText
-	if r.cfg.Target == targetNATSWS {
-		msg = fmt.Appendf(nil, "CONNECT {\"verbose\":false,\"pedantic\":false,\"protocol\":1,\"headers\":false}\r\nSUB %s 1\r\nPING\r\n", r.cfg.Group)
-		typ = websocket.MessageBinary
-		c.buf = make([]byte, 0, 4096+2*r.cfg.Size)
-	} else {
-		msg, _ = json.Marshal(map[string]any{"type": "join", "group": r.cfg.Group, "id": 1})
-		c.buf = make([]byte, 0, 1024+2*r.cfg.Size)
-	}
-	if err := ws.Write(ctx, typ, msg); err != nil {
-		ws.CloseNow()
-		return err
-	}
-	return nil
-}
-
-// readLoop reads frames until the connection closes. Reads use a context
-// without Done, which coder/websocket serves without per-read timers; the
-// connection is closed from outside (run's end, join timeout) instead.
-func (c *client) readLoop() error {
-	nats := c.r.cfg.Target == targetNATSWS
-	for {
-		_, rd, err := c.ws.Reader(context.Background())
-		if err != nil {
-			return err
-		}
-		if nats {
-			err = c.readNATS(rd)
-		} else {
-			err = c.readGroupcast(rd)
-		}
-		if err != nil {
-			return err
-		}
-	}
-}
-
-// readNATS feeds one frame into the NATS stream parser; a partial operation
-// stays in c.buf for the next frame.
-func (c *client) readNATS(rd io.Reader) error {
-	for {
-		if len(c.buf) == cap(c.buf) {
-			if cap(c.buf) >= maxFrameBytes {
-				return fmt.Errorf("%w: operation over %d bytes", errNATSProto, maxFrameBytes)
-			}
-			c.buf = append(c.buf, make([]byte, cap(c.buf))...)[:len(c.buf)]
-		}
-		n, err := rd.Read(c.buf[len(c.buf):cap(c.buf)])
-		c.buf = c.buf[:len(c.buf)+n]
-		if n > 0 {
-			used, perr := parseNATS(c.buf, c)
-			if perr != nil {
-				return perr
-			}
-			c.buf = c.buf[:copy(c.buf, c.buf[used:])]
-		}
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-	}
-}
-
-// A client is the natsHandler of its own stream (a pointer, so passing it
-// as an interface does not allocate).
-
-func (c *client) natsMsg(p []byte) { c.deliver(p) }
-
-func (c *client) natsPing() {
-	ctx, cancel := context.WithTimeout(c.r.ctx, writeTimeout)
-	defer cancel()
-	if err := c.ws.Write(ctx, websocket.MessageBinary, []byte("PONG\r\n")); err != nil {
-		c.r.noteErr(fmt.Errorf("conn %d: PONG: %w", c.id, err))
-	}
-}
-
-// natsPong answers the PING sent with SUB: the subscription is live.
-func (c *client) natsPong() { c.joined() }
-
-func (c *client) natsErr(line []byte) {
-	c.errFrames.Add(1)
-	c.r.noteErr(fmt.Errorf("conn %d: %s", c.id, line))
-	if !c.isJoined.Load() {
-		c.ws.CloseNow()
-	}
-}
-
-// readGroupcast reads one frame (one or more JSON objects, one per line).
-func (c *client) readGroupcast(rd io.Reader) error {
-	buf, err := readAllInto(rd, c.buf[:0])
-	c.buf = buf
-	if err != nil {
-		return err
-	}
-	for len(buf) > 0 {
-		line := buf
-		if i := indexNL(buf); i >= 0 {
-			line, buf = buf[:i], buf[i+1:]
-		} else {
-			buf = nil
-		}
-		kind, data := classifyGroupcast(line)
-		switch kind {
-		case gcMessage:
-			if e := objectEnd(data); e > 0 {
-				data = data[:e]
-			}
-			c.deliver(data)
-		case gcAck:
-			if !c.isJoined.Load() {
-				var a struct {
-					ID int `json:"id"`
-				}
-				if json.Unmarshal(line, &a) == nil && a.ID == 1 {
-					c.joined()
-				}
-			}
-		case gcError:
-			c.errFrames.Add(1)
-			c.r.noteErr(fmt.Errorf("conn %d: error frame %s", c.id, truncate(line, 200)))
-			if !c.isJoined.Load() {
-				return fmt.Errorf("join refused: %s", truncate(line, 200))
-			}
-		}
-	}
-	return nil
-}
-
-func indexNL(b []byte) int {
-	for i, ch := range b {
-		if ch == '\n' {
-			return i
-		}
-	}
-	return -1
-}
-
-// readAllInto reads rd to EOF, appending to buf and growing it as needed.
-func readAllInto(rd io.Reader, buf []byte) ([]byte, error) {
-	for {
-		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)]
-		}
-		n, err := rd.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+n]
-		if err == io.EOF {
-			return buf, nil
-		}
-		if err != nil {
-			return buf, err
-		}
-	}
-}
-
-// objectEnd returns the length of the JSON object or array at the start of
-// b, or -1 if b does not start with a complete one.
-func objectEnd(b []byte) int {
-	depth := 0
-	inStr := false
-	for i := 0; i < len(b); i++ {
-		ch := b[i]
-		if inStr {
-			switch ch {
-			case '\\':
-				i++
-			case '"':
-				inStr = false
-			}
-			continue
-		}
-		switch ch {
-		case '"':
-			inStr = true
-		case '{', '[':
-			depth++
-		case '}', ']':
-			depth--
-			if depth == 0 {
-				return i + 1
-			}
-		case ' ', '\t', '\r', '\n':
-		default:
-			if depth == 0 {
-				return -1
-			}
-		}
-	}
-	return -1
-}
-
-// deliver accounts for one received payload.
-func (c *client) deliver(p []byte) {
-	now := time.Now().UnixNano()
-	seq, t, ok := parsePayload(p)
-	if !ok || seq >= c.r.seqLimit {
-		c.bad.Add(1)
-		return
-	}
-	c.lastRecv.Store(now)
-	if c.seen != nil {
-		w, bit := seq>>6, uint64(1)<<(seq&63)
-		if c.seen[w]&bit != 0 {
-			c.dups.Add(1)
-			return
-		}
-		c.seen[w] |= bit
-	} else {
-		if seq <= c.lastSeq {
-			c.dups.Add(1) // or reordered
-			return
-		}
-		c.lastSeq = seq
-	}
-	c.unique.Add(1)
-	c.r.hist.record(now - t)
-}
-
-// publisher sends the payloads of a run.
-type publisher interface {
-	// workers is how many goroutines may call publish at once.
-	workers() int
-	publish(ctx context.Context, payload []byte) error
-	flush(ctx context.Context) error // wait until the server has taken every publish
-	close()
-}
-
-func (r *fanoutRun) newPublisher() (publisher, error) {
-	if r.cfg.Target == targetGroupcast {
-		return newHTTPPublisher(r.cfg), nil
-	}
-	return r.newNATSPublisher()
-}
-
-// httpPublisher POSTs to groupcast's HTTP API over up to httpPublishers
-// keep-alive connections.
-type httpPublisher struct {
-	client *http.Client
-	url    string
-	n      int
-}
-
-// httpPublishers is how many POSTs may be in flight at once.
-const httpPublishers = 8
-
-func (p *httpPublisher) workers() int { return p.n }
-
-func newHTTPPublisher(cfg Config) *httpPublisher {
-	base := cfg.API
-	for len(base) > 0 && base[len(base)-1] == '/' {
-		base = base[:len(base)-1]
-	}
-	return &httpPublisher{
-		client: &http.Client{
-			Timeout: 10 * time.Second,
-			Transport: &http.Transport{
-				Proxy:               nil,
-				DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
-				MaxIdleConnsPerHost: httpPublishers,
-				IdleConnTimeout:     time.Minute,
-				DisableCompression:  true,
-			},
-		},
-		url: base + "/api/groups/" + url.PathEscape(cfg.Group) + "/messages",
-		n:   httpPublishers,
-	}
-}
-
-func (p *httpPublisher) publish(ctx context.Context, payload []byte) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.url, bytes.NewReader(payload))
-	if err != nil {
-		return err
-	}
-	req.ContentLength = int64(len(payload))
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := p.client.Do(req)
-	if err != nil {
-		return err
-	}
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
-	resp.Body.Close()
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return fmt.Errorf("%s: %s", resp.Status, truncate(body, 200))
-	}
-	return nil
-}
-
-func (p *httpPublisher) flush(context.Context) error { return nil }
-
-func (p *httpPublisher) close() { p.client.CloseIdleConnections() }
-
-// natsPublisher sends PUB operations over its own WebSocket connection.
-type natsPublisher struct {
-	ws    *websocket.Conn
-	subj  string
-	buf   []byte
-	pongs chan struct{}
-	done  chan struct{} // closed when the reader goroutine has exited
-	stop  func() bool
-}
-
-func (r *fanoutRun) newNATSPublisher() (*natsPublisher, error) {
-	ctx, cancel := context.WithTimeout(r.ctx, joinTimeout)
-	defer cancel()
-	ws, _, err := websocket.Dial(ctx, r.cfg.URL, &websocket.DialOptions{HTTPClient: r.http[0]})
-	if err != nil {
-		return nil, fmt.Errorf("publisher: %w", err)
-	}
-	ws.SetReadLimit(maxFrameBytes)
-	p := &natsPublisher{
-		ws: ws, subj: r.cfg.Group,
-		pongs: make(chan struct{}, 1),
-		done:  make(chan struct{}),
-	}
-	p.stop = context.AfterFunc(r.ctx, func() { ws.CloseNow() })
-	connect := []byte("CONNECT {\"verbose\":false,\"pedantic\":false,\"protocol\":1,\"headers\":false,\"echo\":false}\r\nPING\r\n")
-	if err := ws.Write(ctx, websocket.MessageBinary, connect); err != nil {
-		p.stop()
-		ws.CloseNow()
-		return nil, fmt.Errorf("publisher: %w", err)
-	}
-	r.wg.Add(1)
-	go p.readLoop(r)
-	if err := p.waitPong(ctx); err != nil {
-		p.close()
-		return nil, fmt.Errorf("publisher: %w", err)
-	}
-	return p, nil
-}
-
-// readLoop answers PINGs and reports PONGs until the connection closes.
-func (p *natsPublisher) readLoop(r *fanoutRun) {
-	defer r.wg.Done()
-	defer close(p.done)
-	h := &pubHandler{p: p, r: r}
-	buf := make([]byte, 0, 4096)
-	for {
-		_, rd, err := p.ws.Reader(context.Background())
-		if err != nil {
-			return
-		}
-		for err == nil {
-			if len(buf) == cap(buf) {
-				if cap(buf) >= maxFrameBytes {
-					r.noteErr(errors.New("publisher: oversized operation"))
-					p.ws.CloseNow()
-					return
-				}
-				buf = append(buf, make([]byte, cap(buf))...)[:len(buf)]
-			}
-			var n int
-			n, err = rd.Read(buf[len(buf):cap(buf)])
-			buf = buf[:len(buf)+n]
-			used, perr := parseNATS(buf, h)
-			if perr != nil {
-				r.noteErr(fmt.Errorf("publisher: %w", perr))
-				p.ws.CloseNow()
-				return
-			}
-			buf = buf[:copy(buf, buf[used:])]
-		}
-		if err != io.EOF {
-			return
-		}
-	}
-}
-
-type pubHandler struct {
-	p *natsPublisher
-	r *fanoutRun
-}
-
-func (h *pubHandler) natsMsg([]byte) {}
-func (h *pubHandler) natsPing() {
-	ctx, cancel := context.WithTimeout(h.r.ctx, writeTimeout)
-	defer cancel()
-	_ = h.p.ws.Write(ctx, websocket.MessageBinary, []byte("PONG\r\n"))
-}
-func (h *pubHandler) natsPong() {
-	select {
-	case h.p.pongs <- struct{}{}:
-	default:
-	}
-}
-func (h *pubHandler) natsErr(line []byte) {
-	h.r.noteErr(fmt.Errorf("publisher: %s", line))
-}
-
-func (p *natsPublisher) waitPong(ctx context.Context) error {
-	select {
-	case <-p.pongs:
-		return nil
-	case <-p.done:
-		return errors.New("connection closed")
-	case <-ctx.Done():
-		return context.Cause(ctx)
-	}
-}
-
-// workers is 1: publish reuses one buffer, and one connection's writes are
-// serialized anyway.
-func (p *natsPublisher) workers() int { return 1 }
-
-func (p *natsPublisher) publish(ctx context.Context, payload []byte) error {
-	p.buf = append(p.buf[:0], "PUB "...)
-	p.buf = append(p.buf, p.subj...)
-	p.buf = append(p.buf, ' ')
-	p.buf = strconv.AppendInt(p.buf, int64(len(payload)), 10)
-	p.buf = append(p.buf, "\r\n"...)
-	p.buf = append(p.buf, payload...)
-	p.buf = append(p.buf, "\r\n"...)
-	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
-	defer cancel()
-	return p.ws.Write(ctx, websocket.MessageBinary, p.buf)
-}
-
-func (p *natsPublisher) flush(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
-	defer cancel()
-	if err := p.ws.Write(ctx, websocket.MessageBinary, []byte("PING\r\n")); err != nil {
-		return err
-	}
-	return p.waitPong(ctx)
-}
-
-func (p *natsPublisher) close() {
-	p.stop()
-	p.ws.CloseNow()
-	<-p.done
 }

@@ -25,24 +25,32 @@ type histogram struct {
 
 // histIndex maps v >= 0 to its bucket. Values below 2^(histSubBits+1) get a
 // bucket each; above, each power of two is split into 2^histSubBits buckets.
-func histIndex(v int64) int {
-	u := uint64(v)
-	n := bits.Len64(u)
-	if n <= histSubBits+1 {
-		return int(u)
-	}
-	shift := n - histSubBits - 1
-	m := u >> shift // in [2^histSubBits, 2^(histSubBits+1))
-	return (shift+1)<<histSubBits + int(m) - 1<<histSubBits
-}
+func histIndex(v int64) int { return logIndex(v, histSubBits) }
 
 // histBounds returns the smallest and largest value of bucket i.
-func histBounds(i int) (lo, hi int64) {
-	if i < 2<<histSubBits {
+func histBounds(i int) (lo, hi int64) { return logBounds(i, histSubBits) }
+
+// logIndex maps v >= 0 to its bucket in a log-linear histogram with 2^sub
+// buckets per power of two.
+func logIndex(v int64, sub int) int {
+	u := uint64(v)
+	n := bits.Len64(u)
+	if n <= sub+1 {
+		return int(u)
+	}
+	shift := n - sub - 1
+	m := u >> shift // in [2^sub, 2^(sub+1))
+	return (shift+1)<<sub + int(m) - 1<<sub
+}
+
+// logBounds returns the smallest and largest value of bucket i of a
+// log-linear histogram with 2^sub buckets per power of two.
+func logBounds(i, sub int) (lo, hi int64) {
+	if i < 2<<sub {
 		return int64(i), int64(i)
 	}
-	shift := i>>histSubBits - 1
-	m := uint64(i&(1<<histSubBits-1) + 1<<histSubBits)
+	shift := i>>sub - 1
+	m := uint64(i&(1<<sub-1) + 1<<sub)
 	lo = int64(m << shift)
 	hi = int64((m+1)<<shift - 1)
 	return lo, hi

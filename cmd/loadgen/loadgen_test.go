@@ -3,14 +3,16 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/xml"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -145,42 +147,94 @@ func TestProcStat(t *testing.T) {
 }
 
 // smallRun is the configuration CI uses: small, quick, exact.
-func smallRun(target, wsURL, api string) Config {
+func smallRun(target string, wsURLs, apis []string) Config {
 	return Config{
-		Target: target, URL: wsURL, API: api,
+		Target: target, URLs: wsURLs, APIs: apis,
 		Conns: 50, Group: "bench", Rate: 20, Duration: time.Second, Size: 64,
 		Settle: 100 * time.Millisecond, Drain: 3 * time.Second,
 	}
 }
 
+// smallRooms is the rooms configuration CI uses: 60 connections in 6 rooms,
+// with visits going on.
+func smallRooms(target string, wsURLs, apis []string) Config {
+	cfg := smallRun(target, wsURLs, apis)
+	cfg.Mode, cfg.Conns, cfg.Rooms, cfg.Group = modeRooms, 60, 6, "room"
+	cfg.Rate, cfg.Churn, cfg.ChurnStay = 60, 40, 150*time.Millisecond
+	return cfg
+}
+
 func checkExact(t *testing.T, res *Result) {
 	t.Helper()
 	t.Logf("%+v", *res)
-	if res.Publishes < 15 || res.PublishErrors != 0 {
+	if res.Publishes < int64(res.Rate*res.Duration*3/4) || res.PublishErrors != 0 {
 		t.Errorf("publishes %d, errors %d", res.Publishes, res.PublishErrors)
 	}
-	if res.Expected != res.Publishes*int64(res.Conns) || res.Delivered != res.Expected ||
-		res.Lost != 0 || res.Duplicates != 0 || res.Malformed != 0 || res.Disconnects != 0 {
-		t.Errorf("expected %d delivered %d lost %d dups %d malformed %d disconnects %d",
-			res.Expected, res.Delivered, res.Lost, res.Duplicates, res.Malformed, res.Disconnects)
+	if res.Delivered < res.Expected || res.Lost != 0 || res.Duplicates != 0 || res.Malformed != 0 ||
+		res.Disconnects != 0 || res.ErrorFrames != 0 || res.Strays != 0 {
+		t.Errorf("expected %d delivered %d lost %d dups %d malformed %d disconnects %d error frames %d strays %d",
+			res.Expected, res.Delivered, res.Lost, res.Duplicates, res.Malformed, res.Disconnects, res.ErrorFrames, res.Strays)
 	}
-	if res.Latency.Max <= 0 || res.Latency.P50 > res.Latency.Max {
-		t.Errorf("latency %+v", res.Latency)
+	switch res.Mode {
+	case modeFanout:
+		if res.Expected != res.Publishes*int64(res.Conns) || res.Delivered != res.Expected {
+			t.Errorf("fanout: expected %d, delivered %d", res.Expected, res.Delivered)
+		}
+	case modeRooms:
+		if res.Visits < 10 || res.VisitsFailed != 0 || res.JoinsLeaves < 2*res.Visits-60 || res.VisitExpected == 0 {
+			t.Errorf("rooms: %d visits, %d failed, %d joins+leaves, %d promised to visitors",
+				res.Visits, res.VisitsFailed, res.JoinsLeaves, res.VisitExpected)
+		}
+	}
+	if res.Latency.Max <= 0 || res.Latency.P50 > res.Latency.Max || res.ConnectLatency.Max <= 0 {
+		t.Errorf("latency %+v, connect latency %+v", res.Latency, res.ConnectLatency)
+	}
+}
+
+func checkConnect(t *testing.T, res *ConnectResult, rounds int) {
+	t.Helper()
+	t.Logf("%+v", *res)
+	if len(res.Rounds) != rounds || !res.AllRejoined {
+		t.Errorf("%d rounds, all rejoined %v", len(res.Rounds), res.AllRejoined)
+	}
+	for _, rd := range res.Rounds {
+		if rd.Verified != 2 || rd.Lost != 0 || rd.Duplicates != 0 || rd.ConnectLatency.Max <= 0 {
+			t.Errorf("round %+v", rd)
+		}
 	}
 }
 
 func TestFanoutNATSWS(t *testing.T) {
+	t.Parallel()
 	srv, err := startNATSWS("127.0.0.1:0", false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer srv.Close()
-	cfg := smallRun(targetNATSWS, srv.URL, "")
-	res, err := runFanout(t.Context(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkExact(t, res)
+	urls := []string{srv.URL}
+	t.Run("fanout", func(t *testing.T) {
+		res, err := runFanout(t.Context(), smallRun(targetNATSWS, urls, nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkExact(t, res)
+	})
+	t.Run("rooms", func(t *testing.T) {
+		res, err := runFanout(t.Context(), smallRooms(targetNATSWS, urls, nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkExact(t, res)
+	})
+	t.Run("connect", func(t *testing.T) {
+		cfg := smallRun(targetNATSWS, urls, nil)
+		cfg.Conns = 100
+		res, err := runConnect(t.Context(), ConnectConfig{Base: cfg, Rounds: 2, Verify: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkConnect(t, res, 2)
+	})
 }
 
 func TestFanoutFailsCleanly(t *testing.T) {
@@ -193,15 +247,22 @@ func TestFanoutFailsCleanly(t *testing.T) {
 	l.Close()
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
-	cfg := smallRun(targetNATSWS, "ws://"+addr, "")
+	cfg := smallRun(targetNATSWS, []string{"ws://" + addr}, nil)
 	if _, err := runFanout(ctx, cfg); err == nil || ctx.Err() != nil {
 		t.Fatalf("err %v, ctx %v", err, ctx.Err())
 	}
 }
 
-// TestFanoutGroupcast builds ./app, runs it on a free port with the embedded
-// NATS, and checks an exact small run against it.
-func TestFanoutGroupcast(t *testing.T) {
+var (
+	buildOnce sync.Once
+	buildBin  string
+	buildErr  error
+)
+
+// groupcastBinary builds ./app once per test binary, or skips the test
+// when there is no ./app or go tool.
+func groupcastBinary(t *testing.T) string {
+	t.Helper()
 	root, err := filepath.Abs("../..")
 	if err != nil {
 		t.Fatal(err)
@@ -213,30 +274,52 @@ func TestFanoutGroupcast(t *testing.T) {
 	if err != nil {
 		t.Skip("no go tool")
 	}
-	bin := filepath.Join(t.TempDir(), "groupcast")
-	build := exec.CommandContext(t.Context(), goBin, "build", "-o", bin, "./app")
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./app: %v\n%s", err, out)
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "loadgen-test")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		buildBin = filepath.Join(dir, "groupcast")
+		build := exec.Command(goBin, "build", "-o", buildBin, "./app")
+		build.Dir = root
+		if out, err := build.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build ./app: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
 	}
+	return buildBin
+}
 
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+// instance is a groupcast process a test started.
+type instance struct {
+	ws, api string
+	pid     int
+}
+
+// startGroupcast starts the groupcast binary on a free port with env on
+// top of this environment (less NATS_URL, API_KEY and PORT), waits until it
+// is ready, and stops it when the test ends.
+func startGroupcast(t *testing.T, env ...string) instance {
+	t.Helper()
+	bin := groupcastBinary(t)
+	port, err := freePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-
-	var logs bytes.Buffer
+	logs := &tail{}
 	cmd := exec.Command(bin)
 	cmd.Env = append(envWithout("NATS_URL", "API_KEY", "PORT"), fmt.Sprintf("PORT=%d", port))
-	cmd.Stdout, cmd.Stderr = &logs, &logs
+	cmd.Env = append(cmd.Env, env...)
+	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
-	defer func() {
+	t.Cleanup(func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-exited:
@@ -245,38 +328,170 @@ func TestFanoutGroupcast(t *testing.T) {
 			<-exited
 		}
 		if t.Failed() {
-			t.Logf("server output:\n%s", logs.String())
+			t.Logf("server output (tail):\n%s", logs.String())
 		}
-	}()
-
+	})
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
 	if err := waitReady(t.Context(), base+"/readyz", exited, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	cfg := smallRun(targetGroupcast, fmt.Sprintf("ws://127.0.0.1:%d/ws", port), base)
-	cfg.PID = cmd.Process.Pid
-	res, err := runFanout(t.Context(), cfg)
+	return instance{ws: fmt.Sprintf("ws://127.0.0.1:%d/ws", port), api: base, pid: cmd.Process.Pid}
+}
+
+// TestFanoutGroupcast runs ./app with the embedded NATS and checks an exact
+// small run of each mode against it.
+func TestFanoutGroupcast(t *testing.T) {
+	t.Parallel()
+	in := startGroupcast(t)
+	urls, apis, pids := []string{in.ws}, []string{in.api}, []int{in.pid}
+	t.Run("fanout", func(t *testing.T) {
+		cfg := smallRun(targetGroupcast, urls, apis)
+		cfg.PIDs = pids
+		cfg.Deliveries = newSeries(time.Now(), 60)
+		res, err := runFanout(t.Context(), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkExact(t, res)
+		if res.ServerRSSIdleKiB <= 0 {
+			t.Errorf("server rss %d", res.ServerRSSIdleKiB)
+		}
+		var n uint64
+		for _, s := range cfg.Deliveries.stats() {
+			n += s.Count
+		}
+		if n != uint64(res.Delivered) {
+			t.Errorf("series counted %d deliveries of %d", n, res.Delivered)
+		}
+	})
+	t.Run("rooms", func(t *testing.T) {
+		cfg := smallRooms(targetGroupcast, urls, apis)
+		cfg.PIDs = pids
+		res, err := runFanout(t.Context(), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkExact(t, res)
+	})
+	t.Run("connect", func(t *testing.T) {
+		cfg := smallRun(targetGroupcast, urls, apis)
+		cfg.Conns, cfg.PIDs = 100, pids
+		res, err := runConnect(t.Context(), ConnectConfig{Base: cfg, Rounds: 2, Verify: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkConnect(t, res, 2)
+		if res.ServerUSPerConnect <= 0 {
+			t.Errorf("server µs per connect %v", res.ServerUSPerConnect)
+		}
+	})
+}
+
+// TestTwoInstances runs two groupcast processes on one external NATS (an
+// in-process serve-nats) and checks that each message crossed NATS once
+// per instance.
+func TestTwoInstances(t *testing.T) {
+	t.Parallel()
+	ns, err := startNATS("127.0.0.1:0", "127.0.0.1:0", false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkExact(t, res)
-	if res.ServerRSSIdleKiB <= 0 {
-		t.Errorf("server rss %d", res.ServerRSSIdleKiB)
+	defer ns.Close()
+	a := startGroupcast(t, "NATS_URL="+ns.URL)
+	b := startGroupcast(t, "NATS_URL="+ns.URL)
+	for _, mode := range []string{modeFanout, modeRooms} {
+		t.Run(mode, func(t *testing.T) {
+			cfg := smallRun(targetGroupcast, []string{a.ws, b.ws}, []string{a.api, b.api})
+			if mode == modeRooms {
+				cfg = smallRooms(targetGroupcast, []string{a.ws, b.ws}, []string{a.api, b.api})
+			}
+			cfg.PIDs, cfg.NATSMonitor = []int{a.pid, b.pid}, ns.MonitorURL
+			res, err := runFanout(t.Context(), cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkExact(t, res)
+			if len(res.Instances) != 2 {
+				t.Fatalf("instances %+v", res.Instances)
+			}
+			for _, in := range res.Instances {
+				if in.NATSReceived != res.Publishes || in.Delivered == 0 {
+					t.Errorf("instance %+v: want %d messages from NATS", in, res.Publishes)
+				}
+			}
+			if res.NATSInMsgs != res.Publishes || res.NATSOutMsgs != 2*res.Publishes {
+				t.Errorf("nats in %d out %d for %d publishes", res.NATSInMsgs, res.NATSOutMsgs, res.Publishes)
+			}
+		})
 	}
 }
 
-func envWithout(names ...string) []string {
-	var env []string
-next:
-	for _, kv := range os.Environ() {
-		for _, n := range names {
-			if strings.HasPrefix(kv, n+"=") {
-				continue next
-			}
-		}
-		env = append(env, kv)
+func TestColdstart(t *testing.T) {
+	t.Parallel()
+	bin := groupcastBinary(t)
+	res, err := runColdstart(t.Context(), ColdstartConfig{Bin: bin, N: 2, CPU: 0, Env: []string{"LOG_LEVEL=error"}})
+	if err != nil {
+		t.Fatal(err)
 	}
-	return env
+	t.Logf("%+v", *res)
+	if res.Ready.Min <= 0 || res.Ready.Max < res.Ready.Min || res.Listen.Median > res.Ready.Median {
+		t.Errorf("ready %+v listen %+v", res.Ready, res.Listen)
+	}
+}
+
+func TestStartPinned(t *testing.T) {
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Skip("no sleep")
+	}
+	cmd := exec.Command(sleep, "5")
+	if err := startPinned(cmd, 0); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid))
+	if err != nil {
+		t.Skip("no /proc")
+	}
+	if !bytes.Contains(b, []byte("Cpus_allowed_list:\t0\n")) {
+		t.Errorf("not pinned to cpu 0:\n%s", b)
+	}
+}
+
+func TestPlot(t *testing.T) {
+	origin := time.Now().Add(-5 * time.Second)
+	s := newSeries(origin, 10)
+	for sec := range 4 {
+		for i := range 100 {
+			at := origin.Add(time.Duration(sec)*time.Second + time.Duration(i)*time.Millisecond).UnixNano()
+			s.record(at, int64(i+1)*int64(time.Millisecond))
+		}
+	}
+	st := s.stats()
+	if len(st) != 4 || st[0].Count != 100 || st[3].P50 < 45 || st[3].P50 > 55 || st[3].P99 < 90 || st[3].P99 > 105 {
+		t.Fatalf("stats %+v", st)
+	}
+	var buf bytes.Buffer
+	if err := plotRun(&buf, "t <&> \"q\"", []string{"note"}, st, st[:2]); err != nil {
+		t.Fatal(err)
+	}
+	dec := xml.NewDecoder(&buf)
+	lines := 0
+	for {
+		tok, err := dec.Token()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("not XML: %v", err)
+		}
+		if se, ok := tok.(xml.StartElement); ok && se.Name.Local == "polyline" {
+			lines++
+		}
+	}
+	if lines < 7 {
+		t.Errorf("%d polylines", lines)
+	}
 }
 
 // waitReady polls url until it answers 200, the process exits, or d passes.
@@ -309,7 +524,17 @@ func waitReady(ctx context.Context, url string, exited <-chan error, d time.Dura
 // TestMain fails the package if any test leaves a goroutine behind: every
 // goroutine a run starts must be stopped and awaited.
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	code := m.Run()
+	if buildBin != "" {
+		os.RemoveAll(filepath.Dir(buildBin))
+	}
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
 }
 
 // TestHotPathAllocs: a delivery must not allocate (the loader has one core
@@ -332,5 +557,46 @@ func TestHotPathAllocs(t *testing.T) {
 	}
 	if c.unique.Load() != 1 || c.dups.Load() < 100 {
 		t.Errorf("unique %d dups %d", c.unique.Load(), c.dups.Load())
+	}
+}
+
+// TestProfiles checks that runs fetch CPU and heap profiles where asked,
+// against a stand-in for net/http/pprof.
+func TestProfiles(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	var asked []string
+	pp := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		asked = append(asked, r.URL.Path+"?"+r.URL.RawQuery)
+		mu.Unlock()
+		fmt.Fprint(w, "profile")
+	}))
+	defer pp.Close()
+	srv, err := startNATSWS("127.0.0.1:0", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	dir := t.TempDir()
+	cfg := smallRun(targetNATSWS, []string{srv.URL}, nil)
+	cfg.Conns, cfg.Profile = 20, pp.URL
+	cfg.ProfileOut, cfg.HeapOut = filepath.Join(dir, "cpu"), filepath.Join(dir, "heap")
+	if _, err := runFanout(t.Context(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	cfg.HeapOut, cfg.ProfileOut = "", filepath.Join(dir, "storm")
+	res, err := runConnect(t.Context(), ConnectConfig{Base: cfg, Rounds: 2, Verify: 1, ProfileSecs: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"cpu", "heap", "storm.round2"}
+	for _, f := range want {
+		if b, err := os.ReadFile(filepath.Join(dir, f)); err != nil || string(b) != "profile" {
+			t.Errorf("%s: %q, %v", f, b, err)
+		}
+	}
+	if len(res.Profiles) != 1 || len(asked) != 3 {
+		t.Errorf("profiles %v, asked %v", res.Profiles, asked)
 	}
 }

@@ -72,3 +72,79 @@ func (n *natsWS) Close() {
 	n.srv.Shutdown()
 	n.srv.WaitForShutdown()
 }
+
+// natsTCP is an in-process nats-server with a plain NATS client listener
+// (and optionally its HTTP monitoring port), for several groupcast
+// instances to share as their external NATS.
+type natsTCP struct {
+	srv *server.Server
+	// URL is the nats:// URL clients connect to; MonitorURL the
+	// monitoring base URL ("" without one).
+	URL, MonitorURL string
+}
+
+// startNATS starts a nats-server listening for NATS clients on addr
+// ("host:port"; port 0 picks a free one) and, unless httpAddr is empty,
+// serving monitoring (/varz) on httpAddr.
+func startNATS(addr, httpAddr string, logging bool) (*natsTCP, error) {
+	host, port, err := splitPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	opts := &server.Options{
+		ServerName: "loadgen-nats",
+		Host:       host,
+		Port:       port,
+		NoSigs:     true,
+		NoLog:      !logging,
+		MaxPayload: 1 << 20,
+	}
+	if httpAddr != "" {
+		if opts.HTTPHost, opts.HTTPPort, err = splitPort(httpAddr); err != nil {
+			return nil, err
+		}
+	}
+	srv, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("nats-server: %w", err)
+	}
+	if logging {
+		srv.ConfigureLogger()
+	}
+	srv.Start()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+		return nil, fmt.Errorf("nats-server: listener on %s not ready", addr)
+	}
+	n := &natsTCP{srv: srv, URL: srv.ClientURL()}
+	if httpAddr != "" {
+		if a := srv.MonitorAddr(); a != nil {
+			n.MonitorURL = "http://" + a.String()
+		}
+	}
+	return n, nil
+}
+
+// splitPort splits "host:port" into host and a nats-server port number
+// (-1, a random port, for 0).
+func splitPort(addr string) (string, int, error) {
+	host, portStr, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, fmt.Errorf("addr %q: %w", addr, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil || port < 0 || port > 65535 {
+		return "", 0, fmt.Errorf("addr %q: bad port", addr)
+	}
+	if port == 0 {
+		port = -1
+	}
+	return host, port, nil
+}
+
+// Close shuts the server down and waits until it has stopped.
+func (n *natsTCP) Close() {
+	n.srv.Shutdown()
+	n.srv.WaitForShutdown()
+}

@@ -136,3 +136,31 @@ func machineCPU() (procs, irq time.Duration, err error) {
 	tick := func(n uint64) time.Duration { return time.Duration(n) * time.Second / clockTicks }
 	return tick(v[0] + v[1] + v[2]), tick(v[5] + v[6]), nil
 }
+
+// procCPUFine returns the CPU time the live threads of process pid have
+// used, in nanoseconds, from /proc/<pid>/task/*/schedstat (the first field
+// of each); finer than procCPU's 10 ms ticks, but blind to exited threads.
+func procCPUFine(pid int) (time.Duration, error) {
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, err
+	}
+	var total time.Duration
+	for _, e := range ents {
+		b, err := os.ReadFile(dir + "/" + e.Name() + "/schedstat")
+		if err != nil {
+			continue // the thread exited meanwhile
+		}
+		f := bytes.Fields(b)
+		if len(f) == 0 {
+			continue
+		}
+		ns, err := strconv.ParseInt(string(f[0]), 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("%s/%s/schedstat: %w", dir, e.Name(), err)
+		}
+		total += time.Duration(ns)
+	}
+	return total, nil
+}

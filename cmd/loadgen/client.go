@@ -1,0 +1,395 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// client is one receiving WebSocket connection. Its fields other than the
+// atomics belong to its goroutine, but for visits, which the churn
+// goroutine owns.
+type client struct {
+	r       *fanoutRun
+	id      int
+	room    int // home room: joined in the ramp, left never
+	inst    int // index of the instance (-url) it dials
+	ws      *websocket.Conn
+	seen    []uint64 // bitset of received seqs (when r.bitset)
+	lastSeq int64    // highest seq received (without bitset)
+	buf     []byte
+	release func() // called once: joined or failed
+	dialed  int64  // unix ns when the dial started
+
+	visits []*visit              // churn-owned: every visit, in order
+	cur    atomic.Pointer[visit] // the visit under way; nil: none
+
+	isJoined  atomic.Bool // the home join was acknowledged
+	unique    atomic.Int64
+	away      atomic.Int64 // unique deliveries for rooms other than home
+	dups      atomic.Int64
+	bad       atomic.Int64
+	errFrames atomic.Int64
+	lastRecv  atomic.Int64 // unix nanos of the latest delivery
+}
+
+// visit is one visit of a connection to a room other than its own: a join,
+// a stay, a leave. Times are unix ns, 0 until they happen.
+type visit struct {
+	room int
+	id   int // groupcast: the join's id; the leave's is id+1. nats-ws: the sid.
+
+	joinSent, joinAck, leaveSent, leaveAck atomic.Int64
+}
+
+// run dials, joins and then reads until the run ends. It gives back its
+// semaphore slot once it has joined or failed.
+func (c *client) run(sem chan struct{}) {
+	r := c.r
+	defer r.wg.Done()
+	var once sync.Once
+	c.release = func() { once.Do(func() { <-sem }) }
+	defer c.release()
+
+	if err := c.connect(); err != nil {
+		c.fail(err)
+		return
+	}
+	defer c.ws.CloseNow()
+	stop := context.AfterFunc(r.ctx, func() { c.ws.CloseNow() })
+	defer stop()
+	timer := time.AfterFunc(joinTimeout, func() {
+		if !c.isJoined.Load() {
+			r.noteErr(fmt.Errorf("conn %d: no join answer within %s", c.id, joinTimeout))
+			c.ws.CloseNow()
+		}
+	})
+	defer timer.Stop()
+
+	err := c.readLoop()
+	if r.ctx.Err() != nil {
+		return // run over: the close is ours
+	}
+	if !c.isJoined.Load() {
+		c.fail(err)
+		return
+	}
+	r.disconnects.Add(1)
+	r.noteErr(fmt.Errorf("conn %d lost: %w", c.id, err))
+}
+
+func (c *client) fail(err error) {
+	c.r.failed.Add(1)
+	c.r.noteErr(fmt.Errorf("conn %d: %w", c.id, err))
+	c.r.cancel(fmt.Errorf("conn %d failed", c.id))
+}
+
+// joined marks the home join as acknowledged.
+func (c *client) joined() {
+	if c.isJoined.Swap(true) {
+		return
+	}
+	now := time.Now().UnixNano()
+	c.r.connHist.record(now - c.dialed)
+	c.r.cfg.Joins.record(now, now-c.dialed)
+	c.r.joined.Add(1)
+	c.release()
+}
+
+// connect dials and sends the join request.
+func (c *client) connect() error {
+	r := c.r
+	c.dialed = time.Now().UnixNano()
+	ctx, cancel := context.WithTimeout(r.ctx, joinTimeout)
+	defer cancel()
+	ws, _, err := websocket.Dial(ctx, r.cfg.URLs[c.inst], &websocket.DialOptions{
+		HTTPClient: r.http[c.id%len(r.http)],
+	})
+	if err != nil {
+		return err
+	}
+	ws.SetReadLimit(maxFrameBytes)
+	c.ws = ws
+	var msg []byte
+	typ := websocket.MessageText
+	group := r.groups[c.room]
+	if r.cfg.Target == targetNATSWS {
+		msg = fmt.Appendf(nil, "CONNECT {\"verbose\":false,\"pedantic\":false,\"protocol\":1,\"headers\":false}\r\nSUB %s 1\r\nPING\r\n", group)
+		typ = websocket.MessageBinary
+		c.buf = make([]byte, 0, 4096+2*r.cfg.Size)
+	} else {
+		msg = appendGroupcastOp(nil, "join", group, 1)
+		c.buf = make([]byte, 0, 1024+2*r.cfg.Size)
+	}
+	if err := ws.Write(ctx, typ, msg); err != nil {
+		ws.CloseNow()
+		return err
+	}
+	return nil
+}
+
+// appendGroupcastOp appends a join or leave frame.
+func appendGroupcastOp(dst []byte, typ, group string, id int) []byte {
+	dst = append(dst, `{"type":"`...)
+	dst = append(dst, typ...)
+	dst = append(dst, `","group":`...)
+	b, _ := json.Marshal(group)
+	dst = append(dst, b...)
+	dst = append(dst, `,"id":`...)
+	dst = strconv.AppendInt(dst, int64(id), 10)
+	return append(dst, '}')
+}
+
+// readLoop reads frames until the connection closes. Reads use a context
+// without Done, which coder/websocket serves without per-read timers; the
+// connection is closed from outside (run's end, join timeout) instead.
+func (c *client) readLoop() error {
+	nats := c.r.cfg.Target == targetNATSWS
+	for {
+		_, rd, err := c.ws.Reader(context.Background())
+		if err != nil {
+			return err
+		}
+		if nats {
+			err = c.readNATS(rd)
+		} else {
+			err = c.readGroupcast(rd)
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// readNATS feeds one frame into the NATS stream parser; a partial operation
+// stays in c.buf for the next frame.
+func (c *client) readNATS(rd io.Reader) error {
+	for {
+		if len(c.buf) == cap(c.buf) {
+			if cap(c.buf) >= maxFrameBytes {
+				return fmt.Errorf("%w: operation over %d bytes", errNATSProto, maxFrameBytes)
+			}
+			c.buf = append(c.buf, make([]byte, cap(c.buf))...)[:len(c.buf)]
+		}
+		n, err := rd.Read(c.buf[len(c.buf):cap(c.buf)])
+		c.buf = c.buf[:len(c.buf)+n]
+		if n > 0 {
+			used, perr := parseNATS(c.buf, c)
+			if perr != nil {
+				return perr
+			}
+			c.buf = c.buf[:copy(c.buf, c.buf[used:])]
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// A client is the natsHandler of its own stream (a pointer, so passing it
+// as an interface does not allocate).
+
+func (c *client) natsMsg(p []byte) { c.deliver(p) }
+
+func (c *client) natsPing() {
+	ctx, cancel := context.WithTimeout(c.r.ctx, writeTimeout)
+	defer cancel()
+	if err := c.ws.Write(ctx, websocket.MessageBinary, []byte("PONG\r\n")); err != nil {
+		c.r.noteErr(fmt.Errorf("conn %d: PONG: %w", c.id, err))
+	}
+}
+
+// natsPong answers a PING the client sent after SUB or UNSUB: the server
+// has processed it. The first is the home join's; the others answer the
+// visit under way, which has one operation in flight at a time.
+func (c *client) natsPong() {
+	if !c.isJoined.Load() {
+		c.joined()
+		return
+	}
+	c.visitAck(-1)
+}
+
+// visitAck records the answer to the visit's operation in flight. id is
+// the groupcast ack's id, or -1 for a NATS PONG.
+func (c *client) visitAck(id int) {
+	v := c.cur.Load()
+	if v == nil {
+		return
+	}
+	now := time.Now().UnixNano()
+	switch {
+	case v.joinAck.Load() == 0 && (id < 0 || id == v.id):
+		v.joinAck.Store(now)
+	case v.leaveSent.Load() != 0 && (id < 0 || id == v.id+1):
+		v.leaveAck.Store(now)
+		c.cur.Store(nil)
+	}
+}
+
+func (c *client) natsErr(line []byte) {
+	c.errFrames.Add(1)
+	c.r.noteErr(fmt.Errorf("conn %d: %s", c.id, line))
+	if !c.isJoined.Load() {
+		c.ws.CloseNow()
+	}
+}
+
+// readGroupcast reads one frame (one or more JSON objects, one per line).
+func (c *client) readGroupcast(rd io.Reader) error {
+	buf, err := readAllInto(rd, c.buf[:0])
+	c.buf = buf
+	if err != nil {
+		return err
+	}
+	for len(buf) > 0 {
+		line := buf
+		if i := indexNL(buf); i >= 0 {
+			line, buf = buf[:i], buf[i+1:]
+		} else {
+			buf = nil
+		}
+		kind, data := classifyGroupcast(line)
+		switch kind {
+		case gcMessage:
+			if e := objectEnd(data); e > 0 {
+				data = data[:e]
+			}
+			c.deliver(data)
+		case gcAck:
+			var a struct {
+				ID int `json:"id"`
+			}
+			if json.Unmarshal(line, &a) != nil {
+				break
+			}
+			if a.ID == 1 {
+				c.joined()
+			} else {
+				c.visitAck(a.ID)
+			}
+		case gcError:
+			c.errFrames.Add(1)
+			c.r.noteErr(fmt.Errorf("conn %d: error frame %s", c.id, truncate(line, 200)))
+			if !c.isJoined.Load() {
+				return fmt.Errorf("join refused: %s", truncate(line, 200))
+			}
+		}
+	}
+	return nil
+}
+
+func indexNL(b []byte) int {
+	for i, ch := range b {
+		if ch == '\n' {
+			return i
+		}
+	}
+	return -1
+}
+
+// readAllInto reads rd to EOF, appending to buf and growing it as needed.
+func readAllInto(rd io.Reader, buf []byte) ([]byte, error) {
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := rd.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
+	}
+}
+
+// objectEnd returns the length of the JSON object or array at the start of
+// b, or -1 if b does not start with a complete one.
+func objectEnd(b []byte) int {
+	depth := 0
+	inStr := false
+	for i := 0; i < len(b); i++ {
+		ch := b[i]
+		if inStr {
+			switch ch {
+			case '\\':
+				i++
+			case '"':
+				inStr = false
+			}
+			continue
+		}
+		switch ch {
+		case '"':
+			inStr = true
+		case '{', '[':
+			depth++
+		case '}', ']':
+			depth--
+			if depth == 0 {
+				return i + 1
+			}
+		case ' ', '\t', '\r', '\n':
+		default:
+			if depth == 0 {
+				return -1
+			}
+		}
+	}
+	return -1
+}
+
+// deliver accounts for one received payload. Publish seq went to room
+// seq mod rooms: a delivery for another room than home is a visitor's.
+func (c *client) deliver(p []byte) {
+	now := time.Now().UnixNano()
+	r := c.r
+	seq, t, ok := parsePayload(p)
+	if !ok || seq >= r.seqLimit {
+		c.bad.Add(1)
+		return
+	}
+	c.lastRecv.Store(now)
+	if c.seen != nil {
+		w, bit := seq>>6, uint64(1)<<(seq&63)
+		if c.seen[w]&bit != 0 {
+			c.dups.Add(1)
+			return
+		}
+		c.seen[w] |= bit
+	} else {
+		if seq <= c.lastSeq {
+			c.dups.Add(1) // or reordered
+			return
+		}
+		c.lastSeq = seq
+	}
+	if len(r.groups) > 1 && r.roomOf(seq) != c.room {
+		c.away.Add(1)
+	} else {
+		c.unique.Add(1)
+		if r.witness != nil {
+			w := &r.witness[c.inst][seq]
+			for {
+				old := w.Load()
+				if (old != 0 && old <= now) || w.CompareAndSwap(old, now) {
+					break
+				}
+			}
+		}
+	}
+	r.hist.record(now - t)
+	r.cfg.Deliveries.record(now, now-t)
+}

@@ -5,7 +5,7 @@ import "sync"
 // outbox is a connection's bounded queue of frames waiting to be written,
 // and the state of its writer goroutine. The writer runs while there is
 // work. When it runs out, it exits, unless the connection is streaming
-// (several bursts within one watchdog tick): then it parks until the next
+// (several bursts within about a second): then it parks until the next
 // burst, and the watchdog retires it after a second of idleness. So a busy
 // connection does not start a goroutine per message, and a quiet one costs
 // no goroutine at all.
@@ -27,13 +27,17 @@ type outbox struct {
 	parked  bool // it waits on wake
 	retire  bool // it is to exit when it finds nothing to do
 	idle    int  // watchdog ticks the writer has been parked
-	bursts  int  // writer starts and wake-ups since the last watchdog tick
+	bursts  int  // writer starts and wake-ups in the current burst window
+	ticks   int  // watchdog ticks in the current burst window
 }
 
-// streamingBursts is how many bursts within one watchdog tick make a
-// connection count as streaming, so that its writer parks instead of
-// exiting.
+// streamingBursts is how many bursts within burstWindowTicks watchdog
+// ticks (about a second) make a connection count as streaming, so that its
+// writer parks instead of exiting.
 const streamingBursts = 3
+
+// burstWindowTicks is the window in which bursts are counted.
+const burstWindowTicks = 4
 
 func newOutbox(maxFrames, maxBytes int) *outbox {
 	return &outbox{maxFrames: maxFrames, maxBytes: maxBytes, wake: make(chan struct{}, 1)}
@@ -127,7 +131,9 @@ func (o *outbox) next(dst [][]byte) (work, bool) {
 func (o *outbox) tick(idleTicks int) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	o.bursts = 0
+	if o.ticks++; o.ticks >= burstWindowTicks {
+		o.ticks, o.bursts = 0, 0
+	}
 	if !o.parked {
 		return
 	}

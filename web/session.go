@@ -278,8 +278,22 @@ func (s *session) readLoop() {
 			s.send(errorFrame(nil, CodeInvalidFrame, "frames must be UTF-8 JSON text"))
 			continue
 		}
-		s.handle(p)
+		s.handleAside(p)
 	}
+}
+
+// handleAside handles a frame on a short-lived goroutine and waits for it:
+// frames stay in order, and the stack that JSON decoding and a join grow
+// is freed with that goroutine instead of staying with the reader, which
+// sits parked in a read for the rest of the connection's life (about
+// 4 KiB less per idle connection).
+func (s *session) handleAside(p []byte) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.handle(p)
+	}()
+	<-done
 }
 
 func (s *session) handle(p []byte) {

@@ -290,6 +290,9 @@ func New(cfg Config) (*Broker, error) {
 		}
 		b.tmpDir, b.cfg.StoreDir = dir, dir
 	}
+	if cfg.needsJetStream() {
+		b.history = &history{}
+	}
 	nc, ns, err := connect(&b.cfg, b.handlers())
 	if err != nil {
 		os.RemoveAll(b.tmpDir)
@@ -297,9 +300,11 @@ func New(cfg Config) (*Broker, error) {
 	}
 	b.nc, b.ns = nc, ns
 	b.flusher = newFlusher(nc, cfg.FlushTimeout)
-	if b.history, err = newHistory(b); err != nil {
-		b.Close(context.Background())
-		return nil, err
+	if b.history != nil {
+		if err := newHistory(b, b.history); err != nil {
+			b.Close(context.Background())
+			return nil, err
+		}
 	}
 
 	n := min(runtime.GOMAXPROCS(0), 16)
@@ -346,6 +351,11 @@ func (b *Broker) handlers() []nats.Option {
 				return // a deliberate close
 			}
 			b.stats.disconnects.Add(1)
+			if b.history != nil {
+				// Unready until the streams are read again after the
+				// reconnect; members are then told they may have a gap.
+				b.history.down.Store(true)
+			}
 			b.log.Warn("NATS disconnected", "error", err)
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {

@@ -139,17 +139,16 @@ func (c *Config) needsJetStream() bool {
 	return false
 }
 
-func newHistory(b *Broker) (*history, error) {
+// newHistory fills in h, made before the connection so that its handlers
+// can mark it down from the start.
+func newHistory(b *Broker, h *history) error {
 	cfg := &b.cfg
-	if !cfg.needsJetStream() {
-		return nil, nil
-	}
 	js, err := b.nc.JetStream()
 	if err != nil {
-		return nil, fmt.Errorf("broker: JetStream: %w", err)
+		return fmt.Errorf("broker: JetStream: %w", err)
 	}
-	h := &history{js: js, rules: cfg.Policies, streams: make(map[Policy]*stream),
-		size: cfg.HistorySize, ttl: cfg.HistoryTTL, dedup: cfg.DedupWindow, memory: !cfg.FileStore, reps: cfg.Replicas}
+	h.js, h.rules, h.streams = js, cfg.Policies, make(map[Policy]*stream)
+	h.size, h.ttl, h.dedup, h.memory, h.reps = cfg.HistorySize, cfg.HistoryTTL, cfg.DedupWindow, !cfg.FileStore, cfg.Replicas
 	base := strings.ToUpper(strings.NewReplacer(".", "_", "-", "_").Replace(cfg.Prefix))
 	for _, r := range cfg.Policies {
 		if r.Policy == AtMostOnce {
@@ -165,11 +164,11 @@ func newHistory(b *Broker) (*history, error) {
 	if b.nc.IsConnected() {
 		for _, s := range h.streams {
 			if err := h.ensure(s); err != nil {
-				return nil, err
+				return err
 			}
 		}
 	}
-	return h, nil
+	return nil
 }
 
 // policyFilter maps a pattern onto the subjects of its groups.

@@ -69,6 +69,14 @@ func start(t testing.TB, env map[string]string) *instance {
 	return inst
 }
 
+// ready waits until the instance answers 200 on /readyz: with an external
+// NATS, run returns before the first connection is made.
+func (i *instance) ready() *instance {
+	i.t.Helper()
+	natstest.WaitFor(i.t, 10*time.Second, func() bool { return i.status("/readyz") == http.StatusOK })
+	return i
+}
+
 func (i *instance) ws() *wstest.Client {
 	return wstest.Dial(i.t, "ws"+strings.TrimPrefix(i.base, "http")+"/ws", nil)
 }
@@ -79,9 +87,10 @@ func (i *instance) publish(group, body string) {
 	if err != nil {
 		i.t.Fatal(err)
 	}
+	answer, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusAccepted {
-		i.t.Fatalf("publish: %d", resp.StatusCode)
+		i.t.Fatalf("publish %s: %d %s", body, resp.StatusCode, answer)
 	}
 }
 
@@ -97,7 +106,7 @@ func (i *instance) status(path string) int {
 // TestEmbeddedEndToEnd is the two-minute tour: start with no settings,
 // join from a socket, publish over HTTP, receive, stop cleanly.
 func TestEmbeddedEndToEnd(t *testing.T) {
-	inst := start(t, map[string]string{"REGION": "local"})
+	inst := start(t, map[string]string{"REGION": "local"}).ready()
 	if inst.status("/readyz") != 200 || inst.status("/healthz") != 200 || inst.status("/") != 200 {
 		t.Fatal("not healthy")
 	}
@@ -127,8 +136,8 @@ func TestEmbeddedEndToEnd(t *testing.T) {
 // message published on either reaches every member on both, exactly once.
 func TestTwoInstancesExternalNATS(t *testing.T) {
 	ns := natstest.Start(t, -1)
-	a := start(t, map[string]string{"NATS_URL": ns.ClientURL()})
-	b := start(t, map[string]string{"NATS_URL": ns.ClientURL()})
+	a := start(t, map[string]string{"NATS_URL": ns.ClientURL()}).ready()
+	b := start(t, map[string]string{"NATS_URL": ns.ClientURL()}).ready()
 	clients := []*wstest.Client{a.ws(), a.ws(), b.ws(), b.ws()}
 	for _, c := range clients {
 		c.Join("everyone")
@@ -173,7 +182,7 @@ func TestTwoInstancesExternalNATS(t *testing.T) {
 func TestNATSRestart(t *testing.T) {
 	ns := natstest.Start(t, -1)
 	port := natstest.Port(ns)
-	inst := start(t, map[string]string{"NATS_URL": ns.ClientURL()})
+	inst := start(t, map[string]string{"NATS_URL": ns.ClientURL()}).ready()
 	c1, c2 := inst.ws(), inst.ws()
 	c1.Join("g")
 	c2.Join("g")
@@ -364,7 +373,7 @@ func TestResumeAfterSIGKILL(t *testing.T) {
 	port := natstest.Port(ns)
 	policy := "GROUP_POLICIES=chat.*=recoverable"
 	cmdA, instA, _ := startBinary(t, "NATS_URL="+ns.ClientURL(), policy, "HISTORY_STORE=file")
-	b := start(t, map[string]string{"NATS_URL": ns.ClientURL(), "GROUP_POLICIES": "chat.*=recoverable", "HISTORY_STORE": "file"})
+	b := start(t, map[string]string{"NATS_URL": ns.ClientURL(), "GROUP_POLICIES": "chat.*=recoverable", "HISTORY_STORE": "file"}).ready()
 	c := instA.ws()
 	c.Join("chat.room")
 	next := 0

@@ -8,9 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -21,6 +18,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"go.uber.org/goleak"
 
+	"github.com/groupcast/groupcast/internal/apptest"
 	"github.com/groupcast/groupcast/internal/natstest"
 	"github.com/groupcast/groupcast/internal/wstest"
 )
@@ -250,7 +248,7 @@ func TestSIGTERM(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary")
 	}
-	cmd, inst, stderr := startBinary(t)
+	proc, inst, stderr := startBinary(t)
 
 	const n = 300
 	clients := make([]*wstest.Client, n)
@@ -266,13 +264,11 @@ func TestSIGTERM(t *testing.T) {
 		}()
 	}
 	start := time.Now()
-	cmd.Process.Signal(syscall.SIGTERM)
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	proc.Cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case err := <-exited:
-		if err != nil {
-			t.Fatalf("exit: %v\n%s", err, stderr)
+	case <-proc.Exited:
+		if proc.Err != nil {
+			t.Fatalf("exit: %v\n%s", proc.Err, stderr)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatalf("still running 10 s after SIGTERM\n%s", stderr)
@@ -333,34 +329,13 @@ func TestExternalNATSWithToken(t *testing.T) {
 	c.Conn.CloseNow()
 }
 
-// startBinary builds the real binary and runs it with env on a free port
-// until the test ends; it returns once /readyz answers 200.
-func startBinary(t *testing.T, env ...string) (*exec.Cmd, *instance, *syncBuffer) {
+// startBinary runs the real binary with env (JSON logs into the returned
+// buffer) until the test ends, once it is ready.
+func startBinary(t *testing.T, env ...string) (*apptest.Process, *instance, *syncBuffer) {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("builds the binary")
-	}
-	bin := filepath.Join(t.TempDir(), "groupcast")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	cmd := exec.Command(bin)
-	cmd.Env = append(append(os.Environ(), fmt.Sprintf("PORT=%d", port), "LOG_FORMAT=json"), env...)
 	stderr := &syncBuffer{}
-	cmd.Stderr = stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	inst := &instance{t: t, base: fmt.Sprintf("http://127.0.0.1:%d", port)}
-	natstest.WaitFor(t, 10*time.Second, func() bool { return inst.status("/readyz") == 200 })
-	return cmd, inst, stderr
+	p := apptest.Start(t, stderr, append([]string{"LOG_FORMAT=json"}, env...)...)
+	return p, &instance{t: t, base: p.Base}, stderr
 }
 
 // TestResumeAfterSIGKILL: a client reads part of a recoverable group, its
@@ -397,8 +372,8 @@ func TestResumeAfterSIGKILL(t *testing.T) {
 	}
 	publish(20)
 	read(c, 0, 10) // the client has seen 10 of 20 when its instance dies
-	cmdA.Process.Signal(syscall.SIGKILL)
-	cmdA.Wait()
+	cmdA.Cmd.Process.Signal(syscall.SIGKILL)
+	<-cmdA.Exited
 	publish(10)
 
 	c2 := b.ws()

@@ -3,18 +3,15 @@ package web
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"os/exec"
-	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/groupcast/groupcast/broker"
+	"github.com/groupcast/groupcast/internal/apptest"
 	"github.com/groupcast/groupcast/internal/natstest"
 	"github.com/groupcast/groupcast/internal/wstest"
 )
@@ -202,40 +199,9 @@ func TestPresenceSIGKILL(t *testing.T) {
 		t.Skip("builds and runs the binary")
 	}
 	ns := natstest.Start(t, -1)
-	bin := filepath.Join(t.TempDir(), "groupcast")
-	build := exec.Command("go", "build", "-o", bin, "../app")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	cmd := exec.Command(bin)
-	cmd.Env = append(os.Environ(), fmt.Sprintf("PORT=%d", port), "NATS_URL="+ns.ClientURL(),
-		"PRESENCE_GROUPS=room.*", "NODE_ID=doomed", "REGION=r1", "LOG_FORMAT=text", "LOG_LEVEL=warn")
-	cmd.Stderr = io.Discard
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	waited := false
-	defer func() {
-		if !waited {
-			cmd.Process.Kill()
-			cmd.Wait()
-		}
-	}()
-	url := fmt.Sprintf("ws://127.0.0.1:%d/ws", port)
-	waitFor(t, 10*time.Second, func() bool {
-		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", port))
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
-	})
+	proc := apptest.Start(t, nil, "NATS_URL="+ns.ClientURL(),
+		"PRESENCE_GROUPS=room.*", "NODE_ID=doomed", "REGION=r1", "LOG_LEVEL=warn")
+	url := "ws" + strings.TrimPrefix(proc.Base, "http") + "/ws"
 
 	e := newPresenceEnv(t, ns.ClientURL(), "survivor", 0) // default interval: the documented bound
 	watcher := e.dialAs("ann")
@@ -249,11 +215,10 @@ func TestPresenceSIGKILL(t *testing.T) {
 	})
 
 	killed := time.Now()
-	if err := cmd.Process.Kill(); err != nil { // SIGKILL
+	if err := proc.Cmd.Process.Kill(); err != nil { // SIGKILL
 		t.Fatal(err)
 	}
-	cmd.Wait()
-	waited = true
+	<-proc.Exited
 	expectPresence(t, watcher, "leave", doomed.Channel())
 	took := time.Since(killed)
 	t.Logf("leave event %v after SIGKILL", took.Round(time.Millisecond))

@@ -272,13 +272,13 @@ func (s *Server) readyz(c echo.Context) error {
 // serveWS upgrades to a WebSocket and starts its session.
 func (s *Server) serveWS(c echo.Context) error {
 	r := c.Request()
-	if ip := clientIP(r, s.cfg.TrustedProxies); !isLoopback(net.JoinHostPort(ip, "0")) && !s.shakes.allow(ip, time.Now()) {
+	if ip := clientIP(r, s.cfg.TrustedProxies); !isLoopbackIP(ip) && !s.shakes.allow(ip, time.Now()) {
 		return refuse(CodeRateLimited, "too many new connections from this address; retry later")
 	}
 	if err := s.broker.Ready(); err != nil {
 		return refuse(CodeUnavailable, "messaging is unavailable here; retry, elsewhere if need be")
 	}
-	if s.metricsConnections() >= s.cfg.MaxConnections {
+	if s.openSessions() >= s.cfg.MaxConnections {
 		return refuse(CodeUnavailable, "this instance has as many connections as allowed; retry elsewhere")
 	}
 	cr := &ConnectRequest{Request: r}
@@ -485,8 +485,8 @@ func (s *Server) welcome(channel, user string) []byte {
 	return append(buf, '}')
 }
 
-// metricsConnections is the number of open sessions.
-func (s *Server) metricsConnections() int {
+// openSessions is the number of open sessions.
+func (s *Server) openSessions() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.sessions)
@@ -613,11 +613,13 @@ func (s *Server) authorize(next echo.HandlerFunc) echo.HandlerFunc {
 // reads the connection's address, never a forwarded header.
 func isLoopback(remoteAddr string) bool {
 	host, _, err := net.SplitHostPort(remoteAddr)
-	if err != nil {
-		return false
-	}
-	ip, err := netip.ParseAddr(host)
-	return err == nil && ip.Unmap().IsLoopback()
+	return err == nil && isLoopbackIP(host)
+}
+
+// isLoopbackIP reports whether ip is a loopback address.
+func isLoopbackIP(ip string) bool {
+	addr, err := netip.ParseAddr(ip)
+	return err == nil && addr.Unmap().IsLoopback()
 }
 
 // httpError writes every HTTP error as {"error":{"code":..,"message":..}}.

@@ -3,7 +3,6 @@ package web
 import (
 	"context"
 	"encoding/json"
-	"net/http"
 	"unicode/utf8"
 
 	"github.com/coder/websocket"
@@ -140,5 +139,5 @@ func (s *Server) sendCommand(c echo.Context, channel string, cmd command) error 
 	if err != nil {
 		return err
 	}
-	return c.JSON(http.StatusAccepted, map[string]bool{"ok": true})
+	return accepted(c)
 }

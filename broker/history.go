@@ -322,6 +322,15 @@ func (b *Broker) replay(ctx context.Context, s *stream, g *group, r Receiver, si
 		}
 		start, rec.Recovered = since.Offset+1, true
 	}
+	// Nothing kept after the start (the common resume: nothing missed)
+	// needs no consumer.
+	newest, err := h.js.GetLastMsg(s.name, subject, nats.DirectGet())
+	if errors.Is(err, nats.ErrMsgNotFound) || err == nil && newest.Sequence < start {
+		return rec, start - 1, nil
+	}
+	if err != nil {
+		return Recovery{}, 0, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
 	sub, err := h.js.SubscribeSync(subject, nats.OrderedConsumer(), nats.StartSequence(start), nats.BindStream(s.name))
 	if err != nil {
 		return Recovery{}, 0, fmt.Errorf("%w: %v", ErrUnavailable, err)
@@ -341,9 +350,6 @@ func (b *Broker) replay(ctx context.Context, s *stream, g *group, r Receiver, si
 			wait = time.Until(d)
 		}
 		msg, err := sub.NextMsg(wait)
-		if errors.Is(err, nats.ErrTimeout) && rec.Replayed == 0 {
-			break // nothing kept after the start
-		}
 		if err != nil {
 			flush()
 			return rec, last, fmt.Errorf("%w: %v", ErrUnavailable, err)
@@ -364,7 +370,7 @@ func (b *Broker) replay(ctx context.Context, s *stream, g *group, r Receiver, si
 			rec.Replayed++
 		}
 		last = meta.Sequence.Stream
-		if meta.NumPending == 0 {
+		if meta.NumPending == 0 || last >= newest.Sequence {
 			break
 		}
 	}

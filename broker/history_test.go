@@ -280,3 +280,23 @@ func TestHistoryReset(t *testing.T) {
 		t.Fatalf("%+v %v", rec, err)
 	}
 }
+
+// TestResumeWithNothingMissed: a resume from the newest offset replays
+// nothing and does not wait for messages that are not there.
+func TestResumeWithNothingMissed(t *testing.T) {
+	b := historyBroker(t, "", 100, PolicyRule{"*", Recoverable})
+	last := publishN(t, b, "g", 0, 3)[2]
+	c, r := open(t, b)
+	start := time.Now()
+	rec, err := b.GroupJoin(context.Background(), "g", c, &Since{Offset: last.Offset, Epoch: last.Epoch})
+	if err != nil || !rec.Recovered || rec.Replayed != 0 {
+		t.Fatalf("%+v %v", rec, err)
+	}
+	if d := time.Since(start); d > 500*time.Millisecond {
+		t.Fatalf("an empty resume took %v", d)
+	}
+	publishN(t, b, "g", 3, 1)
+	if d := r.deliveries(t, 1)[0]; string(d.Data) != "3" {
+		t.Fatalf("live after the resume: %s", d.Data)
+	}
+}

@@ -393,6 +393,13 @@ func (b *Broker) History(ctx context.Context, group string, since uint64, limit 
 	if s == nil {
 		return nil, "", ErrNoHistory
 	}
+	newest, err := b.history.js.GetLastMsg(s.name, b.groupPrefix+group, nats.DirectGet())
+	if errors.Is(err, nats.ErrMsgNotFound) || err == nil && newest.Sequence <= since || limit == 0 {
+		return nil, s.currentEpoch(), nil
+	}
+	if err != nil {
+		return nil, "", fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
 	sub, err := b.history.js.SubscribeSync(b.groupPrefix+group, nats.OrderedConsumer(), nats.StartSequence(since+1), nats.BindStream(s.name))
 	if err != nil {
 		return nil, "", fmt.Errorf("%w: %v", ErrUnavailable, err)
@@ -400,10 +407,7 @@ func (b *Broker) History(ctx context.Context, group string, since uint64, limit 
 	defer sub.Unsubscribe()
 	var out []HistoryMessage
 	for len(out) < limit {
-		msg, err := sub.NextMsg(200 * time.Millisecond)
-		if errors.Is(err, nats.ErrTimeout) {
-			break
-		}
+		msg, err := sub.NextMsg(2 * time.Second)
 		if err != nil {
 			return nil, "", fmt.Errorf("%w: %v", ErrUnavailable, err)
 		}
@@ -412,7 +416,7 @@ func (b *Broker) History(ctx context.Context, group string, since uint64, limit 
 			continue
 		}
 		out = append(out, HistoryMessage{Offset: meta.Sequence.Stream, Region: originRegion(msg), Data: msg.Data})
-		if meta.NumPending == 0 {
+		if meta.NumPending == 0 || meta.Sequence.Stream >= newest.Sequence {
 			break
 		}
 	}

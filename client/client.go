@@ -19,10 +19,9 @@
 // token for every connection and refreshes it on the open socket before
 // it expires; GroupToken gives a join a per-group token.
 //
-// The server keeps no history yet: messages published while the client
-// is disconnected are missed. Deliveries that carry an "offset" and
-// "epoch" have them sent back as "since" and "epoch" on rejoin, ready for
-// a server that can resume a group.
+// In recoverable groups deliveries carry an "offset" and an "epoch"; the
+// client rejoins with them as "since", so the server replays what it
+// missed while disconnected. In other groups such messages are missed.
 //
 // Every goroutine the client starts is stopped by Close.
 package client

@@ -338,7 +338,7 @@ func TestDialFails(t *testing.T) {
 
 // peer is a scripted WebSocket peer for the two behaviours the real
 // server cannot provoke: a server that stops answering, and deliveries
-// that carry a recovery offset (the server keeps no history yet).
+// that carry a recovery offset.
 func peer(t *testing.T, serve func(ctx context.Context, conn *websocket.Conn, n int)) string {
 	var n atomic.Int32
 	ctx, cancel := context.WithCancel(context.Background())

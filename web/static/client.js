@@ -62,10 +62,9 @@ export class Client extends EventTarget {
     this.state = "connecting";
     /** The current connection's welcome: {channel, node, region}. */
     this.welcome = null;
-    // group -> {handler, offset, epoch}. offset and epoch are copied from
-    // deliveries that carry them and sent back as "since" and "epoch" on
-    // rejoin, so that a server keeping history can resume the group;
-    // groupcast sends neither today and ignores both.
+    // group -> {handler, offset, epoch, ...}. offset and epoch are copied
+    // from deliveries of recoverable groups and sent back as "since" on
+    // rejoin, so the server replays what the client missed.
     this.memberships = new Map();
     this.pending = new Map(); // id -> {resolve, reject, timer}
     this.nextId = 1;

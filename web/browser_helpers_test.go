@@ -177,7 +177,8 @@ func (p *page) waitShown(text string) shown {
 // liveServer is a real groupcast instance on a fixed address, which can
 // be stopped and started again on the same address (a restart).
 type liveServer struct {
-	presence []string // groups with presence
+	presence []string            // groups with presence
+	policies []broker.PolicyRule // groups that keep history
 	t        *testing.T
 	addr     string
 	natsURL  string
@@ -214,7 +215,7 @@ func (s *liveServer) start() {
 		s.t.Fatal(err)
 	}
 	s.addr = ln.Addr().String()
-	s.b, err = broker.New(broker.Config{URL: s.natsURL, Region: s.cfg.Region, Logger: testLogger(), ReconnectWait: 50 * time.Millisecond, Presence: s.presence})
+	s.b, err = broker.New(broker.Config{URL: s.natsURL, Region: s.cfg.Region, Logger: testLogger(), ReconnectWait: 50 * time.Millisecond, Presence: s.presence, Policies: s.policies})
 	if err != nil {
 		ln.Close()
 		s.t.Fatal(err)

@@ -17,6 +17,7 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/groupcast/groupcast/broker"
 	"github.com/groupcast/groupcast/internal/natstest"
 	"github.com/groupcast/groupcast/internal/wstest"
 )
@@ -33,6 +34,7 @@ func TestBrowser(t *testing.T) {
 	t.Run("Screenshot", func(t *testing.T) { testBrowserScreenshot(t, browser) })
 	t.Run("Call", func(t *testing.T) { testBrowserCall(t, browser) })
 	t.Run("Presence", func(t *testing.T) { testBrowserPresence(t, browser) })
+	t.Run("Resume", func(t *testing.T) { testBrowserResume(t, browser) })
 }
 
 // Two pages chat through the demo: each sees the other's messages with
@@ -383,4 +385,35 @@ func testBrowserPresence(t *testing.T, browser context.Context) {
 	a.wait(`document.getElementById("people-title").textContent === "In the room (2)"`)
 	b.cancel() // the tab closes, and its socket with it
 	a.wait(`document.getElementById("people-title").textContent === "In the room (1)"`)
+}
+
+// In a recoverable group the page misses nothing across a restart: what
+// was published (through another instance) while its server was down
+// arrives once it has reconnected and resumed.
+func testBrowserResume(t *testing.T, browser context.Context) {
+	ns := natstest.StartJetStream(t)
+	keep := []broker.PolicyRule{{Pattern: "room.*", Policy: broker.Recoverable}}
+	s := &liveServer{t: t, cfg: Config{Region: "test-region"}, addr: "127.0.0.1:0", natsURL: ns.ClientURL(), policies: keep}
+	s.start()
+	t.Cleanup(s.stop)
+	other := &liveServer{t: t, cfg: Config{Region: "test-region"}, addr: "127.0.0.1:0", natsURL: ns.ClientURL(), policies: keep}
+	other.start()
+	t.Cleanup(other.stop)
+
+	p := openPage(t, browser, s.url()+"/")
+	p.waitJoined("room.lobby")
+	s.publish("room.lobby", `{"text":"before"}`)
+	p.waitShown("before")
+	s.stop()
+	other.publish("room.lobby", `{"text":"while away 1"}`)
+	other.publish("room.lobby", `{"text":"while away 2"}`)
+	s.start()
+	p.waitShown("while away 1")
+	p.waitShown("while away 2")
+	for _, text := range []string{"before", "while away 1", "while away 2"} {
+		sel := fmt.Sprintf(`#messages .msg[data-text=%q]`, text)
+		if n := eval[int](p, fmt.Sprintf(`document.querySelectorAll(%q).length`, sel)); n != 1 {
+			t.Fatalf("%q shown %d times, want once", text, n)
+		}
+	}
 }

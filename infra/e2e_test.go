@@ -118,38 +118,9 @@ func TestMultiRegion(t *testing.T) {
 	regions := sc.Topology.Regions
 	const apiKey = "infra-test-key"
 
-	ports, err := FreePorts(len(regions))
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
 	defer cancel()
-	apps := make([]*App, len(regions))
-	for i, r := range regions {
-		var logs syncBuffer
-		app, err := StartApp(bin, ports[i], map[string]string{
-			"NATS_URL": sc.NATSURL(r),
-			"REGION":   r,
-			"API_KEY":  apiKey,
-		}, &logs)
-		if err != nil {
-			t.Fatal(err)
-		}
-		apps[i] = app
-		t.Cleanup(func() {
-			if err := app.Stop(10 * time.Second); err != nil {
-				t.Errorf("%s: %v", r, err)
-			}
-			if t.Failed() {
-				t.Logf("%s output:\n%s", r, logs.String())
-			}
-		})
-	}
-	for i, app := range apps {
-		if err := app.WaitReady(ctx); err != nil {
-			t.Fatalf("%s: %v", regions[i], err)
-		}
-	}
+	apps := startRegionApps(ctx, t, bin, sc, apiKey)
 
 	// A socket per region: welcome (with the region), join, ack.
 	clients := make([]*client, len(regions))

@@ -2,6 +2,7 @@ package infra
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 	"sigs.k8s.io/yaml"
@@ -182,4 +184,39 @@ func (s *syncBuffer) String() string {
 func appExists() bool {
 	_, err := os.Stat(filepath.Join(root, "app", "main.go"))
 	return err == nil
+}
+
+// startRegionApps starts one app per region of sc, connected to that
+// region's cluster, and waits until all are ready. Each is stopped when
+// the test ends, its output logged if the test failed.
+func startRegionApps(ctx context.Context, t *testing.T, bin string, sc *Supercluster, apiKey string) []*App {
+	t.Helper()
+	regions := sc.Topology.Regions
+	ports, err := FreePorts(len(regions))
+	if err != nil {
+		t.Fatal(err)
+	}
+	apps := make([]*App, len(regions))
+	for i, r := range regions {
+		logs := &syncBuffer{}
+		app, err := StartApp(bin, ports[i], map[string]string{"NATS_URL": sc.NATSURL(r), "REGION": r, "API_KEY": apiKey}, logs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		apps[i] = app
+		t.Cleanup(func() {
+			if err := app.Stop(10 * time.Second); err != nil {
+				t.Errorf("%s: %v", r, err)
+			}
+			if t.Failed() {
+				t.Logf("%s output:\n%s", r, logs.String())
+			}
+		})
+	}
+	for i, app := range apps {
+		if err := app.WaitReady(ctx); err != nil {
+			t.Fatalf("%s: %v", regions[i], err)
+		}
+	}
+	return apps
 }

@@ -146,34 +146,9 @@ func TestRegionOutage(t *testing.T) {
 	regions := sc.Topology.Regions
 	const apiKey, group = "outage-test-key", "live"
 
-	ports, err := FreePorts(len(regions))
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	apps := make([]*App, len(regions))
-	for i, r := range regions {
-		var logs syncBuffer
-		app, err := StartApp(bin, ports[i], map[string]string{"NATS_URL": sc.NATSURL(r), "REGION": r, "API_KEY": apiKey}, &logs)
-		if err != nil {
-			t.Fatal(err)
-		}
-		apps[i] = app
-		t.Cleanup(func() {
-			if err := app.Stop(10 * time.Second); err != nil {
-				t.Errorf("%s: %v", r, err)
-			}
-			if t.Failed() {
-				t.Logf("%s output:\n%s", r, logs.String())
-			}
-		})
-	}
-	for i, app := range apps {
-		if err := app.WaitReady(ctx); err != nil {
-			t.Fatalf("%s: %v", regions[i], err)
-		}
-	}
+	apps := startRegionApps(ctx, t, bin, sc, apiKey)
 	a, b, c := 0, 1, 2
 	mover := dialMember(t, "mover@"+regions[a], apps[a], regions[a], group)
 	stayer := dialMember(t, "stayer@"+regions[a], apps[a], regions[a], group)

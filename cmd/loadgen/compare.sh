@@ -51,14 +51,7 @@ trap cleanup EXIT
 . "$(dirname "$0")/lib.sh"
 
 cd "$root"
-if [[ -n ${BIN_DIR:-} ]]; then
-	bin=$BIN_DIR
-else
-	echo "building ./app and ./cmd/loadgen" >&2
-	go build -o "$tmp/groupcast" ./app
-	go build -o "$tmp/loadgen" ./cmd/loadgen
-	bin=$tmp
-fi
+bin=$(build_bins "$tmp")
 
 # run_target TARGET: one measurement of TARGET, retried while noisy.
 run_target() {

@@ -70,3 +70,17 @@ noisy() {
 	awk -v o="$other" -v s="$srv" -v p="${NOISE_PCT:-3}" 'BEGIN { exit !(o > 0.02 && o > s * p / 100) }'
 }
 
+
+# build_bins DIR: prints the directory holding groupcast and loadgen:
+# $BIN_DIR when set, else DIR after building both into it (run from the
+# repository root).
+build_bins() {
+	if [[ -n ${BIN_DIR:-} ]]; then
+		echo "$BIN_DIR"
+		return
+	fi
+	echo "building ./app and ./cmd/loadgen" >&2
+	go build -o "$1/groupcast" ./app
+	go build -o "$1/loadgen" ./cmd/loadgen
+	echo "$1"
+}

@@ -41,14 +41,7 @@ trap cleanup EXIT
 . "$(dirname "$0")/lib.sh"
 
 cd "$root"
-if [[ -n ${BIN_DIR:-} ]]; then
-	bin=$BIN_DIR
-else
-	echo "building ./app and ./cmd/loadgen" >&2
-	go build -o "$tmp/groupcast" ./app
-	go build -o "$tmp/loadgen" ./cmd/loadgen
-	bin=$tmp
-fi
+bin=$(build_bins "$tmp")
 
 taskset -c 0 "$bin/loadgen" serve-nats -addr 127.0.0.1:4222 -http 127.0.0.1:8222 >/dev/null &
 nats_pid=$!

@@ -47,18 +47,9 @@ func startNATSWS(addr string, logging bool) (*natsWS, error) {
 			HandshakeTimeout: 10 * time.Second,
 		},
 	}
-	srv, err := server.NewServer(opts)
+	srv, err := runServer(opts, logging, "websocket listener on "+addr)
 	if err != nil {
-		return nil, fmt.Errorf("nats-server: %w", err)
-	}
-	if logging {
-		srv.ConfigureLogger()
-	}
-	srv.Start()
-	if !srv.ReadyForConnections(10 * time.Second) {
-		srv.Shutdown()
-		srv.WaitForShutdown()
-		return nil, fmt.Errorf("nats-server: websocket listener on %s not ready", addr)
+		return nil, err
 	}
 	// Start resolved a random port into opts (under the server's lock, which
 	// ReadyForConnections took after the listener was set), so this read is
@@ -104,18 +95,9 @@ func startNATS(addr, httpAddr string, logging bool) (*natsTCP, error) {
 			return nil, err
 		}
 	}
-	srv, err := server.NewServer(opts)
+	srv, err := runServer(opts, logging, "listener on "+addr)
 	if err != nil {
-		return nil, fmt.Errorf("nats-server: %w", err)
-	}
-	if logging {
-		srv.ConfigureLogger()
-	}
-	srv.Start()
-	if !srv.ReadyForConnections(10 * time.Second) {
-		srv.Shutdown()
-		srv.WaitForShutdown()
-		return nil, fmt.Errorf("nats-server: listener on %s not ready", addr)
+		return nil, err
 	}
 	n := &natsTCP{srv: srv, URL: srv.ClientURL()}
 	if httpAddr != "" {
@@ -147,4 +129,23 @@ func splitPort(addr string) (string, int, error) {
 func (n *natsTCP) Close() {
 	n.srv.Shutdown()
 	n.srv.WaitForShutdown()
+}
+
+// runServer starts a nats-server and waits until it takes connections;
+// what names the listener in errors.
+func runServer(opts *server.Options, logging bool, what string) (*server.Server, error) {
+	srv, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("nats-server: %w", err)
+	}
+	if logging {
+		srv.ConfigureLogger()
+	}
+	srv.Start()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+		return nil, fmt.Errorf("nats-server: %s not ready", what)
+	}
+	return srv, nil
 }

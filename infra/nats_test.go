@@ -263,11 +263,21 @@ func gatewayOrder(t *testing.T) []string {
 // every route and gateway.
 func startSupercluster(t *testing.T, perRegion int) *Supercluster {
 	t.Helper()
-	topo, err := LoopbackTopology(gatewayOrder(t), perRegion)
-	if err != nil {
-		t.Fatal(err)
+	// The ports FreePorts found can be taken by another socket before a
+	// server binds them (tests run side by side); such a start fails, and
+	// is tried again on other ports.
+	var topo *Topology
+	var sc *Supercluster
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		if topo, err = LoopbackTopology(gatewayOrder(t), perRegion); err != nil {
+			t.Fatal(err)
+		}
+		if sc, err = StartSupercluster(natsConf, topo, nil); err == nil {
+			break
+		}
+		t.Logf("supercluster start, attempt %d: %v", attempt+1, err)
 	}
-	sc, err := StartSupercluster(natsConf, topo, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

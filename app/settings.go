@@ -52,6 +52,7 @@ type settings struct {
 	JetStreamDir    string
 	DedupWindow     time.Duration
 	Replicas        int
+	HistoryRegion   string
 	PresenceGroups  []string
 	MaxFrameBytes   int
 	MaxBodyBytes    int
@@ -177,6 +178,7 @@ var settingsTable = []setting{
 	{"JETSTREAM_DIR", "", "the embedded server's JetStream directory; required with HISTORY_STORE=file and NATS_URL unset", func(s *settings, v string) error { s.JetStreamDir = v; return nil }},
 	{"IDEMPOTENCY_WINDOW", "2m", "how long an Idempotency-Key is remembered", durationSetting(func(s *settings) *time.Duration { return &s.DedupWindow })},
 	{"HISTORY_REPLICAS", "1", "copies of the history streams in an external cluster (3 in a three-server region)", intSetting(func(s *settings) *int { return &s.Replicas }, 1, 5)},
+	{"HISTORY_REGION", "", "in a supercluster, the NATS cluster (region) holding the history streams; the other regions keep and read mirrors of them", func(s *settings, v string) error { s.HistoryRegion = v; return nil }},
 	{"MAX_FRAME_BYTES", "65536", "largest client frame; larger closes the socket with 1009", intSetting(func(s *settings) *int { return &s.MaxFrameBytes }, 256, 64<<20)},
 	{"MAX_BODY_BYTES", "1048576", "largest server API body; larger gets 413", intSetting(func(s *settings) *int { return &s.MaxBodyBytes }, 256, 64<<20)},
 	{"MAX_GROUPS_PER_CONNECTION", "100", "groups one connection may be in", intSetting(func(s *settings) *int { return &s.MaxGroups }, 1, 1<<20)},
@@ -222,6 +224,9 @@ func loadSettings(getenv func(string) string) (*settings, error) {
 	}
 	if s.FileStore && s.NATSURL == "" && s.JetStreamDir == "" {
 		return nil, errors.New("JETSTREAM_DIR: required with HISTORY_STORE=file and the embedded server")
+	}
+	if s.HistoryRegion != "" && s.NATSURL == "" {
+		return nil, errors.New("HISTORY_REGION: needs NATS_URL (a supercluster); the embedded server is one region")
 	}
 	if (s.NATSTLSCert == "") != (s.NATSTLSKey == "") {
 		return nil, errors.New("NATS_TLS_CERT and NATS_TLS_KEY must be set together")

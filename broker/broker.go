@@ -114,6 +114,13 @@ type Config struct {
 	// Replicas is the number of copies of each history stream in a
 	// cluster. Default 1.
 	Replicas int
+	// HistoryRegion, in a supercluster, is the NATS cluster that holds the
+	// history streams. Nodes connected to another cluster keep a mirror of
+	// each stream in their own cluster and read from it (same offsets, same
+	// epoch), so history stays readable there when the history's cluster
+	// is lost; kept publishes still need that cluster. Empty: the streams
+	// live where they were first created and are read there.
+	HistoryRegion string
 
 	// Presence lists the groups whose members are tracked (see
 	// PresenceGet): group names, or prefixes ending in '*'. Default none:
@@ -543,8 +550,9 @@ func (b *Broker) subscribe(g *group) {
 		// carry their offset; it exists once the call returns, and takes
 		// every message stored from then on.
 		g.kept = kept
+		read, _ := kept.reading()
 		sub, err = b.history.js.ChanSubscribe(b.groupPrefix+g.name, b.shard(g.name),
-			nats.OrderedConsumer(), nats.DeliverNew(), nats.BindStream(kept.name))
+			nats.OrderedConsumer(), nats.DeliverNew(), nats.BindStream(read))
 	} else if err == nil {
 		sub, err = b.nc.ChanSubscribe(b.groupPrefix+g.name, b.shard(g.name))
 	}

@@ -113,6 +113,7 @@ type stream struct {
 
 	mu    sync.Mutex
 	epoch string // changes when the stream is created anew
+	read  string // the stream read from: name, or the local mirror
 	ready bool
 }
 
@@ -120,6 +121,7 @@ type stream struct {
 type history struct {
 	down atomic.Bool // the streams could not be read at the last check
 
+	nc      *nats.Conn
 	js      nats.JetStreamContext
 	rules   []PolicyRule
 	streams map[Policy]*stream
@@ -128,6 +130,7 @@ type history struct {
 	dedup   time.Duration
 	memory  bool
 	reps    int
+	region  string // HistoryRegion
 }
 
 func (c *Config) needsJetStream() bool {
@@ -147,8 +150,9 @@ func newHistory(b *Broker, h *history) error {
 	if err != nil {
 		return fmt.Errorf("broker: JetStream: %w", err)
 	}
-	h.js, h.rules, h.streams = js, cfg.Policies, make(map[Policy]*stream)
+	h.nc, h.js, h.rules, h.streams = b.nc, js, cfg.Policies, make(map[Policy]*stream)
 	h.size, h.ttl, h.dedup, h.memory, h.reps = cfg.HistorySize, cfg.HistoryTTL, cfg.DedupWindow, !cfg.FileStore, cfg.Replicas
+	h.region = cfg.HistoryRegion
 	base := strings.ToUpper(strings.NewReplacer(".", "_", "-", "_").Replace(cfg.Prefix))
 	for _, r := range cfg.Policies {
 		if r.Policy == AtMostOnce {
@@ -163,8 +167,15 @@ func newHistory(b *Broker, h *history) error {
 	}
 	if b.nc.IsConnected() {
 		for _, s := range h.streams {
-			if err := h.ensure(s); err != nil {
+			err := h.ensure(s)
+			if errors.Is(err, nats.ErrJetStreamNotEnabled) || errors.Is(err, nats.ErrJetStreamNotEnabledForAccount) {
 				return err
+			}
+			if err != nil {
+				// JetStream may still be electing its leaders: unready
+				// until the watch reads the stream.
+				b.log.Warn("history unavailable", "stream", s.name, "error", err)
+				h.down.Store(true)
 			}
 		}
 	}
@@ -214,10 +225,17 @@ func (h *history) streamOf(group string) (*stream, error) {
 	return s, nil
 }
 
-// ensure creates or updates a stream and reads its epoch.
-func (h *history) ensure(s *stream) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+// epochMetadata is the mirror metadata key holding its stream's epoch.
+const epochMetadata = "groupcast_epoch"
+
+// mirrorStall is how long a mirror may go without hearing from its stream
+// (which sends a heartbeat every second) before it is restarted.
+const mirrorStall = 5 * time.Second
+
+func epochOf(created time.Time) string { return strconv.FormatInt(created.UnixNano(), 36) }
+
+// config is the stream's JetStream configuration.
+func (h *history) config(s *stream) *nats.StreamConfig {
 	cfg := &nats.StreamConfig{
 		Name:              s.name,
 		Subjects:          s.filters,
@@ -235,15 +253,79 @@ func (h *history) ensure(s *stream) error {
 	if h.memory {
 		cfg.Storage = nats.MemoryStorage
 	}
-	info, err := h.js.AddStream(cfg)
+	if h.region != "" {
+		cfg.Placement = &nats.Placement{Cluster: h.region}
+	}
+	return cfg
+}
+
+// mirrorName returns the name of s's mirror in cluster, or "" when the
+// node reads s itself: no HistoryRegion, or connected to that region.
+func (h *history) mirrorName(s *stream, cluster string) string {
+	if h.region == "" || cluster == h.region {
+		return ""
+	}
+	return s.name + "_" + strings.ToUpper(strings.NewReplacer("-", "_", ".", "_").Replace(cluster))
+}
+
+// ensure creates or updates a stream (and, in another region than the
+// history's, its local mirror) and reads its epoch.
+func (h *history) ensure(s *stream) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	info, err := h.js.AddStream(h.config(s))
 	if errors.Is(err, nats.ErrStreamNameAlreadyInUse) {
-		info, err = h.js.UpdateStream(cfg)
+		info, err = h.js.UpdateStream(h.config(s))
 	}
-	if err != nil {
-		return fmt.Errorf("%w: stream %s: %v", ErrUnavailable, s.name, err)
+	return h.settle(s, info, err)
+}
+
+// settle records what a read of the stream found (info, or the error of
+// reading it) and, when the node reads a mirror, checks the mirror: made
+// when missing, made anew when the stream was, and read on its own when
+// the stream cannot be reached.
+func (h *history) settle(s *stream, info *nats.StreamInfo, err error) error {
+	mirror := h.mirrorName(s, h.nc.ConnectedClusterName())
+	if mirror == "" {
+		if err != nil {
+			return fmt.Errorf("%w: stream %s: %w", ErrUnavailable, s.name, err)
+		}
+		s.epoch, s.read, s.ready = epochOf(info.Created), s.name, true
+		return nil
 	}
-	s.epoch = strconv.FormatInt(info.Created.UnixNano(), 36)
-	s.ready = true
+	m, merr := h.js.StreamInfo(mirror)
+	var epoch string
+	switch {
+	case merr == nil && (err != nil || m.Config.Metadata[epochMetadata] == epochOf(info.Created)):
+		// Current, or all there is while the history's region is away.
+		epoch = m.Config.Metadata[epochMetadata]
+		if err == nil && h.reps > 1 && m.Mirror != nil && (m.Mirror.Active < 0 || m.Mirror.Active > mirrorStall) {
+			// The stream is back but its mirror not yet: nats-server
+			// retries a mirror on a backoff of up to two minutes after
+			// a long outage, while a new leader starts at once.
+			_, _ = h.nc.Request("$JS.API.STREAM.LEADER.STEPDOWN."+mirror, nil, time.Second)
+		}
+	case err != nil:
+		return fmt.Errorf("%w: stream %s: %w", ErrUnavailable, s.name, err)
+	case merr != nil && !errors.Is(merr, nats.ErrStreamNotFound):
+		return fmt.Errorf("%w: stream %s: %w", ErrUnavailable, mirror, merr)
+	default:
+		if merr == nil { // the stream was made anew, so is its mirror
+			if err := h.js.DeleteStream(mirror); err != nil && !errors.Is(err, nats.ErrStreamNotFound) {
+				return fmt.Errorf("%w: stream %s: %w", ErrUnavailable, mirror, err)
+			}
+		}
+		epoch = epochOf(info.Created)
+		cfg := h.config(s)
+		cfg.Name, cfg.Subjects, cfg.Duplicates = mirror, nil, 0
+		cfg.Mirror = &nats.StreamSource{Name: s.name}
+		cfg.Placement = &nats.Placement{Cluster: h.nc.ConnectedClusterName()}
+		cfg.Metadata = map[string]string{epochMetadata: epoch}
+		if _, err := h.js.AddStream(cfg); err != nil && !errors.Is(err, nats.ErrStreamNameAlreadyInUse) {
+			return fmt.Errorf("%w: stream %s: %w", ErrUnavailable, mirror, err)
+		}
+	}
+	s.epoch, s.read, s.ready = epoch, mirror, true
 	return nil
 }
 
@@ -251,6 +333,13 @@ func (s *stream) currentEpoch() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.epoch
+}
+
+// reading returns the name of the stream to read s from and its epoch.
+func (s *stream) reading() (name, epoch string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.read, s.epoch
 }
 
 // recovery buffers a joining member's live frames while its history is
@@ -293,12 +382,12 @@ func messageExt(seq uint64, epoch string) []byte {
 func (b *Broker) replay(ctx context.Context, s *stream, g *group, r Receiver, since *Since) (Recovery, uint64, error) {
 	h := b.history
 	subject := b.groupPrefix + g.name
-	epoch := s.currentEpoch()
+	read, epoch := s.reading()
 	var rec Recovery
 	var start uint64
 	switch {
 	case s.policy == Latest:
-		last, err := h.js.GetLastMsg(s.name, subject, nats.DirectGet())
+		last, err := h.js.GetLastMsg(read, subject, nats.DirectGet())
 		if errors.Is(err, nats.ErrMsgNotFound) {
 			return Recovery{Recovered: true}, 0, nil
 		}
@@ -314,7 +403,7 @@ func (b *Broker) replay(ctx context.Context, s *stream, g *group, r Receiver, si
 	case since.Offset == 0:
 		start = 1 // what is kept; not known to be all
 	default:
-		kept, err := h.js.GetMsg(s.name, since.Offset, nats.DirectGet())
+		kept, err := h.js.GetMsg(read, since.Offset, nats.DirectGet())
 		if err != nil || kept.Subject != subject {
 			// The window no longer holds the offset: something after it
 			// may be gone too.
@@ -324,14 +413,14 @@ func (b *Broker) replay(ctx context.Context, s *stream, g *group, r Receiver, si
 	}
 	// Nothing kept after the start (the common resume: nothing missed)
 	// needs no consumer.
-	newest, err := h.js.GetLastMsg(s.name, subject, nats.DirectGet())
+	newest, err := h.js.GetLastMsg(read, subject, nats.DirectGet())
 	if errors.Is(err, nats.ErrMsgNotFound) || err == nil && newest.Sequence < start {
 		return rec, start - 1, nil
 	}
 	if err != nil {
 		return Recovery{}, 0, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
-	sub, err := h.js.SubscribeSync(subject, nats.OrderedConsumer(), nats.StartSequence(start), nats.BindStream(s.name))
+	sub, err := h.js.SubscribeSync(subject, nats.OrderedConsumer(), nats.StartSequence(start), nats.BindStream(read))
 	if err != nil {
 		return Recovery{}, 0, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
@@ -393,14 +482,15 @@ func (b *Broker) History(ctx context.Context, group string, since uint64, limit 
 	if s == nil {
 		return nil, "", ErrNoHistory
 	}
-	newest, err := b.history.js.GetLastMsg(s.name, b.groupPrefix+group, nats.DirectGet())
+	read, epoch := s.reading()
+	newest, err := b.history.js.GetLastMsg(read, b.groupPrefix+group, nats.DirectGet())
 	if errors.Is(err, nats.ErrMsgNotFound) || err == nil && newest.Sequence <= since || limit == 0 {
-		return nil, s.currentEpoch(), nil
+		return nil, epoch, nil
 	}
 	if err != nil {
 		return nil, "", fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
-	sub, err := b.history.js.SubscribeSync(b.groupPrefix+group, nats.OrderedConsumer(), nats.StartSequence(since+1), nats.BindStream(s.name))
+	sub, err := b.history.js.SubscribeSync(b.groupPrefix+group, nats.OrderedConsumer(), nats.StartSequence(since+1), nats.BindStream(read))
 	if err != nil {
 		return nil, "", fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
@@ -420,7 +510,7 @@ func (b *Broker) History(ctx context.Context, group string, since uint64, limit 
 			break
 		}
 	}
-	return out, s.currentEpoch(), nil
+	return out, epoch, nil
 }
 
 // PolicyOf returns a group's policy.
@@ -453,9 +543,9 @@ func (b *Broker) watchHistory(stop <-chan struct{}) {
 			info, err := b.history.js.StreamInfo(s.name)
 			if errors.Is(err, nats.ErrStreamNotFound) {
 				err = b.history.ensure(s) // deleted: make it anew
-			} else if err == nil {
+			} else {
 				s.mu.Lock()
-				s.epoch, s.ready = strconv.FormatInt(info.Created.UnixNano(), 36), true
+				err = b.history.settle(s, info, err)
 				s.mu.Unlock()
 			}
 			if err != nil {
@@ -466,7 +556,7 @@ func (b *Broker) watchHistory(stop <-chan struct{}) {
 				continue
 			}
 			b.history.down.Store(false)
-			if after := s.currentEpoch(); after != before || wasDown {
+			if after := s.currentEpoch(); before != "" && (after != before || wasDown) {
 				b.log.Warn("history may have lost messages; telling members", "stream", s.name, "epoch", after)
 				b.tellGap(s, after)
 			}

@@ -23,6 +23,10 @@ type frame struct {
 	Region string          `json:"region"`
 	Data   json.RawMessage `json:"data"`
 	Code   string          `json:"code"`
+
+	Offset    uint64 `json:"offset"`
+	Epoch     string `json:"epoch"`
+	Recovered *bool  `json:"recovered"`
 }
 
 // client is a WebSocket to one region, its frames read into a channel.
@@ -120,7 +124,7 @@ func TestMultiRegion(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
 	defer cancel()
-	apps := startRegionApps(ctx, t, bin, sc, apiKey)
+	apps := startRegionApps(ctx, t, bin, sc, apiKey, nil)
 
 	// A socket per region: welcome (with the region), join, ack.
 	clients := make([]*client, len(regions))

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -189,7 +190,7 @@ func appExists() bool {
 // startRegionApps starts one app per region of sc, connected to that
 // region's cluster, and waits until all are ready. Each is stopped when
 // the test ends, its output logged if the test failed.
-func startRegionApps(ctx context.Context, t *testing.T, bin string, sc *Supercluster, apiKey string) []*App {
+func startRegionApps(ctx context.Context, t *testing.T, bin string, sc *Supercluster, apiKey string, extra map[string]string) []*App {
 	t.Helper()
 	regions := sc.Topology.Regions
 	ports, err := FreePorts(len(regions))
@@ -199,7 +200,9 @@ func startRegionApps(ctx context.Context, t *testing.T, bin string, sc *Superclu
 	apps := make([]*App, len(regions))
 	for i, r := range regions {
 		logs := &syncBuffer{}
-		app, err := StartApp(bin, ports[i], map[string]string{"NATS_URL": sc.NATSURL(r), "REGION": r, "API_KEY": apiKey}, logs)
+		settings := map[string]string{"NATS_URL": sc.NATSURL(r), "REGION": r, "API_KEY": apiKey}
+		maps.Copy(settings, extra)
+		app, err := StartApp(bin, ports[i], settings, logs)
 		if err != nil {
 			t.Fatal(err)
 		}

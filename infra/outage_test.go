@@ -148,7 +148,7 @@ func TestRegionOutage(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	apps := startRegionApps(ctx, t, bin, sc, apiKey)
+	apps := startRegionApps(ctx, t, bin, sc, apiKey, nil)
 	a, b, c := 0, 1, 2
 	mover := dialMember(t, "mover@"+regions[a], apps[a], regions[a], group)
 	stayer := dialMember(t, "stayer@"+regions[a], apps[a], regions[a], group)

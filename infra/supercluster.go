@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -27,6 +28,7 @@ const (
 	EnvClusterListen = "NATS_CLUSTER_LISTEN" // host:port for routes
 	EnvClusterRoutes = "NATS_CLUSTER_ROUTES" // [url, ...] of the region's servers
 	EnvGatewayListen = "NATS_GATEWAY_LISTEN" // host:port for gateways
+	EnvStoreDir      = "NATS_STORE_DIR"      // JetStream's directory
 	EnvAppPassword   = "NATS_APP_PASSWORD"   // password of AppUser
 	EnvSysPassword   = "NATS_SYS_PASSWORD"   // password of SysUser
 )
@@ -173,6 +175,9 @@ type Topology struct {
 	Servers     []ServerSpec
 	AppPassword string
 	SysPassword string
+	// StoreDir holds each server's JetStream directory; Supercluster.Shutdown
+	// removes it.
+	StoreDir string
 }
 
 // LoopbackTopology plans a supercluster of GatewaySlots regions with perRegion servers
@@ -191,7 +196,11 @@ func LoopbackTopology(regions []string, perRegion int) (*Topology, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &Topology{Regions: slices.Clone(regions), AppPassword: randomHex(16), SysPassword: randomHex(16)}
+	dir, err := os.MkdirTemp("", "groupcast-supercluster-")
+	if err != nil {
+		return nil, err
+	}
+	t := &Topology{Regions: slices.Clone(regions), AppPassword: randomHex(16), SysPassword: randomHex(16), StoreDir: dir}
 	routes := map[string][]string{}
 	gateways := map[string][]string{}
 	for _, r := range regions {
@@ -213,6 +222,7 @@ func LoopbackTopology(regions []string, perRegion int) (*Topology, error) {
 			EnvClusterListen: fmt.Sprintf("127.0.0.1:%d", s.ClusterPort),
 			EnvClusterRoutes: ConfigList(routes[s.Region]),
 			EnvGatewayListen: fmt.Sprintf("127.0.0.1:%d", s.GatewayPort),
+			EnvStoreDir:      filepath.Join(dir, s.Name),
 			EnvAppPassword:   t.AppPassword,
 			EnvSysPassword:   t.SysPassword,
 		}
@@ -435,6 +445,9 @@ func (sc *Supercluster) Shutdown() {
 		})
 	}
 	wg.Wait()
+	if sc.Topology.StoreDir != "" {
+		_ = os.RemoveAll(sc.Topology.StoreDir)
+	}
 }
 
 // FreePorts returns n distinct TCP ports that were free on 127.0.0.1 a moment ago.

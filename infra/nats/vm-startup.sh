@@ -28,6 +28,7 @@ fi
 
 id -u nats >/dev/null 2>&1 || useradd --system --home-dir /var/lib/nats --shell /usr/sbin/nologin nats
 install -d -m 0750 -o root -g nats /etc/nats
+install -d -m 0750 -o nats -g nats /var/lib/nats /var/lib/nats/jetstream
 
 meta attributes/nats-conf >/etc/nats/nats-server.conf
 meta attributes/nats-accounts >/etc/nats/accounts.conf

@@ -294,7 +294,8 @@ func (s *Server) serveWS(c echo.Context) error {
 	if err := s.consumer.Connect(r.Context(), cr); err != nil {
 		return err
 	}
-	conn, err := websocket.Accept(smallBuffers{c.Response()}, c.Request(), &websocket.AcceptOptions{
+	hj := &hijacker{ResponseWriter: c.Response()}
+	conn, err := websocket.Accept(hj, c.Request(), &websocket.AcceptOptions{
 		OriginPatterns:  s.cfg.AllowedOrigins,
 		CompressionMode: websocket.CompressionDisabled,
 	})
@@ -305,6 +306,7 @@ func (s *Server) serveWS(c echo.Context) error {
 	ss := &session{
 		srv:     s,
 		conn:    conn,
+		raw:     hj.conn,
 		out:     newOutbox(s.cfg.OutboxFrames, s.cfg.OutboxBytes),
 		uid:     cr.User,
 		info:    s.presenceInfo(cr.Info),
@@ -379,13 +381,17 @@ const (
 	writeBufferSize = 2048
 )
 
-// smallBuffers hands the WebSocket library smaller buffers than net/http's
-// when nothing is buffered in them yet.
-type smallBuffers struct{ http.ResponseWriter }
+// hijacker hands the WebSocket library smaller buffers than net/http's
+// when nothing is buffered in them yet, and writes through a frameConn,
+// which it keeps for the session.
+type hijacker struct {
+	http.ResponseWriter
+	conn *frameConn
+}
 
-func (w smallBuffers) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+func (w *hijacker) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
-func (w smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+func (w *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	conn, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
 	if err != nil {
 		return conn, brw, err
@@ -393,10 +399,27 @@ func (w smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if brw.Reader.Buffered() == 0 {
 		brw.Reader = bufio.NewReaderSize(conn, readBufferSize)
 	}
-	if brw.Writer.Buffered() == 0 {
-		brw.Writer = bufio.NewWriterSize(conn, writeBufferSize)
+	if err := brw.Writer.Flush(); err != nil {
+		return conn, brw, err
 	}
+	w.conn = &frameConn{Conn: conn}
+	brw.Writer = bufio.NewWriterSize(w.conn, writeBufferSize)
 	return conn, brw, nil
+}
+
+// frameConn serialises the writes to a connection, so that a session can
+// write whole data frames itself, each in one Write, between the control
+// frames (ping, pong, close) that the WebSocket library writes, each
+// flushed in one Write as well.
+type frameConn struct {
+	net.Conn
+	mu sync.Mutex
+}
+
+func (c *frameConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.Conn.Write(p)
 }
 
 // watchdog ends WebSocket writes that take longer than allowed, since

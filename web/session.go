@@ -2,6 +2,7 @@ package web
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -32,7 +33,8 @@ const (
 type session struct {
 	srv     *Server
 	conn    *websocket.Conn
-	trace   []any // the upgrade request's trace fields, for logs
+	raw     *frameConn // conn's connection: data frames are written here
+	trace   []any      // the upgrade request's trace fields, for logs
 	channel string
 	out     *outbox
 	writers sync.WaitGroup
@@ -189,37 +191,67 @@ func (s *session) writeLoop() {
 	}
 }
 
-// write sends a batch as one message, frames separated by newlines. Writes
-// carry no context (a context per write costs a timer and an allocation):
-// the server's watchdog ends a write that takes longer than WriteTimeout.
+// write sends a batch as one message, frames separated by newlines. The
+// WebSocket frame is made here and written in one system call: server
+// frames are unmasked and uncompressed, so a header in front of the
+// payload is all it takes. Writes carry no deadline (a timer per write
+// costs): the server's watchdog ends a write that takes longer than
+// WriteTimeout.
 func (s *session) write(batch [][]byte) error {
 	if len(batch) == 0 {
 		return nil
 	}
 	s.writeStart.Store(time.Now().UnixNano())
 	defer s.writeStart.Store(0)
-	if len(batch) == 1 {
-		return s.countWrite(batch[0], 1)
-	}
 	buf := s.srv.buffers.Get().(*[]byte)
 	defer s.srv.buffers.Put(buf)
-	p := (*buf)[:0]
+	p := append((*buf)[:0], make([]byte, maxFrameHeader)...)
 	n := 0
 	for _, f := range batch {
-		if len(p) > 0 && len(p)+1+len(f) > maxBatchBytes {
-			if err := s.countWrite(p, n); err != nil {
+		if n > 0 && len(p)-maxFrameHeader+1+len(f) > maxBatchBytes {
+			if err := s.writeFrame(p, n); err != nil {
 				return err
 			}
-			p, n = p[:0], 0
+			p, n = p[:maxFrameHeader], 0
 		}
-		if len(p) > 0 {
+		if n > 0 {
 			p = append(p, '\n')
 		}
 		p = append(p, f...)
 		n++
 	}
 	*buf = p
-	return s.countWrite(p, n)
+	return s.writeFrame(p, n)
+}
+
+// maxFrameHeader is the longest header of an unmasked WebSocket frame.
+const maxFrameHeader = 10
+
+// writeFrame writes p[maxFrameHeader:] as one text message of frames
+// frames, its header put in the room left in front of it.
+func (s *session) writeFrame(p []byte, frames int) error {
+	size := len(p) - maxFrameHeader
+	start := maxFrameHeader - 2
+	switch {
+	case size < 126:
+		p[start+1] = byte(size)
+	case size <= 0xFFFF:
+		start -= 2
+		p[start+1] = 126
+		binary.BigEndian.PutUint16(p[start+2:], uint16(size))
+	default:
+		start -= 8
+		p[start+1] = 127
+		binary.BigEndian.PutUint64(p[start+2:], uint64(size))
+	}
+	p[start] = 0x81 // FIN, text
+	if _, err := s.raw.Write(p[start:]); err != nil {
+		return err
+	}
+	s.srv.metrics.writes.Inc()
+	s.srv.metrics.framesWritten.Add(float64(frames))
+	s.srv.metrics.bytesWritten.Add(float64(size))
+	return nil
 }
 
 // maxIdempotencyKey bounds an idempotency key, in bytes.
@@ -235,16 +267,6 @@ const slowConsumerGrace = time.Second
 
 // maxBatchBytes bounds one batched WebSocket message.
 const maxBatchBytes = 64 << 10
-
-func (s *session) countWrite(p []byte, frames int) error {
-	if err := s.conn.Write(context.Background(), websocket.MessageText, p); err != nil {
-		return err
-	}
-	s.srv.metrics.writes.Inc()
-	s.srv.metrics.framesWritten.Add(float64(frames))
-	s.srv.metrics.bytesWritten.Add(float64(len(p)))
-	return nil
-}
 
 // overdue reports whether the write in flight has gone on too long: past
 // WriteTimeout, or past slowConsumerGrace once closing as a slow consumer.

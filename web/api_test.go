@@ -1,10 +1,14 @@
 package web
 
 import (
+	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/groupcast/groupcast/broker"
 )
 
 func TestAPIErrors(t *testing.T) {
@@ -100,4 +104,82 @@ func TestHealthReadyPageMetrics(t *testing.T) {
 			t.Errorf("GET %s: %d, body lacks %q", path, resp.StatusCode, want)
 		}
 	}
+}
+
+// TestBatchPublish: one request publishes to groups and channels, in
+// order; each message is answered on its own, and a bad one refuses only
+// itself.
+func TestBatchPublish(t *testing.T) {
+	e := newEnvBroker(t, broker.Config{Policies: chatPolicies}, nil)
+	member := e.dial()
+	member.Join("room")
+	member.Join("chat.kept")
+	direct := e.dial()
+	body := `{"messages":[
+		{"group":"room","data":1},
+		{"channel":"` + direct.Channel() + `","data":{"to":"you"}},
+		{"group":"a..b","data":2},
+		{"group":"room","channel":"` + direct.Channel() + `","data":3},
+		{"group":"room"},
+		{"group":"room","data":4,"idempotency_key":"k"},
+		{"group":"chat.kept","data":5,"idempotency_key":"k"},
+		{"group":"chat.kept","data":5,"idempotency_key":"k"},
+		{"group":"room","data":6}
+	]}`
+	status, answer := e.post("/api/messages", body, "Content-Type", "application/json")
+	var got struct {
+		OK      bool
+		Results []struct {
+			OK        bool
+			Offset    uint64
+			Duplicate bool
+			Error     *struct{ Code string }
+		}
+	}
+	if err := json.Unmarshal([]byte(answer), &got); status != http.StatusOK || err != nil || len(got.Results) != 9 {
+		t.Fatalf("batch: %d %s", status, answer)
+	}
+	if got.OK {
+		t.Errorf("top-level ok with refused messages: %s", answer)
+	}
+	wantCodes := []string{"", "", CodeInvalidGroup, CodeInvalidData, CodeInvalidData, CodeInvalidData, "", "", ""}
+	for i, r := range got.Results {
+		code := ""
+		if r.Error != nil {
+			code = r.Error.Code
+		}
+		if code != wantCodes[i] || r.OK != (code == "") {
+			t.Errorf("message %d: %+v, want error code %q", i, r, wantCodes[i])
+		}
+	}
+	if r := got.Results; r[6].Offset == 0 || r[6].Duplicate || r[7].Offset != r[6].Offset || !r[7].Duplicate {
+		t.Errorf("idempotent pair: %+v then %+v, want one offset, the second a duplicate", r[6], r[7])
+	}
+	member.ExpectMessage("room", "1")
+	member.ExpectMessage("chat.kept", "5")
+	member.ExpectMessage("room", "6")
+	member.Quiet(100 * time.Millisecond)
+	if m := direct.Next(); m["type"] != "message" || m["data"].(map[string]any)["to"] != "you" {
+		t.Errorf("direct: %v", m)
+	}
+
+	var many strings.Builder
+	many.WriteString(`{"messages":[`)
+	for i := range maxBatchMessages + 1 {
+		if i > 0 {
+			many.WriteString(",")
+		}
+		many.WriteString(`{"group":"room","data":0}`)
+	}
+	many.WriteString(`]}`)
+	for _, tc := range []struct{ body, code string }{
+		{many.String(), CodeInvalidData},
+		{`[1]`, CodeInvalidJSON},
+		{`{"messages":`, CodeInvalidJSON},
+	} {
+		if status, answer := e.post("/api/messages", tc.body); status != http.StatusBadRequest || !strings.Contains(answer, tc.code) {
+			t.Errorf("batch %.40q: %d %s, want 400 %s", tc.body, status, answer, tc.code)
+		}
+	}
+	member.Quiet(100 * time.Millisecond)
 }

@@ -237,6 +237,7 @@ func New(b Broker, cfg Config) *Server {
 	e.GET("/ws", s.serveWS)
 	api := e.Group("/api", s.authorize)
 	api.POST("/groups/:group/messages", s.publishGroup)
+	api.POST("/messages", s.publishBatch)
 	api.GET("/groups/:group/history", s.history)
 	api.POST("/channels/:channel/messages", s.publishChannel)
 	api.POST("/channels/:channel/disconnect", s.disconnectChannel)

@@ -67,6 +67,7 @@ type Config struct {
 	Rate        float64       // publishes per second (all rooms together)
 	Duration    time.Duration // publishing window
 	Size        int           // payload bytes
+	Batch       int           // groupcast: publish through POST /api/messages, this many a request; 0: one request each
 	ConnectRate float64       // connections opened per second while ramping; default 2000; +Inf: no limit
 	MaxInflight int           // connections dialing or joining at once; default 500
 	Settle      time.Duration // wait after the ramp before the idle RSS sample; default 2s
@@ -90,6 +91,9 @@ type Config struct {
 }
 
 func (c *Config) setDefaults() error {
+	if c.Batch < 0 || c.Batch > 1000 || c.Batch > 0 && c.Target != targetGroupcast {
+		return errors.New("-batch must be 0..1000, and needs -target groupcast")
+	}
 	switch c.Mode {
 	case "", modeFanout:
 		c.Mode, c.Rooms, c.Churn = modeFanout, 1, 0

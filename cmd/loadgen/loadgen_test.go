@@ -373,6 +373,15 @@ func TestFanoutGroupcast(t *testing.T) {
 		}
 		checkExact(t, res)
 	})
+	t.Run("rooms-batched", func(t *testing.T) {
+		cfg := smallRooms(targetGroupcast, urls, apis)
+		cfg.PIDs, cfg.Batch = pids, 7 // 60 publishes: the last four go out on the flush
+		res, err := runFanout(t.Context(), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkExact(t, res)
+	})
 	t.Run("connect", func(t *testing.T) {
 		cfg := smallRun(targetGroupcast, urls, apis)
 		cfg.Conns, cfg.PIDs = 100, pids

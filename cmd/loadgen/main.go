@@ -157,6 +157,7 @@ func cmdRun(ctx context.Context, mode string, args []string, stdout, stderr io.W
 		fs.DurationVar(&cfg.Duration, "duration", 20*time.Second, "publishing window")
 		fs.DurationVar(&cfg.Settle, "settle", 2*time.Second, "wait after the ramp before sampling idle RSS")
 		fs.DurationVar(&cfg.Drain, "drain", 5*time.Second, "wait for stragglers after publishing")
+		fs.IntVar(&cfg.Batch, "batch", 0, "groupcast: publish through POST /api/messages, this many messages a request (a message waits until its batch is full); 0: a request each")
 	}
 	if mode == modeRooms {
 		fs.IntVar(&cfg.Rooms, "rooms", 500, "groups; connection i joins <group>.<i*rooms/conns>; publish n goes to <group>.<n mod rooms>")

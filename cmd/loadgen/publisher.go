@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/coder/websocket"
@@ -34,11 +35,20 @@ func (r *fanoutRun) newPublisher() (publisher, error) {
 }
 
 // httpPublisher POSTs to groupcast's HTTP API over up to httpPublishers
-// keep-alive connections per instance.
+// keep-alive connections per instance: a request per message, or with
+// batch > 0 a request per batch messages (POST /api/messages).
 type httpPublisher struct {
 	client *http.Client
 	urls   [][]string // [api][room]
 	n      int
+
+	batch     int
+	batchURLs []string // [api]
+	groups    []string // [room]
+	mu        sync.Mutex
+	pending   []byte // the batch being filled, from its opening bracket
+	count     int    // messages in pending
+	nextAPI   int
 }
 
 // httpPublishers is how many POSTs may be in flight at once.
@@ -67,36 +77,99 @@ func newHTTPPublisher(cfg Config, groups []string) *httpPublisher {
 				DisableCompression:  true,
 			},
 		},
-		urls: urls,
-		n:    httpPublishers,
+		urls:   urls,
+		n:      httpPublishers,
+		batch:  cfg.Batch,
+		groups: groups,
+		batchURLs: func() []string {
+			var u []string
+			for _, api := range cfg.APIs {
+				u = append(u, strings.TrimRight(api, "/")+"/api/messages")
+			}
+			return u
+		}(),
 	}
+}
+
+// publishBatched adds a message to the batch being filled and, when that
+// is full, sends it.
+func (p *httpPublisher) publishBatched(ctx context.Context, seq int64, payload []byte) error {
+	p.mu.Lock()
+	if p.count == 0 {
+		p.pending = append(p.pending[:0], `{"messages":[`...)
+	} else {
+		p.pending = append(p.pending, ',')
+	}
+	p.pending = append(p.pending, `{"group":"`...)
+	p.pending = append(p.pending, p.groups[seq%int64(len(p.groups))]...)
+	p.pending = append(p.pending, `","data":`...)
+	p.pending = append(p.pending, payload...)
+	p.pending = append(p.pending, '}')
+	p.count++
+	if p.count < p.batch {
+		p.mu.Unlock()
+		return nil
+	}
+	return p.sendLocked(ctx)
+}
+
+// sendLocked sends the pending batch; p.mu is held on entry and released.
+func (p *httpPublisher) sendLocked(ctx context.Context) error {
+	body, n := append(p.pending, "]}"...), p.count
+	u := p.batchURLs[p.nextAPI%len(p.batchURLs)]
+	p.pending, p.count, p.nextAPI = nil, 0, p.nextAPI+1
+	p.mu.Unlock()
+	answer, err := p.post(ctx, u, body)
+	if err == nil && !bytes.HasPrefix(answer, []byte(`{"ok":true`)) {
+		err = fmt.Errorf("batch refused: %s", truncate(answer, 200))
+	}
+	if err != nil {
+		err = fmt.Errorf("batch of %d: %w", n, err)
+	}
+	return err
+}
+
+// post POSTs a JSON body and returns the start of the answer.
+func (p *httpPublisher) post(ctx context.Context, u string, body []byte) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.ContentLength = int64(len(body))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := p.client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	answer, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
+	resp.Body.Close()
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return nil, fmt.Errorf("%s: %s", resp.Status, truncate(answer, 200))
+	}
+	return answer, nil
 }
 
 // publish POSTs publish seq to room seq mod rooms, through the instances in
 // turn (room by room, so that every room is published through each).
 func (p *httpPublisher) publish(ctx context.Context, seq int64, payload []byte) error {
+	if p.batch > 0 {
+		return p.publishBatched(ctx, seq, payload)
+	}
 	rooms := int64(len(p.urls[0]))
-	u := p.urls[(seq/rooms)%int64(len(p.urls))][seq%rooms]
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(payload))
-	if err != nil {
-		return err
-	}
-	req.ContentLength = int64(len(payload))
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := p.client.Do(req)
-	if err != nil {
-		return err
-	}
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
-	resp.Body.Close()
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return fmt.Errorf("%s: %s", resp.Status, truncate(body, 200))
-	}
-	return nil
+	_, err := p.post(ctx, p.urls[(seq/rooms)%int64(len(p.urls))][seq%rooms], payload)
+	return err
 }
 
-func (p *httpPublisher) flush(context.Context) error { return nil }
+// flush sends a batch that is not full yet.
+func (p *httpPublisher) flush(ctx context.Context) error {
+	p.mu.Lock()
+	if p.count == 0 {
+		p.mu.Unlock()
+		return nil
+	}
+	return p.sendLocked(ctx)
+}
 
 func (p *httpPublisher) close() { p.client.CloseIdleConnections() }
 

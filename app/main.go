@@ -113,6 +113,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer, list
 		OutboxFrames:     cfg.OutboxFrames,
 		OutboxBytes:      cfg.OutboxBytes,
 		WriteTimeout:     cfg.WriteTimeout,
+		WriteDelay:       cfg.WriteDelay,
 		PingInterval:     cfg.PingInterval,
 		MaxConnectionAge: cfg.MaxConnAge,
 		NATSLossGrace:    cfg.NATSLossGrace,

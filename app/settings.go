@@ -60,6 +60,7 @@ type settings struct {
 	OutboxFrames    int
 	OutboxBytes     int
 	WriteTimeout    time.Duration
+	WriteDelay      time.Duration
 	PingInterval    time.Duration
 	ShutdownTimeout time.Duration
 	MaxConnAge      time.Duration
@@ -185,6 +186,14 @@ var settingsTable = []setting{
 	{"OUTBOX_FRAMES", "1024", "frames queued for one connection before it is closed as a slow consumer (4008)", intSetting(func(s *settings) *int { return &s.OutboxFrames }, 1, 1<<24)},
 	{"OUTBOX_BYTES", "1048576", "bytes queued for one connection before it is closed as a slow consumer (4008)", intSetting(func(s *settings) *int { return &s.OutboxBytes }, 1024, 1<<30)},
 	{"WRITE_TIMEOUT", "10s", "bound on one WebSocket write or ping", durationSetting(func(s *settings) *time.Duration { return &s.WriteTimeout })},
+	{"WRITE_DELAY", "0s", "how long a connection's messages are held so that more go out in one write (fewer system calls under heavy fan-out, for that much latency); 0: written at once", func(s *settings, v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 || d > time.Second {
+			return errors.New("want a duration from 0 to 1s, such as 20ms")
+		}
+		s.WriteDelay = d
+		return nil
+	}},
 	{"PING_INTERVAL", "25s", "how often idle WebSockets are pinged", durationSetting(func(s *settings) *time.Duration { return &s.PingInterval })},
 	{"MAX_CONNECTION_AGE", "55m", "WebSockets are closed with 1012 after this long (less up to a tenth, at random), before Cloud Run's request timeout cuts them", durationSetting(func(s *settings) *time.Duration { return &s.MaxConnAge })},
 	{"NATS_LOSS_GRACE", "5s", "how long NATS may be unavailable before every WebSocket is closed with 1012 (and new ones refused with 503) so clients reconnect where messages flow", durationSetting(func(s *settings) *time.Duration { return &s.NATSLossGrace })},

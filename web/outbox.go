@@ -126,6 +126,18 @@ func (o *outbox) next(dst [][]byte) (work, bool) {
 	return w, true
 }
 
+// more adds to w what was queued since next handed it over.
+func (o *outbox) more(w work) work {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	w.frames = append(w.frames, o.frames...)
+	clear(o.frames)
+	o.frames, o.bytes = o.frames[:0], 0
+	w.ping, w.closing = w.ping || o.ping, o.closing
+	o.ping = false
+	return w
+}
+
 // tick is called by the watchdog: a writer parked for more than
 // idleTicks ticks is told to exit.
 func (o *outbox) tick(idleTicks int) {

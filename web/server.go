@@ -97,6 +97,11 @@ type Config struct {
 	OutboxBytes  int
 	// WriteTimeout bounds one write or ping. Default 10s.
 	WriteTimeout time.Duration
+	// WriteDelay, when set, holds a connection's messages that long before
+	// writing them, so that more of them go out in one write: fewer system
+	// calls per delivery (on both ends) for that much latency. Replies to
+	// the client's own requests are not held. Default 0: write at once.
+	WriteDelay time.Duration
 	// PingInterval is how often an idle connection is pinged. Default 25s.
 	PingInterval time.Duration
 	// JoinTimeout bounds how long a join waits for NATS. Default 5s.

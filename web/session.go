@@ -1,6 +1,7 @@
 package web
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -159,6 +160,10 @@ func (s *session) writeLoop() {
 		if !ok {
 			return
 		}
+		if d := s.srv.cfg.WriteDelay; d > 0 && !w.closing && len(w.frames) > 0 && bytes.HasPrefix(w.frames[0], messagePrefix) {
+			time.Sleep(d)
+			w = s.out.more(w)
+		}
 		if err := s.write(w.frames); err != nil {
 			s.logger().Debug("write failed", "error", err)
 			s.close(0, "") // broken or dead: drop it, a close handshake would only time out
@@ -223,6 +228,9 @@ func (s *session) write(batch [][]byte) error {
 	*buf = p
 	return s.writeFrame(p, n)
 }
+
+// messagePrefix starts every delivery frame: what WriteDelay may hold.
+var messagePrefix = []byte(`{"type":"message"`)
 
 // maxFrameHeader is the longest header of an unmasked WebSocket frame.
 const maxFrameHeader = 10

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -317,5 +318,36 @@ func TestNATSLostClosesSockets(t *testing.T) {
 	}
 	if status, body := e.dialStatus("", nil); status != http.StatusServiceUnavailable {
 		t.Fatalf("new socket while NATS is down: %d %s", status, body)
+	}
+}
+
+// TestWriteDelay: with WriteDelay, deliveries that arrive within it go out
+// in one WebSocket message, while replies to the client are not held.
+func TestWriteDelay(t *testing.T) {
+	const delay = 300 * time.Millisecond
+	e := newEnv(t, "", &Config{WriteDelay: delay})
+	c := e.dial()
+	start := time.Now()
+	c.Join("g")
+	if took := time.Since(start); took >= delay {
+		t.Errorf("join ack after %v: held like a delivery", took)
+	}
+	for i := range 3 {
+		if err := e.broker.GroupSend("g", []byte(strconv.Itoa(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start = time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, p, err := c.Conn.Read(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lines := strings.Count(string(p), "\n") + 1; lines != 3 {
+		t.Errorf("%d deliveries in the first message %q, want all 3", lines, p)
+	}
+	if took := time.Since(start); took < delay/2 {
+		t.Errorf("deliveries written after %v, want them held about %v", took, delay)
 	}
 }

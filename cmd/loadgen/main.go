@@ -10,6 +10,7 @@ import (
 	"math"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -141,6 +142,7 @@ func cmdRun(ctx context.Context, mode string, args []string, stdout, stderr io.W
 	fs.StringVar(&cfg.Profile, "pprof", "", "groupcast PPROF_ADDR base URL (http://127.0.0.1:6060), for -cpu-profile and -heap-profile")
 	fs.StringVar(&cfg.ProfileOut, "cpu-profile", "", "write a CPU profile of the publishing window to this file (connect: one per round, see -profile-seconds)")
 	fs.StringVar(&cfg.HeapOut, "heap-profile", "", "write a heap profile of the idle connections to this file")
+	selfProfile := fs.String("self-profile", "", "write a CPU profile of loadgen itself, over the whole run, to this file (is the loader the bottleneck?)")
 	plot := fs.String("plot", "", "write an SVG plot of throughput and latency per second to this file")
 	asJSON := fs.Bool("json", false, "print one JSON object line on stdout (the summary goes to stderr)")
 	quiet := fs.Bool("quiet", false, "no progress lines")
@@ -200,6 +202,21 @@ func cmdRun(ctx context.Context, mode string, args []string, stdout, stderr io.W
 	if *plot != "" {
 		cfg.Deliveries = newSeries(origin, maxSeriesSecs)
 		cfg.Joins = newSeries(origin, maxSeriesSecs)
+	}
+
+	if *selfProfile != "" {
+		f, err := os.Create(*selfProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "%s: -self-profile: %v\n", mode, err)
+			return 2
+		}
+		defer func() {
+			pprof.StopCPUProfile()
+			f.Close()
+		}()
 	}
 
 	var res any

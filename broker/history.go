@@ -556,12 +556,51 @@ func (b *Broker) watchHistory(stop <-chan struct{}) {
 				continue
 			}
 			b.history.down.Store(false)
-			if after := s.currentEpoch(); before != "" && (after != before || wasDown) {
+			after := s.currentEpoch()
+			reset := before != "" && after != before
+			if renewed := b.renewConsumers(s, reset); reset || wasDown && before != "" || renewed {
 				b.log.Warn("history may have lost messages; telling members", "stream", s.name, "epoch", after)
 				b.tellGap(s, after)
 			}
 		}
 	}
+}
+
+// renewConsumers gives the stream's groups fresh ordered consumers, which
+// take the stream's new messages: all of them when the stream was made
+// anew (its offsets start again, and an old consumer would wait for the
+// old ones), otherwise only those whose consumer was lost (NATS gave up
+// recreating it). It reports whether any was renewed.
+func (b *Broker) renewConsumers(s *stream, all bool) bool {
+	b.mu.RLock()
+	var stale []*group
+	for _, g := range b.groups {
+		if g.kept == s && g.sub != nil && (all || !g.sub.IsValid()) {
+			stale = append(stale, g)
+		}
+	}
+	b.mu.RUnlock()
+	for _, g := range stale {
+		read, _ := s.reading()
+		sub, err := b.history.js.ChanSubscribe(b.groupPrefix+g.name, b.shard(g.name),
+			nats.OrderedConsumer(), nats.DeliverNew(), nats.BindStream(read))
+		if err != nil {
+			b.log.Warn("group consumer not renewed", "group", g.name, "error", err)
+			continue
+		}
+		b.mu.Lock()
+		old := g.sub
+		if b.groups[g.name] != g || old == nil { // left meanwhile
+			b.mu.Unlock()
+			b.unsubscribe(sub)
+			continue
+		}
+		delete(b.bySub, old)
+		g.sub, b.bySub[sub] = sub, g
+		b.mu.Unlock()
+		b.unsubscribe(old)
+	}
+	return len(stale) > 0
 }
 
 // tellGap sends a gap frame to every local member of the stream's groups.

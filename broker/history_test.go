@@ -274,6 +274,12 @@ func TestHistoryReset(t *testing.T) {
 	if err := b.Ready(); err != nil {
 		t.Fatalf("not ready after the reset: %v", err)
 	}
+	// The member that stayed hears the new history's messages, though
+	// their offsets start again.
+	next := publishN(t, b, "g", 1, 1)[0]
+	if d := r.deliveries(t, 1)[0]; string(d.Data) != "1" || d.Offset != next.Offset || d.Epoch != gap.Epoch {
+		t.Fatalf("after the reset: %+v, want offset %d of epoch %s", d, next.Offset, gap.Epoch)
+	}
 	// A resume from the old epoch is told it did not recover.
 	c2, _ := open(t, b)
 	if rec, err := b.GroupJoin(context.Background(), "g", c2, &Since{Offset: first.Offset, Epoch: first.Epoch}); err != nil || rec.Recovered {

@@ -342,8 +342,8 @@ func (b *Broker) PresenceAdd(group, channel, user string, info json.RawMessage, 
 	g.listen(channel, l, events)
 	ev := p.encodeEvent(group, "join", mem)
 	g.deliver(ev.event, ev.m, g.count(mem, 1))
+	p.publish(p.prefix+"events."+group, ev.wire) // under p.mu: see heartbeat
 	p.mu.Unlock()
-	p.publish(p.prefix+"events."+group, ev.wire)
 	if fresh {
 		select { // tell the other nodes at once that it has members here
 		case p.kick <- struct{}{}:
@@ -360,9 +360,8 @@ func (p *presence) remove(channel string, groups ...string) {
 	if p == nil {
 		return
 	}
-	var wires [][]byte
-	var subjects []string
 	p.mu.Lock()
+	defer p.mu.Unlock() // held while publishing: see heartbeat
 	for _, group := range groups {
 		g := p.groups[group]
 		if g == nil {
@@ -376,16 +375,12 @@ func (p *presence) remove(channel string, groups ...string) {
 		delete(g.listeners, channel)
 		ev := p.encodeEvent(group, "leave", l.m)
 		g.deliver(ev.event, ev.m, g.count(l.m, -1))
-		wires, subjects = append(wires, ev.wire), append(subjects, p.prefix+"events."+group)
+		p.publish(p.prefix+"events."+group, ev.wire)
 		if len(g.local) == 0 {
 			g.events.Unsubscribe()
 			g.query.Unsubscribe()
 			delete(p.groups, group)
 		}
-	}
-	p.mu.Unlock()
-	for i, w := range wires {
-		p.publish(subjects[i], w)
 	}
 }
 
@@ -458,14 +453,19 @@ func (p *presence) loop() {
 	}
 }
 
+// heartbeat publishes the node's presence groups. It holds p.mu while
+// publishing, as joins and leaves do their events: otherwise a heartbeat
+// listed before a join could be published after the join's event, and
+// its receivers would take the group's absence from it for the member's
+// leave.
 func (p *presence) heartbeat(bye bool) {
 	hb := heartbeat{Node: p.b.cfg.Node, Region: p.b.cfg.Region, Bye: bye, Groups: []string{}}
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	if !bye {
-		p.mu.Lock()
 		for name := range p.groups {
 			hb.Groups = append(hb.Groups, name)
 		}
-		p.mu.Unlock()
 	}
 	data, _ := json.Marshal(hb)
 	if int64(len(data)) > p.b.nc.MaxPayload() {

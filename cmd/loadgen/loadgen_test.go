@@ -384,7 +384,9 @@ func TestFanoutGroupcast(t *testing.T) {
 	})
 	t.Run("connect", func(t *testing.T) {
 		cfg := smallRun(targetGroupcast, urls, apis)
-		cfg.Conns, cfg.PIDs = 100, pids
+		// 400 connects take tens of milliseconds of server CPU: several of
+		// /proc's 10 ms ticks, so a round never reads as free.
+		cfg.Conns, cfg.PIDs = 400, pids
 		res, err := runConnect(t.Context(), ConnectConfig{Base: cfg, Rounds: 2, Verify: 2})
 		if err != nil {
 			t.Fatal(err)

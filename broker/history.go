@@ -387,14 +387,7 @@ func (b *Broker) replay(ctx context.Context, s *stream, g *group, r Receiver, si
 	var start uint64
 	switch {
 	case s.policy == Latest:
-		last, err := h.js.GetLastMsg(read, subject, nats.DirectGet())
-		if errors.Is(err, nats.ErrMsgNotFound) {
-			return Recovery{Recovered: true}, 0, nil
-		}
-		if err != nil {
-			return rec, 0, fmt.Errorf("%w: %v", ErrUnavailable, err)
-		}
-		start = last.Sequence
+		start = 1
 		rec.Recovered = true
 	case since == nil:
 		return Recovery{}, 0, nil
@@ -411,21 +404,18 @@ func (b *Broker) replay(ctx context.Context, s *stream, g *group, r Receiver, si
 		}
 		start, rec.Recovered = since.Offset+1, true
 	}
-	// Nothing kept after the start (the common resume: nothing missed)
-	// needs no consumer.
-	newest, err := h.js.GetLastMsg(read, subject, nats.DirectGet())
+	// The newest message, from the stream's leader: the group's live
+	// consumer already takes everything after it.
+	newest, err := h.js.GetLastMsg(read, subject)
 	if errors.Is(err, nats.ErrMsgNotFound) || err == nil && newest.Sequence < start {
 		return rec, start - 1, nil
 	}
 	if err != nil {
 		return Recovery{}, 0, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
-	sub, err := h.js.SubscribeSync(subject, nats.OrderedConsumer(), nats.StartSequence(start), nats.BindStream(read))
-	if err != nil {
-		return Recovery{}, 0, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	if s.policy == Latest {
+		start = newest.Sequence
 	}
-	defer sub.Unsubscribe()
-	var last uint64
 	var chunk []byte
 	flush := func() {
 		if len(chunk) > 0 {
@@ -433,21 +423,9 @@ func (b *Broker) replay(ctx context.Context, s *stream, g *group, r Receiver, si
 			chunk = nil
 		}
 	}
-	for rec.Replayed < h.size {
-		wait := time.Second
-		if d, ok := ctx.Deadline(); ok {
-			wait = time.Until(d)
-		}
-		msg, err := sub.NextMsg(wait)
-		if err != nil {
-			flush()
-			return rec, last, fmt.Errorf("%w: %v", ErrUnavailable, err)
-		}
-		meta, err := msg.Metadata()
-		if err != nil {
-			continue
-		}
-		frame, err := appendFrameExt(nil, `{"type":"message","group":"`, g.name, originRegion(msg), messageExt(meta.Sequence.Stream, epoch), msg.Data)
+	last := start - 1
+	err = h.readKept(ctx, read, subject, start, newest.Sequence, func(seq uint64, msg *nats.Msg) bool {
+		frame, err := appendFrameExt(nil, `{"type":"message","group":"`, g.name, originRegion(msg), messageExt(seq, epoch), msg.Data)
 		if err == nil {
 			if len(chunk)+1+len(frame) > 64<<10 {
 				flush()
@@ -458,13 +436,80 @@ func (b *Broker) replay(ctx context.Context, s *stream, g *group, r Receiver, si
 			chunk = append(chunk, frame...)
 			rec.Replayed++
 		}
-		last = meta.Sequence.Stream
-		if meta.NumPending == 0 || last >= newest.Sequence {
-			break
+		last = seq
+		return rec.Replayed < h.size
+	})
+	flush()
+	if err != nil {
+		return rec, last, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	return rec, last, nil
+}
+
+// directBatch is the most messages one batched direct get asks for.
+const directBatch = 1024
+
+// readKept calls fn with the kept messages of subject in stream from
+// offset start up to offset until, oldest first, while fn returns true.
+// It reads with batched direct gets, which any server holding the stream
+// answers without a consumer: reads need neither JetStream's meta leader
+// (gone with its region, until another is elected) nor a consumer's
+// creation and removal. A server that answers from a copy that is behind
+// is asked again, until until is reached or ctx (2 s without a deadline)
+// runs out.
+func (h *history) readKept(ctx context.Context, stream, subject string, start, until uint64, fn func(seq uint64, msg *nats.Msg) bool) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+	}
+	inbox := h.nc.NewInbox()
+	sub, err := h.nc.SubscribeSync(inbox)
+	if err != nil {
+		return err
+	}
+	defer sub.Unsubscribe()
+	for start <= until {
+		req := fmt.Appendf(nil, `{"seq":%d,"next_by_subj":%q,"batch":%d}`, start, subject, directBatch)
+		if err := h.nc.PublishRequest("$JS.API.DIRECT.GET."+stream, inbox, req); err != nil {
+			return err
+		}
+		got := 0
+	batch:
+		for {
+			msg, err := sub.NextMsgWithContext(ctx)
+			if err != nil {
+				return err
+			}
+			switch status := msg.Header.Get("Status"); status {
+			case "":
+				seq, err := strconv.ParseUint(msg.Header.Get(nats.JSSequence), 10, 64)
+				if err != nil || seq < start {
+					return fmt.Errorf("direct get from %s: a message without a valid sequence", stream)
+				}
+				start, got = seq+1, got+1
+				if seq > until {
+					return nil
+				}
+				if !fn(seq, msg) {
+					return nil
+				}
+			case "204", "404": // the end of the batch, or nothing from start on
+				break batch
+			default:
+				return fmt.Errorf("direct get from %s: %s %s", stream, status, msg.Header.Get("Description"))
+			}
+		}
+		if start <= until && got < directBatch {
+			// Answered from a copy that has not caught up yet.
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(5 * time.Millisecond):
+			}
 		}
 	}
-	flush()
-	return rec, last, nil
+	return nil
 }
 
 // History returns up to limit kept messages of a group after since.
@@ -483,32 +528,20 @@ func (b *Broker) History(ctx context.Context, group string, since uint64, limit 
 		return nil, "", ErrNoHistory
 	}
 	read, epoch := s.reading()
-	newest, err := b.history.js.GetLastMsg(read, b.groupPrefix+group, nats.DirectGet())
+	newest, err := b.history.js.GetLastMsg(read, b.groupPrefix+group)
 	if errors.Is(err, nats.ErrMsgNotFound) || err == nil && newest.Sequence <= since || limit == 0 {
 		return nil, epoch, nil
 	}
 	if err != nil {
 		return nil, "", fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
-	sub, err := b.history.js.SubscribeSync(b.groupPrefix+group, nats.OrderedConsumer(), nats.StartSequence(since+1), nats.BindStream(read))
+	var out []HistoryMessage
+	err = b.history.readKept(ctx, read, b.groupPrefix+group, since+1, newest.Sequence, func(seq uint64, msg *nats.Msg) bool {
+		out = append(out, HistoryMessage{Offset: seq, Region: originRegion(msg), Data: msg.Data})
+		return len(out) < limit
+	})
 	if err != nil {
 		return nil, "", fmt.Errorf("%w: %v", ErrUnavailable, err)
-	}
-	defer sub.Unsubscribe()
-	var out []HistoryMessage
-	for len(out) < limit {
-		msg, err := sub.NextMsg(2 * time.Second)
-		if err != nil {
-			return nil, "", fmt.Errorf("%w: %v", ErrUnavailable, err)
-		}
-		meta, err := msg.Metadata()
-		if err != nil {
-			continue
-		}
-		out = append(out, HistoryMessage{Offset: meta.Sequence.Stream, Region: originRegion(msg), Data: msg.Data})
-		if meta.NumPending == 0 || meta.Sequence.Stream >= newest.Sequence {
-			break
-		}
 	}
 	return out, epoch, nil
 }

@@ -5,9 +5,36 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/url"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 )
+
+// metaLeaderTo moves JetStream's meta leader into region (a cluster).
+func metaLeaderTo(t *testing.T, sc *Supercluster, region string) {
+	t.Helper()
+	u, _ := url.Parse(sc.ClientURLs(region)[0])
+	u.User = url.UserPassword(SysUser, sc.Topology.SysPassword)
+	nc, err := nats.Connect(u.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	waitUntil(t, 20*time.Second, "the meta leader in "+region, func() bool {
+		for i, s := range sc.Servers {
+			if s.JetStreamIsLeader() {
+				if sc.Topology.Servers[i].Region == region {
+					return true
+				}
+				_, _ = nc.Request("$JS.API.META.LEADER.STEPDOWN", []byte(`{"placement":{"cluster":"`+region+`"}}`), 2*time.Second)
+				return false
+			}
+		}
+		return false
+	})
+}
 
 // historyOf reads a group's kept messages through an instance's server API.
 func historyOf(ctx context.Context, app *App, apiKey, group string, since uint64) ([]uint64, string, error) {
@@ -102,6 +129,10 @@ func TestHistorySurvivesRegionLoss(t *testing.T) {
 		})
 	}
 
+	// The worst case: JetStream's meta leader, which creates consumers,
+	// is in the region that goes.
+	metaLeaderTo(t, sc, regions[0])
+
 	// The history's region goes: every NATS server of it.
 	for i, spec := range sc.Topology.Servers {
 		if spec.Region == regions[0] {
@@ -110,8 +141,17 @@ func TestHistorySurvivesRegionLoss(t *testing.T) {
 	}
 	lost := time.Now()
 
-	got, e, err := historyOf(ctx, b, apiKey, group, 0)
-	if err != nil || len(got) != total || e != epoch {
+	// Reads need no consumer, so no meta leader: they go on at once
+	// (JetStream takes seconds to elect another).
+	var got []uint64
+	var e string
+	var err error
+	waitUntil(t, 2*time.Second, regions[1]+" history readable after the loss", func() bool {
+		got, e, err = historyOf(ctx, b, apiKey, group, 0)
+		return err == nil
+	})
+	t.Logf("history readable in %s %v after the loss", regions[1], time.Since(lost).Round(time.Millisecond))
+	if len(got) != total || e != epoch {
 		t.Fatalf("history in %s after the loss: %d messages, epoch %q (want %d, %q), %v", regions[1], len(got), e, total, epoch, err)
 	}
 	for i, o := range got {
@@ -136,6 +176,36 @@ func TestHistorySurvivesRegionLoss(t *testing.T) {
 		t.Fatalf("resume in %s during the loss: %+v, want an ack with recovered:true after the replay", regions[2], f)
 	}
 	t.Logf("resumed %d messages from the mirror in %s, %v after the loss", total-resumeAt, regions[2], time.Since(lost).Round(time.Millisecond))
+
+	// A group no member had on an instance needs a new consumer there,
+	// which waits for the new meta leader: refused as unavailable until
+	// then, and the client tries again.
+	var first time.Duration
+	waitUntil(t, 20*time.Second, "a resume into a group new to "+regions[1], func() bool {
+		m := dial(ctx, t, b, regions[1])
+		defer m.conn.CloseNow()
+		m.next(t, 5*time.Second) // welcome
+		m.send(ctx, t, map[string]any{"type": "join", "group": group, "id": 1, "since": map[string]any{"offset": total - 1, "epoch": epoch}})
+		for {
+			f := m.next(t, 10*time.Second)
+			switch f.Type {
+			case "message":
+				continue
+			case "ack":
+				if f.Recovered == nil || !*f.Recovered {
+					t.Fatalf("resume in %s: %+v, want recovered", regions[1], f)
+				}
+				first = time.Since(lost)
+				return true
+			}
+			if f.Code != "unavailable" {
+				t.Fatalf("resume in %s: %+v", regions[1], f)
+			}
+			time.Sleep(200 * time.Millisecond)
+			return false
+		}
+	})
+	t.Logf("a group new to %s joined %v after the loss", regions[1], first.Round(time.Millisecond))
 
 	if err := publish(ctx, b, apiKey, group, "during"); err == nil {
 		t.Errorf("a publish into a recoverable group was accepted while its history's region was away")

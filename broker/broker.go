@@ -256,6 +256,8 @@ type group struct {
 	err   error         // why it failed; written before ready is closed
 	sub   *nats.Subscription
 	kept  *stream // the history stream, nil for an at-most-once group
+	// lastSeq is the offset of the last kept message dispatched.
+	lastSeq atomic.Uint64
 
 	mu         sync.RWMutex // guards members, index and recovering; read-held during fan-out
 	members    []*member
@@ -527,7 +529,7 @@ func (b *Broker) GroupJoin(ctx context.Context, groupName, channel string, since
 	}
 	// Live messages for m are held in rec while the history is replayed,
 	// then those after the replay's last offset follow it.
-	got, last, err := b.replay(ctx, g.kept, g, m.recv, since)
+	got, last, err := b.replay(ctx, g.kept, g, m.recv, since, rec.after)
 	if lost := g.recovered(m, rec, last); lost {
 		got.Recovered = false
 	}
@@ -806,6 +808,7 @@ func (g *group) add(m *member, rec *recovery) {
 				g.recovering = make(map[*member]*recovery)
 			}
 			g.recovering[m] = rec
+			rec.after = g.lastSeq.Load()
 		}
 	}
 	g.mu.Unlock()

@@ -51,6 +51,7 @@ func (b *Broker) dispatch(msg *nats.Msg) {
 			return // not a stream message
 		}
 		seq = meta.Sequence.Stream
+		g.lastSeq.Store(seq) // before the fan-out: see group.add
 		ext = messageExt(seq, g.kept.currentEpoch())
 	}
 	frame, err := appendFrameExt(nil, `{"type":"message","group":"`, g.name, originRegion(msg), ext, msg.Data)

@@ -345,6 +345,7 @@ func (s *stream) reading() (name, epoch string) {
 // recovery buffers a joining member's live frames while its history is
 // replayed, so that nothing is lost between the two and nothing doubled.
 type recovery struct {
+	after  uint64 // the group's last offset dispatched before the member was added; later ones are held here
 	mu     sync.Mutex
 	frames []seqFrame
 	lost   bool // more arrived than the buffer holds
@@ -378,8 +379,9 @@ func messageExt(seq uint64, epoch string) []byte {
 
 // replay sends a member the kept messages of g after since (or, for a
 // latest group, the newest one) in chunks of whole frames, and reports
-// the last offset sent.
-func (b *Broker) replay(ctx context.Context, s *stream, g *group, r Receiver, since *Since) (Recovery, uint64, error) {
+// the last offset sent. It reads at least up to after, the group's last
+// live offset before the member joined (later ones are held for it).
+func (b *Broker) replay(ctx context.Context, s *stream, g *group, r Receiver, since *Since, after uint64) (Recovery, uint64, error) {
 	h := b.history
 	subject := b.groupPrefix + g.name
 	read, epoch := s.reading()
@@ -404,17 +406,16 @@ func (b *Broker) replay(ctx context.Context, s *stream, g *group, r Receiver, si
 		}
 		start, rec.Recovered = since.Offset+1, true
 	}
-	// The newest message, from the stream's leader: the group's live
-	// consumer already takes everything after it.
-	newest, err := h.js.GetLastMsg(read, subject)
-	if errors.Is(err, nats.ErrMsgNotFound) || err == nil && newest.Sequence < start {
-		return rec, start - 1, nil
-	}
+	newest, err := h.newest(read, subject)
 	if err != nil {
 		return Recovery{}, 0, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
+	until := max(newest, after)
+	if until < start {
+		return rec, start - 1, nil
+	}
 	if s.policy == Latest {
-		start = newest.Sequence
+		start = until
 	}
 	var chunk []byte
 	flush := func() {
@@ -424,7 +425,7 @@ func (b *Broker) replay(ctx context.Context, s *stream, g *group, r Receiver, si
 		}
 	}
 	last := start - 1
-	err = h.readKept(ctx, read, subject, start, newest.Sequence, func(seq uint64, msg *nats.Msg) bool {
+	err = h.readKept(ctx, read, subject, start, until, func(seq uint64, msg *nats.Msg) bool {
 		frame, err := appendFrameExt(nil, `{"type":"message","group":"`, g.name, originRegion(msg), messageExt(seq, epoch), msg.Data)
 		if err == nil {
 			if len(chunk)+1+len(frame) > 64<<10 {
@@ -444,6 +445,23 @@ func (b *Broker) replay(ctx context.Context, s *stream, g *group, r Receiver, si
 		return rec, last, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
 	return rec, last, nil
+}
+
+// newest returns the offset of the newest kept message of subject (0:
+// none). It asks the stream's leader, and any copy when the leader cannot
+// answer, as while JetStream has no meta leader.
+func (h *history) newest(stream, subject string) (uint64, error) {
+	m, err := h.js.GetLastMsg(stream, subject)
+	if err != nil && !errors.Is(err, nats.ErrMsgNotFound) {
+		m, err = h.js.GetLastMsg(stream, subject, nats.DirectGet())
+	}
+	if errors.Is(err, nats.ErrMsgNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	return m.Sequence, nil
 }
 
 // directBatch is the most messages one batched direct get asks for.
@@ -528,15 +546,15 @@ func (b *Broker) History(ctx context.Context, group string, since uint64, limit 
 		return nil, "", ErrNoHistory
 	}
 	read, epoch := s.reading()
-	newest, err := b.history.js.GetLastMsg(read, b.groupPrefix+group)
-	if errors.Is(err, nats.ErrMsgNotFound) || err == nil && newest.Sequence <= since || limit == 0 {
-		return nil, epoch, nil
-	}
+	newest, err := b.history.newest(read, b.groupPrefix+group)
 	if err != nil {
 		return nil, "", fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
+	if newest <= since || limit == 0 {
+		return nil, epoch, nil
+	}
 	var out []HistoryMessage
-	err = b.history.readKept(ctx, read, b.groupPrefix+group, since+1, newest.Sequence, func(seq uint64, msg *nats.Msg) bool {
+	err = b.history.readKept(ctx, read, b.groupPrefix+group, since+1, newest, func(seq uint64, msg *nats.Msg) bool {
 		out = append(out, HistoryMessage{Offset: seq, Region: originRegion(msg), Data: msg.Data})
 		return len(out) < limit
 	})

@@ -823,18 +823,35 @@ func (g *group) recovered(m *member, rec *recovery, last uint64) (lost bool) {
 	if g.recovering[m] != rec {
 		return false // left meanwhile
 	}
-	delete(g.recovering, m)
-	if len(g.recovering) == 0 {
-		g.recovering = nil
-	}
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
 	for _, f := range rec.frames {
 		if f.seq > last {
 			m.recv.Receive(f.frame)
+			last = f.seq
 		}
 	}
+	// It stays among the recovering until a newer live frame passes (see
+	// recovery.offer): one the replay sent may still come live.
+	rec.frames, rec.done, rec.last = nil, true, last
 	return rec.lost
+}
+
+// forgetRecovered drops the recoveries that are over for good.
+func (g *group) forgetRecovered() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for m, rec := range g.recovering {
+		rec.mu.Lock()
+		over := rec.passed
+		rec.mu.Unlock()
+		if over {
+			delete(g.recovering, m)
+		}
+	}
+	if len(g.recovering) == 0 {
+		g.recovering = nil
+	}
 }
 
 func (g *group) remove(m *member) {

@@ -61,6 +61,7 @@ func (b *Broker) dispatch(msg *nats.Msg) {
 		return
 	}
 	g.mu.RLock()
+	over := false
 	if g.recovering == nil {
 		for _, m := range g.members {
 			m.recv.Receive(frame)
@@ -68,7 +69,7 @@ func (b *Broker) dispatch(msg *nats.Msg) {
 	} else {
 		for _, m := range g.members {
 			if r := g.recovering[m]; r != nil {
-				r.add(seq, frame) // sent after its replay
+				over = r.offer(seq, frame, m.recv) || over
 			} else {
 				m.recv.Receive(frame)
 			}
@@ -76,6 +77,9 @@ func (b *Broker) dispatch(msg *nats.Msg) {
 	}
 	n := len(g.members)
 	g.mu.RUnlock()
+	if over {
+		g.forgetRecovered()
+	}
 	b.stats.delivered.Add(uint64(n))
 	if b.cfg.OnFanout != nil {
 		b.cfg.OnFanout(n, time.Since(start))

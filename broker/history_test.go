@@ -306,3 +306,32 @@ func TestResumeWithNothingMissed(t *testing.T) {
 		t.Fatalf("live after the resume: %s", d.Data)
 	}
 }
+
+// TestRecoveryDropsLateLiveCopies: the live consumer may deliver a message
+// after the replay has already sent it (it is slower than the direct
+// reads); the member gets it once, and the next one live.
+func TestRecoveryDropsLateLiveCopies(t *testing.T) {
+	r := newInbox()
+	m := &member{name: "n.1", recv: r}
+	g := &group{name: "g", kept: &stream{}, index: map[*member]int{}}
+	rec := &recovery{}
+	g.add(m, rec)
+	rec.offer(5, []byte("5"), r)              // live during the replay: held
+	if lost := g.recovered(m, rec, 6); lost { // the replay sent 5 and 6
+		t.Fatal("lost")
+	}
+	if over := rec.offer(6, []byte("6"), r); over { // 6 again, late
+		t.Fatal("a copy the replay sent ended the recovery")
+	}
+	if over := rec.offer(7, []byte("7"), r); !over {
+		t.Fatal("a newer frame did not end the recovery")
+	}
+	g.forgetRecovered()
+	if g.recovering != nil {
+		t.Fatalf("still recovering: %v", g.recovering)
+	}
+	if f := r.next(t); string(f) != "7" {
+		t.Fatalf("got %s, want only 7 (5 and 6 came with the replay)", f)
+	}
+	r.none(t, 10*time.Millisecond)
+}

@@ -52,6 +52,8 @@ func TestResumeAcrossPlannedCloses(t *testing.T) {
 	a := newEnvBroker(t, broker.Config{URL: ns.ClientURL(), Policies: chatPolicies}, &Config{MaxConnectionAge: 700 * time.Millisecond})
 	b := newEnvBroker(t, broker.Config{URL: ns.ClientURL(), Policies: chatPolicies}, nil)
 
+	c := a.dial()
+	c.Join("chat.room") // before the first publish: it expects them all
 	stop := make(chan struct{})
 	published := make(chan int, 1)
 	go func() {
@@ -68,8 +70,6 @@ func TestResumeAcrossPlannedCloses(t *testing.T) {
 			}
 		}
 	}()
-	c := a.dial()
-	c.Join("chat.room")
 	var got []kept
 	// Read until the age cap closes the socket.
 	for {
@@ -95,6 +95,7 @@ func TestResumeAcrossPlannedCloses(t *testing.T) {
 		t.Fatal("nothing received before the close")
 	}
 	time.Sleep(50 * time.Millisecond) // messages go on while the client is away
+	before := len(got)
 	c2 := b.dial()
 	if ack := resume(c2, "chat.room", got[len(got)-1]); ack["type"] != "ack" || ack["recovered"] != true {
 		t.Fatalf("resume ack: %v", ack)
@@ -107,6 +108,9 @@ func TestResumeAcrossPlannedCloses(t *testing.T) {
 	}
 	for i, k := range got {
 		if string(k.Data) != fmt.Sprint(i) {
+			for j := max(0, i-3); j < min(len(got), i+3); j++ {
+				t.Logf("received %d: offset %d, data %s (the resume began at %d)", j, got[j].Offset, got[j].Data, before)
+			}
 			t.Fatalf("message %d is %s: lost or doubled across the resume", i, k.Data)
 		}
 	}

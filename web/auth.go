@@ -101,8 +101,12 @@ func newAuthenticator(cfg AuthConfig, log *slog.Logger) (*authenticator, error) 
 		ctx, cancel := context.WithCancel(context.Background())
 		noWait := false
 		jwks, err := keyfunc.NewDefaultOverrideCtx(ctx, []string{cfg.JWKSURL}, keyfunc.Override{
-			HTTPTimeout:               5 * time.Second,
-			RateLimitWaitMax:          time.Millisecond, // an unknown kid past the limit fails at once
+			HTTPTimeout: 5 * time.Second,
+			// Past the limit an unknown kid fails at once (the limiter does
+			// not wait when the next token is further away than this); a
+			// bound of a millisecond could run out under load before the
+			// limiter is even asked, refusing a key that has just rotated.
+			RateLimitWaitMax:          100 * time.Millisecond,
 			RefreshUnknownKID:         rate.NewLimiter(rate.Every(10*time.Second), 1),
 			NoErrorReturnFirstHTTPReq: &noWait,
 			RefreshErrorHandlerFunc: func(u string) func(context.Context, error) {

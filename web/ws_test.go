@@ -177,15 +177,18 @@ func TestSlowConsumerCloseCode(t *testing.T) {
 	e := newEnv(t, "", &Config{OutboxFrames: 1})
 	c := e.dial()
 	c.Join("g")
-	// The welcome and ack are written; these two land in one outbox of one.
+	// The welcome and ack are written. Frames pushed back to back
+	// overflow an outbox of one as soon as the writer has not taken the
+	// previous one yet (at once, unless it runs between two pushes).
 	e.srv.mu.Lock()
 	var ss *session
 	for s := range e.srv.sessions {
 		ss = s
 	}
 	e.srv.mu.Unlock()
-	ss.Receive([]byte(`{"type":"message","group":"g","data":1}`))
-	ss.Receive([]byte(`{"type":"message","group":"g","data":2}`))
+	for i := 0; i < 10_000 && !ss.out.isClosing(); i++ {
+		ss.Receive([]byte(`{"type":"message","group":"g","data":1}`))
+	}
 	var err error
 	for err == nil {
 		_, err = c.Raw()

@@ -92,6 +92,31 @@ func (i *instance) publish(group, body string) {
 	}
 }
 
+// publishRetry publishes with an Idempotency-Key, trying again while the
+// answer is 503 (as a backend does while NATS recovers), up to 10 s.
+func (i *instance) publishRetry(group, body, key string) {
+	i.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		req, _ := http.NewRequest(http.MethodPost, i.base+"/api/groups/"+group+"/messages", strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Idempotency-Key", key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			i.t.Fatal(err)
+		}
+		answer, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		switch {
+		case resp.StatusCode == http.StatusAccepted:
+			return
+		case resp.StatusCode != http.StatusServiceUnavailable || time.Now().After(deadline):
+			i.t.Fatalf("publish %s: %d %s", body, resp.StatusCode, answer)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 func (i *instance) status(path string) int {
 	resp, err := http.Get(i.base + path)
 	if err != nil {
@@ -389,7 +414,10 @@ func TestResumeAfterSIGKILL(t *testing.T) {
 	natstest.StartJetStreamAt(t, port, store)
 	natstest.WaitFor(t, 15*time.Second, func() bool { return b.status("/readyz") == http.StatusOK })
 	c2.Conn.CloseNow()
-	publish(5)
+	for range 5 { // JetStream may still refuse a moment after the restart
+		b.publishRetry("chat.room", fmt.Sprint(next), fmt.Sprint("after-restart-", next))
+		next++
+	}
 	c3 := b.ws()
 	if ack := c3.Call(map[string]any{"type": "join", "group": "chat.room", "since": map[string]any{"offset": offset, "epoch": epoch}}); ack["recovered"] != true {
 		t.Fatalf("resume after a NATS restart: %v", ack)

@@ -209,6 +209,30 @@ type Receiver interface {
 	Receive(frame []byte)
 }
 
+// An ImmediateReceiver can also take a frame on the caller's goroutine
+// when that costs less than queueing it: a write that cannot block, to a
+// connection with nothing queued. Small groups (at most immediateMembers
+// members here) and direct sends deliver through ReceiveNow, and through
+// Receive when it declines; larger groups always queue, so that their
+// writes spread over the receivers' own goroutines, and cores.
+type ImmediateReceiver interface {
+	Receiver
+	// ReceiveNow takes the frame at once and reports true, or declines
+	// and reports false, leaving it to Receive.
+	ReceiveNow(frame []byte) bool
+}
+
+// immediateMembers is the largest group delivered through ReceiveNow.
+const immediateMembers = 32
+
+// deliverNow hands frame to r at once if r can take it so, else queues it.
+func deliverNow(r Receiver, frame []byte) {
+	if ir, ok := r.(ImmediateReceiver); ok && ir.ReceiveNow(frame) {
+		return
+	}
+	r.Receive(frame)
+}
+
 // Broker is the channel layer of one node: channels (one per connection),
 // groups of channels, and fan-out over NATS. Its methods are safe for
 // concurrent use.

@@ -62,11 +62,16 @@ func (b *Broker) dispatch(msg *nats.Msg) {
 	}
 	g.mu.RLock()
 	over := false
-	if g.recovering == nil {
+	switch {
+	case g.recovering == nil && len(g.members) <= immediateMembers:
+		for _, m := range g.members {
+			deliverNow(m.recv, frame)
+		}
+	case g.recovering == nil:
 		for _, m := range g.members {
 			m.recv.Receive(frame)
 		}
-	} else {
+	default:
 		for _, m := range g.members {
 			if r := g.recovering[m]; r != nil {
 				over = r.offer(seq, frame, m.recv) || over
@@ -100,7 +105,7 @@ func (b *Broker) dispatchDirect(msg *nats.Msg) {
 		b.log.Warn("dropped a message that is not JSON", "channel", channel, "bytes", len(msg.Data))
 		return
 	}
-	m.recv.Receive(frame)
+	deliverNow(m.recv, frame)
 	b.stats.delivered.Add(1)
 }
 

@@ -20,15 +20,16 @@ type outbox struct {
 	mu      sync.Mutex
 	frames  [][]byte
 	bytes   int
-	full    bool // a push failed
-	ping    bool // a keepalive ping is due
-	closing bool // the connection is to be closed; nothing more is queued
-	running bool // a writer goroutine exists
-	parked  bool // it waits on wake
-	retire  bool // it is to exit when it finds nothing to do
-	idle    int  // watchdog ticks the writer has been parked
-	bursts  int  // writer starts and wake-ups in the current burst window
-	ticks   int  // watchdog ticks in the current burst window
+	rest    []byte // what an immediate write left of its frame: written first
+	full    bool   // a push failed
+	ping    bool   // a keepalive ping is due
+	closing bool   // the connection is to be closed; nothing more is queued
+	running bool   // a writer goroutine exists
+	parked  bool   // it waits on wake
+	retire  bool   // it is to exit when it finds nothing to do
+	idle    int    // watchdog ticks the writer has been parked
+	bursts  int    // writer starts and wake-ups in the current burst window
+	ticks   int    // watchdog ticks in the current burst window
 }
 
 // streamingBursts is how many bursts within burstWindowTicks watchdog
@@ -96,8 +97,44 @@ func (o *outbox) kick() (start bool) {
 	return true
 }
 
+// claim takes the writer's duty for an immediate write, which it gets
+// only when there is nothing else to do: no writer, nothing queued or
+// left over, no ping or close due.
+func (o *outbox) claim() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.running || o.closing || o.ping || len(o.frames) > 0 || o.rest != nil {
+		return false
+	}
+	o.running = true
+	return true
+}
+
+// release gives back the duty claim took: rest is what the immediate
+// write left of its frame, unwritten a frame it could not write at all;
+// both go before anything queued meanwhile. It reports whether a writer
+// must start for them, or for what was queued, or for a ping or close.
+func (o *outbox) release(rest, unwritten []byte) (start bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.rest = rest
+	if unwritten != nil {
+		o.frames = append(o.frames, nil)
+		copy(o.frames[1:], o.frames)
+		o.frames[0] = unwritten
+		o.bytes += len(unwritten)
+	}
+	if o.rest == nil && len(o.frames) == 0 && !o.ping && !o.closing {
+		o.running = false
+		return false
+	}
+	o.retire = false
+	return true
+}
+
 // work is what a writer does next.
 type work struct {
+	rest    []byte // raw bytes to write first
 	frames  [][]byte
 	ping    bool
 	closing bool
@@ -109,7 +146,7 @@ type work struct {
 // is, or reports false: the writer must exit.
 func (o *outbox) next(dst [][]byte) (work, bool) {
 	o.mu.Lock()
-	for len(o.frames) == 0 && !o.ping && !o.closing {
+	for len(o.frames) == 0 && o.rest == nil && !o.ping && !o.closing {
 		if o.retire || o.bursts < streamingBursts {
 			o.running, o.retire = false, false
 			o.mu.Unlock()
@@ -120,8 +157,8 @@ func (o *outbox) next(dst [][]byte) (work, bool) {
 		<-o.wake
 		o.mu.Lock()
 	}
-	w := work{frames: o.frames, ping: o.ping, closing: o.closing}
-	o.frames, o.bytes, o.ping = dst[:0], 0, false
+	w := work{rest: o.rest, frames: o.frames, ping: o.ping, closing: o.closing}
+	o.frames, o.bytes, o.ping, o.rest = dst[:0], 0, false, nil
 	o.mu.Unlock()
 	return w, true
 }

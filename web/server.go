@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/coder/websocket"
@@ -409,6 +410,9 @@ func (w *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return conn, brw, err
 	}
 	w.conn = &frameConn{Conn: conn}
+	if sc, ok := conn.(syscall.Conn); ok {
+		w.conn.rc, _ = sc.SyscallConn()
+	}
 	brw.Writer = bufio.NewWriterSize(w.conn, writeBufferSize)
 	return conn, brw, nil
 }
@@ -419,6 +423,7 @@ func (w *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // flushed in one Write as well.
 type frameConn struct {
 	net.Conn
+	rc syscall.RawConn // for writes that must not block; nil when not a socket
 	mu sync.Mutex
 }
 
@@ -426,6 +431,31 @@ func (c *frameConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.Conn.Write(p)
+}
+
+// errWouldBlock declines an immediate write: the socket, or the
+// connection's lock, is busy.
+var errWouldBlock = errors.New("write would block")
+
+// tryWrite writes what of p the socket takes at once, without waiting
+// for it or for the lock: errWouldBlock when it takes nothing.
+func (c *frameConn) tryWrite(p []byte) (int, error) {
+	if c.rc == nil || !c.mu.TryLock() {
+		return 0, errWouldBlock
+	}
+	defer c.mu.Unlock()
+	var n int
+	var err error
+	if rerr := c.rc.Write(func(fd uintptr) bool {
+		n, err = syscall.Write(int(fd), p)
+		return true // never wait for the socket
+	}); rerr != nil {
+		return 0, rerr
+	}
+	if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EINTR) || n <= 0 && err == nil {
+		return 0, errWouldBlock
+	}
+	return max(n, 0), err
 }
 
 // watchdog ends WebSocket writes that take longer than allowed, since

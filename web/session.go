@@ -118,6 +118,44 @@ func (s *session) Receive(frame []byte) {
 	}
 }
 
+// ReceiveNow implements broker.ImmediateReceiver: when the connection has
+// nothing queued and no writer, it writes the frame on the caller's
+// goroutine, as much as the socket takes without blocking; a writer is
+// started only for what is left. It declines when there is other writing
+// to do or the socket takes nothing, and always with WriteDelay.
+func (s *session) ReceiveNow(frame []byte) bool {
+	if s.raw == nil || s.raw.rc == nil || s.srv.cfg.WriteDelay > 0 || !s.out.claim() {
+		return false
+	}
+	buf := s.srv.buffers.Get().(*[]byte)
+	p := append(append((*buf)[:0], make([]byte, maxFrameHeader)...), frame...)
+	*buf = p
+	start := frameHeader(p)
+	n, err := s.raw.tryWrite(p[start:])
+	var rest, unwritten []byte
+	switch {
+	case errors.Is(err, errWouldBlock):
+		unwritten = frame
+	case err != nil:
+		s.srv.buffers.Put(buf)
+		s.out.release(nil, nil)
+		s.close(0, "") // broken: drop it
+		return true
+	default:
+		if n < len(p)-start {
+			rest = append([]byte(nil), p[start+n:]...)
+		}
+		s.srv.metrics.writes.Inc()
+		s.srv.metrics.framesWritten.Inc()
+		s.srv.metrics.bytesWritten.Add(float64(len(frame)))
+	}
+	s.srv.buffers.Put(buf)
+	if s.out.release(rest, unwritten) {
+		s.startWriter()
+	}
+	return true
+}
+
 // send queues an answer of the session's own; it never blocks either.
 func (s *session) send(frame []byte) { s.Receive(frame) }
 
@@ -164,7 +202,10 @@ func (s *session) writeLoop() {
 			time.Sleep(d)
 			w = s.out.more(w)
 		}
-		if err := s.write(w.frames); err != nil {
+		if err := s.writeRest(w.rest); err != nil {
+			s.logger().Debug("write failed", "error", err)
+			s.close(0, "")
+		} else if err := s.write(w.frames); err != nil {
 			s.logger().Debug("write failed", "error", err)
 			s.close(0, "") // broken or dead: drop it, a close handshake would only time out
 		}
@@ -232,14 +273,26 @@ func (s *session) write(batch [][]byte) error {
 // messagePrefix starts every delivery frame: what WriteDelay may hold.
 var messagePrefix = []byte(`{"type":"message"`)
 
+// writeRest writes what an immediate write left of its message.
+func (s *session) writeRest(rest []byte) error {
+	if rest == nil {
+		return nil
+	}
+	s.writeStart.Store(time.Now().UnixNano())
+	defer s.writeStart.Store(0)
+	_, err := s.raw.Write(rest)
+	return err
+}
+
 // maxFrameHeader is the longest header of an unmasked WebSocket frame.
 const maxFrameHeader = 10
 
-// writeFrame writes p[maxFrameHeader:] as one text message of frames
-// frames, its header put in the room left in front of it.
-func (s *session) writeFrame(p []byte, frames int) error {
+// frameHeader puts the header of one text message holding
+// p[maxFrameHeader:] in the room left in front of it, and returns where
+// the message starts.
+func frameHeader(p []byte) (start int) {
 	size := len(p) - maxFrameHeader
-	start := maxFrameHeader - 2
+	start = maxFrameHeader - 2
 	switch {
 	case size < 126:
 		p[start+1] = byte(size)
@@ -253,7 +306,14 @@ func (s *session) writeFrame(p []byte, frames int) error {
 		binary.BigEndian.PutUint64(p[start+2:], uint64(size))
 	}
 	p[start] = 0x81 // FIN, text
-	if _, err := s.raw.Write(p[start:]); err != nil {
+	return start
+}
+
+// writeFrame writes p[maxFrameHeader:] as one text message of frames
+// frames, its header put in the room left in front of it.
+func (s *session) writeFrame(p []byte, frames int) error {
+	size := len(p) - maxFrameHeader
+	if _, err := s.raw.Write(p[frameHeader(p):]); err != nil {
 		return err
 	}
 	s.srv.metrics.writes.Inc()

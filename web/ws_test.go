@@ -2,6 +2,7 @@ package web
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -352,5 +353,36 @@ func TestWriteDelay(t *testing.T) {
 	}
 	if took := time.Since(start); took < delay/2 {
 		t.Errorf("deliveries written after %v, want them held about %v", took, delay)
+	}
+}
+
+// TestImmediateWritesKeepOrder: deliveries to a small group are written
+// on the dispatching goroutine while the socket takes them, and queued
+// for the connection's writer once it does not (whole, or the part of a
+// message it did not take); a client that reads only after megabytes were
+// sent gets every message whole and in order.
+func TestImmediateWritesKeepOrder(t *testing.T) {
+	e := newEnv(t, "", &Config{OutboxFrames: 10_000, OutboxBytes: 64 << 20})
+	c := e.dial()
+	c.Join("small")
+	const n = 3000 // 12 MB: more than the socket buffers hold
+	pad := strings.Repeat("x", 4000)
+	for i := range n {
+		if err := e.broker.GroupSend("small", []byte(fmt.Sprintf(`{"i":%d,"pad":%q}`, i, pad))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range n {
+		p, err := c.Raw()
+		if err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+		var m struct {
+			Type string
+			Data struct{ I int }
+		}
+		if err := json.Unmarshal(p, &m); err != nil || m.Type != "message" || m.Data.I != i {
+			t.Fatalf("message %d: %.80s (%v)", i, p, err)
+		}
 	}
 }

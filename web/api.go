@@ -101,14 +101,23 @@ func (s *Server) publishChannel(c echo.Context) error {
 	return accepted(c)
 }
 
-func (s *Server) publish(c echo.Context, source string, send func([]byte) error) error {
+// readBody reads a request body of at most MaxBodyBytes.
+func (s *Server) readBody(c echo.Context) ([]byte, error) {
 	body, err := io.ReadAll(http.MaxBytesReader(c.Response(), c.Request().Body, s.cfg.MaxBodyBytes))
 	if err != nil {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
-			return broker.ErrTooLarge
+			return nil, broker.ErrTooLarge
 		}
-		return refuse(CodeInvalidJSON, "could not read the body")
+		return nil, refuse(CodeInvalidJSON, "could not read the body")
+	}
+	return body, nil
+}
+
+func (s *Server) publish(c echo.Context, source string, send func([]byte) error) error {
+	body, err := s.readBody(c)
+	if err != nil {
+		return err
 	}
 	if !json.Valid(body) {
 		return refuse(CodeInvalidJSON, "the body must be one JSON value")
@@ -152,13 +161,9 @@ func (e *apiError) MarshalJSON() ([]byte, error) {
 // has one result per message, {"ok":true,...} or {"error":{...}}, and
 // "ok" at the top when every message was accepted.
 func (s *Server) publishBatch(c echo.Context) error {
-	body, err := io.ReadAll(http.MaxBytesReader(c.Response(), c.Request().Body, s.cfg.MaxBodyBytes))
+	body, err := s.readBody(c)
 	if err != nil {
-		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
-			return broker.ErrTooLarge
-		}
-		return refuse(CodeInvalidJSON, "could not read the body")
+		return err
 	}
 	var batch struct {
 		Messages []batchMessage `json:"messages"`

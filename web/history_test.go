@@ -24,6 +24,20 @@ type kept struct {
 	Data   json.RawMessage
 }
 
+// appendKept appends frame to got if it is a delivery.
+func appendKept(got []kept, frame []byte) []kept {
+	var k struct {
+		Type   string
+		Offset uint64
+		Epoch  string
+		Data   json.RawMessage
+	}
+	if json.Unmarshal(frame, &k) == nil && k.Type == "message" {
+		got = append(got, kept{k.Offset, k.Epoch, k.Data})
+	}
+	return got
+}
+
 func readKept(t *testing.T, c *wstest.Client, n int) []kept {
 	t.Helper()
 	out := make([]kept, 0, n)
@@ -80,16 +94,7 @@ func TestResumeAcrossPlannedCloses(t *testing.T) {
 			}
 			break
 		}
-		var k struct {
-			Type   string
-			Offset uint64
-			Epoch  string
-			Data   json.RawMessage
-		}
-		json.Unmarshal(m, &k)
-		if k.Type == "message" {
-			got = append(got, kept{k.Offset, k.Epoch, k.Data})
-		}
+		got = appendKept(got, m)
 	}
 	if len(got) == 0 {
 		t.Fatal("nothing received before the close")
@@ -151,16 +156,7 @@ func TestResumeAfterSlowConsumerClose(t *testing.T) {
 			}
 			break
 		}
-		var k struct {
-			Type   string
-			Offset uint64
-			Epoch  string
-			Data   json.RawMessage
-		}
-		json.Unmarshal(m, &k)
-		if k.Type == "message" {
-			got = append(got, kept{k.Offset, k.Epoch, k.Data})
-		}
+		got = appendKept(got, m)
 	}
 	before := len(got)
 	c2 := b.dial()

@@ -111,10 +111,11 @@ type stream struct {
 	policy  Policy
 	filters []string
 
-	mu    sync.Mutex
-	epoch string // changes when the stream is created anew
-	read  string // the stream read from: name, or the local mirror
-	ready bool
+	mu     sync.Mutex
+	epoch  string // changes when the stream is created anew
+	read   string // the stream read from: name, or the local mirror
+	ready  bool
+	kicked time.Time // when this node last moved the mirror's leader
 }
 
 // history is the broker's JetStream side, nil without policies.
@@ -232,6 +233,9 @@ const epochMetadata = "groupcast_epoch"
 // (which sends a heartbeat every second) before it is restarted.
 const mirrorStall = 5 * time.Second
 
+// mirrorKickInterval spaces one node's restarts of a stalled mirror.
+const mirrorKickInterval = 30 * time.Second
+
 func epochOf(created time.Time) string { return strconv.FormatInt(created.UnixNano(), 36) }
 
 // config is the stream's JetStream configuration.
@@ -299,10 +303,12 @@ func (h *history) settle(s *stream, info *nats.StreamInfo, err error) error {
 	case merr == nil && (err != nil || m.Config.Metadata[epochMetadata] == epochOf(info.Created)):
 		// Current, or all there is while the history's region is away.
 		epoch = m.Config.Metadata[epochMetadata]
-		if err == nil && h.reps > 1 && m.Mirror != nil && (m.Mirror.Active < 0 || m.Mirror.Active > mirrorStall) {
+		if err == nil && h.reps > 1 && m.Mirror != nil && (m.Mirror.Active < 0 || m.Mirror.Active > mirrorStall) &&
+			time.Since(s.kicked) > mirrorKickInterval {
 			// The stream is back but its mirror not yet: nats-server
 			// retries a mirror on a backoff of up to two minutes after
 			// a long outage, while a new leader starts at once.
+			s.kicked = time.Now()
 			_, _ = h.nc.Request("$JS.API.STREAM.LEADER.STEPDOWN."+mirror, nil, time.Second)
 		}
 	case err != nil:

@@ -27,9 +27,11 @@
 // the server's RSS (the "memory per idle connection" figure compares it with
 // the RSS before connecting), then publishes -rate payloads per second for
 // -duration, open loop (groupcast: POST /api/groups/<group>/messages to
-// -api, up to 8 requests in flight over keep-alive connections; nats-ws: PUB
-// over one more WebSocket connection); "worst start lag" shows how far
-// publishing fell behind its schedule.
+// -api, up to 8 requests in flight over keep-alive connections, or with
+// -batch N, POST /api/messages with N messages a request, each waiting until
+// its batch is full; nats-ws: PUB over one more WebSocket connection);
+// "worst start lag" shows how far publishing fell behind its schedule.
+// -self-profile f writes a CPU profile of the loader itself.
 // Each payload is JSON, {"seq":N,"t":<unix ns>,"pad":"xxx…"}, padded to -size
 // bytes. Receivers record latency (receive time minus t) in a fixed-size
 // histogram and mark each seq in a per-connection bitset to count loss and

@@ -55,9 +55,25 @@
 //   - No duplicates: one subscription per node and group means one copy
 //     per node, and one frame per member.
 //
+// # Kept groups
+//
+// Config.Policies make groups recoverable (a window of history) or latest
+// (the newest message only). Their messages are stored in one JetStream
+// stream per policy; the stream's sequence is the message's offset, and
+// the stream's creation time its epoch. A node reads a kept group live
+// through one ordered consumer per group; a join with Since replays what
+// was missed with batched direct gets (no consumer, so no JetStream meta
+// leader needed) and holds the live messages meanwhile, so the member gets
+// every offset once, in order. With Config.HistoryRegion the streams live
+// in that NATS cluster and nodes of every other cluster keep and read a
+// mirror of each in their own (same offsets, same epoch): the history
+// outlives the loss of its region, while publishing into kept groups
+// waits for that region.
+//
 // # Fan-out
 //
 // Each node receives one copy of a group message, encodes the delivery
 // frame once, and hands the same bytes to every local member's Receiver,
-// which must not block.
+// which must not block. Small groups hand it to an ImmediateReceiver's
+// ReceiveNow first, which may write it at once.
 package broker

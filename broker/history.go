@@ -612,9 +612,9 @@ func (b *Broker) watchHistory(stop <-chan struct{}) {
 		if !b.nc.IsConnected() {
 			continue
 		}
+		wasDown, down := b.history.down.Load(), false
 		for _, s := range b.history.streams {
 			before := s.currentEpoch()
-			wasDown := b.history.down.Load()
 			info, err := b.history.js.StreamInfo(s.name)
 			if errors.Is(err, nats.ErrStreamNotFound) {
 				err = b.history.ensure(s) // deleted: make it anew
@@ -627,26 +627,30 @@ func (b *Broker) watchHistory(stop <-chan struct{}) {
 				if !wasDown {
 					b.log.Warn("history unavailable", "stream", s.name, "error", err)
 				}
-				b.history.down.Store(true)
+				down = true
 				continue
 			}
-			b.history.down.Store(false)
 			after := s.currentEpoch()
 			reset := before != "" && after != before
-			if renewed := b.renewConsumers(s, reset); reset || wasDown && before != "" || renewed {
+			renewed, stuck := b.renewConsumers(s, reset)
+			down = down || stuck
+			if before != "" && (reset || renewed || wasDown && !stuck) {
 				b.log.Warn("history may have lost messages; telling members", "stream", s.name, "epoch", after)
 				b.tellGap(s, after)
 			}
 		}
+		b.history.down.Store(down)
 	}
 }
 
 // renewConsumers gives the stream's groups fresh ordered consumers, which
 // take the stream's new messages: all of them when the stream was made
 // anew (its offsets start again, and an old consumer would wait for the
-// old ones), otherwise only those whose consumer was lost (NATS gave up
-// recreating it). It reports whether any was renewed.
-func (b *Broker) renewConsumers(s *stream, all bool) bool {
+// old ones), otherwise those whose consumer is gone (NATS gave up
+// recreating it, or a renewal failed). It reports whether any group was
+// renewed, and whether any is left without a live consumer: then the
+// broker is unready until a later check renews it.
+func (b *Broker) renewConsumers(s *stream, all bool) (renewed, stuck bool) {
 	b.mu.RLock()
 	var stale []*group
 	for _, g := range b.groups {
@@ -659,23 +663,31 @@ func (b *Broker) renewConsumers(s *stream, all bool) bool {
 		read, _ := s.reading()
 		sub, err := b.history.js.ChanSubscribe(b.groupPrefix+g.name, b.shard(g.name),
 			nats.OrderedConsumer(), nats.DeliverNew(), nats.BindStream(read))
-		if err != nil {
-			b.log.Warn("group consumer not renewed", "group", g.name, "error", err)
-			continue
-		}
 		b.mu.Lock()
 		old := g.sub
 		if b.groups[g.name] != g || old == nil { // left meanwhile
 			b.mu.Unlock()
-			b.unsubscribe(sub)
+			if err == nil {
+				b.unsubscribe(sub)
+			}
+			continue
+		}
+		if err != nil {
+			b.mu.Unlock()
+			b.log.Warn("group consumer not renewed", "group", g.name, "error", err)
+			if old.IsValid() {
+				b.unsubscribe(old) // waits for the old offsets: marked gone, tried again
+			}
+			stuck = true
 			continue
 		}
 		delete(b.bySub, old)
 		g.sub, b.bySub[sub] = sub, g
 		b.mu.Unlock()
 		b.unsubscribe(old)
+		renewed = true
 	}
-	return len(stale) > 0
+	return renewed, stuck
 }
 
 // tellGap sends a gap frame to every local member of the stream's groups.

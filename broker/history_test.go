@@ -335,3 +335,35 @@ func TestRecoveryDropsLateLiveCopies(t *testing.T) {
 	}
 	r.none(t, 10*time.Millisecond)
 }
+
+// TestLostConsumerRenewed: a group whose live consumer is gone (NATS gave
+// up recreating it) gets a fresh one at the next check, and its members a
+// gap frame; messages then flow again.
+func TestLostConsumerRenewed(t *testing.T) {
+	b := historyBroker(t, "", 100, PolicyRule{"*", Recoverable})
+	c, r := open(t, b)
+	join(t, b, "g", c)
+	b.mu.RLock()
+	sub := b.groups["g"].sub
+	b.mu.RUnlock()
+	if err := sub.Unsubscribe(); err != nil {
+		t.Fatal(err)
+	}
+	var gap struct{ Type, Group string }
+	deadline := time.After(3 * historyCheckInterval)
+	for gap.Type != "gap" {
+		select {
+		case f := <-r.frames:
+			json.Unmarshal(f, &gap)
+		case <-deadline:
+			t.Fatal("no gap frame after the consumer was lost")
+		}
+	}
+	publishN(t, b, "g", 0, 1)
+	if d := r.deliveries(t, 1)[0]; string(d.Data) != "0" {
+		t.Fatalf("after the renewal: %+v", d)
+	}
+	if err := b.Ready(); err != nil {
+		t.Fatalf("not ready after the renewal: %v", err)
+	}
+}

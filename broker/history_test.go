@@ -249,16 +249,14 @@ func BenchmarkRecovery(b *testing.B) {
 // TestHistoryReset: when the history is reset (the stream deleted), the
 // broker makes it anew, members are told of the gap with the new epoch,
 // and readiness follows the stream.
-func TestHistoryReset(t *testing.T) {
-	b := historyBroker(t, "", 100, PolicyRule{"*", Recoverable})
-	c, r := open(t, b)
-	join(t, b, "g", c)
-	first := publishN(t, b, "g", 0, 1)[0]
-	r.deliveries(t, 1)
-	if err := b.history.js.DeleteStream(b.history.streams[Recoverable].name); err != nil {
-		t.Fatal(err)
-	}
-	var gap struct{ Type, Group, Epoch string }
+// gapFrame is a {"type":"gap"} frame.
+type gapFrame struct{ Type, Group, Epoch string }
+
+// awaitGap skips r's frames until a gap frame, which the history watch
+// sends within a few checks.
+func awaitGap(t *testing.T, r *inbox) gapFrame {
+	t.Helper()
+	var gap gapFrame
 	deadline := time.After(3 * historyCheckInterval)
 	for gap.Type != "gap" {
 		select {
@@ -268,6 +266,19 @@ func TestHistoryReset(t *testing.T) {
 			t.Fatal("no gap frame")
 		}
 	}
+	return gap
+}
+
+func TestHistoryReset(t *testing.T) {
+	b := historyBroker(t, "", 100, PolicyRule{"*", Recoverable})
+	c, r := open(t, b)
+	join(t, b, "g", c)
+	first := publishN(t, b, "g", 0, 1)[0]
+	r.deliveries(t, 1)
+	if err := b.history.js.DeleteStream(b.history.streams[Recoverable].name); err != nil {
+		t.Fatal(err)
+	}
+	gap := awaitGap(t, r)
 	if gap.Group != "g" || gap.Epoch == first.Epoch || gap.Epoch == "" {
 		t.Fatalf("gap %+v after epoch %s", gap, first.Epoch)
 	}
@@ -349,15 +360,8 @@ func TestLostConsumerRenewed(t *testing.T) {
 	if err := sub.Unsubscribe(); err != nil {
 		t.Fatal(err)
 	}
-	var gap struct{ Type, Group string }
-	deadline := time.After(3 * historyCheckInterval)
-	for gap.Type != "gap" {
-		select {
-		case f := <-r.frames:
-			json.Unmarshal(f, &gap)
-		case <-deadline:
-			t.Fatal("no gap frame after the consumer was lost")
-		}
+	if gap := awaitGap(t, r); gap.Group != "g" {
+		t.Fatalf("gap %+v", gap)
 	}
 	publishN(t, b, "g", 0, 1)
 	if d := r.deliveries(t, 1)[0]; string(d.Data) != "0" {

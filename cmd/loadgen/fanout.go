@@ -277,9 +277,9 @@ type Result struct {
 
 	ServerPIDs         []int   `json:"server_pids,omitempty"`
 	WithPIDs           []int   `json:"with_pids,omitempty"` // counted with the first instance
-	ServerCPUSecs      float64 `json:"server_cpu_s"`       // over the publishing window
-	ServerCPUDrainSecs float64 `json:"server_cpu_drain_s"` // during the drain
-	ServerCPUUtil      float64 `json:"server_cpu_util"`    // cores busy over the window
+	ServerCPUSecs      float64 `json:"server_cpu_s"`        // over the publishing window
+	ServerCPUDrainSecs float64 `json:"server_cpu_drain_s"`  // during the drain
+	ServerCPUUtil      float64 `json:"server_cpu_util"`     // cores busy over the window
 	ServerUSPerDeliv   float64 `json:"server_us_per_delivery"`
 	ServerRSSBeforeKiB int64   `json:"server_rss_before_kib"`
 	ServerRSSIdleKiB   int64   `json:"server_rss_idle_kib"`

@@ -144,6 +144,12 @@ func TestProcStat(t *testing.T) {
 	if _, _, err := machineCPU(); err != nil {
 		t.Error(err)
 	}
+	// -with-pid: a helper process's RSS counts with the first instance.
+	cfg := Config{PIDs: []int{os.Getpid()}, WithPIDs: []int{os.Getpid()}}
+	one, _ := procRSS(os.Getpid())
+	if both, err := cfg.instanceRSS(0); err != nil || both < one*19/10 {
+		t.Errorf("instance rss %d with a helper, %d alone, %v", both, one, err)
+	}
 }
 
 // smallRun is the configuration CI uses: small, quick, exact.
@@ -309,10 +315,23 @@ func startGroupcast(t *testing.T, env ...string) instance {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &tail{}
 	cmd := exec.Command(bin)
 	cmd.Env = append(envWithout("NATS_URL", "API_KEY", "PORT"), fmt.Sprintf("PORT=%d", port))
 	cmd.Env = append(cmd.Env, env...)
+	exited := startProcess(t, cmd)
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	if err := waitReady(t.Context(), base+"/readyz", exited, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	return instance{ws: fmt.Sprintf("ws://127.0.0.1:%d/ws", port), api: base, pid: cmd.Process.Pid}
+}
+
+// startProcess starts cmd, keeping the tail of its output, and stops it
+// (SIGTERM, then after 10 s SIGKILL) when the test ends, logging the output
+// if the test failed. The channel yields Wait's result.
+func startProcess(t *testing.T, cmd *exec.Cmd) <-chan error {
+	t.Helper()
+	logs := &tail{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -328,14 +347,10 @@ func startGroupcast(t *testing.T, env ...string) instance {
 			<-exited
 		}
 		if t.Failed() {
-			t.Logf("server output (tail):\n%s", logs.String())
+			t.Logf("%s output (tail):\n%s", filepath.Base(cmd.Path), logs.String())
 		}
 	})
-	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	if err := waitReady(t.Context(), base+"/readyz", exited, 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	return instance{ws: fmt.Sprintf("ws://127.0.0.1:%d/ws", port), api: base, pid: cmd.Process.Pid}
+	return exited
 }
 
 // TestFanoutGroupcast runs ./app with the embedded NATS and checks an exact

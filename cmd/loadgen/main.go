@@ -402,8 +402,12 @@ func writeSummary(w io.Writer, r *Result) {
 	fmt.Fprintf(w, "latency      p50 %.2f ms, p99 %.2f ms, p99.9 %.2f ms, max %.2f ms (mean %.2f ms)\n",
 		r.Latency.P50, r.Latency.P99, r.Latency.P999, r.Latency.Max, r.Latency.Mean)
 	if len(r.ServerPIDs) > 0 {
-		fmt.Fprintf(w, "server cpu   pids %v: %.2fs over the window (%.0f%% of a core) + %.2fs drain; %.2f µs/delivery\n",
-			r.ServerPIDs, r.ServerCPUSecs, 100*r.ServerCPUUtil, r.ServerCPUDrainSecs, r.ServerUSPerDeliv)
+		pids := fmt.Sprint(r.ServerPIDs)
+		if len(r.WithPIDs) > 0 {
+			pids += fmt.Sprintf(" with %v", r.WithPIDs)
+		}
+		fmt.Fprintf(w, "server cpu   pids %s: %.2fs over the window (%.0f%% of a core) + %.2fs drain; %.2f µs/delivery\n",
+			pids, r.ServerCPUSecs, 100*r.ServerCPUUtil, r.ServerCPUDrainSecs, r.ServerUSPerDeliv)
 		fmt.Fprintf(w, "server rss   %.1f MiB before, %.1f MiB with %d idle conns: %.1f KiB/conn\n",
 			float64(r.ServerRSSBeforeKiB)/1024, float64(r.ServerRSSIdleKiB)/1024, r.Conns, r.ServerKiBPerConn)
 	}

@@ -121,6 +121,7 @@ func (f *floor) upgrade(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return
 	}
+	_ = nc.SetDeadline(time.Time{}) // no deadline of the HTTP server's lingers
 	f.connMu.Lock()
 	if f.closed {
 		f.connMu.Unlock()

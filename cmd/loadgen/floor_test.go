@@ -24,30 +24,7 @@ func TestFanoutFloor(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	urls, apis := []string{f.URL}, []string{f.API}
-	t.Run("fanout", func(t *testing.T) {
-		res, err := runFanout(t.Context(), smallRun(targetFloor, urls, apis))
-		if err != nil {
-			t.Fatal(err)
-		}
-		checkExact(t, res)
-	})
-	t.Run("rooms", func(t *testing.T) {
-		res, err := runFanout(t.Context(), smallRooms(targetFloor, urls, apis))
-		if err != nil {
-			t.Fatal(err)
-		}
-		checkExact(t, res)
-	})
-	t.Run("connect", func(t *testing.T) {
-		cfg := smallRun(targetFloor, urls, apis)
-		cfg.Conns = 100
-		res, err := runConnect(t.Context(), ConnectConfig{Base: cfg, Rounds: 2, Verify: 2})
-		if err != nil {
-			t.Fatal(err)
-		}
-		checkConnect(t, res, 2)
-	})
+	checkEveryMode(t, smallRun(targetFloor, []string{f.URL}, []string{f.API}))
 }
 
 // TestFloorProtocol checks the floor's answers frame by frame: the welcome

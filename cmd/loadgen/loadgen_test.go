@@ -217,23 +217,34 @@ func TestFanoutNATSWS(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer srv.Close()
-	urls := []string{srv.URL}
+	checkEveryMode(t, smallRun(targetNATSWS, []string{srv.URL}, nil))
+}
+
+// checkEveryMode checks exact small runs of fanout, rooms and connect
+// against base's target, URLs, APIs and processes.
+func checkEveryMode(t *testing.T, base Config) {
+	t.Helper()
 	t.Run("fanout", func(t *testing.T) {
-		res, err := runFanout(t.Context(), smallRun(targetNATSWS, urls, nil))
+		res, err := runFanout(t.Context(), base)
 		if err != nil {
 			t.Fatal(err)
 		}
 		checkExact(t, res)
+		if len(base.PIDs) > 0 && res.ServerRSSIdleKiB <= 0 {
+			t.Errorf("server rss %d", res.ServerRSSIdleKiB)
+		}
 	})
 	t.Run("rooms", func(t *testing.T) {
-		res, err := runFanout(t.Context(), smallRooms(targetNATSWS, urls, nil))
+		cfg := smallRooms(base.Target, base.URLs, base.APIs)
+		cfg.PIDs, cfg.WithPIDs = base.PIDs, base.WithPIDs
+		res, err := runFanout(t.Context(), cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
 		checkExact(t, res)
 	})
 	t.Run("connect", func(t *testing.T) {
-		cfg := smallRun(targetNATSWS, urls, nil)
+		cfg := base
 		cfg.Conns = 100
 		res, err := runConnect(t.Context(), ConnectConfig{Base: cfg, Rounds: 2, Verify: 2})
 		if err != nil {

@@ -53,33 +53,7 @@ func startChannels(t *testing.T) (instance, int) {
 func TestFanoutChannels(t *testing.T) {
 	t.Parallel()
 	in, redisPID := startChannels(t)
-	urls, apis := []string{in.ws}, []string{in.api}
-	t.Run("fanout", func(t *testing.T) {
-		cfg := smallRun(targetChannels, urls, apis)
-		cfg.PIDs, cfg.WithPIDs = []int{in.pid}, []int{redisPID}
-		res, err := runFanout(t.Context(), cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		checkExact(t, res)
-		if res.ServerRSSIdleKiB <= res.ServerRSSBeforeKiB || len(res.WithPIDs) != 1 {
-			t.Errorf("rss %d before, %d idle; with pids %v", res.ServerRSSBeforeKiB, res.ServerRSSIdleKiB, res.WithPIDs)
-		}
-	})
-	t.Run("rooms", func(t *testing.T) {
-		res, err := runFanout(t.Context(), smallRooms(targetChannels, urls, apis))
-		if err != nil {
-			t.Fatal(err)
-		}
-		checkExact(t, res)
-	})
-	t.Run("connect", func(t *testing.T) {
-		cfg := smallRun(targetChannels, urls, apis)
-		cfg.Conns = 100
-		res, err := runConnect(t.Context(), ConnectConfig{Base: cfg, Rounds: 2, Verify: 2})
-		if err != nil {
-			t.Fatal(err)
-		}
-		checkConnect(t, res, 2)
-	})
+	cfg := smallRun(targetChannels, []string{in.ws}, []string{in.api})
+	cfg.PIDs, cfg.WithPIDs = []int{in.pid}, []int{redisPID}
+	checkEveryMode(t, cfg)
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -127,4 +128,64 @@ func TestFloorProtocol(t *testing.T) {
 	if err == nil {
 		t.Fatal("connection survived an oversized frame")
 	}
+}
+
+// FuzzReadWSFrame feeds arbitrary bytes to the floor's frame reader: it
+// must not panic, must keep to its limit, and must give back the payload of
+// a well-formed masked frame.
+func FuzzReadWSFrame(f *testing.F) {
+	f.Add([]byte{0x81, 0x85, 1, 2, 3, 4, 'h' ^ 1, 'e' ^ 2, 'l' ^ 3, 'l' ^ 4, 'o' ^ 1}, []byte("hi"))
+	f.Add([]byte{0x81, 0xfe, 0xff, 0xff}, []byte{})
+	f.Add([]byte{0x81, 0xff, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff}, bytes.Repeat([]byte("x"), 200))
+	f.Fuzz(func(t *testing.T, raw, payload []byte) {
+		op, p, err := readWSFrame(bufio.NewReader(bytes.NewReader(raw)), nil)
+		if err == nil && (len(p) > floorMaxFrame || op > 0xf) {
+			t.Fatalf("op %d, %d bytes accepted", op, len(p))
+		}
+		if len(payload) > floorMaxFrame {
+			return
+		}
+		frame := maskedFrame(wsText, payload, [4]byte{9, 8, 7, 6})
+		op, p, err = readWSFrame(bufio.NewReader(bytes.NewReader(frame)), make([]byte, 3))
+		if err != nil || op != wsText || !bytes.Equal(p, payload) {
+			t.Fatalf("round trip of %d bytes: op %d, %v, equal %v", len(payload), op, err, bytes.Equal(p, payload))
+		}
+	})
+}
+
+// maskedFrame builds a final client frame.
+func maskedFrame(op byte, p []byte, mask [4]byte) []byte {
+	b := appendWSFrame(nil, op, p)
+	b[1] |= 0x80
+	hdr := len(b) - len(p)
+	out := append(append(b[:hdr:hdr], mask[:]...), p...)
+	for i := range p {
+		out[hdr+4+i] ^= mask[i&3]
+	}
+	return out
+}
+
+// FuzzFloorAnswer: whatever a client sends, the answer is one JSON object
+// of a type the protocol knows.
+func FuzzFloorAnswer(f *testing.F) {
+	for _, s := range []string{`{"type":"join","group":"g","id":1}`, `{"type":"leave","group":"g"}`, `{"type":"ping","id":-3}`, `[]`, `{"id":1e400}`, `{"type":"join","group":"..","id":2}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, frame []byte) {
+		fl := &floor{groups: map[string]map[net.Conn]struct{}{}}
+		joined := map[string]struct{}{}
+		var m struct{ Type string }
+		ans := fl.answer(nil, frame, joined)
+		if err := json.Unmarshal(ans, &m); err != nil {
+			t.Fatalf("answer %s to %q: %v", ans, frame, err)
+		}
+		switch m.Type {
+		case "ack", "pong", "error":
+		default:
+			t.Fatalf("answer %s to %q", ans, frame)
+		}
+		if len(joined) > 0 && len(fl.groups) != len(joined) {
+			t.Fatalf("joined %v, groups %v", joined, fl.groups)
+		}
+	})
 }

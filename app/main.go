@@ -102,6 +102,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer, list
 			JoinURL:       cfg.HookJoinURL,
 			SendURL:       cfg.HookSendURL,
 			Secret:        cfg.HookSecret,
+			Headers:       cfg.HookHeaders,
 			Timeout:       cfg.HookTimeout,
 			MaxConcurrent: cfg.HookConcurrency,
 		},

@@ -93,8 +93,9 @@ func TestConsumer(t *testing.T) {
 type hookBackend struct {
 	*httptest.Server
 	mu    sync.Mutex
-	calls []hookCall
-	auth  []string
+	calls   []hookCall
+	auth    []string
+	headers []http.Header
 	reply func(call hookCall) (int, string)
 }
 
@@ -108,6 +109,7 @@ func newHookBackend(t *testing.T, reply func(hookCall) (int, string)) *hookBacke
 		h.mu.Lock()
 		h.calls = append(h.calls, call)
 		h.auth = append(h.auth, r.Header.Get("Authorization")+"|"+r.Header.Get("X-Groupcast-Token"))
+		h.headers = append(h.headers, r.Header.Clone())
 		h.mu.Unlock()
 		status, body := h.reply(call)
 		w.WriteHeader(status)

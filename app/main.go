@@ -101,6 +101,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer, list
 			ConnectURL:    cfg.HookConnectURL,
 			JoinURL:       cfg.HookJoinURL,
 			SendURL:       cfg.HookSendURL,
+			ReceiveURL:    cfg.HookReceiveURL,
 			Secret:        cfg.HookSecret,
 			Headers:       cfg.HookHeaders,
 			Timeout:       cfg.HookTimeout,

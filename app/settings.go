@@ -32,6 +32,7 @@ type settings struct {
 	HookConnectURL  string
 	HookJoinURL     string
 	HookSendURL     string
+	HookReceiveURL  string
 	HookSecret      string
 	HookHeaders     []string
 	HookTimeout     time.Duration
@@ -111,6 +112,7 @@ var settingsTable = []setting{
 	{"HOOK_CONNECT_URL", "", "POST connect decisions to this backend URL", urlSetting(func(s *settings) *string { return &s.HookConnectURL })},
 	{"HOOK_JOIN_URL", "", "POST join decisions to this backend URL", urlSetting(func(s *settings) *string { return &s.HookJoinURL })},
 	{"HOOK_SEND_URL", "", "POST client sends to this backend URL (it may rewrite the data)", urlSetting(func(s *settings) *string { return &s.HookSendURL })},
+	{"HOOK_RECEIVE_URL", "", "POST client frames of the application's own types to this backend URL; its reply goes back to the client", urlSetting(func(s *settings) *string { return &s.HookReceiveURL })},
 	{"HOOK_HEADERS", "Cookie", "comma-separated headers of the WebSocket upgrade request copied onto every hook call of that connection (so the backend's session login works); none: forward none", func(s *settings, v string) error {
 		if v == "none" {
 			s.HookHeaders = nil

@@ -92,11 +92,11 @@ func TestConsumer(t *testing.T) {
 // hookBackend is a test backend for HTTP hooks.
 type hookBackend struct {
 	*httptest.Server
-	mu    sync.Mutex
+	mu      sync.Mutex
 	calls   []hookCall
 	auth    []string
 	headers []http.Header
-	reply func(call hookCall) (int, string)
+	reply   func(call hookCall) (int, string)
 }
 
 // newHookBackend starts a backend; with t, it stops when the test ends.

@@ -19,6 +19,10 @@ import (
 // The backend's JSON answer allows, refuses or rewrites; see README.md.
 type HookConfig struct {
 	ConnectURL, JoinURL, SendURL string
+	// ReceiveURL is asked about client frames of types the protocol does
+	// not define (and the Consumer does not answer), as event "receive";
+	// its "reply" goes back to the client as a Consumer's Frame reply.
+	ReceiveURL string
 	// Headers name headers of the WebSocket upgrade request (such as
 	// Cookie) that are copied, verbatim, onto every hook call of that
 	// connection, so that the backend's own session and authentication
@@ -37,7 +41,9 @@ type HookConfig struct {
 }
 
 // Enabled reports whether any hook is set.
-func (h HookConfig) Enabled() bool { return h.ConnectURL != "" || h.JoinURL != "" || h.SendURL != "" }
+func (h HookConfig) Enabled() bool {
+	return h.ConnectURL != "" || h.JoinURL != "" || h.SendURL != "" || h.ReceiveURL != ""
+}
 
 // maxHookHeaderBytes bounds the forwarded headers kept per connection; an
 // upgrade whose forwarded headers are larger is refused with too_large.
@@ -134,7 +140,7 @@ func newHookConsumer(next Consumer, cfg HookConfig, node, region string, proxies
 
 // hookCall is the body of a hook POST.
 type hookCall struct {
-	Event    string          `json:"event"` // "connect", "join" or "send"
+	Event    string          `json:"event"` // "connect", "join", "send" or "receive"
 	Channel  string          `json:"channel,omitempty"`
 	User     string          `json:"user,omitempty"`
 	Node     string          `json:"node"`
@@ -158,6 +164,8 @@ type hookAnswer struct {
 	Info   json.RawMessage `json:"info"`
 	// send: the data to publish instead.
 	Data json.RawMessage `json:"data"`
+	// receive: the reply to the client's frame.
+	Reply json.RawMessage `json:"reply"`
 }
 
 // hookRequest is what one hook POST carries besides its body.
@@ -224,8 +232,40 @@ func (h *hookConsumer) Send(ctx context.Context, c *Conn, r *SendRequest) error 
 	return nil
 }
 
+// Frame asks the receive hook about the frame types next does not know.
+// Not retried: the backend may act on a frame, not only answer it.
 func (h *hookConsumer) Frame(ctx context.Context, c *Conn, typ string, frame json.RawMessage) (any, error) {
-	return h.next.Frame(ctx, c, typ, frame)
+	reply, err := h.next.Frame(ctx, c, typ, frame)
+	if !errors.Is(err, ErrUnknownFrame) || h.cfg.ReceiveURL == "" {
+		return reply, err
+	}
+	if !validFrameType(typ) {
+		return nil, refuse(CodeInvalidType, "frame types are 1-64 letters, digits, '.', '_' or '-'")
+	}
+	a, err := h.call(ctx, hookRequest{url: h.cfg.ReceiveURL, headers: c.s.hookHeaders},
+		&hookCall{Event: "receive", Channel: c.Channel(), User: c.User(), Data: frame})
+	if err != nil {
+		return nil, err
+	}
+	if len(a.Reply) > maxHookReplyBytes {
+		return nil, fmt.Errorf("receive hook answered a %q reply of %d bytes, over %d", typ, len(a.Reply), maxHookReplyBytes)
+	}
+	return a.Reply, nil // nil: "data":null
+}
+
+// maxHookReplyBytes bounds a receive hook's reply, which is queued for
+// the client like any frame.
+const maxHookReplyBytes = 64 << 10
+
+// validFrameType reports whether a frame type may be passed to the
+// backend: 1-64 ASCII letters, digits, '.', '_' or '-'.
+func validFrameType(s string) bool {
+	for _, c := range []byte(s) {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return len(s) > 0 && len(s) <= 64
 }
 
 func (h *hookConsumer) Disconnect(c *Conn) { h.next.Disconnect(c) }

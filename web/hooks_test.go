@@ -1,6 +1,8 @@
 package web
 
 import (
+	"encoding/json"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -60,5 +62,69 @@ func TestCheckHookHeaders(t *testing.T) {
 		if err := CheckHookHeaders([]string{bad}); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
+	}
+}
+
+// TestReceiveHook: frame types of the application's own go to the
+// receive hook as event "receive" with the whole frame; its answer is the
+// client's reply, or a refusal. A Go consumer's own types stay its own.
+func TestReceiveHook(t *testing.T) {
+	backend := newHookBackend(t, func(call hookCall) (int, string) {
+		var frame struct {
+			Type string `json:"type"`
+			Text string `json:"text"`
+		}
+		json.Unmarshal(call.Data, &frame)
+		switch frame.Type {
+		case "chat.echo":
+			return 200, `{"reply":{"user":"` + call.User + `","text":"` + frame.Text + `"}}`
+		case "chat.nope":
+			return 200, `{"error":{"code":"nope","message":"not now"}}`
+		case "chat.fails":
+			return 500, `<html>Server Error</html>`
+		case "chat.garbled":
+			return 200, `{"reply":`
+		}
+		return 200, `{}`
+	})
+	e := newEnv(t, "", &Config{Consumer: &shouting{}, Hooks: HookConfig{
+		ReceiveURL: backend.URL, Headers: []string{"Cookie"},
+	}})
+	c := wstest.Dial(t, e.wsURL()+"?name=ada", http.Header{"Cookie": {"sessionid=s1"}})
+
+	m := c.Call(map[string]any{"type": "chat.echo", "text": "hi"})
+	if m["type"] != "reply" || fmt.Sprint(m["data"]) != "map[text:hi user:ada]" {
+		t.Fatalf("echo: %v", m)
+	}
+	if m := c.Call(map[string]any{"type": "chat.quiet"}); m["type"] != "reply" || m["data"] != nil {
+		t.Fatalf("an answer without a reply: %v", m)
+	}
+	if m := c.Call(map[string]any{"type": "whoami"}); m["type"] != "reply" || fmt.Sprint(m["data"]) != "map[groups:[lobby] user:ada]" {
+		t.Fatalf("the Go consumer's own type: %v", m)
+	}
+	for typ, code := range map[string]string{
+		"chat.nope": "nope", "chat.fails": CodeUnavailable, "chat.garbled": CodeUnavailable,
+		"bad type": CodeInvalidType, strings.Repeat("x", 65): CodeInvalidType,
+	} {
+		if m := c.Call(map[string]any{"type": typ}); m["type"] != "error" || m["code"] != code {
+			t.Errorf("%s: %v, want %s", typ, m, code)
+		}
+	}
+
+	backend.mu.Lock()
+	defer backend.mu.Unlock()
+	if len(backend.calls) != 5 { // echo, quiet, nope, fails (not retried), garbled
+		t.Fatalf("%d receive calls, want 5", len(backend.calls))
+	}
+	for i, call := range backend.calls {
+		if call.Event != "receive" || call.User != "ada" || call.Channel != c.Channel() {
+			t.Errorf("call %+v", call)
+		}
+		if backend.headers[i].Get("Cookie") != "sessionid=s1" {
+			t.Errorf("receive call without the cookie: %v", backend.headers[i])
+		}
+	}
+	if got := string(backend.calls[0].Data); got != `{"id":1,"text":"hi","type":"chat.echo"}` {
+		t.Errorf("the frame reached the hook as %s", got)
 	}
 }

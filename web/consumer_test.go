@@ -92,10 +92,11 @@ func TestConsumer(t *testing.T) {
 // hookBackend is a test backend for HTTP hooks.
 type hookBackend struct {
 	*httptest.Server
-	mu    sync.Mutex
-	calls []hookCall
-	auth  []string
-	reply func(call hookCall) (int, string)
+	mu      sync.Mutex
+	calls   []hookCall
+	auth    []string
+	headers []http.Header
+	reply   func(call hookCall) (int, string)
 }
 
 // newHookBackend starts a backend; with t, it stops when the test ends.
@@ -108,6 +109,7 @@ func newHookBackend(t *testing.T, reply func(hookCall) (int, string)) *hookBacke
 		h.mu.Lock()
 		h.calls = append(h.calls, call)
 		h.auth = append(h.auth, r.Header.Get("Authorization")+"|"+r.Header.Get("X-Groupcast-Token"))
+		h.headers = append(h.headers, r.Header.Clone())
 		h.mu.Unlock()
 		status, body := h.reply(call)
 		w.WriteHeader(status)

@@ -177,6 +177,7 @@ type Server struct {
 	buffers  sync.Pool      // *[]byte for batching frames
 	auth     *authenticator // nil: anonymous connections
 	consumer Consumer
+	hooks    *hookConsumer // nil without hooks; also in consumer
 	shakes   *ipLimiter
 
 	mu        sync.Mutex
@@ -229,7 +230,8 @@ func New(b Broker, cfg Config) *Server {
 		s.consumer = DefaultConsumer{}
 	}
 	if cfg.Hooks.Enabled() {
-		s.consumer = newHookConsumer(s.consumer, cfg.Hooks, b.Node(), cfg.Region, cfg.TrustedProxies)
+		s.hooks = newHookConsumer(s.consumer, cfg.Hooks, b.Node(), cfg.Region, cfg.TrustedProxies)
+		s.consumer = s.hooks
 	}
 	s.buffers.New = func() any { p := make([]byte, 0, 4096); return &p }
 
@@ -289,6 +291,12 @@ func (s *Server) serveWS(c echo.Context) error {
 		return refuse(CodeUnavailable, "this instance has as many connections as allowed; retry elsewhere")
 	}
 	cr := &ConnectRequest{Request: r}
+	if s.hooks != nil {
+		var err error
+		if cr.hookHeaders, err = s.hooks.forwarded(r.Header); err != nil {
+			return err
+		}
+	}
 	var expires time.Time
 	if s.auth != nil {
 		cr.Token = requestToken(r)
@@ -311,15 +319,16 @@ func (s *Server) serveWS(c echo.Context) error {
 	}
 	conn.SetReadLimit(s.cfg.MaxFrameBytes)
 	ss := &session{
-		srv:     s,
-		conn:    conn,
-		raw:     hj.conn,
-		out:     newOutbox(s.cfg.OutboxFrames, s.cfg.OutboxBytes),
-		uid:     cr.User,
-		info:    s.presenceInfo(cr.Info),
-		perms:   cr.Permissions,
-		expires: expires,
-		frames:  bucket{tokens: 2 * s.cfg.FramesPerSecond, filled: time.Now()},
+		srv:         s,
+		conn:        conn,
+		raw:         hj.conn,
+		out:         newOutbox(s.cfg.OutboxFrames, s.cfg.OutboxBytes),
+		uid:         cr.User,
+		info:        s.presenceInfo(cr.Info),
+		hookHeaders: cr.hookHeaders,
+		perms:       cr.Permissions,
+		expires:     expires,
+		frames:      bucket{tokens: 2 * s.cfg.FramesPerSecond, filled: time.Now()},
 	}
 	ss.public.s = ss
 	// Timers, not goroutines: an idle connection costs no writer.

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -50,7 +51,8 @@ type session struct {
 	flooded int          // reader-owned: frames refused in a row for rate
 	expiry  *time.Timer  // closes the connection when the token expires
 
-	info json.RawMessage // presence info, from Connect; set before the session starts
+	info        json.RawMessage // presence info, from Connect; set before the session starts
+	hookHeaders http.Header     // forwarded to every hook call; set before the session starts
 
 	closeOnce sync.Once
 	code      websocket.StatusCode // why it closes; written once, before the outbox closes

@@ -23,7 +23,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from .errors import GroupcastError
 
@@ -41,10 +41,13 @@ class GroupcastServer:
     """A groupcast process: ``binary`` run with ``PORT`` set to a free port,
     ``NATS_URL`` unset (embedded NATS) and ``env`` added. ``start`` returns
     once ``/readyz`` answers 200; ``stop`` sends SIGTERM and waits. Its log
-    is kept in a temporary file, ``log()`` reads it."""
+    is kept in a temporary file, ``log()`` reads it. ``prefix`` is run
+    before the binary (e.g. ``["taskset", "-c", "0"]``)."""
 
-    def __init__(self, binary: str, env: Mapping[str, str] | None = None, *, ready_timeout: float = 15.0) -> None:
+    def __init__(self, binary: str, env: Mapping[str, str] | None = None, *, ready_timeout: float = 15.0,
+                 prefix: Sequence[str] = ()) -> None:
         self.binary = binary
+        self.prefix = list(prefix)
         self.env = dict(env or {})
         self.ready_timeout = ready_timeout
         self.port = 0
@@ -66,7 +69,7 @@ class GroupcastServer:
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
         env.update({"PORT": str(self.port), "LOG_FORMAT": "text"}, **self.env)
-        self.proc = subprocess.Popen([self.binary], env=env, stdout=self._log, stderr=self._log)
+        self.proc = subprocess.Popen([*self.prefix, self.binary], env=env, stdout=self._log, stderr=self._log)
         deadline = time.monotonic() + self.ready_timeout
         while True:
             if self.proc.poll() is not None:

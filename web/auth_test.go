@@ -340,12 +340,69 @@ func TestClientIP(t *testing.T) {
 	}
 }
 
-// jwksServer serves a JWK Set that a test can change.
+// TestJWKSOutageAtStart: with the JWK Set unreachable at start, the
+// instance is not ready and answers tokens of the set "unavailable" (not
+// "unauthorized"); once the set is back it loads by itself, unasked.
+func TestJWKSOutageAtStart(t *testing.T) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	jwks := newJWKSServer(t)
+	jwks.set(map[string]any{"k": &key.PublicKey})
+	jwks.setDown(true)
+	e := authEnv(t, &Config{Auth: AuthConfig{JWKSURL: jwks.URL}})
+	tk := jwt.NewWithClaims(jwt.SigningMethodES256, claims("erin", []string{"*"}, nil, time.Hour))
+	tk.Header["kid"] = "k"
+	tok, _ := tk.SignedString(key)
+
+	if status := e.status("/readyz"); status != http.StatusServiceUnavailable {
+		t.Fatalf("readyz without keys: %d", status)
+	}
+	if status, body := e.dialStatus("", http.Header{"Authorization": {"Bearer " + tok}}); status != http.StatusServiceUnavailable || !strings.Contains(body, CodeUnavailable) {
+		t.Fatalf("token while keys are missing: %d %s, want 503 unavailable", status, body)
+	}
+	// A bad token is still bad, and an HS256 one does not need the set.
+	if status, _ := e.dialStatus("?token=not.a.jwt", nil); status != http.StatusUnauthorized {
+		t.Fatalf("garbage while keys are missing: %d", status)
+	}
+	jwks.setDown(false)
+	waitFor(t, 5*time.Second, func() bool { return e.status("/readyz") == http.StatusOK })
+	if status, body := e.dialStatus("?token="+tok, nil); status != 0 {
+		t.Fatalf("token once keys loaded: %d %s", status, body)
+	}
+}
+
+// TestBadJWKSURL: New refuses a JWKS URL it cannot use instead of
+// serving an instance that refuses everyone.
+func TestBadJWKSURL(t *testing.T) {
+	_, err := New(nil, Config{Auth: AuthConfig{JWKSURL: "ftp://keys"}, Logger: testLogger()})
+	if err == nil || !strings.Contains(err.Error(), "JWKS") {
+		t.Fatalf("New with a bad JWKS URL: %v", err)
+	}
+}
+
+// status returns the status of a GET of path.
+func (e *env) status(path string) int {
+	e.t.Helper()
+	resp, err := http.Get(e.http.URL + path)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// jwksServer serves a JWK Set that a test can change, or 503 while down.
 type jwksServer struct {
 	*httptest.Server
 	mu   sync.Mutex
 	body []byte
 	n    int
+	down bool
+}
+
+func (j *jwksServer) setDown(down bool) {
+	j.mu.Lock()
+	j.down = down
+	j.mu.Unlock()
 }
 
 func newJWKSServer(t *testing.T) *jwksServer {
@@ -354,6 +411,10 @@ func newJWKSServer(t *testing.T) *jwksServer {
 		j.mu.Lock()
 		defer j.mu.Unlock()
 		j.n++
+		if j.down {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
 		w.Header().Set("Content-Type", "application/json")
 		w.Write(j.body)
 	}))

@@ -196,14 +196,21 @@ type Server struct {
 //go:embed static
 var static embed.FS
 
-// New returns a Server that serves b. It starts one goroutine, a write
-// watchdog, which Shutdown stops.
-func New(b Broker, cfg Config) *Server {
+// New returns a Server that serves b, or an error for a configuration it
+// cannot serve. It starts one goroutine, a write watchdog (and, while a
+// JWK Set has not loaded, its loader), which Shutdown stops.
+func New(b Broker, cfg Config) (*Server, error) {
 	cfg.setDefaults()
+	log := cfg.Logger.With("component", "web")
+	auth, err := newAuthenticator(cfg.Auth, log)
+	if err != nil {
+		return nil, err
+	}
 	s := &Server{
 		cfg:      cfg,
+		auth:     auth,
 		broker:   b,
-		log:      cfg.Logger.With("component", "web"),
+		log:      log,
 		metrics:  cfg.Metrics,
 		sessions: make(map[*session]struct{}),
 
@@ -217,13 +224,6 @@ func New(b Broker, cfg Config) *Server {
 	}
 	s.metrics.registry.MustRegister(brokerCollector{b})
 	s.shakes = newIPLimiter(cfg.HandshakesPerSecond, maxTrackedIPs)
-	auth, err := newAuthenticator(cfg.Auth, s.log)
-	if err != nil {
-		// Fail closed: with tokens configured but unverifiable, refuse all.
-		s.log.Error("tokens cannot be verified; refusing every connection", "error", err)
-		auth = &authenticator{cfg: cfg.Auth, parser: nil, stop: func() {}}
-	}
-	s.auth = auth
 	s.consumer = cfg.Consumer
 	if s.consumer == nil {
 		s.consumer = DefaultConsumer{}
@@ -257,7 +257,7 @@ func New(b Broker, cfg Config) *Server {
 	b.HandleCommands(s.handleCommand)
 	s.watchdogDone.Add(1)
 	go s.watchdog(s.stopWatchdog)
-	return s
+	return s, nil
 }
 
 // Handler returns the server's HTTP handler.
@@ -271,6 +271,9 @@ func (s *Server) readyz(c echo.Context) error {
 		return writeError(c, http.StatusServiceUnavailable, CodeUnavailable, "shutting down")
 	}
 	if err := s.broker.Ready(); err != nil {
+		return writeError(c, http.StatusServiceUnavailable, CodeUnavailable, err.Error())
+	}
+	if err := s.auth.ready(); err != nil {
 		return writeError(c, http.StatusServiceUnavailable, CodeUnavailable, err.Error())
 	}
 	return c.String(http.StatusOK, "ready\n")

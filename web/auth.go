@@ -35,6 +35,9 @@ type AuthConfig struct {
 	Issuer, Audience string
 	// Leeway is the clock skew allowed on exp and nbf. Default 30s.
 	Leeway time.Duration
+	// AllowNoExpiry accepts tokens without an exp claim, good forever.
+	// Default false: a token must say when it expires.
+	AllowNoExpiry bool
 }
 
 // Enabled reports whether tokens are required.
@@ -117,6 +120,9 @@ func newAuthenticator(cfg AuthConfig, log *slog.Logger) (*authenticator, error) 
 		methods = append(methods, jwt.SigningMethodRS256.Alg(), jwt.SigningMethodES256.Alg())
 	}
 	opts := []jwt.ParserOption{jwt.WithValidMethods(methods), jwt.WithLeeway(cfg.Leeway), jwt.WithIssuedAt()}
+	if !cfg.AllowNoExpiry {
+		opts = append(opts, jwt.WithExpirationRequired())
+	}
 	if cfg.Issuer != "" {
 		opts = append(opts, jwt.WithIssuer(cfg.Issuer))
 	}

@@ -152,6 +152,8 @@ func TestForgedTokens(t *testing.T) {
 	wrongIss := claims("m", []string{"*"}, nil, time.Hour)
 	wrongIss.Issuer = "evil"
 	badPattern := claims("m", []string{"room.>"}, nil, time.Hour)
+	noExp := claims("m", []string{"*"}, nil, time.Hour)
+	noExp.ExpiresAt = nil
 	groupTok := claims("m", nil, nil, time.Hour)
 	groupTok.Group = "room.x"
 	valid := sign(t, claims("m", []string{"room.*"}, nil, time.Hour))
@@ -174,6 +176,7 @@ func TestForgedTokens(t *testing.T) {
 		"tampered claims":  tampered,
 		"wildcard pattern": sign(t, badPattern),
 		"per-group token":  sign(t, groupTok),
+		"no exp":           sign(t, noExp),
 		"huge":             strings.Repeat("a", 10_000),
 	}
 	for name, tok := range cases {
@@ -236,6 +239,26 @@ func TestTokenExpiryAndRefresh(t *testing.T) {
 	}
 	if m := kept.Call(map[string]any{"type": "ping"}); m["type"] != "pong" {
 		t.Fatalf("refreshed socket: %v", m)
+	}
+}
+
+// TestRefreshWithoutExpiry: where tokens without exp are allowed, one
+// opens a socket for good, but as a refresh it cannot lift the expiry of
+// the token the socket has.
+func TestRefreshWithoutExpiry(t *testing.T) {
+	e := authEnv(t, &Config{Auth: AuthConfig{Leeway: time.Millisecond, AllowNoExpiry: true}})
+	forever := claims("carol", []string{"*"}, nil, time.Hour)
+	forever.ExpiresAt = nil
+	if status, body := e.dialStatus("?token="+sign(t, forever), nil); status != 0 {
+		t.Fatalf("token without exp refused: %d %s", status, body)
+	}
+	c := wstest.Dial(t, e.wsURL()+"?token="+sign(t, claims("carol", []string{"*"}, nil, time.Second)), nil)
+	if m := c.Call(map[string]any{"type": "refresh", "token": sign(t, forever)}); m["type"] != "ack" {
+		t.Fatalf("refresh: %v", m)
+	}
+	_, err := c.Raw()
+	if status := websocket.CloseStatus(err); status != CloseTokenExpired {
+		t.Fatalf("socket ended with %v, want %d", err, CloseTokenExpired)
 	}
 }
 

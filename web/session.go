@@ -65,7 +65,9 @@ type session struct {
 func (s *session) user() string { return s.uid }
 
 // refresh replaces the connection's token with a fresh one for the same
-// user, before the old one expires.
+// user, before the old one expires. A token without exp (with
+// AllowNoExpiry) keeps the expiry the connection had: a refresh moves
+// a deadline, it never removes one.
 func (s *session) refresh(token string) error {
 	if s.srv.auth == nil {
 		return refuse(CodeForbidden, "this server does not use tokens")
@@ -77,10 +79,12 @@ func (s *session) refresh(token string) error {
 	if id.user != s.uid {
 		return refuse(CodeForbidden, "the token is for another user")
 	}
-	s.stopExpiry()
 	s.perms = &Permissions{Join: id.join, Send: id.send}
-	s.expires = id.expires
-	s.armExpiry()
+	if !id.expires.IsZero() {
+		s.stopExpiry()
+		s.expires = id.expires
+		s.armExpiry()
+	}
 	return nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -306,6 +307,45 @@ func validPattern(p string) bool {
 		return len(prefix) < broker.MaxGroupLen && broker.ValidGroup(prefix+"x")
 	}
 	return broker.ValidGroup(p)
+}
+
+// connectBound is what a refresh must stay within: the permissions
+// Connect decided when they differ from the token's, else nil.
+func connectBound(token Permissions, decided *Permissions) *Permissions {
+	if decided == nil || slices.Equal(token.Join, decided.Join) && slices.Equal(token.Send, decided.Send) {
+		return nil
+	}
+	return &Permissions{Join: slices.Clone(decided.Join), Send: slices.Clone(decided.Send)}
+}
+
+// intersect returns the patterns that allow exactly the groups both a and
+// b allow. Of two patterns that overlap, one covers the other (a group
+// matching both has both prefixes), and the narrower one is kept.
+func intersect(a, b []string) []string {
+	var out []string
+	for _, p := range a {
+		for _, q := range b {
+			pp, pWild := strings.CutSuffix(p, "*")
+			qp, qWild := strings.CutSuffix(q, "*")
+			var keep string
+			switch {
+			case !pWild && !qWild && p == q, !pWild && qWild && strings.HasPrefix(p, qp):
+				keep = p
+			case pWild && !qWild && strings.HasPrefix(q, pp):
+				keep = q
+			case pWild && qWild && strings.HasPrefix(pp, qp):
+				keep = p
+			case pWild && qWild && strings.HasPrefix(qp, pp):
+				keep = q
+			default:
+				continue
+			}
+			if !slices.Contains(out, keep) {
+				out = append(out, keep)
+			}
+		}
+	}
+	return out
 }
 
 // allowed reports whether group matches one of patterns.

@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -293,6 +294,8 @@ func (s *Server) serveWS(c echo.Context) error {
 	}
 	cr := &ConnectRequest{Request: r}
 	var expires time.Time
+	var token Permissions // the token's, to tell whether Connect set its own
+	var tokenUser string
 	if s.auth != nil {
 		cr.Token = requestToken(r)
 		id, err := s.auth.connection(cr.Token)
@@ -300,6 +303,7 @@ func (s *Server) serveWS(c echo.Context) error {
 			return err
 		}
 		cr.User, cr.Permissions, cr.Info, expires = id.user, &Permissions{Join: id.join, Send: id.send}, id.info, id.expires
+		token, tokenUser = Permissions{Join: slices.Clone(id.join), Send: slices.Clone(id.send)}, id.user
 	}
 	if err := s.consumer.Connect(r.Context(), cr); err != nil {
 		return err
@@ -322,7 +326,10 @@ func (s *Server) serveWS(c echo.Context) error {
 		info:    s.presenceInfo(cr.Info),
 		perms:   cr.Permissions,
 		expires: expires,
-		frames:  bucket{tokens: 2 * s.cfg.FramesPerSecond, filled: time.Now()},
+
+		tokenUser: tokenUser,
+		bound:     connectBound(token, cr.Permissions),
+		frames:    bucket{tokens: 2 * s.cfg.FramesPerSecond, filled: time.Now()},
 	}
 	ss.public.s = ss
 	// Timers, not goroutines: an idle connection costs no writer.

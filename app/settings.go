@@ -25,6 +25,7 @@ type settings struct {
 	JWTIssuer       string
 	JWTAudience     string
 	JWTLeeway       time.Duration
+	JWTAllowNoExp   bool
 	MaxConnections  int
 	FramesPerSecond int
 	HandshakesPerIP int
@@ -109,6 +110,13 @@ var settingsTable = []setting{
 	{"JWT_ISSUER", "", "when set, tokens' iss must equal it", func(s *settings, v string) error { s.JWTIssuer = v; return nil }},
 	{"JWT_AUDIENCE", "", "when set, tokens' aud must include it", func(s *settings, v string) error { s.JWTAudience = v; return nil }},
 	{"JWT_LEEWAY", "30s", "clock skew allowed on tokens' exp and nbf", durationSetting(func(s *settings) *time.Duration { return &s.JWTLeeway })},
+	{"JWT_ALLOW_NO_EXP", "false", "accept connection tokens without exp, valid forever (false: exp is required)", func(s *settings, v string) (err error) {
+		s.JWTAllowNoExp, err = strconv.ParseBool(v)
+		if err != nil {
+			return errors.New("want true or false")
+		}
+		return nil
+	}},
 	{"HOOK_CONNECT_URL", "", "POST connect decisions to this backend URL", urlSetting(func(s *settings) *string { return &s.HookConnectURL })},
 	{"HOOK_JOIN_URL", "", "POST join decisions to this backend URL", urlSetting(func(s *settings) *string { return &s.HookJoinURL })},
 	{"HOOK_SEND_URL", "", "POST client sends to this backend URL (it may rewrite the data)", urlSetting(func(s *settings) *string { return &s.HookSendURL })},

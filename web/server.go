@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -197,14 +198,21 @@ type Server struct {
 //go:embed static
 var static embed.FS
 
-// New returns a Server that serves b. It starts one goroutine, a write
-// watchdog, which Shutdown stops.
-func New(b Broker, cfg Config) *Server {
+// New returns a Server that serves b, or an error for a configuration it
+// cannot serve. It starts one goroutine, a write watchdog (and, while a
+// JWK Set has not loaded, its loader), which Shutdown stops.
+func New(b Broker, cfg Config) (*Server, error) {
 	cfg.setDefaults()
+	log := cfg.Logger.With("component", "web")
+	auth, err := newAuthenticator(cfg.Auth, log)
+	if err != nil {
+		return nil, err
+	}
 	s := &Server{
 		cfg:      cfg,
+		auth:     auth,
 		broker:   b,
-		log:      cfg.Logger.With("component", "web"),
+		log:      log,
 		metrics:  cfg.Metrics,
 		sessions: make(map[*session]struct{}),
 
@@ -218,13 +226,6 @@ func New(b Broker, cfg Config) *Server {
 	}
 	s.metrics.registry.MustRegister(brokerCollector{b})
 	s.shakes = newIPLimiter(cfg.HandshakesPerSecond, maxTrackedIPs)
-	auth, err := newAuthenticator(cfg.Auth, s.log)
-	if err != nil {
-		// Fail closed: with tokens configured but unverifiable, refuse all.
-		s.log.Error("tokens cannot be verified; refusing every connection", "error", err)
-		auth = &authenticator{cfg: cfg.Auth, parser: nil, stop: func() {}}
-	}
-	s.auth = auth
 	s.consumer = cfg.Consumer
 	if s.consumer == nil {
 		s.consumer = DefaultConsumer{}
@@ -259,7 +260,7 @@ func New(b Broker, cfg Config) *Server {
 	b.HandleCommands(s.handleCommand)
 	s.watchdogDone.Add(1)
 	go s.watchdog(s.stopWatchdog)
-	return s
+	return s, nil
 }
 
 // Handler returns the server's HTTP handler.
@@ -273,6 +274,9 @@ func (s *Server) readyz(c echo.Context) error {
 		return writeError(c, http.StatusServiceUnavailable, CodeUnavailable, "shutting down")
 	}
 	if err := s.broker.Ready(); err != nil {
+		return writeError(c, http.StatusServiceUnavailable, CodeUnavailable, err.Error())
+	}
+	if err := s.auth.ready(); err != nil {
 		return writeError(c, http.StatusServiceUnavailable, CodeUnavailable, err.Error())
 	}
 	return c.String(http.StatusOK, "ready\n")
@@ -298,6 +302,8 @@ func (s *Server) serveWS(c echo.Context) error {
 		}
 	}
 	var expires time.Time
+	var token Permissions // the token's, to tell whether Connect set its own
+	var tokenUser string
 	if s.auth != nil {
 		cr.Token = requestToken(r)
 		id, err := s.auth.connection(cr.Token)
@@ -305,6 +311,7 @@ func (s *Server) serveWS(c echo.Context) error {
 			return err
 		}
 		cr.User, cr.Permissions, cr.Info, expires = id.user, &Permissions{Join: id.join, Send: id.send}, id.info, id.expires
+		token, tokenUser = Permissions{Join: slices.Clone(id.join), Send: slices.Clone(id.send)}, id.user
 	}
 	if err := s.consumer.Connect(r.Context(), cr); err != nil {
 		return err
@@ -328,6 +335,8 @@ func (s *Server) serveWS(c echo.Context) error {
 		hookHeaders: cr.hookHeaders,
 		perms:       cr.Permissions,
 		expires:     expires,
+		tokenUser:   tokenUser,
+		bound:       connectBound(token, cr.Permissions),
 		frames:      bucket{tokens: 2 * s.cfg.FramesPerSecond, filled: time.Now()},
 	}
 	ss.public.s = ss

@@ -83,15 +83,16 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer, list
 	if b.Embedded() {
 		log.Info("NATS_URL is unset: using an embedded NATS server; right for one instance only")
 	}
-	w := web.New(b, web.Config{
+	w, err := web.New(b, web.Config{
 		Region:  cfg.Region,
 		APIKeys: cfg.APIKeys,
 		Auth: web.AuthConfig{
-			Secret:   []byte(cfg.JWTSecret),
-			JWKSURL:  cfg.JWKSURL,
-			Issuer:   cfg.JWTIssuer,
-			Audience: cfg.JWTAudience,
-			Leeway:   cfg.JWTLeeway,
+			Secret:        []byte(cfg.JWTSecret),
+			JWKSURL:       cfg.JWKSURL,
+			Issuer:        cfg.JWTIssuer,
+			Audience:      cfg.JWTAudience,
+			Leeway:        cfg.JWTLeeway,
+			AllowNoExpiry: cfg.JWTAllowNoExp,
 		},
 		MaxConnections:      cfg.MaxConnections,
 		FramesPerSecond:     float64(cfg.FramesPerSecond),
@@ -101,7 +102,9 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer, list
 			ConnectURL:    cfg.HookConnectURL,
 			JoinURL:       cfg.HookJoinURL,
 			SendURL:       cfg.HookSendURL,
+			ReceiveURL:    cfg.HookReceiveURL,
 			Secret:        cfg.HookSecret,
+			Headers:       cfg.HookHeaders,
 			Timeout:       cfg.HookTimeout,
 			MaxConcurrent: cfg.HookConcurrency,
 		},
@@ -121,6 +124,10 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer, list
 		Metrics:          metrics,
 		Logger:           log,
 	})
+	if err != nil {
+		b.Close(context.Background())
+		return err
+	}
 	if len(cfg.APIKeys) == 0 {
 		log.Warn("API_KEY is unset: the server API answers loopback callers only")
 	}

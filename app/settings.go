@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/groupcast/groupcast/broker"
+	"github.com/groupcast/groupcast/web"
 )
 
 // settings are the process's configuration, read from the environment.
@@ -24,6 +25,7 @@ type settings struct {
 	JWTIssuer       string
 	JWTAudience     string
 	JWTLeeway       time.Duration
+	JWTAllowNoExp   bool
 	MaxConnections  int
 	FramesPerSecond int
 	HandshakesPerIP int
@@ -31,7 +33,9 @@ type settings struct {
 	HookConnectURL  string
 	HookJoinURL     string
 	HookSendURL     string
+	HookReceiveURL  string
 	HookSecret      string
+	HookHeaders     []string
 	HookTimeout     time.Duration
 	HookConcurrency int
 	NodeID          string
@@ -106,9 +110,25 @@ var settingsTable = []setting{
 	{"JWT_ISSUER", "", "when set, tokens' iss must equal it", func(s *settings, v string) error { s.JWTIssuer = v; return nil }},
 	{"JWT_AUDIENCE", "", "when set, tokens' aud must include it", func(s *settings, v string) error { s.JWTAudience = v; return nil }},
 	{"JWT_LEEWAY", "30s", "clock skew allowed on tokens' exp and nbf", durationSetting(func(s *settings) *time.Duration { return &s.JWTLeeway })},
+	{"JWT_ALLOW_NO_EXP", "false", "accept connection tokens without exp, valid forever (false: exp is required)", func(s *settings, v string) (err error) {
+		s.JWTAllowNoExp, err = strconv.ParseBool(v)
+		if err != nil {
+			return errors.New("want true or false")
+		}
+		return nil
+	}},
 	{"HOOK_CONNECT_URL", "", "POST connect decisions to this backend URL", urlSetting(func(s *settings) *string { return &s.HookConnectURL })},
 	{"HOOK_JOIN_URL", "", "POST join decisions to this backend URL", urlSetting(func(s *settings) *string { return &s.HookJoinURL })},
 	{"HOOK_SEND_URL", "", "POST client sends to this backend URL (it may rewrite the data)", urlSetting(func(s *settings) *string { return &s.HookSendURL })},
+	{"HOOK_RECEIVE_URL", "", "POST client frames of the application's own types to this backend URL; its reply goes back to the client", urlSetting(func(s *settings) *string { return &s.HookReceiveURL })},
+	{"HOOK_HEADERS", "Cookie", "comma-separated headers of the WebSocket upgrade request copied onto every hook call of that connection (so the backend's session login works); none: forward none", func(s *settings, v string) error {
+		if v == "none" {
+			s.HookHeaders = nil
+			return nil
+		}
+		s.HookHeaders = splitList(v)
+		return web.CheckHookHeaders(s.HookHeaders)
+	}},
 	{"HOOK_SECRET", "", "sent to the hook backend as Authorization: Bearer, so it can trust the calls", func(s *settings, v string) error { s.HookSecret = v; return nil }},
 	{"HOOK_TIMEOUT", "2s", "bound on one hook call; past it the decision is refused as unavailable", durationSetting(func(s *settings) *time.Duration { return &s.HookTimeout })},
 	{"HOOK_CONCURRENCY", "64", "hook calls in flight at once; past it decisions are refused as unavailable at once", intSetting(func(s *settings) *int { return &s.HookConcurrency }, 1, 100_000)},

@@ -76,3 +76,21 @@ func FuzzToken(f *testing.F) {
 		}
 	})
 }
+
+// FuzzIntersect: the intersection of two pattern lists allows exactly the
+// groups both allow.
+func FuzzIntersect(f *testing.F) {
+	for _, s := range [][3]string{{"room.*", "room.1", "room.1"}, {"*", "room.a*", "room.ab"}, {"a*", "ab*", "abc"}, {"a", "b*", "a"}} {
+		f.Add(s[0], s[1], s[2])
+	}
+	f.Fuzz(func(t *testing.T, p, q, group string) {
+		if !validPattern(p) || !validPattern(q) {
+			return
+		}
+		a, b := []string{p, "fixed"}, []string{q}
+		got := allowed(intersect(a, b), group)
+		if want := allowed(a, group) && allowed(b, group); got != want {
+			t.Fatalf("intersect(%q, %q) = %q allows %q: %v, want %v", a, b, intersect(a, b), group, got, want)
+		}
+	})
+}

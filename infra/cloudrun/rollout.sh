@@ -36,12 +36,13 @@ need() {
 }
 
 name_re='^[a-z]([-a-z0-9]*[a-z0-9])?$'
+revision_re='^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'
 
 render() {
   local region=$1 serving=$2
   need PROJECT_ID '^[a-z][-a-z0-9]{4,28}[a-z0-9]$'
   need SERVICE "$name_re"
-  need REVISION '^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'
+  need REVISION "$revision_re"
   need IMAGE '^[-a-z0-9.]+(:[0-9]+)?/[-a-zA-Z0-9._/]+(:[-a-zA-Z0-9._]+|@sha256:[0-9a-f]{64})$'
   need region '^[a-z]+-[a-z]+[0-9]+$'
   need serving "$name_re"
@@ -70,7 +71,7 @@ traffic() {
   local region=$1 found
   found=$(gcloud run services list --region="$region" \
     --filter="metadata.name=$SERVICE" --format='value(metadata.name)')
-  [[ -n $found ]] || return 0
+  grep -qxF "$SERVICE" <<<"$found" || return 0
   gcloud run services describe "$SERVICE" --region="$region" --format=json | python3 -c '
 import json, sys
 for t in json.load(sys.stdin).get("status", {}).get("traffic", []):
@@ -79,8 +80,11 @@ for t in json.load(sys.stdin).get("status", {}).get("traffic", []):
 }
 
 deploy() {
-  local region=$1 revision=$SERVICE-$REVISION current serving url file
+  local region=$1 revision current serving url file
+  need SERVICE "$name_re"
+  need REVISION "$revision_re"
   [[ -x ${SMOKE:-} ]] || die "SMOKE must name the smoke check binary"
+  revision=$SERVICE-$REVISION
   current=$(traffic "$region")
   if [[ -z $current ]]; then
     echo "rollout: $region: no service $SERVICE yet; its first revision takes the traffic at once"

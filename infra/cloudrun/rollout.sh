@@ -113,7 +113,7 @@ deploy() {
   echo "rollout: $region: all traffic on $revision (was $serving)"
 }
 
-regions() {
+read_regions() {
   need REGIONS '^[a-z0-9 -]+$'
   read -r -a regions <<<"$REGIONS"
   ((${#regions[@]} > 0)) || die "REGIONS is empty"
@@ -125,11 +125,11 @@ render)
   render "$2" "$3"
   ;;
 first)
-  regions
+  read_regions
   deploy "${regions[0]}"
   ;;
 rest)
-  regions
+  read_regions
   for region in "${regions[@]:1}"; do
     deploy "$region"
   done

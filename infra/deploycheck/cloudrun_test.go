@@ -1,11 +1,14 @@
 package deploycheck
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"os"
+	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -14,32 +17,61 @@ import (
 	run "google.golang.org/api/run/v1"
 )
 
-// serviceVars are the placeholders of infra/cloudrun/service.yaml.
-var serviceVars = []string{"PROJECT_ID", "REGION", "IMAGE"}
+// rendering is what rollout.sh fills service.yaml with for one region.
+type rendering struct {
+	Env     map[string]string // PROJECT_ID, SERVICE, IMAGE, REVISION, expanded
+	Region  string
+	Serving string // the revision that keeps the traffic
+}
 
-var placeholder = regexp.MustCompile(`\$\{([^}]*)\}`)
+// candidate is the new revision's name.
+func (r rendering) candidate() string { return r.Env["SERVICE"] + "-" + r.Env["REVISION"] }
 
-// renderService fills the service template's ${NAME} placeholders, as envsubst
-// would; an unknown placeholder is an error.
-func renderService(tmpl []byte, vars map[string]string) ([]byte, error) {
-	var missing []string
-	out := placeholder.ReplaceAllStringFunc(string(tmpl), func(ref string) string {
-		name := ref[2 : len(ref)-1]
-		v, ok := vars[name]
-		if !ok || !slices.Contains(serviceVars, name) {
-			missing = append(missing, name)
+// renderService runs the rollout script of the directory cloudrun (which holds
+// rollout.sh and service.yaml, next to nats/regions) as the pipeline does:
+// rollout.sh render REGION SERVING.
+func renderService(cloudrun string, r rendering) ([]byte, error) {
+	cmd := exec.Command("bash", filepath.Join(cloudrun, "rollout.sh"), "render", r.Region, r.Serving)
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+	for k, v := range r.Env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v: %s", cmd, err, strings.TrimSpace(stderr.String()))
+	}
+	return out, nil
+}
+
+// pipelineEnv is what the rollout steps give rollout.sh, with the substitutions
+// expanded for a build of project my-project.
+func pipelineEnv(facts *cloudBuildFacts) map[string]string {
+	subst := map[string]string{"PROJECT_ID": "my-project", "BUILD_ID": "0b7e5e0c-7d4a-4f5e-9a51-6a1b2c3d4e5f"}
+	maps.Copy(subst, facts.Build.Substitutions)
+	expand := func(v string) string { // substitutions may refer to others
+		for range 5 {
+			v = substitutionRef.ReplaceAllStringFunc(v, func(ref string) string {
+				if val, ok := subst[strings.Trim(ref, "${}")]; ok {
+					return val
+				}
+				return ref
+			})
 		}
 		return v
-	})
-	if len(missing) > 0 {
-		return nil, fmt.Errorf("unknown placeholders %v (known: %v)", missing, serviceVars)
 	}
-	return []byte(out), nil
+	env := map[string]string{}
+	for _, k := range []string{"PROJECT_ID", "SERVICE", "IMAGE", "REVISION"} {
+		env[k] = expand(facts.Env[k])
+	}
+	return env
 }
 
 // checkService decodes a rendered service strictly into the Cloud Run Admin API's
 // Service (serving.knative.dev/v1) and checks the settings WebSockets need.
-func checkService(data []byte, region string) (*run.Service, error) {
+func checkService(data []byte, r rendering) (*run.Service, error) {
+	region := r.Region
 	var s run.Service
 	if err := decodeStrict(data, &s); err != nil {
 		return nil, fmt.Errorf("decode: %w", err)
@@ -47,8 +79,8 @@ func checkService(data []byte, region string) (*run.Service, error) {
 	if s.ApiVersion != "serving.knative.dev/v1" || s.Kind != "Service" {
 		return nil, fmt.Errorf("%s/%s, want serving.knative.dev/v1 Service", s.ApiVersion, s.Kind)
 	}
-	if s.Metadata == nil || s.Metadata.Name == "" {
-		return nil, errors.New("metadata.name missing")
+	if s.Metadata == nil || s.Metadata.Name != r.Env["SERVICE"] {
+		return nil, fmt.Errorf("metadata.name must be the service, %s", r.Env["SERVICE"])
 	}
 	if s.Spec == nil || s.Spec.Template == nil || s.Spec.Template.Metadata == nil || s.Spec.Template.Spec == nil {
 		return nil, errors.New("spec.template (metadata and spec) missing")
@@ -131,7 +163,37 @@ func checkService(data []byte, region string) (*run.Service, error) {
 	if s.Metadata.Labels["cloud.googleapis.com/location"] != region {
 		return nil, fmt.Errorf("label cloud.googleapis.com/location must be %q", region)
 	}
+	if c.Image != r.Env["IMAGE"] {
+		return nil, fmt.Errorf("image %q, want the pushed %q", c.Image, r.Env["IMAGE"])
+	}
+	if err := checkTraffic(&s, r); err != nil {
+		return nil, err
+	}
 	return &s, nil
+}
+
+// checkTraffic checks what makes the rollout staged: the new revision is named (so
+// that traffic can refer to it) and gets none, under the tag candidate; the serving
+// revision keeps it all.
+func checkTraffic(s *run.Service, r rendering) error {
+	if got := s.Spec.Template.Metadata.Name; got != r.candidate() {
+		return fmt.Errorf("spec.template.metadata.name %q, want the new revision %q", got, r.candidate())
+	}
+	var got []string
+	for _, t := range s.Spec.Traffic {
+		if t.LatestRevision {
+			return errors.New("traffic to latestRevision: the new revision would take it before the smoke check")
+		}
+		got = append(got, fmt.Sprintf("%s %d%% tag=%q", t.RevisionName, t.Percent, t.Tag))
+	}
+	want := []string{
+		fmt.Sprintf("%s 100%% tag=\"\"", r.Serving),
+		fmt.Sprintf("%s 0%% tag=\"candidate\"", r.candidate()),
+	}
+	if !slices.Equal(got, want) {
+		return fmt.Errorf("traffic %q, want %q", got, want)
+	}
+	return nil
 }
 
 func checkProbe(name string, p *run.Probe, path string) error {
@@ -150,122 +212,69 @@ func checkProbe(name string, p *run.Probe, path string) error {
 	return nil
 }
 
-// probeFlag renders a probe the way gcloud's --startup-probe/--liveness-probe take it.
-func probeFlag(p *run.Probe) string {
-	return fmt.Sprintf("httpGet.path=%s,httpGet.port=%d,periodSeconds=%d,timeoutSeconds=%d,failureThreshold=%d",
-		p.HttpGet.Path, p.HttpGet.Port, p.PeriodSeconds, p.TimeoutSeconds, p.FailureThreshold)
-}
-
-// checkConsistent compares a rendered service with the matching deploy step of
-// cloudbuild.yaml: one configuration, two ways to apply it.
-func checkConsistent(s *run.Service, d deployStep, subst map[string]string) error {
-	a := s.Spec.Template.Metadata.Annotations
-	rs := s.Spec.Template.Spec
-	c := rs.Containers[0]
-	expand := func(v string) string { // substitutions may refer to others
-		for range 5 {
-			v = substitutionRef.ReplaceAllStringFunc(v, func(ref string) string {
-				if val, ok := subst[strings.Trim(ref, "${}")]; ok {
-					return val
+func TestCloudRunService(t *testing.T) {
+	facts := loadCloudBuild(t)
+	env := pipelineEnv(facts)
+	cloudrun := filepath.Join(root, "infra", "cloudrun")
+	if out, err := exec.Command("bash", "-n", filepath.Join(cloudrun, "rollout.sh")).CombinedOutput(); err != nil {
+		t.Fatalf("bash -n rollout.sh: %v\n%s", err, out)
+	}
+	for _, region := range facts.Regions {
+		for _, c := range []struct{ name, serving string }{
+			{"update", env["SERVICE"] + "-00041-abc"},
+			{"first deploy", env["SERVICE"] + "-" + env["REVISION"]},
+		} {
+			t.Run(region+"/"+c.name, func(t *testing.T) {
+				r := rendering{Env: env, Region: region, Serving: c.serving}
+				data, err := renderService(cloudrun, r)
+				if err != nil {
+					t.Fatal(err)
 				}
-				return ref
+				if _, err := checkService(data, r); err != nil {
+					t.Fatal(err)
+				}
 			})
 		}
-		return v
-	}
-	var nics []struct{ Network, Subnetwork string }
-	_ = json.Unmarshal([]byte(a["run.googleapis.com/network-interfaces"]), &nics)
-	var secrets []string
-	for _, e := range c.Env {
-		if e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
-			secrets = append(secrets, e.Name+"="+e.ValueFrom.SecretKeyRef.Name+":"+e.ValueFrom.SecretKeyRef.Key)
-		}
-	}
-	pairs := [][3]string{
-		{"service name", s.Metadata.Name, expand(subst["_SERVICE"])},
-		{"--concurrency", strconv.FormatInt(rs.ContainerConcurrency, 10), d.Flags["--concurrency"]},
-		{"--timeout", strconv.FormatInt(rs.TimeoutSeconds, 10), d.Flags["--timeout"]},
-		{"--min-instances", a["autoscaling.knative.dev/minScale"], d.Flags["--min-instances"]},
-		{"--max-instances", a["autoscaling.knative.dev/maxScale"], d.Flags["--max-instances"]},
-		{"--network", nics[0].Network, expand(d.Flags["--network"])},
-		{"--subnet", nics[0].Subnetwork, expand(d.Flags["--subnet"])},
-		{"--vpc-egress", a["run.googleapis.com/vpc-access-egress"], d.Flags["--vpc-egress"]},
-		{"--execution-environment", a["run.googleapis.com/execution-environment"], d.Flags["--execution-environment"]},
-		{"--service-account", rs.ServiceAccountName, expand(d.Flags["--service-account"])},
-		{"--ingress", s.Metadata.Annotations["run.googleapis.com/ingress"], d.Flags["--ingress"]},
-		{"--cpu", c.Resources.Limits["cpu"], d.Flags["--cpu"]},
-		{"--memory", c.Resources.Limits["memory"], d.Flags["--memory"]},
-		{"--port", strconv.FormatInt(c.Ports[0].ContainerPort, 10), d.Flags["--port"]},
-		{"--startup-probe", probeFlag(c.StartupProbe), d.Flags["--startup-probe"]},
-		{"--liveness-probe", probeFlag(c.LivenessProbe), d.Flags["--liveness-probe"]},
-		{"--set-secrets", strings.Join(secrets, ","), expand(d.Flags["--set-secrets"])},
-	}
-	for _, p := range pairs {
-		if p[1] != p[2] {
-			return fmt.Errorf("%s: service.yaml has %q, cloudbuild.yaml %q", p[0], p[1], p[2])
-		}
-	}
-	return nil
-}
-
-// renderFor renders the service template for a region of cloudbuild.yaml.
-func renderFor(tmpl []byte, region string) ([]byte, error) {
-	return renderService(tmpl, map[string]string{
-		"PROJECT_ID": "my-project",
-		"REGION":     region,
-		"IMAGE":      "us-docker.pkg.dev/my-project/groupcast/groupcast:test",
-	})
-}
-
-func TestCloudRunService(t *testing.T) {
-	tmpl := readFile(t, filepath.Join(root, "infra", "cloudrun", "service.yaml"))
-	facts := loadCloudBuild(t)
-	subst := map[string]string{"PROJECT_ID": "my-project"}
-	for k, v := range facts.Build.Substitutions {
-		subst[k] = v
-	}
-	for _, d := range facts.Deploys {
-		region := subst[strings.TrimPrefix(d.Region, "$")]
-		t.Run(region, func(t *testing.T) {
-			data, err := renderFor(tmpl, region)
-			if err != nil {
-				t.Fatal(err)
-			}
-			s, err := checkService(data, region)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := checkConsistent(s, d, subst); err != nil {
-				t.Fatal(err)
-			}
-		})
 	}
 }
 
-// TestCloudRunServiceRejectsBrokenCopies feeds broken copies of the service to the
-// checks: each must be refused, by the service checks or by the comparison with
-// cloudbuild.yaml.
+// TestCloudRunServiceRejectsBrokenCopies renders broken copies of the service, and
+// the real one with bad values: each must be refused, by rollout.sh or by the checks.
 func TestCloudRunServiceRejectsBrokenCopies(t *testing.T) {
 	good := string(readFile(t, filepath.Join(root, "infra", "cloudrun", "service.yaml")))
+	script := readFile(t, filepath.Join(root, "infra", "cloudrun", "rollout.sh"))
 	facts := loadCloudBuild(t)
-	subst := map[string]string{"PROJECT_ID": "my-project"}
-	for k, v := range facts.Build.Substitutions {
-		subst[k] = v
-	}
-	d := facts.Deploys[0]
-	region := subst[strings.TrimPrefix(d.Region, "$")]
-	check := func(tmpl string) error {
-		data, err := renderFor([]byte(tmpl), region)
+	r := rendering{Env: pipelineEnv(facts), Region: facts.Regions[0], Serving: "groupcast-00041-abc"}
+
+	// check renders tmpl as service.yaml beside a copy of rollout.sh and the region files.
+	check := func(tmpl string, r rendering) error {
+		dir := t.TempDir()
+		cloudrun := filepath.Join(dir, "cloudrun")
+		for _, f := range []struct {
+			path string
+			data []byte
+		}{{"cloudrun/rollout.sh", script}, {"cloudrun/service.yaml", []byte(tmpl)}} {
+			if err := os.MkdirAll(filepath.Dir(filepath.Join(dir, f.path)), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(dir, f.path), f.data, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		regions, _ := natsRegions()
+		for _, region := range regions {
+			if err := copyFile(filepath.Join(root, "infra", "nats", "regions", region+".env"), filepath.Join(dir, "nats", "regions", region+".env")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		data, err := renderService(cloudrun, r)
 		if err != nil {
 			return err
 		}
-		s, err := checkService(data, region)
-		if err != nil {
-			return err
-		}
-		return checkConsistent(s, d, subst)
+		_, err = checkService(data, r)
+		return err
 	}
-	if err := check(good); err != nil {
+	if err := check(good, r); err != nil {
 		t.Fatalf("the real service.yaml is refused: %v", err)
 	}
 	cases := []struct{ name, old, new string }{
@@ -282,10 +291,11 @@ func TestCloudRunServiceRejectsBrokenCopies(t *testing.T) {
 		{"no startup probe", "          startupProbe:\n", "          readinessProbe:\n"},
 		{"another region's secret", "name: nats-url-${REGION}", "name: nats-url-us-east1"},
 		{"unknown placeholder", "image: ${IMAGE}", "image: ${IMAGE_URL}"},
-		{"concurrency differs from cloudbuild.yaml", "containerConcurrency: 1000", "containerConcurrency: 80"},
-		{"max instances differ from cloudbuild.yaml", `autoscaling.knative.dev/maxScale: "20"`, `autoscaling.knative.dev/maxScale: "10"`},
-		{"probe differs from cloudbuild.yaml", "failureThreshold: 90", "failureThreshold: 30"},
-		{"network differs from cloudbuild.yaml", `"network":"groupcast"`, `"network":"default"`},
+		{"fixed image", "image: ${IMAGE}", "image: us-docker.pkg.dev/p/groupcast/groupcast:latest"},
+		{"unnamed revision", "      name: ${SERVICE}-${REVISION}\n", ""},
+		{"new revision takes the traffic", "    - revisionName: ${SERVING}\n      percent: 100", "    - latestRevision: true\n      percent: 100"},
+		{"no tag for the smoke check", "      tag: candidate\n", ""},
+		{"traffic split", "      tag: candidate\n      percent: 0", "      tag: candidate\n      percent: 10"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -293,9 +303,33 @@ func TestCloudRunServiceRejectsBrokenCopies(t *testing.T) {
 			if broken == good {
 				t.Fatalf("mutation %q does not apply to service.yaml", c.old)
 			}
-			err := check(broken)
+			err := check(broken, r)
 			if err == nil {
 				t.Fatal("broken service.yaml accepted")
+			}
+			t.Logf("refused: %v", err)
+		})
+	}
+	values := []struct {
+		name string
+		edit func(*rendering)
+	}{
+		{"region without NATS configuration", func(r *rendering) { r.Region = "australia-southeast1" }},
+		{"not a region", func(r *rendering) { r.Region = "us-central1; rm -rf /" }},
+		{"image with a shell character", func(r *rendering) { r.Env["IMAGE"] += "&x" }},
+		{"upper-case revision", func(r *rendering) { r.Env["REVISION"] = "B1" }},
+		{"revision name too long", func(r *rendering) { r.Env["REVISION"] = strings.Repeat("a", 60) }},
+		{"no project", func(r *rendering) { delete(r.Env, "PROJECT_ID") }},
+		{"no serving revision", func(r *rendering) { r.Serving = "" }},
+	}
+	for _, v := range values {
+		t.Run(v.name, func(t *testing.T) {
+			bad := r
+			bad.Env = maps.Clone(r.Env)
+			v.edit(&bad)
+			err := check(good, bad)
+			if err == nil {
+				t.Fatal("accepted")
 			}
 			t.Logf("refused: %v", err)
 		})

@@ -145,7 +145,7 @@ var settingsTable = []setting{
 	{"PRESENCE_GROUPS", "", "comma-separated group names or prefixes ending in * (e.g. room.*,lobby) whose members are tracked for presence; unset: none", func(s *settings, v string) error {
 		s.PresenceGroups = splitList(v)
 		for _, p := range s.PresenceGroups {
-			if !broker.ValidPresencePattern(p) {
+			if !broker.ValidPattern(p) {
 				return fmt.Errorf("pattern %q: want a group name or a prefix ending in '*'", p)
 			}
 		}
@@ -159,12 +159,9 @@ var settingsTable = []setting{
 			if !ok || !known {
 				return fmt.Errorf("%q: want pattern=at-most-once|recoverable|latest", item)
 			}
-			if !broker.ValidPolicyPattern(pattern) {
-				return fmt.Errorf("pattern %q: want a group name, * or a prefix ending in .*", pattern)
-			}
 			s.Policies = append(s.Policies, broker.PolicyRule{Pattern: pattern, Policy: policy})
 		}
-		return nil
+		return broker.CheckPolicies(s.Policies)
 	}},
 	{"HISTORY_SIZE", "1000", "messages a recoverable group keeps, and the most a resume replays", intSetting(func(s *settings) *int { return &s.HistorySize }, 1, 10_000_000)},
 	{"HISTORY_TTL", "1h", "how long kept messages live", durationSetting(func(s *settings) *time.Duration { return &s.HistoryTTL })},

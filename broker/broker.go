@@ -94,7 +94,7 @@ type Config struct {
 	OnFanout func(members int, took time.Duration)
 
 	// Policies choose how groups keep their messages (first match wins;
-	// unmatched groups are AtMostOnce). Recoverable and Latest groups are
+	// unmatched groups are AtMostOnce; see CheckPolicies). Recoverable and Latest groups are
 	// kept in JetStream, which the embedded server then runs and an
 	// external cluster must offer.
 	Policies []PolicyRule
@@ -123,7 +123,7 @@ type Config struct {
 	HistoryRegion string
 
 	// Presence lists the groups whose members are tracked (see
-	// PresenceGet): group names, or prefixes ending in '*'. Default none:
+	// PresenceGet): group patterns (see ValidPattern). Default none:
 	// presence costs nothing.
 	Presence []string
 	// PresenceInterval is how often a node sends its presence heartbeat;
@@ -167,10 +167,8 @@ func (c *Config) setDefaults() error {
 	if c.QueueLen <= 0 {
 		c.QueueLen = 8192
 	}
-	for _, r := range c.Policies {
-		if !ValidPolicyPattern(r.Pattern) {
-			return fmt.Errorf("broker: policy pattern %q: want a group name, * or a prefix ending in .*", r.Pattern)
-		}
+	if err := CheckPolicies(c.Policies); err != nil {
+		return fmt.Errorf("broker: policies: %w", err)
 	}
 	if c.HistorySize <= 0 {
 		c.HistorySize = 1000
@@ -184,7 +182,7 @@ func (c *Config) setDefaults() error {
 		return errors.New("broker: file storage needs a store directory")
 	}
 	for _, p := range c.Presence {
-		if !ValidPresencePattern(p) {
+		if !ValidPattern(p) {
 			return fmt.Errorf("broker: presence pattern %q: want a group name or a prefix ending in '*'", p)
 		}
 	}

@@ -36,8 +36,8 @@ type AuthConfig struct {
 func (c AuthConfig) Enabled() bool { return len(c.Secret) > 0 || c.JWKSURL != "" }
 
 // Claims are what a groupcast token says, beside the registered claims
-// (sub, exp, nbf, iss, aud). Patterns are group names, or a prefix ending
-// in '*' ("room.*" covers "room.lobby"; "*" covers every group).
+// (sub, exp, nbf, iss, aud). Permissions are group patterns (see
+// broker.ValidPattern): "room.*" covers "room.lobby"; "*" every group.
 type Claims struct {
 	jwt.RegisteredClaims
 	// Join lists the groups the connection may join.
@@ -174,7 +174,7 @@ func (a *authenticator) connection(token string) (*identity, error) {
 		return nil, fmt.Errorf("%w: a per-group token cannot open a connection", errTokenInvalid)
 	}
 	for _, p := range append(c.Join, c.Send...) {
-		if !validPattern(p) {
+		if !broker.ValidPattern(p) {
 			return nil, fmt.Errorf("%w: bad group pattern %q", errTokenInvalid, p)
 		}
 	}
@@ -207,30 +207,4 @@ func requestToken(r *http.Request) string {
 		return h[7:]
 	}
 	return ""
-}
-
-// validPattern reports whether p is a group name or a prefix with '*'.
-func validPattern(p string) bool {
-	if p == "*" {
-		return true
-	}
-	if prefix, ok := strings.CutSuffix(p, "*"); ok {
-		// The prefix of some valid name: check it with a letter appended.
-		return len(prefix) < broker.MaxGroupLen && broker.ValidGroup(prefix+"x")
-	}
-	return broker.ValidGroup(p)
-}
-
-// allowed reports whether group matches one of patterns.
-func allowed(patterns []string, group string) bool {
-	for _, p := range patterns {
-		if prefix, ok := strings.CutSuffix(p, "*"); ok {
-			if strings.HasPrefix(group, prefix) {
-				return true
-			}
-		} else if p == group {
-			return true
-		}
-	}
-	return false
 }

@@ -9,6 +9,8 @@ import (
 	"io"
 	"net/http"
 	"time"
+
+	"github.com/groupcast/groupcast/broker"
 )
 
 // HookConfig forwards connect, join and send decisions to a backend in any
@@ -98,7 +100,7 @@ func (h *hookConsumer) Connect(ctx context.Context, r *ConnectRequest) error {
 	}
 	if a.Join != nil || a.Send != nil {
 		for _, p := range append(a.Join, a.Send...) {
-			if !validPattern(p) {
+			if !broker.ValidPattern(p) {
 				return fmt.Errorf("connect hook answered a bad group pattern %q", p)
 			}
 		}

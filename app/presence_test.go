@@ -18,11 +18,11 @@ func TestPresenceGroupsSetting(t *testing.T) {
 		}
 	}
 	s, err := loadSettings(env(" room.* , lobby,*"))
-	if err != nil || !slices.Equal(s.PresenceGroups, []string{"room.*", "lobby", "*"}) {
+	if err != nil || !slices.Equal(s.Broker.Presence, []string{"room.*", "lobby", "*"}) {
 		t.Fatalf("%v %v", s, err)
 	}
-	if s, err := loadSettings(env("")); err != nil || s.PresenceGroups != nil {
-		t.Fatalf("default: %v %v", s.PresenceGroups, err)
+	if s, err := loadSettings(env("")); err != nil || s.Broker.Presence != nil {
+		t.Fatalf("default: %v %v", s.Broker.Presence, err)
 	}
 	for _, bad := range []string{"room..*", "bad group", "*room", ".x"} {
 		if _, err := loadSettings(env(bad)); err == nil || !strings.Contains(err.Error(), "PRESENCE_GROUPS") {

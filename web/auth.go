@@ -1,6 +1,7 @@
 package web
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -81,7 +82,7 @@ func newAuthenticator(cfg AuthConfig, log *slog.Logger) (*authenticator, error) 
 	if !cfg.Enabled() {
 		return nil, nil
 	}
-	setDuration(&cfg.Leeway, 30*time.Second)
+	cfg.Leeway = cmp.Or(max(cfg.Leeway, 0), DefaultConfig().Auth.Leeway)
 	var methods []string
 	if len(cfg.Secret) > 0 {
 		methods = append(methods, jwt.SigningMethodHS256.Alg())

@@ -2,6 +2,7 @@ package web
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -44,8 +45,9 @@ type hookConsumer struct {
 }
 
 func newHookConsumer(next Consumer, cfg HookConfig, node, region string, proxies int) *hookConsumer {
-	setDuration(&cfg.Timeout, 2*time.Second)
-	setInt(&cfg.MaxConcurrent, 64)
+	d := DefaultConfig().Hooks
+	cfg.Timeout = cmp.Or(max(cfg.Timeout, 0), d.Timeout)
+	cfg.MaxConcurrent = cmp.Or(max(cfg.MaxConcurrent, 0), d.MaxConcurrent)
 	return &hookConsumer{
 		next:    next,
 		cfg:     cfg,

@@ -56,7 +56,11 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer, list
 		return err
 	}
 	log = log.With("node", b.Node(), "region", cfg.Broker.Region)
-	w := startWeb(cfg, b, metrics, log)
+	w, err := startWeb(cfg, b, metrics, log)
+	if err != nil {
+		b.Close(context.Background())
+		return err
+	}
 	srv := &http.Server{
 		Handler:           w.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -107,17 +111,20 @@ func startBroker(cfg *settings, metrics *web.Metrics, log *slog.Logger) (*broker
 }
 
 // startWeb makes the HTTP side, and warns of what is left open.
-func startWeb(cfg *settings, b *broker.Broker, metrics *web.Metrics, log *slog.Logger) *web.Server {
+func startWeb(cfg *settings, b *broker.Broker, metrics *web.Metrics, log *slog.Logger) (*web.Server, error) {
 	wc := cfg.Web
 	wc.Metrics, wc.Logger = metrics, log
-	w := web.New(b, wc)
+	w, err := web.New(b, wc)
+	if err != nil {
+		return nil, err
+	}
 	if len(wc.APIKeys) == 0 {
 		log.Warn("API_KEY is unset: the server API answers loopback callers only")
 	}
 	if !wc.Auth.Enabled() {
 		log.Warn("ANONYMOUS CONNECTIONS: neither JWT_SECRET nor JWKS_URL is set, so any client may join any group; set one before exposing this server")
 	}
-	return w
+	return w, nil
 }
 
 // shutdown stops accepting, closes every WebSocket (http.Server.Shutdown

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -86,9 +87,23 @@ var settingsTable = []setting{
 	{"JWT_ISSUER", "when set, tokens' iss must equal it", text(func(s *settings) *string { return &s.Web.Auth.Issuer }, nil)},
 	{"JWT_AUDIENCE", "when set, tokens' aud must include it", text(func(s *settings) *string { return &s.Web.Auth.Audience }, nil)},
 	{"JWT_LEEWAY", "clock skew allowed on tokens' exp and nbf", duration(func(s *settings) *time.Duration { return &s.Web.Auth.Leeway }, 1, 0)},
+	{"JWT_ALLOW_NO_EXP", "accept connection tokens without exp, valid forever (false: exp is required)", boolean(func(s *settings) *bool { return &s.Web.Auth.AllowNoExpiry })},
 	{"HOOK_CONNECT_URL", "POST connect decisions to this backend URL", httpURL(func(s *settings) *string { return &s.Web.Hooks.ConnectURL })},
 	{"HOOK_JOIN_URL", "POST join decisions to this backend URL", httpURL(func(s *settings) *string { return &s.Web.Hooks.JoinURL })},
 	{"HOOK_SEND_URL", "POST client sends to this backend URL (it may rewrite the data)", httpURL(func(s *settings) *string { return &s.Web.Hooks.SendURL })},
+	{"HOOK_RECEIVE_URL", "POST client frames of the application's own types to this backend URL; its reply goes back to the client", httpURL(func(s *settings) *string { return &s.Web.Hooks.ReceiveURL })},
+	{"HOOK_HEADERS", "comma-separated headers of the WebSocket upgrade request copied onto every hook call of that connection (so the backend's session login works); none: forward none", value{
+		set: func(s *settings, v string) error {
+			if v == "none" {
+				s.Web.Hooks.Headers = nil
+				return nil
+			}
+			s.Web.Hooks.Headers = splitList(v)
+			return web.CheckHookHeaders(s.Web.Hooks.Headers)
+		},
+		show: func(s *settings) string { return cmp.Or(strings.Join(s.Web.Hooks.Headers, ","), "none") },
+		echo: strconv.Quote,
+	}},
 	{"HOOK_SECRET", "sent to the hook backend as Authorization: Bearer, so it can trust the calls", secret(text(func(s *settings) *string { return &s.Web.Hooks.Secret }, nil))},
 	{"HOOK_TIMEOUT", "bound on one hook call; past it the decision is refused as unavailable", duration(func(s *settings) *time.Duration { return &s.Web.Hooks.Timeout }, 1, 0)},
 	{"HOOK_CONCURRENCY", "hook calls in flight at once; past it decisions are refused as unavailable at once", integer(func(s *settings) *int { return &s.Web.Hooks.MaxConcurrent }, 1, 100_000)},

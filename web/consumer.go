@@ -57,6 +57,8 @@ type ConnectRequest struct {
 	// The token's "info" claim or the connect hook's answer sets it, and
 	// Connect may too; clients cannot.
 	Info json.RawMessage
+
+	hookHeaders http.Header // the upgrade's headers forwarded to hooks
 }
 
 // Permissions are group patterns (see broker.ValidPattern).

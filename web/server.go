@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -132,7 +133,8 @@ type Config struct {
 }
 
 // DefaultConfig returns the values New gives a Config's zero (or
-// negative) fields, and ClientSend on, as the groupcast binary runs.
+// negative) fields, with ClientSend on and the Cookie header forwarded to
+// hooks, as the groupcast binary runs.
 func DefaultConfig() Config {
 	return Config{
 		Auth:                AuthConfig{Leeway: 30 * time.Second},
@@ -150,7 +152,7 @@ func DefaultConfig() Config {
 		PingInterval:        25 * time.Second,
 		JoinTimeout:         5 * time.Second,
 		MaxConnectionAge:    55 * time.Minute,
-		Hooks:               HookConfig{Timeout: 2 * time.Second, MaxConcurrent: 64},
+		Hooks:               HookConfig{Headers: []string{"Cookie"}, Timeout: 2 * time.Second, MaxConcurrent: 64},
 	}
 }
 
@@ -182,6 +184,7 @@ type Server struct {
 	buffers  sync.Pool      // *[]byte for batching frames
 	auth     *authenticator // nil: anonymous connections
 	consumer Consumer
+	hooks    *hookConsumer // nil without hooks; also in consumer
 	shakes   *ipLimiter
 
 	mu        sync.Mutex
@@ -201,14 +204,21 @@ type Server struct {
 //go:embed static
 var static embed.FS
 
-// New returns a Server that serves b. It starts one goroutine, a write
-// watchdog, which Shutdown stops.
-func New(b Broker, cfg Config) *Server {
+// New returns a Server that serves b, or an error for a configuration it
+// cannot serve. It starts one goroutine, a write watchdog (and, while a
+// JWK Set has not loaded, its loader), which Shutdown stops.
+func New(b Broker, cfg Config) (*Server, error) {
 	cfg.setDefaults()
+	log := cfg.Logger.With("component", "web")
+	auth, err := newAuthenticator(cfg.Auth, log)
+	if err != nil {
+		return nil, err
+	}
 	s := &Server{
 		cfg:      cfg,
+		auth:     auth,
 		broker:   b,
-		log:      cfg.Logger.With("component", "web"),
+		log:      log,
 		metrics:  cfg.Metrics,
 		sessions: make(map[*session]struct{}),
 
@@ -222,19 +232,13 @@ func New(b Broker, cfg Config) *Server {
 	}
 	s.metrics.registry.MustRegister(brokerCollector{b})
 	s.shakes = newIPLimiter(cfg.HandshakesPerSecond, maxTrackedIPs)
-	auth, err := newAuthenticator(cfg.Auth, s.log)
-	if err != nil {
-		// Fail closed: with tokens configured but unverifiable, refuse all.
-		s.log.Error("tokens cannot be verified; refusing every connection", "error", err)
-		auth = &authenticator{cfg: cfg.Auth, parser: nil, stop: func() {}}
-	}
-	s.auth = auth
 	s.consumer = cfg.Consumer
 	if s.consumer == nil {
 		s.consumer = DefaultConsumer{}
 	}
 	if cfg.Hooks.Enabled() {
-		s.consumer = newHookConsumer(s.consumer, cfg.Hooks, b.Node(), cfg.Region, cfg.TrustedProxies)
+		s.hooks = newHookConsumer(s.consumer, cfg.Hooks, b.Node(), cfg.Region, cfg.TrustedProxies)
+		s.consumer = s.hooks
 	}
 	s.buffers.New = func() any { p := make([]byte, 0, 4096); return &p }
 
@@ -262,7 +266,7 @@ func New(b Broker, cfg Config) *Server {
 	b.HandleCommands(s.handleCommand)
 	s.watchdogDone.Add(1)
 	go s.watchdog(s.stopWatchdog)
-	return s
+	return s, nil
 }
 
 // Handler returns the server's HTTP handler.
@@ -276,6 +280,9 @@ func (s *Server) readyz(c echo.Context) error {
 		return writeError(c, http.StatusServiceUnavailable, CodeUnavailable, "shutting down")
 	}
 	if err := s.broker.Ready(); err != nil {
+		return writeError(c, http.StatusServiceUnavailable, CodeUnavailable, err.Error())
+	}
+	if err := s.auth.ready(); err != nil {
 		return writeError(c, http.StatusServiceUnavailable, CodeUnavailable, err.Error())
 	}
 	return c.String(http.StatusOK, "ready\n")
@@ -294,7 +301,15 @@ func (s *Server) serveWS(c echo.Context) error {
 		return refuse(CodeUnavailable, "this instance has as many connections as allowed; retry elsewhere")
 	}
 	cr := &ConnectRequest{Request: r}
+	if s.hooks != nil {
+		var err error
+		if cr.hookHeaders, err = s.hooks.forwarded(r.Header); err != nil {
+			return err
+		}
+	}
 	var expires time.Time
+	var token Permissions // the token's, to tell whether Connect set its own
+	var tokenUser string
 	if s.auth != nil {
 		cr.Token = requestToken(r)
 		id, err := s.auth.connection(cr.Token)
@@ -302,6 +317,7 @@ func (s *Server) serveWS(c echo.Context) error {
 			return err
 		}
 		cr.User, cr.Permissions, cr.Info, expires = id.user, &Permissions{Join: id.join, Send: id.send}, id.info, id.expires
+		token, tokenUser = Permissions{Join: slices.Clone(id.join), Send: slices.Clone(id.send)}, id.user
 	}
 	if err := s.consumer.Connect(r.Context(), cr); err != nil {
 		return err
@@ -316,15 +332,18 @@ func (s *Server) serveWS(c echo.Context) error {
 	}
 	conn.SetReadLimit(s.cfg.MaxFrameBytes)
 	ss := &session{
-		srv:     s,
-		conn:    conn,
-		raw:     hj.conn,
-		out:     newOutbox(s.cfg.OutboxFrames, s.cfg.OutboxBytes),
-		uid:     cr.User,
-		info:    s.presenceInfo(cr.Info),
-		perms:   cr.Permissions,
-		expires: expires,
-		frames:  bucket{tokens: 2 * s.cfg.FramesPerSecond, filled: time.Now()},
+		srv:         s,
+		conn:        conn,
+		raw:         hj.conn,
+		out:         newOutbox(s.cfg.OutboxFrames, s.cfg.OutboxBytes),
+		uid:         cr.User,
+		info:        s.presenceInfo(cr.Info),
+		hookHeaders: cr.hookHeaders,
+		perms:       cr.Permissions,
+		expires:     expires,
+		tokenUser:   tokenUser,
+		bound:       connectBound(token, cr.Permissions),
+		frames:      bucket{tokens: 2 * s.cfg.FramesPerSecond, filled: time.Now()},
 	}
 	ss.public.s = ss
 	// Timers, not goroutines: an idle connection costs no writer.

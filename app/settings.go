@@ -123,7 +123,7 @@ var settingsTable = []setting{
 	{"ALLOWED_ORIGINS", "comma-separated host patterns (e.g. *.example.com) of other sites' pages allowed to connect", list(func(s *settings) *[]string { return &s.Web.AllowedOrigins }, nil)},
 	{"CLIENT_SEND", "let WebSocket clients publish with send frames", boolean(func(s *settings) *bool { return &s.Web.ClientSend })},
 	{"PRESENCE_GROUPS", "comma-separated group patterns (e.g. room.*,lobby) whose members are tracked for presence; unset: none", list(func(s *settings) *[]string { return &s.Broker.Presence }, broker.CheckPresence)},
-	{"GROUP_POLICIES", "how groups keep messages: comma-separated pattern=policy, policy one of at-most-once, recoverable, latest; patterns a group name, * or a prefix ending in .* (e.g. chat.*=recoverable,price.*=latest); first match wins; unset: every group at-most-once", value{
+	{"GROUP_POLICIES", "how groups keep messages: comma-separated pattern=policy, policy one of at-most-once, recoverable, latest; patterns (README: Group patterns) a group name, * or a prefix ending in .* (e.g. chat.*=recoverable,price.*=latest); first match wins; a recoverable or latest pattern overlapping an earlier one of another policy is refused; unset: every group at-most-once", value{
 		set:  parsePolicies,
 		show: func(s *settings) string { return showPolicies(s.Broker.Policies) },
 		echo: strconv.Quote,

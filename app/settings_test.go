@@ -116,3 +116,32 @@ func TestBadSettingHidesSecrets(t *testing.T) {
 		}
 	}
 }
+
+// TestGroupPoliciesSetting: rules the history streams can keep are read in
+// order; rules they cannot keep as first match wins stop the process with
+// one line naming GROUP_POLICIES and both rules.
+func TestGroupPoliciesSetting(t *testing.T) {
+	env := func(v string) func(string) string {
+		return func(k string) string {
+			if k == "GROUP_POLICIES" {
+				return v
+			}
+			return ""
+		}
+	}
+	s, err := loadSettings(env(" room.vip = latest, room.*=at-most-once,chat.*=recoverable,chat.vip=recoverable"))
+	if err != nil || showPolicies(s.Broker.Policies) != "room.vip=latest,room.*=at-most-once,chat.*=recoverable,chat.vip=recoverable" {
+		t.Fatalf("%v %v", s.Broker.Policies, err)
+	}
+	for bad, want := range map[string]string{
+		"private.*=at-most-once,*=recoverable": "*=recoverable overlaps the earlier private.*=at-most-once",
+		"room.vip=latest,room.*=recoverable":   "room.*=recoverable overlaps the earlier room.vip=latest",
+		"room*=recoverable":                    `pattern "room*"`,
+		"room.*=kept":                          `"room.*=kept": want pattern=`,
+	} {
+		_, err := loadSettings(env(bad))
+		if err == nil || !strings.HasPrefix(err.Error(), "GROUP_POLICIES=") || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%q: %v, want one line with %q", bad, err, want)
+		}
+	}
+}

@@ -7,6 +7,16 @@ import (
 	"testing"
 )
 
+// oneVar is an environment with one variable set.
+func oneVar(name, v string) func(string) string {
+	return func(k string) string {
+		if k == name {
+			return v
+		}
+		return ""
+	}
+}
+
 // readmeSettings reads the README's settings table: each variable's
 // default as written there.
 func readmeSettings(t *testing.T) map[string]string {
@@ -92,12 +102,7 @@ func TestBadSettingHidesSecrets(t *testing.T) {
 		"HOOK_JOIN_URL":    "https://backend/join?key=" + pw + "\x7f",
 		"NATS_URL":         "http://u:" + pw + "@nats:4222",
 	} {
-		_, err := loadSettings(func(k string) string {
-			if k == name {
-				return v
-			}
-			return ""
-		})
+		_, err := loadSettings(oneVar(name, v))
 		if err == nil {
 			t.Errorf("%s=%q accepted", name, v)
 			continue
@@ -121,14 +126,7 @@ func TestBadSettingHidesSecrets(t *testing.T) {
 // order; rules they cannot keep as first match wins stop the process with
 // one line naming GROUP_POLICIES and both rules.
 func TestGroupPoliciesSetting(t *testing.T) {
-	env := func(v string) func(string) string {
-		return func(k string) string {
-			if k == "GROUP_POLICIES" {
-				return v
-			}
-			return ""
-		}
-	}
+	env := func(v string) func(string) string { return oneVar("GROUP_POLICIES", v) }
 	s, err := loadSettings(env(" room.vip = latest, room.*=at-most-once,chat.*=recoverable,chat.vip=recoverable"))
 	if err != nil || showPolicies(s.Broker.Policies) != "room.vip=latest,room.*=at-most-once,chat.*=recoverable,chat.vip=recoverable" {
 		t.Fatalf("%v %v", s.Broker.Policies, err)

@@ -1,6 +1,7 @@
 package web
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -45,8 +46,8 @@ type AuthConfig struct {
 func (c AuthConfig) Enabled() bool { return len(c.Secret) > 0 || c.JWKSURL != "" }
 
 // Claims are what a groupcast token says, beside the registered claims
-// (sub, exp, nbf, iss, aud). Patterns are group names, or a prefix ending
-// in '*' ("room.*" covers "room.lobby"; "*" covers every group).
+// (sub, exp, nbf, iss, aud). Permissions are group patterns (see
+// broker.ValidPattern): "room.*" covers "room.lobby"; "*" every group.
 type Claims struct {
 	jwt.RegisteredClaims
 	// Join lists the groups the connection may join.
@@ -109,7 +110,7 @@ func newAuthenticator(cfg AuthConfig, log *slog.Logger) (*authenticator, error) 
 	if !cfg.Enabled() {
 		return nil, nil
 	}
-	setDuration(&cfg.Leeway, 30*time.Second)
+	cfg.Leeway = cmp.Or(max(cfg.Leeway, 0), DefaultConfig().Auth.Leeway)
 	var methods []string
 	if len(cfg.Secret) > 0 {
 		methods = append(methods, jwt.SigningMethodHS256.Alg())
@@ -262,7 +263,7 @@ func (a *authenticator) connection(token string) (*identity, error) {
 		return nil, fmt.Errorf("%w: a per-group token cannot open a connection", errTokenInvalid)
 	}
 	for _, p := range append(c.Join, c.Send...) {
-		if !validPattern(p) {
+		if !broker.ValidPattern(p) {
 			return nil, fmt.Errorf("%w: bad group pattern %q", errTokenInvalid, p)
 		}
 	}
@@ -297,18 +298,6 @@ func requestToken(r *http.Request) string {
 	return ""
 }
 
-// validPattern reports whether p is a group name or a prefix with '*'.
-func validPattern(p string) bool {
-	if p == "*" {
-		return true
-	}
-	if prefix, ok := strings.CutSuffix(p, "*"); ok {
-		// The prefix of some valid name: check it with a letter appended.
-		return len(prefix) < broker.MaxGroupLen && broker.ValidGroup(prefix+"x")
-	}
-	return broker.ValidGroup(p)
-}
-
 // connectBound is what a refresh must stay within: the permissions
 // Connect decided when they differ from the token's, else nil.
 func connectBound(token Permissions, decided *Permissions) *Permissions {
@@ -325,17 +314,11 @@ func intersect(a, b []string) []string {
 	var out []string
 	for _, p := range a {
 		for _, q := range b {
-			pp, pWild := strings.CutSuffix(p, "*")
-			qp, qWild := strings.CutSuffix(q, "*")
 			var keep string
 			switch {
-			case !pWild && !qWild && p == q, !pWild && qWild && strings.HasPrefix(p, qp):
+			case broker.MatchPattern(q, p):
 				keep = p
-			case pWild && !qWild && strings.HasPrefix(q, pp):
-				keep = q
-			case pWild && qWild && strings.HasPrefix(pp, qp):
-				keep = p
-			case pWild && qWild && strings.HasPrefix(qp, pp):
+			case broker.MatchPattern(p, q):
 				keep = q
 			default:
 				continue
@@ -346,18 +329,4 @@ func intersect(a, b []string) []string {
 		}
 	}
 	return out
-}
-
-// allowed reports whether group matches one of patterns.
-func allowed(patterns []string, group string) bool {
-	for _, p := range patterns {
-		if prefix, ok := strings.CutSuffix(p, "*"); ok {
-			if strings.HasPrefix(group, prefix) {
-				return true
-			}
-		} else if p == group {
-			return true
-		}
-	}
-	return false
 }

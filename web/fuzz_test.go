@@ -2,8 +2,9 @@ package web
 
 import (
 	"encoding/json"
-	"strings"
 	"testing"
+
+	"github.com/groupcast/groupcast/broker"
 )
 
 // FuzzParseFrame: no input panics; an error answer built for any input is
@@ -37,29 +38,6 @@ func FuzzParseFrame(f *testing.F) {
 	})
 }
 
-// FuzzPatterns: a valid pattern never lets a join escape its prefix, and
-// no pattern matches a name that is not a valid group.
-func FuzzPatterns(f *testing.F) {
-	for _, s := range [][2]string{{"room.*", "room.lobby"}, {"*", "x"}, {"room.>", "room.a"}, {"a", "a"}, {"a*", "b"}, {"..*", "a"}} {
-		f.Add(s[0], s[1])
-	}
-	f.Fuzz(func(t *testing.T, pattern, group string) {
-		if !validPattern(pattern) {
-			return
-		}
-		if !allowed([]string{pattern}, group) {
-			return
-		}
-		prefix, wild := strings.CutSuffix(pattern, "*")
-		if !wild && pattern != group {
-			t.Fatalf("exact pattern %q matched %q", pattern, group)
-		}
-		if wild && !strings.HasPrefix(group, prefix) {
-			t.Fatalf("pattern %q matched %q", pattern, group)
-		}
-	})
-}
-
 // FuzzToken: no input panics the verifier, and none passes without the
 // key (the fuzzer cannot forge an HMAC).
 func FuzzToken(f *testing.F) {
@@ -84,12 +62,12 @@ func FuzzIntersect(f *testing.F) {
 		f.Add(s[0], s[1], s[2])
 	}
 	f.Fuzz(func(t *testing.T, p, q, group string) {
-		if !validPattern(p) || !validPattern(q) {
+		if !broker.ValidPattern(p) || !broker.ValidPattern(q) {
 			return
 		}
 		a, b := []string{p, "fixed"}, []string{q}
-		got := allowed(intersect(a, b), group)
-		if want := allowed(a, group) && allowed(b, group); got != want {
+		got := broker.MatchAny(intersect(a, b), group)
+		if want := broker.MatchAny(a, group) && broker.MatchAny(b, group); got != want {
 			t.Fatalf("intersect(%q, %q) = %q allows %q: %v, want %v", a, b, intersect(a, b), group, got, want)
 		}
 	})

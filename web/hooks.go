@@ -2,6 +2,7 @@ package web
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,6 +13,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/groupcast/groupcast/broker"
 )
 
 // HookConfig forwards connect, join and send decisions to a backend in any
@@ -27,7 +30,8 @@ type HookConfig struct {
 	// Cookie) that are copied, verbatim, onto every hook call of that
 	// connection, so that the backend's own session and authentication
 	// see the browser's login. Kept per connection, at most
-	// maxHookHeaderBytes in all. Default none.
+	// maxHookHeaderBytes in all. None in a zero Config; DefaultConfig
+	// forwards Cookie.
 	Headers []string
 	// Secret, when set, is sent as "Authorization: Bearer <Secret>" so the
 	// backend can trust the call. The connection's own token, if any, is
@@ -118,8 +122,9 @@ type hookConsumer struct {
 }
 
 func newHookConsumer(next Consumer, cfg HookConfig, node, region string, proxies int) *hookConsumer {
-	setDuration(&cfg.Timeout, 2*time.Second)
-	setInt(&cfg.MaxConcurrent, 64)
+	d := DefaultConfig().Hooks
+	cfg.Timeout = cmp.Or(max(cfg.Timeout, 0), d.Timeout)
+	cfg.MaxConcurrent = cmp.Or(max(cfg.MaxConcurrent, 0), d.MaxConcurrent)
 	headers := make([]string, 0, len(cfg.Headers))
 	for _, n := range cfg.Headers {
 		if CheckHookHeaders([]string{n}) == nil {
@@ -191,7 +196,7 @@ func (h *hookConsumer) Connect(ctx context.Context, r *ConnectRequest) error {
 	}
 	if a.Join != nil || a.Send != nil {
 		for _, p := range append(a.Join, a.Send...) {
-			if !validPattern(p) {
+			if !broker.ValidPattern(p) {
 				return fmt.Errorf("connect hook answered a bad group pattern %q", p)
 			}
 		}

@@ -4,6 +4,7 @@ package web
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"crypto/subtle"
 	"embed"
@@ -46,7 +47,8 @@ type Broker interface {
 	Broadcast(cmd []byte) error
 }
 
-// Config configures a Server. Zero fields take the defaults given.
+// Config configures a Server. Zero fields take the defaults given (see
+// DefaultConfig).
 type Config struct {
 	// Region labels this instance in the welcome frame.
 	Region string
@@ -82,7 +84,8 @@ type Config struct {
 	// server's own origin. Default none: same-origin pages and non-browser
 	// clients (no Origin header) only.
 	AllowedOrigins []string
-	// ClientSend lets clients publish with "send" frames. Default false.
+	// ClientSend lets clients publish with "send" frames. Off in a zero
+	// Config; on in DefaultConfig, and so in the groupcast binary.
 	ClientSend bool
 	// MaxFrameBytes bounds a client frame; a larger one closes the
 	// connection with 1009. Default 64 KiB.
@@ -129,42 +132,45 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// DefaultConfig returns the values New gives a Config's zero (or
+// negative) fields, with ClientSend on and the Cookie header forwarded to
+// hooks, as the groupcast binary runs.
+func DefaultConfig() Config {
+	return Config{
+		Auth:                AuthConfig{Leeway: 30 * time.Second},
+		NATSLossGrace:       5 * time.Second,
+		MaxConnections:      10000,
+		FramesPerSecond:     20,
+		HandshakesPerSecond: 10,
+		ClientSend:          true,
+		MaxFrameBytes:       64 << 10,
+		MaxBodyBytes:        1 << 20,
+		MaxGroups:           100,
+		OutboxFrames:        1024,
+		OutboxBytes:         1 << 20,
+		WriteTimeout:        10 * time.Second,
+		PingInterval:        25 * time.Second,
+		JoinTimeout:         5 * time.Second,
+		MaxConnectionAge:    55 * time.Minute,
+		Hooks:               HookConfig{Headers: []string{"Cookie"}, Timeout: 2 * time.Second, MaxConcurrent: 64},
+	}
+}
+
 func (c *Config) setDefaults() {
-	setInt64(&c.MaxFrameBytes, 64<<10)
-	setInt64(&c.MaxBodyBytes, 1<<20)
-	setInt(&c.MaxGroups, 100)
-	setInt(&c.OutboxFrames, 1024)
-	setInt(&c.OutboxBytes, 1<<20)
-	setDuration(&c.WriteTimeout, 10*time.Second)
-	setDuration(&c.PingInterval, 25*time.Second)
-	setDuration(&c.JoinTimeout, 5*time.Second)
-	setDuration(&c.MaxConnectionAge, 55*time.Minute)
-	setInt(&c.MaxConnections, 10000)
-	setDuration(&c.NATSLossGrace, 5*time.Second)
-	if c.FramesPerSecond <= 0 {
-		c.FramesPerSecond = 20
-	}
-	if c.HandshakesPerSecond <= 0 {
-		c.HandshakesPerSecond = 10
-	}
-}
-
-func setInt(p *int, def int) {
-	if *p <= 0 {
-		*p = def
-	}
-}
-
-func setInt64(p *int64, def int64) {
-	if *p <= 0 {
-		*p = def
-	}
-}
-
-func setDuration(p *time.Duration, def time.Duration) {
-	if *p <= 0 {
-		*p = def
-	}
+	d := DefaultConfig()
+	c.MaxFrameBytes = cmp.Or(max(c.MaxFrameBytes, 0), d.MaxFrameBytes)
+	c.MaxBodyBytes = cmp.Or(max(c.MaxBodyBytes, 0), d.MaxBodyBytes)
+	c.MaxGroups = cmp.Or(max(c.MaxGroups, 0), d.MaxGroups)
+	c.OutboxFrames = cmp.Or(max(c.OutboxFrames, 0), d.OutboxFrames)
+	c.OutboxBytes = cmp.Or(max(c.OutboxBytes, 0), d.OutboxBytes)
+	c.WriteTimeout = cmp.Or(max(c.WriteTimeout, 0), d.WriteTimeout)
+	c.PingInterval = cmp.Or(max(c.PingInterval, 0), d.PingInterval)
+	c.JoinTimeout = cmp.Or(max(c.JoinTimeout, 0), d.JoinTimeout)
+	c.MaxConnectionAge = cmp.Or(max(c.MaxConnectionAge, 0), d.MaxConnectionAge)
+	c.MaxConnections = cmp.Or(max(c.MaxConnections, 0), d.MaxConnections)
+	c.NATSLossGrace = cmp.Or(max(c.NATSLossGrace, 0), d.NATSLossGrace)
+	c.FramesPerSecond = cmp.Or(max(c.FramesPerSecond, 0), d.FramesPerSecond)
+	c.HandshakesPerSecond = cmp.Or(max(c.HandshakesPerSecond, 0), d.HandshakesPerSecond)
 }
 
 // Server is the HTTP side of one instance. Create it with New, serve

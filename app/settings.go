@@ -33,6 +33,8 @@ type settings struct {
 	HookJoinURL     string
 	HookSendURL     string
 	HookReceiveURL  string
+	HookDisconnect  string
+	HookDiscQueue   int
 	HookSecret      string
 	HookHeaders     []string
 	HookTimeout     time.Duration
@@ -113,6 +115,8 @@ var settingsTable = []setting{
 	{"HOOK_JOIN_URL", "", "POST join decisions to this backend URL", urlSetting(func(s *settings) *string { return &s.HookJoinURL })},
 	{"HOOK_SEND_URL", "", "POST client sends to this backend URL (it may rewrite the data)", urlSetting(func(s *settings) *string { return &s.HookSendURL })},
 	{"HOOK_RECEIVE_URL", "", "POST client frames of the application's own types to this backend URL; its reply goes back to the client", urlSetting(func(s *settings) *string { return &s.HookReceiveURL })},
+	{"HOOK_DISCONNECT_URL", "", "POST every closed connection (user, groups, close code) to this backend URL, off the socket's path", urlSetting(func(s *settings) *string { return &s.HookDisconnect })},
+	{"HOOK_DISCONNECT_QUEUE", "10000", "disconnect hook calls waiting to be sent; past it they are dropped, logged and counted", intSetting(func(s *settings) *int { return &s.HookDiscQueue }, 1, 10_000_000)},
 	{"HOOK_HEADERS", "Cookie", "comma-separated headers of the WebSocket upgrade request copied onto every hook call of that connection (so the backend's session login works); none: forward none", func(s *settings, v string) error {
 		if v == "none" {
 			s.HookHeaders = nil

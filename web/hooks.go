@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/textproto"
 	"slices"
@@ -23,6 +24,12 @@ type HookConfig struct {
 	// not define (and the Consumer does not answer), as event "receive";
 	// its "reply" goes back to the client as a Consumer's Frame reply.
 	ReceiveURL string
+	// DisconnectURL hears of every closed connection once, as event
+	// "disconnect", off the socket's path: see disconnectReports.
+	DisconnectURL string
+	// DisconnectQueue bounds the disconnect calls waiting to be sent; past
+	// it they are dropped, logged and counted. Default 10000.
+	DisconnectQueue int
 	// Headers name headers of the WebSocket upgrade request (such as
 	// Cookie) that are copied, verbatim, onto every hook call of that
 	// connection, so that the backend's own session and authentication
@@ -42,7 +49,7 @@ type HookConfig struct {
 
 // Enabled reports whether any hook is set.
 func (h HookConfig) Enabled() bool {
-	return h.ConnectURL != "" || h.JoinURL != "" || h.SendURL != "" || h.ReceiveURL != ""
+	return h.ConnectURL != "" || h.JoinURL != "" || h.SendURL != "" || h.ReceiveURL != "" || h.DisconnectURL != ""
 }
 
 // maxHookHeaderBytes bounds the forwarded headers kept per connection; an
@@ -114,12 +121,16 @@ type hookConsumer struct {
 	slots   chan struct{}
 	node    string
 	region  string
-	proxies int // Config.TrustedProxies, for the client IP
+	proxies int                // Config.TrustedProxies, for the client IP
+	gone    *disconnectReports // nil without DisconnectURL
 }
 
-func newHookConsumer(next Consumer, cfg HookConfig, node, region string, proxies int) *hookConsumer {
+// newHookConsumer returns the hooks in front of next. With DisconnectURL
+// set it starts the disconnect senders, which drain stops.
+func newHookConsumer(next Consumer, cfg HookConfig, node, region string, proxies int, m *Metrics, log *slog.Logger) *hookConsumer {
 	setDuration(&cfg.Timeout, 2*time.Second)
 	setInt(&cfg.MaxConcurrent, 64)
+	setInt(&cfg.DisconnectQueue, 10000)
 	headers := make([]string, 0, len(cfg.Headers))
 	for _, n := range cfg.Headers {
 		if CheckHookHeaders([]string{n}) == nil {
@@ -127,7 +138,7 @@ func newHookConsumer(next Consumer, cfg HookConfig, node, region string, proxies
 		}
 	}
 	cfg.Headers = headers
-	return &hookConsumer{
+	h := &hookConsumer{
 		next:    next,
 		cfg:     cfg,
 		client:  &http.Client{Timeout: cfg.Timeout},
@@ -135,6 +146,17 @@ func newHookConsumer(next Consumer, cfg HookConfig, node, region string, proxies
 		node:    node,
 		region:  region,
 		proxies: proxies,
+	}
+	if cfg.DisconnectURL != "" {
+		h.gone = newDisconnectReports(h, cfg.DisconnectQueue, m, log)
+	}
+	return h
+}
+
+// drain sends the disconnect reports still queued, within ctx.
+func (h *hookConsumer) drain(ctx context.Context) {
+	if h.gone != nil {
+		h.gone.drain(ctx)
 	}
 }
 
@@ -268,7 +290,13 @@ func validFrameType(s string) bool {
 	return len(s) > 0 && len(s) <= 64
 }
 
-func (h *hookConsumer) Disconnect(c *Conn) { h.next.Disconnect(c) }
+// Disconnect queues the disconnect hook's call; it never blocks.
+func (h *hookConsumer) Disconnect(c *Conn) {
+	h.next.Disconnect(c)
+	if h.gone != nil {
+		h.gone.report(c)
+	}
+}
 
 // errHookDown refuses a decision while the backend cannot be asked.
 var errHookDown = refuse(CodeUnavailable, "the application backend is unavailable; retry later")

@@ -230,7 +230,7 @@ func New(b Broker, cfg Config) *Server {
 		s.consumer = DefaultConsumer{}
 	}
 	if cfg.Hooks.Enabled() {
-		s.hooks = newHookConsumer(s.consumer, cfg.Hooks, b.Node(), cfg.Region, cfg.TrustedProxies)
+		s.hooks = newHookConsumer(s.consumer, cfg.Hooks, b.Node(), cfg.Region, cfg.TrustedProxies, s.metrics, s.log)
 		s.consumer = s.hooks
 	}
 	s.buffers.New = func() any { p := make([]byte, 0, 4096); return &p }
@@ -326,6 +326,7 @@ func (s *Server) serveWS(c echo.Context) error {
 		uid:         cr.User,
 		info:        s.presenceInfo(cr.Info),
 		hookHeaders: cr.hookHeaders,
+		opened:      time.Now(),
 		perms:       cr.Permissions,
 		expires:     expires,
 		frames:      bucket{tokens: 2 * s.cfg.FramesPerSecond, filled: time.Now()},
@@ -364,7 +365,6 @@ func (s *Server) run(ss *session, groups []string) {
 	s.metrics.connects.Inc()
 	s.metrics.connections.Inc()
 	defer s.metrics.connections.Dec()
-	opened := time.Now()
 
 	defer ss.pinger.Stop()
 	maxAge := s.cfg.MaxConnectionAge - rand.N(s.cfg.MaxConnectionAge/10+1)
@@ -385,7 +385,7 @@ func (s *Server) run(ss *session, groups []string) {
 	ss.writers.Wait()
 	s.consumer.Disconnect(&ss.public)
 	ss.logger().Info("websocket closed", "code", int(ss.code), "reason", ss.reason,
-		"seconds", time.Since(opened).Round(time.Millisecond).Seconds(), "groups", ss.count())
+		"seconds", time.Since(ss.opened).Round(time.Millisecond).Seconds(), "groups", ss.count())
 }
 
 // A WebSocket's buffers, smaller than net/http's 4 KiB each: client frames
@@ -605,15 +605,17 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	})
 	select {
 	case <-done:
-		return nil
 	case <-ctx.Done():
+		s.mu.Lock()
+		for ss := range s.sessions {
+			ss.conn.CloseNow()
+		}
+		s.mu.Unlock()
+		<-done
 	}
-	s.mu.Lock()
-	for ss := range s.sessions {
-		ss.conn.CloseNow()
+	if s.hooks != nil {
+		s.hooks.drain(ctx) // every session has reported its disconnect
 	}
-	s.mu.Unlock()
-	<-done
 	return ctx.Err()
 }
 

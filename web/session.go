@@ -501,7 +501,11 @@ func (s *session) dispatch(f *clientFrame) error {
 		if len(f.IdempotencyKey) > maxIdempotencyKey {
 			return refuse(CodeInvalidData, "idempotency_key is too long")
 		}
-		receipt, err := s.srv.broker.GroupPublish(r.Group, r.Data, f.IdempotencyKey)
+		except := ""
+		if f.Echo != nil && !*f.Echo {
+			except = s.channel
+		}
+		receipt, err := s.srv.broker.GroupPublishExcept(r.Group, r.Data, f.IdempotencyKey, except)
 		if err != nil {
 			return err
 		}

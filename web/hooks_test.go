@@ -299,3 +299,61 @@ func TestDisconnectHookDrainBudget(t *testing.T) {
 		t.Errorf("%v reports dropped or failed, want 6", n)
 	}
 }
+
+// TestMaxConnectionsWithSlowConnectHook: a burst of upgrades behind a slow
+// connect hook never takes more than MaxConnections; refused and failed
+// upgrades give their slot back.
+func TestMaxConnectionsWithSlowConnectHook(t *testing.T) {
+	backend := newHookBackend(t, func(call hookCall) (int, string) {
+		time.Sleep(300 * time.Millisecond)
+		return 200, `{}`
+	})
+	e := newEnv(t, "", &Config{MaxConnections: 5, Hooks: HookConfig{ConnectURL: backend.URL, Headers: []string{"Cookie"}}})
+	const burst = 20
+	statuses := make(chan int, burst)
+	var held sync.WaitGroup
+	release := make(chan struct{})
+	for range burst {
+		held.Add(1)
+		go func() {
+			defer held.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			c, resp, err := websocket.Dial(ctx, e.wsURL(), nil)
+			if err != nil {
+				if resp == nil {
+					statuses <- -1
+					return
+				}
+				statuses <- resp.StatusCode
+				return
+			}
+			statuses <- 0
+			<-release
+			c.CloseNow()
+		}()
+	}
+	counts := map[int]int{}
+	for range burst {
+		counts[<-statuses]++
+	}
+	close(release)
+	held.Wait()
+	if counts[0] != 5 || counts[http.StatusServiceUnavailable] != burst-5 {
+		t.Fatalf("upgrades by status (0: accepted): %v, want 5 accepted", counts)
+	}
+	// Every slot comes back, also from refused upgrades: five more fit
+	// once those are gone.
+	waitFor(t, 5*time.Second, func() bool { return e.srv.openSessions() == 0 })
+	for range 6 {
+		if status, _ := e.dialStatus("", http.Header{"Cookie": {strings.Repeat("a", maxHookHeaderBytes)}}); status != http.StatusRequestEntityTooLarge {
+			t.Fatalf("oversized cookie: %d", status)
+		}
+	}
+	for range 5 {
+		e.dial()
+	}
+	if status, _ := e.dialStatus("", nil); status != http.StatusServiceUnavailable {
+		t.Fatalf("a sixth: %d", status)
+	}
+}

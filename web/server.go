@@ -184,6 +184,7 @@ type Server struct {
 	mu        sync.Mutex
 	sessions  map[*session]struct{}
 	byChannel map[string]*session
+	slots     int // of MaxConnections: sessions plus upgrades being decided
 	draining  bool
 	active    sync.WaitGroup // one per running session
 
@@ -288,9 +289,15 @@ func (s *Server) serveWS(c echo.Context) error {
 	if err := s.broker.Ready(); err != nil {
 		return refuse(CodeUnavailable, "messaging is unavailable here; retry, elsewhere if need be")
 	}
-	if s.openSessions() >= s.cfg.MaxConnections {
+	if !s.reserve() {
 		return refuse(CodeUnavailable, "this instance has as many connections as allowed; retry elsewhere")
 	}
+	running := false // from then on the session's run releases the slot
+	defer func() {
+		if !running {
+			s.release()
+		}
+	}()
 	cr := &ConnectRequest{Request: r}
 	if s.hooks != nil {
 		var err error
@@ -355,6 +362,7 @@ func (s *Server) serveWS(c echo.Context) error {
 	// The session reads on a goroutine of its own, awaited by Shutdown,
 	// and this one returns: the HTTP server's goroutine, its deep stack
 	// and the request's state are not kept for the socket's lifetime.
+	running = true
 	go s.run(ss, cr.Groups)
 	return nil
 }
@@ -362,6 +370,7 @@ func (s *Server) serveWS(c echo.Context) error {
 // run is a session's reader goroutine: it reads until the connection
 // ends, then releases the channel and waits for the writer.
 func (s *Server) run(ss *session, groups []string) {
+	defer s.release()
 	defer s.untrack(ss)
 	s.metrics.connects.Inc()
 	s.metrics.connections.Inc()
@@ -559,6 +568,25 @@ func (s *Server) openSessions() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.sessions)
+}
+
+// reserve takes one of MaxConnections' slots for an upgrade before it is
+// decided (the connect hook may take a while), so that concurrent
+// upgrades never overshoot; release gives it back.
+func (s *Server) reserve() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.slots >= s.cfg.MaxConnections {
+		return false
+	}
+	s.slots++
+	return true
+}
+
+func (s *Server) release() {
+	s.mu.Lock()
+	s.slots--
+	s.mu.Unlock()
 }
 
 func (s *Server) track(ss *session) bool {

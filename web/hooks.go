@@ -10,8 +10,10 @@ import (
 	"log/slog"
 	"net/http"
 	"net/textproto"
+	"net/url"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -123,6 +125,8 @@ type hookConsumer struct {
 	region  string
 	proxies int                // Config.TrustedProxies, for the client IP
 	gone    *disconnectReports // nil without DisconnectURL
+	log     *slog.Logger
+	lastLog atomic.Int64 // unix ns of the last redirect logged
 }
 
 // newHookConsumer returns the hooks in front of next. With DisconnectURL
@@ -139,9 +143,12 @@ func newHookConsumer(next Consumer, cfg HookConfig, node, region string, proxies
 	}
 	cfg.Headers = headers
 	h := &hookConsumer{
-		next:    next,
-		cfg:     cfg,
-		client:  &http.Client{Timeout: cfg.Timeout},
+		next: next,
+		cfg:  cfg,
+		client: &http.Client{Timeout: cfg.Timeout, CheckRedirect: func(*http.Request, []*http.Request) error {
+			return http.ErrUseLastResponse // a redirect is an answer, refused below
+		}},
+		log:     log,
 		slots:   make(chan struct{}, cfg.MaxConcurrent),
 		node:    node,
 		region:  region,
@@ -356,6 +363,12 @@ func (h *hookConsumer) post(ctx context.Context, r hookRequest, payload []byte) 
 		}
 		return nil, false, refuse(CodeForbidden, "refused by the application")
 	case resp.StatusCode < 200 || resp.StatusCode > 299:
+		// Redirects are not followed: the connection's token and headers
+		// would go where the backend says.
+		if everySecond(&h.lastLog) {
+			h.log.Warn("a hook answered with a redirect, which is not followed: set the hook URL to where it points",
+				"url", redactedURL(r.url), "status", resp.StatusCode)
+		}
 		return nil, false, errHookDown
 	}
 	var ans hookAnswer
@@ -368,6 +381,16 @@ func (h *hookConsumer) post(ctx context.Context, r hookRequest, payload []byte) 
 		return nil, false, hookRefusal(ans.Error.Code, ans.Error.Message)
 	}
 	return &ans, false, nil
+}
+
+// redactedURL is a URL without its user information or query, for logs.
+func redactedURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable)"
+	}
+	u.User, u.RawQuery = nil, ""
+	return u.String()
 }
 
 // hookRefusal keeps a backend's code when it is a plain token, else

@@ -357,3 +357,53 @@ func TestMaxConnectionsWithSlowConnectHook(t *testing.T) {
 		t.Fatalf("a sixth: %d", status)
 	}
 }
+
+// TestConnectHookRunsLastAndNoRedirects: upgrades the server refuses
+// anyway (a foreign Origin, not a WebSocket request) never reach the
+// connect hook, and a hook's redirect is a refusal, not followed.
+func TestConnectHookRunsLastAndNoRedirects(t *testing.T) {
+	var elsewhere atomic.Int32
+	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		elsewhere.Add(1)
+		io.WriteString(w, `{}`)
+	}))
+	defer target.Close()
+	var redirect atomic.Bool
+	var asked atomic.Int32
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if redirect.Load() {
+			http.Redirect(w, r, target.URL, http.StatusTemporaryRedirect)
+			return
+		}
+		asked.Add(1)
+		io.WriteString(w, `{}`)
+	}))
+	defer backend.Close()
+	e := newEnv(t, "", &Config{AllowedOrigins: []string{"app.example.com"}, Hooks: HookConfig{ConnectURL: backend.URL}})
+
+	if status, _ := e.dialStatus("", http.Header{"Origin": {"https://evil.example.net"}}); status != http.StatusForbidden {
+		t.Fatalf("foreign origin: %d", status)
+	}
+	resp, err := http.Get(e.http.URL + "/ws")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUpgradeRequired {
+		t.Fatalf("plain GET /ws: %d", resp.StatusCode)
+	}
+	if n := asked.Load(); n != 0 {
+		t.Fatalf("the connect hook was asked %d times about upgrades refused anyway", n)
+	}
+	if status, _ := e.dialStatus("", http.Header{"Origin": {"https://app.example.com"}}); status != 0 || asked.Load() != 1 {
+		t.Fatalf("allowed origin: %d, %d hook calls", status, asked.Load())
+	}
+
+	redirect.Store(true)
+	if status, body := e.dialStatus("?token=t", nil); status != http.StatusServiceUnavailable || !strings.Contains(body, CodeUnavailable) {
+		t.Fatalf("a redirecting hook: %d %s", status, body)
+	}
+	if n := elsewhere.Load(); n != 0 {
+		t.Fatalf("the redirect was followed %d times", n)
+	}
+}

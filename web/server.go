@@ -280,9 +280,22 @@ func (s *Server) readyz(c echo.Context) error {
 	return c.String(http.StatusOK, "ready\n")
 }
 
-// serveWS upgrades to a WebSocket and starts its session.
+// serveWS upgrades to a WebSocket and starts its session. The checks run
+// cheapest first, the connect decision (Consumer and hook) last.
 func (s *Server) serveWS(c echo.Context) error {
 	r := c.Request()
+	opts := &websocket.AcceptOptions{
+		OriginPatterns:  s.cfg.AllowedOrigins,
+		CompressionMode: websocket.CompressionDisabled,
+	}
+	if !isUpgrade(r, s.cfg.AllowedOrigins) {
+		// Accept answers what is wrong (426, 400, 403...). Should it
+		// accept after all, the connection has no session: close it.
+		if conn, err := websocket.Accept(c.Response(), r, opts); err == nil {
+			conn.Close(websocket.StatusInternalError, "refused")
+		}
+		return nil
+	}
 	if ip := clientIP(r, s.cfg.TrustedProxies); !isLoopbackIP(ip) && !s.shakes.allow(ip, time.Now()) {
 		return refuse(CodeRateLimited, "too many new connections from this address; retry later")
 	}
@@ -318,10 +331,7 @@ func (s *Server) serveWS(c echo.Context) error {
 		return err
 	}
 	hj := &hijacker{ResponseWriter: c.Response()}
-	conn, err := websocket.Accept(hj, c.Request(), &websocket.AcceptOptions{
-		OriginPatterns:  s.cfg.AllowedOrigins,
-		CompressionMode: websocket.CompressionDisabled,
-	})
+	conn, err := websocket.Accept(hj, c.Request(), opts)
 	if err != nil {
 		return nil // Accept has answered the request
 	}

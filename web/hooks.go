@@ -373,7 +373,8 @@ func (h *hookConsumer) post(ctx context.Context, r hookRequest, payload []byte) 
 	}
 	var ans hookAnswer
 	if len(bytes.TrimSpace(raw)) > 0 {
-		if err := json.Unmarshal(raw, &ans); err != nil {
+		// One JSON object; null, a list or an error page is not an answer.
+		if firstNonSpace(raw) != '{' || json.Unmarshal(raw, &ans) != nil {
 			return nil, false, errHookDown
 		}
 	}

@@ -407,3 +407,44 @@ func TestConnectHookRunsLastAndNoRedirects(t *testing.T) {
 		t.Fatalf("the redirect was followed %d times", n)
 	}
 }
+
+// TestHookBadAnswers: a hook view that fails (a 500 error page) or
+// answers what is not a JSON object refuses, as unavailable, whatever
+// the event: the client always hears, and null never allows.
+func TestHookBadAnswers(t *testing.T) {
+	var answer atomic.Pointer[[2]any] // status, body
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		a := answer.Load()
+		w.WriteHeader(a[0].(int))
+		io.WriteString(w, a[1].(string))
+	}))
+	defer backend.Close()
+	e := newEnv(t, "", &Config{ClientSend: true, Hooks: HookConfig{
+		ConnectURL: backend.URL + "/connect", JoinURL: backend.URL, SendURL: backend.URL, ReceiveURL: backend.URL,
+	}})
+	answer.Store(&[2]any{200, `{}`})
+	c := e.dial()
+	c.Join("room")
+	for _, bad := range [][2]any{
+		{500, `<!DOCTYPE html><title>Server Error (500)</title>`},
+		{200, `<html>oops</html>`},
+		{200, `{"user":`},
+		{200, `null`},
+		{200, `[{}]`},
+		{200, `{"error":"not an object"}`},
+	} {
+		answer.Store(&bad)
+		if status, body := e.dialStatus("", nil); status != http.StatusServiceUnavailable || !strings.Contains(body, CodeUnavailable) {
+			t.Errorf("connect answered %v: %d %s", bad, status, body)
+		}
+		for _, frame := range []map[string]any{
+			{"type": "join", "group": "other"},
+			{"type": "send", "group": "room", "data": 1},
+			{"type": "chat.hello"},
+		} {
+			if m := c.Call(frame); m["type"] != "error" || m["code"] != CodeUnavailable {
+				t.Errorf("%v answered %v: %v", frame["type"], bad, m)
+			}
+		}
+	}
+}

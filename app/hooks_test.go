@@ -21,8 +21,8 @@ func TestHookSettings(t *testing.T) {
 		if err != nil {
 			t.Fatalf("HOOK_HEADERS=%q: %v", value, err)
 		}
-		if !slices.Equal(s.HookHeaders, want) {
-			t.Errorf("HOOK_HEADERS=%q: %q, want %q", value, s.HookHeaders, want)
+		if !slices.Equal(s.Web.Hooks.Headers, want) {
+			t.Errorf("HOOK_HEADERS=%q: %q, want %q", value, s.Web.Hooks.Headers, want)
 		}
 	}
 }

@@ -240,6 +240,7 @@ func TestBadSettings(t *testing.T) {
 		"REGION":                    "eu west",
 		"HOOK_JOIN_URL":             "ftp://backend/join",
 		"HOOK_HEADERS":              "Cookie,Authorization",
+		"JWT_ALLOW_NO_EXP":          "sometimes",
 	}
 	for name, value := range cases {
 		err := run(context.Background(), func(k string) string {

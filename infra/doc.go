@@ -4,6 +4,7 @@
 //
 // The helpers start real nats-server instances from the very files in infra/nats, one
 // cluster per region joined by gateways, and run groupcast binaries against them. The
-// playground (go run ./infra/playground) and the package's tests use them; the tests
-// also check the repository's Dockerfile, cloudbuild.yaml and Cloud Run service offline.
+// playground (go run ./infra/playground) and the package's tests use them. The offline
+// checks of the Dockerfile, cloudbuild.yaml and the Cloud Run service live in the
+// module infra/deploycheck, which the tests here run.
 package infra

@@ -192,6 +192,42 @@ func TestHooks(t *testing.T) {
 	}
 }
 
+// TestRefreshKeepsConnectDecision: a connect hook that narrowed the
+// token's permissions and named another user: a refresh with a wider
+// token of the same subject is accepted, moves the expiry, and widens
+// nothing.
+func TestRefreshKeepsConnectDecision(t *testing.T) {
+	backend := newHookBackend(t, func(call hookCall) (int, string) {
+		return 200, `{"user":"account-7","join":["room.1","room.2"],"send":["room.*"]}`
+	})
+	e := authEnv(t, &Config{Auth: AuthConfig{Leeway: time.Millisecond}, Hooks: HookConfig{ConnectURL: backend.URL}})
+	tok := func(ttl time.Duration, join ...string) string {
+		return sign(t, claims("alice", join, []string{"*"}, ttl))
+	}
+	c := wstest.Dial(t, e.wsURL()+"?token="+tok(1500*time.Millisecond, "*"), nil)
+	if c.Welcome["user"] != "account-7" {
+		t.Fatalf("welcome %v", c.Welcome)
+	}
+	if m := c.Call(map[string]any{"type": "refresh", "token": tok(time.Hour, "*")}); m["type"] != "ack" {
+		t.Fatalf("refresh by the token's subject: %v", m)
+	}
+	if m := c.Call(map[string]any{"type": "join", "group": "admin.ops"}); m["code"] != CodeForbidden {
+		t.Fatalf("join beyond the hook's decision after a refresh: %v", m)
+	}
+	c.Join("room.1")
+	// A narrower token narrows further.
+	if m := c.Call(map[string]any{"type": "refresh", "token": tok(time.Hour, "room.1")}); m["type"] != "ack" {
+		t.Fatalf("narrowing refresh: %v", m)
+	}
+	if m := c.Call(map[string]any{"type": "join", "group": "room.2"}); m["code"] != CodeForbidden {
+		t.Fatalf("join dropped by the new token: %v", m)
+	}
+	time.Sleep(1600 * time.Millisecond) // past the first token's expiry
+	if m := c.Call(map[string]any{"type": "ping"}); m["type"] != "pong" {
+		t.Fatalf("refreshed socket: %v", m)
+	}
+}
+
 // TestHookTimeoutAndOverload: a slow backend makes its own join time out
 // as unavailable, never hangs the socket, and slows nobody else.
 func TestHookTimeoutAndOverload(t *testing.T) {

@@ -2,6 +2,7 @@ package web
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,6 +16,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/groupcast/groupcast/broker"
 )
 
 // HookConfig forwards connect, join and send decisions to a backend in any
@@ -36,7 +39,8 @@ type HookConfig struct {
 	// Cookie) that are copied, verbatim, onto every hook call of that
 	// connection, so that the backend's own session and authentication
 	// see the browser's login. Kept per connection, at most
-	// maxHookHeaderBytes in all. Default none.
+	// maxHookHeaderBytes in all. None in a zero Config; DefaultConfig
+	// forwards Cookie.
 	Headers []string
 	// Secret, when set, is sent as "Authorization: Bearer <Secret>" so the
 	// backend can trust the call. The connection's own token, if any, is
@@ -132,9 +136,10 @@ type hookConsumer struct {
 // newHookConsumer returns the hooks in front of next. With DisconnectURL
 // set it starts the disconnect senders, which drain stops.
 func newHookConsumer(next Consumer, cfg HookConfig, node, region string, proxies int, m *Metrics, log *slog.Logger) *hookConsumer {
-	setDuration(&cfg.Timeout, 2*time.Second)
-	setInt(&cfg.MaxConcurrent, 64)
-	setInt(&cfg.DisconnectQueue, 10000)
+	d := DefaultConfig().Hooks
+	cfg.Timeout = cmp.Or(max(cfg.Timeout, 0), d.Timeout)
+	cfg.MaxConcurrent = cmp.Or(max(cfg.MaxConcurrent, 0), d.MaxConcurrent)
+	cfg.DisconnectQueue = cmp.Or(max(cfg.DisconnectQueue, 0), d.DisconnectQueue)
 	headers := make([]string, 0, len(cfg.Headers))
 	for _, n := range cfg.Headers {
 		if CheckHookHeaders([]string{n}) == nil {
@@ -220,7 +225,7 @@ func (h *hookConsumer) Connect(ctx context.Context, r *ConnectRequest) error {
 	}
 	if a.Join != nil || a.Send != nil {
 		for _, p := range append(a.Join, a.Send...) {
-			if !validPattern(p) {
+			if !broker.ValidPattern(p) {
 				return fmt.Errorf("connect hook answered a bad group pattern %q", p)
 			}
 		}

@@ -4,6 +4,7 @@ package web
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"crypto/subtle"
 	"embed"
@@ -14,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -46,7 +48,8 @@ type Broker interface {
 	Broadcast(cmd []byte) error
 }
 
-// Config configures a Server. Zero fields take the defaults given.
+// Config configures a Server. Zero fields take the defaults given (see
+// DefaultConfig).
 type Config struct {
 	// Region labels this instance in the welcome frame.
 	Region string
@@ -82,7 +85,8 @@ type Config struct {
 	// server's own origin. Default none: same-origin pages and non-browser
 	// clients (no Origin header) only.
 	AllowedOrigins []string
-	// ClientSend lets clients publish with "send" frames. Default false.
+	// ClientSend lets clients publish with "send" frames. Off in a zero
+	// Config; on in DefaultConfig, and so in the groupcast binary.
 	ClientSend bool
 	// MaxFrameBytes bounds a client frame; a larger one closes the
 	// connection with 1009. Default 64 KiB.
@@ -129,42 +133,45 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// DefaultConfig returns the values New gives a Config's zero (or
+// negative) fields, with ClientSend on and the Cookie header forwarded to
+// hooks, as the groupcast binary runs.
+func DefaultConfig() Config {
+	return Config{
+		Auth:                AuthConfig{Leeway: 30 * time.Second},
+		NATSLossGrace:       5 * time.Second,
+		MaxConnections:      10000,
+		FramesPerSecond:     20,
+		HandshakesPerSecond: 10,
+		ClientSend:          true,
+		MaxFrameBytes:       64 << 10,
+		MaxBodyBytes:        1 << 20,
+		MaxGroups:           100,
+		OutboxFrames:        1024,
+		OutboxBytes:         1 << 20,
+		WriteTimeout:        10 * time.Second,
+		PingInterval:        25 * time.Second,
+		JoinTimeout:         5 * time.Second,
+		MaxConnectionAge:    55 * time.Minute,
+		Hooks:               HookConfig{Headers: []string{"Cookie"}, Timeout: 2 * time.Second, MaxConcurrent: 64, DisconnectQueue: 10000},
+	}
+}
+
 func (c *Config) setDefaults() {
-	setInt64(&c.MaxFrameBytes, 64<<10)
-	setInt64(&c.MaxBodyBytes, 1<<20)
-	setInt(&c.MaxGroups, 100)
-	setInt(&c.OutboxFrames, 1024)
-	setInt(&c.OutboxBytes, 1<<20)
-	setDuration(&c.WriteTimeout, 10*time.Second)
-	setDuration(&c.PingInterval, 25*time.Second)
-	setDuration(&c.JoinTimeout, 5*time.Second)
-	setDuration(&c.MaxConnectionAge, 55*time.Minute)
-	setInt(&c.MaxConnections, 10000)
-	setDuration(&c.NATSLossGrace, 5*time.Second)
-	if c.FramesPerSecond <= 0 {
-		c.FramesPerSecond = 20
-	}
-	if c.HandshakesPerSecond <= 0 {
-		c.HandshakesPerSecond = 10
-	}
-}
-
-func setInt(p *int, def int) {
-	if *p <= 0 {
-		*p = def
-	}
-}
-
-func setInt64(p *int64, def int64) {
-	if *p <= 0 {
-		*p = def
-	}
-}
-
-func setDuration(p *time.Duration, def time.Duration) {
-	if *p <= 0 {
-		*p = def
-	}
+	d := DefaultConfig()
+	c.MaxFrameBytes = cmp.Or(max(c.MaxFrameBytes, 0), d.MaxFrameBytes)
+	c.MaxBodyBytes = cmp.Or(max(c.MaxBodyBytes, 0), d.MaxBodyBytes)
+	c.MaxGroups = cmp.Or(max(c.MaxGroups, 0), d.MaxGroups)
+	c.OutboxFrames = cmp.Or(max(c.OutboxFrames, 0), d.OutboxFrames)
+	c.OutboxBytes = cmp.Or(max(c.OutboxBytes, 0), d.OutboxBytes)
+	c.WriteTimeout = cmp.Or(max(c.WriteTimeout, 0), d.WriteTimeout)
+	c.PingInterval = cmp.Or(max(c.PingInterval, 0), d.PingInterval)
+	c.JoinTimeout = cmp.Or(max(c.JoinTimeout, 0), d.JoinTimeout)
+	c.MaxConnectionAge = cmp.Or(max(c.MaxConnectionAge, 0), d.MaxConnectionAge)
+	c.MaxConnections = cmp.Or(max(c.MaxConnections, 0), d.MaxConnections)
+	c.NATSLossGrace = cmp.Or(max(c.NATSLossGrace, 0), d.NATSLossGrace)
+	c.FramesPerSecond = cmp.Or(max(c.FramesPerSecond, 0), d.FramesPerSecond)
+	c.HandshakesPerSecond = cmp.Or(max(c.HandshakesPerSecond, 0), d.HandshakesPerSecond)
 }
 
 // Server is the HTTP side of one instance. Create it with New, serve
@@ -199,14 +206,21 @@ type Server struct {
 //go:embed static
 var static embed.FS
 
-// New returns a Server that serves b. It starts one goroutine, a write
-// watchdog, which Shutdown stops.
-func New(b Broker, cfg Config) *Server {
+// New returns a Server that serves b, or an error for a configuration it
+// cannot serve. It starts one goroutine, a write watchdog (and, while a
+// JWK Set has not loaded, its loader), which Shutdown stops.
+func New(b Broker, cfg Config) (*Server, error) {
 	cfg.setDefaults()
+	log := cfg.Logger.With("component", "web")
+	auth, err := newAuthenticator(cfg.Auth, log)
+	if err != nil {
+		return nil, err
+	}
 	s := &Server{
 		cfg:      cfg,
+		auth:     auth,
 		broker:   b,
-		log:      cfg.Logger.With("component", "web"),
+		log:      log,
 		metrics:  cfg.Metrics,
 		sessions: make(map[*session]struct{}),
 
@@ -220,13 +234,6 @@ func New(b Broker, cfg Config) *Server {
 	}
 	s.metrics.registry.MustRegister(brokerCollector{b})
 	s.shakes = newIPLimiter(cfg.HandshakesPerSecond, maxTrackedIPs)
-	auth, err := newAuthenticator(cfg.Auth, s.log)
-	if err != nil {
-		// Fail closed: with tokens configured but unverifiable, refuse all.
-		s.log.Error("tokens cannot be verified; refusing every connection", "error", err)
-		auth = &authenticator{cfg: cfg.Auth, parser: nil, stop: func() {}}
-	}
-	s.auth = auth
 	s.consumer = cfg.Consumer
 	if s.consumer == nil {
 		s.consumer = DefaultConsumer{}
@@ -261,7 +268,7 @@ func New(b Broker, cfg Config) *Server {
 	b.HandleCommands(s.handleCommand)
 	s.watchdogDone.Add(1)
 	go s.watchdog(s.stopWatchdog)
-	return s
+	return s, nil
 }
 
 // Handler returns the server's HTTP handler.
@@ -275,6 +282,9 @@ func (s *Server) readyz(c echo.Context) error {
 		return writeError(c, http.StatusServiceUnavailable, CodeUnavailable, "shutting down")
 	}
 	if err := s.broker.Ready(); err != nil {
+		return writeError(c, http.StatusServiceUnavailable, CodeUnavailable, err.Error())
+	}
+	if err := s.auth.ready(); err != nil {
 		return writeError(c, http.StatusServiceUnavailable, CodeUnavailable, err.Error())
 	}
 	return c.String(http.StatusOK, "ready\n")
@@ -319,6 +329,8 @@ func (s *Server) serveWS(c echo.Context) error {
 		}
 	}
 	var expires time.Time
+	var token Permissions // the token's, to tell whether Connect set its own
+	var tokenUser string
 	if s.auth != nil {
 		cr.Token = requestToken(r)
 		id, err := s.auth.connection(cr.Token)
@@ -326,6 +338,7 @@ func (s *Server) serveWS(c echo.Context) error {
 			return err
 		}
 		cr.User, cr.Permissions, cr.Info, expires = id.user, &Permissions{Join: id.join, Send: id.send}, id.info, id.expires
+		token, tokenUser = Permissions{Join: slices.Clone(id.join), Send: slices.Clone(id.send)}, id.user
 	}
 	if err := s.consumer.Connect(r.Context(), cr); err != nil {
 		return err
@@ -347,6 +360,8 @@ func (s *Server) serveWS(c echo.Context) error {
 		opened:      time.Now(),
 		perms:       cr.Permissions,
 		expires:     expires,
+		tokenUser:   tokenUser,
+		bound:       connectBound(token, cr.Permissions),
 		frames:      bucket{tokens: 2 * s.cfg.FramesPerSecond, filled: time.Now()},
 	}
 	ss.public.s = ss

@@ -42,14 +42,18 @@ type session struct {
 	writers sync.WaitGroup
 	pinger  *time.Timer
 	groupSet
-	public  Conn         // what the Consumer sees
-	uid     string       // the user id; set before the session starts
-	perms   *Permissions // reader-owned; nil: every group
-	expires time.Time    // reader-owned: when the token expires (zero: never)
-	refused int          // reader-owned: refusals so far
-	frames  bucket       // reader-owned: the client's frame rate
-	flooded int          // reader-owned: frames refused in a row for rate
-	expiry  *time.Timer  // closes the connection when the token expires
+	public Conn         // what the Consumer sees
+	uid    string       // the user id; set before the session starts
+	perms  *Permissions // reader-owned; nil: every group
+	// bound is what Connect decided when it set permissions of its own
+	// (nil: it kept the token's): a refresh never allows more.
+	bound     *Permissions
+	tokenUser string      // the token's subject, which a refresh must match
+	expires   time.Time   // reader-owned: when the token expires (zero: never)
+	refused   int         // reader-owned: refusals so far
+	frames    bucket      // reader-owned: the client's frame rate
+	flooded   int         // reader-owned: frames refused in a row for rate
+	expiry    *time.Timer // closes the connection when the token expires
 
 	info        json.RawMessage // presence info, from Connect; set before the session starts
 	hookHeaders http.Header     // forwarded to every hook call; set before the session starts
@@ -73,7 +77,11 @@ type session struct {
 func (s *session) user() string { return s.uid }
 
 // refresh replaces the connection's token with a fresh one for the same
-// user, before the old one expires.
+// token subject (whatever user Connect made of it), before the old one
+// expires. Permissions become the new token's, within what Connect
+// decided when it set its own. A token without exp (with AllowNoExpiry)
+// keeps the expiry the connection had: a refresh moves a deadline, it
+// never removes one.
 func (s *session) refresh(token string) error {
 	if s.srv.auth == nil {
 		return refuse(CodeForbidden, "this server does not use tokens")
@@ -82,13 +90,18 @@ func (s *session) refresh(token string) error {
 	if err != nil {
 		return err
 	}
-	if id.user != s.uid {
+	if id.user != s.tokenUser {
 		return refuse(CodeForbidden, "the token is for another user")
 	}
-	s.stopExpiry()
 	s.perms = &Permissions{Join: id.join, Send: id.send}
-	s.expires = id.expires
-	s.armExpiry()
+	if s.bound != nil {
+		s.perms = &Permissions{Join: intersect(s.bound.Join, id.join), Send: intersect(s.bound.Send, id.send)}
+	}
+	if !id.expires.IsZero() {
+		s.stopExpiry()
+		s.expires = id.expires
+		s.armExpiry()
+	}
 	return nil
 }
 

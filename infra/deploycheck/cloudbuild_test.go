@@ -1,13 +1,11 @@
-package infra
+package deploycheck
 
 import (
 	"errors"
 	"fmt"
-	"maps"
 	"path/filepath"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 
@@ -24,25 +22,19 @@ var builtinSubstitutions = []string{
 
 var (
 	userSubstitutionName = regexp.MustCompile(`^_[A-Z0-9_]+$`)
-	regionSubstitution   = regexp.MustCompile(`^_REGION_[0-9]+$`)
+	regionName           = regexp.MustCompile(`^[a-z]+-[a-z]+[0-9]+$`)
 	// A reference: $$ (an escaped dollar), $NAME, or ${NAME...} (bash-style operations
 	// may follow the name inside the braces).
 	substitutionRef = regexp.MustCompile(`\$\$|\$([A-Za-z_][A-Za-z0-9_]*)|\$\{([A-Za-z_][A-Za-z0-9_]*)[^}]*\}`)
 )
 
-// deployStep is one region's gcloud run deploy, its flags split.
-type deployStep struct {
-	ID     string
-	Region string            // the region substitution it deploys to, e.g. $_REGION_1
-	Flags  map[string]string // --name=value and bare --name (value "")
-}
-
-// cloudBuildFacts is what checkCloudBuild extracts for the comparison with the Cloud
-// Run service.
+// cloudBuildFacts is what checkCloudBuild extracts for the checks of the rendered
+// Cloud Run service.
 type cloudBuildFacts struct {
 	Build   *cloudbuild.Build
-	Image   string // the image reference pushed and deployed, unexpanded
-	Deploys []deployStep
+	Image   string            // the image reference pushed and deployed, unexpanded
+	Regions []string          // _REGIONS, in rollout order
+	Env     map[string]string // what the rollout steps give rollout.sh, unexpanded
 }
 
 // references returns the substitution names referenced in s.
@@ -68,7 +60,7 @@ func stepText(s *cloudbuild.BuildStep) []string {
 
 // checkCloudBuild decodes cloudbuild.yaml strictly into the Cloud Build API's Build
 // and checks the rules Cloud Build enforces when the build is submitted, then
-// groupcast's pipeline: tests, cached build, explicit push, one deploy per region.
+// groupcast's pipeline: tests, cached build, explicit push, staged rollout.
 func checkCloudBuild(data []byte) (*cloudBuildFacts, error) {
 	var b cloudbuild.Build
 	if err := decodeStrict(data, &b); err != nil {
@@ -115,6 +107,11 @@ func checkCloudBuild(data []byte) (*cloudBuildFacts, error) {
 	text = append(text, b.Tags...)
 	if b.Options != nil {
 		text = append(text, b.Options.Env...)
+	}
+	if b.AvailableSecrets != nil {
+		for _, sm := range b.AvailableSecrets.SecretManager {
+			text = append(text, sm.VersionName)
+		}
 	}
 	for _, k := range sortedKeys(b.Substitutions) {
 		if !userSubstitutionName.MatchString(k) {
@@ -231,153 +228,177 @@ func checkCloudBuild(data []byte) (*cloudBuildFacts, error) {
 		return nil, fmt.Errorf("the push step pushes %v: want a per-build tag and :latest", pushed)
 	}
 
-	// One deploy per region substitution, each after the push, none after another.
 	facts := &cloudBuildFacts{Build: &b, Image: image}
-	regions := map[string]string{} // substitution reference -> deploy step id
-	for k := range b.Substitutions {
-		if regionSubstitution.MatchString(k) {
-			regions["$"+k] = ""
-		}
-	}
-	if len(regions) == 0 {
-		return nil, errors.New("no _REGION_<n> substitutions")
-	}
-	for _, s := range b.Steps {
-		if len(s.Args) < 2 || s.Args[0] != "run" || s.Args[1] != "deploy" {
-			continue
-		}
-		fl := flags(s.Args)
-		d := deployStep{ID: s.Id, Region: fl["--region"], Flags: fl}
-		if prev, ok := regions[d.Region]; !ok {
-			return nil, fmt.Errorf("step %q deploys to %q, not a region substitution", s.Id, d.Region)
-		} else if prev != "" {
-			return nil, fmt.Errorf("steps %q and %q both deploy to %s", prev, s.Id, d.Region)
-		}
-		regions[d.Region] = s.Id
-		if !slices.Contains(s.WaitFor, push) {
-			return nil, fmt.Errorf("step %q does not wait for the push %q", s.Id, push)
-		}
-		if err := checkDeployFlags(d, image); err != nil {
-			return nil, fmt.Errorf("step %q: %w", s.Id, err)
-		}
-		facts.Deploys = append(facts.Deploys, d)
-	}
-	for _, r := range sortedKeys(regions) {
-		if regions[r] == "" {
-			return nil, fmt.Errorf("no deploy step for %s", r)
-		}
-	}
-	first := facts.Deploys[0]
-	for _, d := range facts.Deploys {
-		if !maps.Equal(regionless(d), regionless(first)) {
-			return nil, fmt.Errorf("deploys %q and %q differ in more than their region", first.ID, d.ID)
-		}
-		for _, e := range facts.Deploys {
-			if d.ID != e.ID && waitsFor(d.ID, e.ID) {
-				return nil, fmt.Errorf("deploy %q waits for deploy %q: regions should deploy in parallel", d.ID, e.ID)
-			}
-		}
+	if err := checkRollout(&b, facts, push, waitsFor); err != nil {
+		return nil, err
 	}
 	return facts, nil
 }
 
-// regionless returns a deploy's flags with its region substitution replaced by a
-// placeholder, for comparing regions.
-func regionless(d deployStep) map[string]string {
-	m := map[string]string{}
-	for k, v := range d.Flags {
-		m[k] = strings.ReplaceAll(v, d.Region, "$REGION")
+// rolloutScript is what the rollout steps run.
+const rolloutScript = "infra/cloudrun/rollout.sh"
+
+// checkRollout checks the rollout: the service is applied only by rolloutScript
+// (from infra/cloudrun/service.yaml), first to the first region of _REGIONS after
+// the push and the smoke check's build, then to the others after that; every
+// region of _REGIONS has its NATS configuration and every configured region is
+// deployed; the steps get what the script reads.
+func checkRollout(b *cloudbuild.Build, facts *cloudBuildFacts, push string, waitsFor func(id, dep string) bool) error {
+	regions := strings.Fields(b.Substitutions["_REGIONS"])
+	if len(regions) == 0 {
+		return errors.New("no _REGIONS substitution: the regions to roll out to, in order")
 	}
-	return m
+	for i, r := range regions {
+		if !regionName.MatchString(r) {
+			return fmt.Errorf("_REGIONS: %q is not a region name", r)
+		}
+		if slices.Contains(regions[:i], r) {
+			return fmt.Errorf("_REGIONS names %s twice", r)
+		}
+	}
+	configured, err := natsRegions()
+	if err != nil {
+		return err
+	}
+	for _, r := range regions {
+		if !slices.Contains(configured, r) {
+			return fmt.Errorf("_REGIONS names %s, which has no NATS configuration (infra/nats/regions/%s.env)", r, r)
+		}
+	}
+	for _, r := range configured {
+		if !slices.Contains(regions, r) {
+			return fmt.Errorf("infra/nats/regions has %s, which _REGIONS does not roll out to", r)
+		}
+	}
+	facts.Regions = regions
+
+	if b.Options == nil || (b.Options.MachineType == "") == (b.Options.Pool == nil) {
+		return errors.New("options: want exactly one of machineType (default pool) and pool (a private pool)")
+	}
+	secrets := map[string]bool{}
+	if b.AvailableSecrets != nil {
+		for _, s := range b.AvailableSecrets.SecretManager {
+			secrets[s.Env] = true
+		}
+	}
+
+	var smokeBuild, smokeBin string
+	rollout := map[string]string{} // rollout.sh subcommand -> step id
+	for _, s := range b.Steps {
+		cmd := strings.Join(append([]string{s.Entrypoint}, s.Args...), " ") + " " + s.Script
+		switch {
+		case strings.Contains(cmd, "gcloud run") || s.Entrypoint == "gcloud" || strings.Contains(cmd, "run deploy"):
+			return fmt.Errorf("step %q runs gcloud itself: the service is applied only by %s, from infra/cloudrun/service.yaml", s.Id, rolloutScript)
+		case slices.Contains(s.Args, "./cmd/smoke") && len(s.Args) > 1 && s.Args[0] == "go" && s.Args[1] == "build":
+			if !slices.Contains(s.Env, "CGO_ENABLED=0") {
+				return fmt.Errorf("step %q: the smoke check runs in the Cloud SDK image: build it with CGO_ENABLED=0", s.Id)
+			}
+			smokeBuild = s.Id
+			if i := slices.Index(s.Args, "-o"); i >= 0 && i+1 < len(s.Args) {
+				smokeBin = s.Args[i+1]
+			}
+		case slices.Contains(s.Args, rolloutScript):
+			i := slices.Index(s.Args, rolloutScript)
+			if s.Entrypoint != "bash" || len(s.Args) != i+2 {
+				return fmt.Errorf("step %q: want bash %s first|rest, got %s %q", s.Id, rolloutScript, s.Entrypoint, s.Args)
+			}
+			sub := s.Args[i+1]
+			if sub != "first" && sub != "rest" {
+				return fmt.Errorf("step %q: %s %s: want first or rest", s.Id, rolloutScript, sub)
+			}
+			if prev, dup := rollout[sub]; dup {
+				return fmt.Errorf("steps %q and %q both run %s %s", prev, s.Id, rolloutScript, sub)
+			}
+			rollout[sub] = s.Id
+			if !strings.HasPrefix(s.Name, "gcr.io/google.com/cloudsdktool/") {
+				return fmt.Errorf("step %q: the rollout needs gcloud: run it in the Cloud SDK image, not %s", s.Id, s.Name)
+			}
+			env := stepEnv(b, s)
+			want := map[string]string{
+				"IMAGE":      facts.Image,
+				"REGIONS":    "$_REGIONS",
+				"SERVICE":    "$_SERVICE",
+				"PROJECT_ID": "$PROJECT_ID",
+				"REVISION":   "",
+				"SMOKE":      "",
+			}
+			for k, v := range want {
+				got, ok := env[k]
+				switch {
+				case !ok || got == "":
+					return fmt.Errorf("step %q: %s reads %s, which the step does not set", s.Id, rolloutScript, k)
+				case v != "" && got != v:
+					return fmt.Errorf("step %q: %s=%s, want %s", s.Id, k, got, v)
+				}
+			}
+			if !strings.Contains(env["REVISION"], "$BUILD_ID") {
+				return fmt.Errorf("step %q: REVISION=%s: want one per build ($BUILD_ID)", s.Id, env["REVISION"])
+			}
+			facts.Env = env
+			if !slices.Contains(s.SecretEnv, "API_KEY") || !secrets["API_KEY"] {
+				return fmt.Errorf("step %q: the smoke check publishes with the API key: want secretEnv API_KEY from availableSecrets", s.Id)
+			}
+		}
+	}
+	first, rest := rollout["first"], rollout["rest"]
+	switch {
+	case first == "" || rest == "":
+		return fmt.Errorf("want one step running %s first and one running %s rest", rolloutScript, rolloutScript)
+	case smokeBuild == "":
+		return errors.New("no step builds the smoke check (go build ./cmd/smoke)")
+	case !waitsFor(first, push):
+		return fmt.Errorf("step %q rolls out before the image is pushed", first)
+	case !waitsFor(first, smokeBuild) || !waitsFor(rest, smokeBuild):
+		return errors.New("a rollout step does not wait for the smoke check's build")
+	case !waitsFor(rest, first):
+		return fmt.Errorf("step %q does not wait for the first region (%q): every region would take the revision at once", rest, first)
+	case facts.Env["SMOKE"] != smokeBin:
+		return fmt.Errorf("SMOKE=%s, but the smoke check is built to %q", facts.Env["SMOKE"], smokeBin)
+	}
+	return nil
 }
 
-// flags splits gcloud/docker style arguments into --name=value (or --name value) and
-// bare --name flags.
+// stepEnv is a step's environment: options.env, then the step's own env.
+func stepEnv(b *cloudbuild.Build, s *cloudbuild.BuildStep) map[string]string {
+	env := map[string]string{}
+	var all []string
+	if b.Options != nil {
+		all = append(all, b.Options.Env...)
+	}
+	for _, kv := range append(all, s.Env...) {
+		k, v, _ := strings.Cut(kv, "=")
+		env[k] = v
+	}
+	return env
+}
+
+// natsRegions lists the regions that have a NATS configuration.
+func natsRegions() ([]string, error) {
+	files, err := filepath.Glob(filepath.Join(root, "infra", "nats", "regions", "*.env"))
+	if err != nil {
+		return nil, err
+	}
+	var regions []string
+	for _, f := range files {
+		regions = append(regions, strings.TrimSuffix(filepath.Base(f), ".env"))
+	}
+	if len(regions) == 0 {
+		return nil, errors.New("no region has a NATS configuration in infra/nats/regions")
+	}
+	return regions, nil
+}
+
+// flags splits docker style arguments into --name=value and bare --name flags.
 func flags(args []string) map[string]string {
 	m := map[string]string{}
-	for i := 0; i < len(args); i++ {
-		a := args[i]
-		if !strings.HasPrefix(a, "--") {
-			continue
-		}
-		if name, value, ok := strings.Cut(a, "="); ok {
+	for _, a := range args {
+		if name, value, ok := strings.Cut(a, "="); ok && strings.HasPrefix(name, "--") {
 			m[name] = value
-		} else if i+1 < len(args) && !strings.HasPrefix(args[i+1], "-") && !slices.Contains(bareFlags, a) {
-			m[a] = args[i+1]
-			i++
-		} else {
+		} else if strings.HasPrefix(a, "--") {
 			m[a] = ""
 		}
 	}
 	return m
-}
-
-// bareFlags take no value.
-var bareFlags = []string{
-	"--session-affinity", "--no-cpu-throttling", "--cpu-boost", "--allow-unauthenticated",
-	"--use-http2", "--no-use-http2", "--cpu-throttling", "--no-session-affinity",
-}
-
-// checkDeployFlags checks the Cloud Run settings WebSockets need.
-func checkDeployFlags(d deployStep, image string) error {
-	f := d.Flags
-	region := strings.TrimPrefix(d.Region, "$")
-	want := map[string]string{
-		"--image":                 image,
-		"--timeout":               "3600",
-		"--vpc-egress":            "private-ranges-only",
-		"--set-env-vars":          "REGION=$" + region,
-		"--execution-environment": "gen2",
-		"--session-affinity":      "",
-		"--no-cpu-throttling":     "",
-		"--port":                  "8080",
-		"--concurrency":           "",
-		"--min-instances":         "",
-		"--network":               "",
-		"--subnet":                "",
-		"--startup-probe":         "",
-		"--liveness-probe":        "",
-		"--set-secrets":           "",
-		"--service-account":       "",
-		"--max-instances":         "",
-		"--ingress":               "",
-		"--allow-unauthenticated": "",
-		"--cpu":                   "",
-		"--memory":                "",
-		"--cpu-boost":             "",
-		"--region":                d.Region,
-	}
-	for name, value := range want {
-		got, ok := f[name]
-		if !ok {
-			return fmt.Errorf("missing %s", name)
-		}
-		if value != "" && got != value {
-			return fmt.Errorf("%s=%q, want %q", name, got, value)
-		}
-	}
-	for _, bad := range []string{"--use-http2", "--cpu-throttling", "--no-session-affinity"} {
-		if _, ok := f[bad]; ok {
-			return fmt.Errorf("%s breaks WebSockets on Cloud Run", bad)
-		}
-	}
-	if n, err := strconv.Atoi(f["--min-instances"]); err != nil || n < 1 {
-		return fmt.Errorf("--min-instances=%q, want at least 1", f["--min-instances"])
-	}
-	if n, err := strconv.Atoi(f["--concurrency"]); err != nil || n < 1 || n > 1000 {
-		return fmt.Errorf("--concurrency=%q, want 1..1000", f["--concurrency"])
-	}
-	if !strings.Contains(f["--startup-probe"], "httpGet.path=/readyz") {
-		return fmt.Errorf("--startup-probe=%q, want an HTTP probe of /readyz", f["--startup-probe"])
-	}
-	if !strings.Contains(f["--liveness-probe"], "httpGet.path=/healthz") {
-		return fmt.Errorf("--liveness-probe=%q, want an HTTP probe of /healthz", f["--liveness-probe"])
-	}
-	secrets := strings.Split(f["--set-secrets"], ",")
-	if !slices.Contains(secrets, "NATS_URL=nats-url-$"+region+":latest") {
-		return fmt.Errorf("--set-secrets=%q: want NATS_URL=nats-url-$%s:latest", f["--set-secrets"], region)
-	}
-	return nil
 }
 
 func loadCloudBuild(t *testing.T) *cloudBuildFacts {
@@ -391,11 +412,7 @@ func loadCloudBuild(t *testing.T) *cloudBuildFacts {
 
 func TestCloudBuild(t *testing.T) {
 	facts := loadCloudBuild(t)
-	var regions []string
-	for _, d := range facts.Deploys {
-		regions = append(regions, facts.Build.Substitutions[strings.TrimPrefix(d.Region, "$")])
-	}
-	t.Logf("image %s deployed to %v", facts.Image, regions)
+	t.Logf("image %s rolled out to %v, in that order", facts.Image, facts.Regions)
 }
 
 // TestCloudBuildRejectsBrokenCopies feeds broken copies of cloudbuild.yaml to the
@@ -424,33 +441,42 @@ func TestCloudBuildRejectsBrokenCopies(t *testing.T) {
 		{"waitFor a later step", replace(`    waitFor: ["pull-cache"]`, `    waitFor: ["push"]`)},
 		{"waitFor an unknown step", replace(`    waitFor: ["pull-cache"]`, `    waitFor: ["pull"]`)},
 		{"duplicate step id", replace(`  - id: pull-cache`, `  - id: test`)},
-		{"undeclared substitution", replace(`--region=$_REGION_2`, `--region=$_REGION_4`)},
+		{"undeclared substitution", replace(`    - REGIONS=$_REGIONS`, `    - REGIONS=$_REGION_LIST`)},
 		{"unused substitution", replace(`  _SERVICE: groupcast`, "  _SERVICE: groupcast\n  _UNUSED: x")},
-		{"lower-case substitution", replace(`  _NETWORK: groupcast`, `  _network: groupcast`)},
+		{"lower-case substitution", replace(`  _REPOSITORY: groupcast`, `  _repository: groupcast`)},
 		{"shell variable not escaped", replace(`|| exit 0`, `|| echo $HOME`)},
 		{"composed without dynamicSubstitutions", replace(`  dynamicSubstitutions: true`, `  dynamicSubstitutions: false`)},
-		{"region without a deploy", func(s string) string {
-			s = strings.Replace(s, "  _REGION_3: asia-northeast1", "  _REGION_3: asia-northeast1\n  _REGION_4: australia-southeast1", 1)
-			return strings.Replace(s, `    entrypoint: bash
-    args: ["-c", "go vet`, `    entrypoint: bash
-    env: ["REGIONS=$_REGION_4"]
-    args: ["-c", "go vet`, 1)
-		}},
-		{"two deploys to one region", replace(`--region=$_REGION_3`, `--region=$_REGION_1`)},
-		{"deploy not waiting for the push", replace("      - --liveness-probe=httpGet.path=/healthz,httpGet.port=8080,periodSeconds=10,timeoutSeconds=2,failureThreshold=3\n    waitFor: [\"push\"]\n\n  - id: deploy-region-2", "      - --liveness-probe=httpGet.path=/healthz,httpGet.port=8080,periodSeconds=10,timeoutSeconds=2,failureThreshold=3\n    waitFor: [\"build\"]\n\n  - id: deploy-region-2")},
-		{"deploys the latest tag", replace(`--image=$_IMAGE:$BUILD_ID`, `--image=$_IMAGE:latest`)},
-		{"deploys another image", replace(`--image=$_IMAGE:$BUILD_ID`, `--image=gcr.io/$PROJECT_ID/other:$BUILD_ID`)},
-		{"no session affinity", replace(`      - --session-affinity`+"\n", "")},
-		{"CPU throttled", replace(`      - --no-cpu-throttling`, `      - --cpu-throttling`)},
-		{"short timeout", replace(`      - --timeout=3600`, `      - --timeout=300`)},
-		{"no min instances", replace(`      - --min-instances=1`, `      - --min-instances=0`)},
-		{"HTTP/2 end to end", replace(`      - --session-affinity`+"\n", "      - --session-affinity\n      - --use-http2\n")},
-		{"all egress through the VPC", replace(`--vpc-egress=private-ranges-only`, `--vpc-egress=all-traffic`)},
-		{"startup probe on /healthz", replace(`--startup-probe=httpGet.path=/readyz`, `--startup-probe=httpGet.path=/healthz`)},
-		{"another region's NATS secret", replace(`NATS_URL=nats-url-$_REGION_2:latest`, `NATS_URL=nats-url-$_REGION_1:latest`)},
 		{"no cache pull", replace("    args: [\"-c\", \"docker pull $_IMAGE:latest || exit 0\"]", "    args: [\"-c\", \"true\"]")},
-		{"regions deployed differently", replace("--region=$_REGION_2\n", "--region=$_REGION_2\n      - --labels=canary=true\n")},
-		{"race-less image", replace(`name: golang:1.26`, `name: golang:1.26-alpine`)},
+		{"race-less image", replace(`name: golang:1.26`+"\n    entrypoint: bash", `name: golang:1.26-alpine`+"\n    entrypoint: bash")},
+
+		// The rollout.
+		{"region without NATS configuration", replace(`asia-northeast1 # rolled out`, `asia-northeast1 australia-southeast1 # rolled out`)},
+		{"NATS region not rolled out to", replace(` asia-northeast1 # rolled out`, ` # rolled out`)},
+		{"region twice", replace(`us-central1 europe-west1`, `us-central1 us-central1 europe-west1`)},
+		{"no regions", replace(`  _REGIONS: us-central1 europe-west1 asia-northeast1`, `  _REGIONS: ""`)},
+		{"all regions at once", replace(`    waitFor: ["canary"]`, `    waitFor: ["push", "smoke-build"]`)},
+		{"rollout before the push", replace(`    waitFor: ["push", "smoke-build"]`, `    waitFor: ["smoke-build"]`)},
+		{"rollout before the smoke check is built", replace(`    waitFor: ["push", "smoke-build"]`, `    waitFor: ["push"]`)},
+		{"no canary", replace(`args: ["infra/cloudrun/rollout.sh", "first"]`, `args: ["infra/cloudrun/rollout.sh", "rest"]`)},
+		{"unknown rollout subcommand", replace(`rollout.sh", "rest"]`, `rollout.sh", "all"]`)},
+		{"deploys the latest tag", replace(`    - IMAGE=$_IMAGE:$BUILD_ID`, `    - IMAGE=$_IMAGE:latest`)},
+		{"one revision name for every build", replace(`    - REVISION=$BUILD_ID`, `    - REVISION=main`)},
+		{"smoke binary elsewhere", replace(`    - SMOKE=bin/smoke`, `    - SMOKE=smoke`)},
+		{"smoke binary needs libc", replace(`    env: ["CGO_ENABLED=0"]`+"\n", "")},
+		{"no API key for the smoke check", replace(`    secretEnv: ["API_KEY"]`+"\n", "")},
+		{"rollout without gcloud", replace(`    name: gcr.io/google.com/cloudsdktool/cloud-sdk:slim
+    entrypoint: bash
+    args: ["infra/cloudrun/rollout.sh", "first"]`, `    name: golang:1.26
+    entrypoint: bash
+    args: ["infra/cloudrun/rollout.sh", "first"]`)},
+		{"a flag-by-flag deploy beside the rollout", replace("# Recorded as the build's", `  - id: deploy-more
+    name: gcr.io/google.com/cloudsdktool/cloud-sdk:slim
+    entrypoint: gcloud
+    args: ["run", "deploy", "$_SERVICE", "--image=$_IMAGE:$BUILD_ID", "--region=us-central1"]
+    waitFor: ["regions"]
+
+# Recorded as the build's`)},
+		{"both a machine type and a pool", replace(`  machineType: E2_HIGHCPU_8`, "  pool:\n    name: projects/p/locations/us-central1/workerPools/groupcast\n  machineType: E2_HIGHCPU_8")},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -1,4 +1,4 @@
-package infra
+package deploycheck
 
 import (
 	"bytes"
@@ -26,6 +26,8 @@ import (
 	"github.com/moby/buildkit/frontend/dockerfile/shell"
 	"github.com/moby/patternmatcher"
 	digest "github.com/opencontainers/go-digest"
+
+	"github.com/groupcast/groupcast/infra"
 )
 
 const (
@@ -400,27 +402,27 @@ func TestDockerignore(t *testing.T) {
 	}
 }
 
-var imageBinary struct {
+var builtBinary struct {
 	once sync.Once
 	path string
 	err  error
 }
 
-// buildImageBinary runs the Dockerfile's own go build command (its environment and
+// dockerfileBinary runs the Dockerfile's own go build command (its environment and
 // flags, VERSION=testVersion) in a copy of the build context that .dockerignore
 // leaves, once per test binary.
-func buildImageBinary(t *testing.T) string {
+func dockerfileBinary(t *testing.T) string {
 	t.Helper()
 	if !appExists() {
 		t.Skip("app/main.go does not exist yet")
 	}
-	imageBinary.once.Do(func() {
-		imageBinary.path, imageBinary.err = runDockerfileBuild()
+	builtBinary.once.Do(func() {
+		builtBinary.path, builtBinary.err = runDockerfileBuild()
 	})
-	if imageBinary.err != nil {
-		t.Fatal(imageBinary.err)
+	if builtBinary.err != nil {
+		t.Fatal(builtBinary.err)
 	}
-	return imageBinary.path
+	return builtBinary.path
 }
 
 func runDockerfileBuild() (string, error) {
@@ -509,7 +511,7 @@ func checkStatic(path string) error {
 // static and stamped, then runs it as Cloud Run would: PORT set, NATS_URL unset
 // (embedded NATS), ready on /readyz, gone within 10 s of SIGTERM.
 func TestImageBinary(t *testing.T) {
-	bin := buildImageBinary(t)
+	bin := dockerfileBinary(t)
 	if err := checkStatic(bin); err != nil {
 		t.Fatal(err)
 	}
@@ -530,20 +532,14 @@ func TestImageBinary(t *testing.T) {
 		t.Errorf("the binary does not contain the version %q: does package main declare var version?", testVersion)
 	}
 
-	ports, err := FreePorts(1)
+	ports, err := infra.FreePorts(1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuffer
-	app, err := StartApp(bin, ports[0], map[string]string{"REGION": "local"}, &logs)
+	app, err := infra.StartApp(bin, ports[0], map[string]string{"REGION": "local"}, t.Output())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() {
-		if t.Failed() {
-			t.Logf("app output:\n%s", logs.String())
-		}
-	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	if err := app.WaitReady(ctx); err != nil {

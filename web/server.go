@@ -637,8 +637,9 @@ func (s *Server) untrack(ss *session) {
 
 // Shutdown closes every WebSocket concurrently with 1012 (service restart)
 // so clients reconnect elsewhere, refuses new ones, and waits for the
-// sessions to end. When ctx ends first it drops the remaining connections
-// without a handshake. /readyz answers 503 from the first call on.
+// sessions to end, then for the disconnect hook's queued reports. When ctx
+// ends first it drops the remaining connections without a handshake, and
+// the reports not yet sent. /readyz answers 503 from the first call on.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.draining = true

@@ -92,6 +92,8 @@ var settingsTable = []setting{
 	{"HOOK_JOIN_URL", "POST join decisions to this backend URL", httpURL(func(s *settings) *string { return &s.Web.Hooks.JoinURL })},
 	{"HOOK_SEND_URL", "POST client sends to this backend URL (it may rewrite the data)", httpURL(func(s *settings) *string { return &s.Web.Hooks.SendURL })},
 	{"HOOK_RECEIVE_URL", "POST client frames of the application's own types to this backend URL; its reply goes back to the client", httpURL(func(s *settings) *string { return &s.Web.Hooks.ReceiveURL })},
+	{"HOOK_DISCONNECT_URL", "POST every closed connection (user, groups, close code) to this backend URL, off the socket's path", httpURL(func(s *settings) *string { return &s.Web.Hooks.DisconnectURL })},
+	{"HOOK_DISCONNECT_QUEUE", "disconnect hook calls waiting to be sent; past it they are dropped, logged and counted", integer(func(s *settings) *int { return &s.Web.Hooks.DisconnectQueue }, 1, 10_000_000)},
 	{"HOOK_HEADERS", "comma-separated headers of the WebSocket upgrade request copied onto every hook call of that connection (so the backend's session login works); none: forward none", value{
 		set: func(s *settings, v string) error {
 			if v == "none" {

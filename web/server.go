@@ -37,6 +37,7 @@ type Broker interface {
 	GroupAdd(ctx context.Context, group, channel string) error
 	GroupJoin(ctx context.Context, group, channel string, since *broker.Since) (broker.Recovery, error)
 	GroupPublish(group string, data []byte, idempotencyKey string) (broker.Receipt, error)
+	GroupPublishExcept(group string, data []byte, idempotencyKey, except string) (broker.Receipt, error)
 	History(ctx context.Context, group string, since uint64, limit int) ([]broker.HistoryMessage, string, error)
 	GroupDiscard(group, channel string) error
 	GroupSend(group string, data []byte) error
@@ -152,7 +153,7 @@ func DefaultConfig() Config {
 		PingInterval:        25 * time.Second,
 		JoinTimeout:         5 * time.Second,
 		MaxConnectionAge:    55 * time.Minute,
-		Hooks:               HookConfig{Headers: []string{"Cookie"}, Timeout: 2 * time.Second, MaxConcurrent: 64},
+		Hooks:               HookConfig{Headers: []string{"Cookie"}, Timeout: 2 * time.Second, MaxConcurrent: 64, DisconnectQueue: 10000},
 	}
 }
 
@@ -190,6 +191,7 @@ type Server struct {
 	mu        sync.Mutex
 	sessions  map[*session]struct{}
 	byChannel map[string]*session
+	slots     int // of MaxConnections: sessions plus upgrades being decided
 	draining  bool
 	active    sync.WaitGroup // one per running session
 
@@ -237,7 +239,7 @@ func New(b Broker, cfg Config) (*Server, error) {
 		s.consumer = DefaultConsumer{}
 	}
 	if cfg.Hooks.Enabled() {
-		s.hooks = newHookConsumer(s.consumer, cfg.Hooks, b.Node(), cfg.Region, cfg.TrustedProxies)
+		s.hooks = newHookConsumer(s.consumer, cfg.Hooks, b.Node(), cfg.Region, cfg.TrustedProxies, s.metrics, s.log)
 		s.consumer = s.hooks
 	}
 	s.buffers.New = func() any { p := make([]byte, 0, 4096); return &p }
@@ -288,18 +290,37 @@ func (s *Server) readyz(c echo.Context) error {
 	return c.String(http.StatusOK, "ready\n")
 }
 
-// serveWS upgrades to a WebSocket and starts its session.
+// serveWS upgrades to a WebSocket and starts its session. The checks run
+// cheapest first, the connect decision (Consumer and hook) last.
 func (s *Server) serveWS(c echo.Context) error {
 	r := c.Request()
+	opts := &websocket.AcceptOptions{
+		OriginPatterns:  s.cfg.AllowedOrigins,
+		CompressionMode: websocket.CompressionDisabled,
+	}
+	if !isUpgrade(r, s.cfg.AllowedOrigins) {
+		// Accept answers what is wrong (426, 400, 403...). Should it
+		// accept after all, the connection has no session: close it.
+		if conn, err := websocket.Accept(c.Response(), r, opts); err == nil {
+			conn.Close(websocket.StatusInternalError, "refused")
+		}
+		return nil
+	}
 	if ip := clientIP(r, s.cfg.TrustedProxies); !isLoopbackIP(ip) && !s.shakes.allow(ip, time.Now()) {
 		return refuse(CodeRateLimited, "too many new connections from this address; retry later")
 	}
 	if err := s.broker.Ready(); err != nil {
 		return refuse(CodeUnavailable, "messaging is unavailable here; retry, elsewhere if need be")
 	}
-	if s.openSessions() >= s.cfg.MaxConnections {
+	if !s.reserve() {
 		return refuse(CodeUnavailable, "this instance has as many connections as allowed; retry elsewhere")
 	}
+	running := false // from then on the session's run releases the slot
+	defer func() {
+		if !running {
+			s.release()
+		}
+	}()
 	cr := &ConnectRequest{Request: r}
 	if s.hooks != nil {
 		var err error
@@ -323,10 +344,7 @@ func (s *Server) serveWS(c echo.Context) error {
 		return err
 	}
 	hj := &hijacker{ResponseWriter: c.Response()}
-	conn, err := websocket.Accept(hj, c.Request(), &websocket.AcceptOptions{
-		OriginPatterns:  s.cfg.AllowedOrigins,
-		CompressionMode: websocket.CompressionDisabled,
-	})
+	conn, err := websocket.Accept(hj, c.Request(), opts)
 	if err != nil {
 		return nil // Accept has answered the request
 	}
@@ -339,6 +357,7 @@ func (s *Server) serveWS(c echo.Context) error {
 		uid:         cr.User,
 		info:        s.presenceInfo(cr.Info),
 		hookHeaders: cr.hookHeaders,
+		opened:      time.Now(),
 		perms:       cr.Permissions,
 		expires:     expires,
 		tokenUser:   tokenUser,
@@ -368,6 +387,7 @@ func (s *Server) serveWS(c echo.Context) error {
 	// The session reads on a goroutine of its own, awaited by Shutdown,
 	// and this one returns: the HTTP server's goroutine, its deep stack
 	// and the request's state are not kept for the socket's lifetime.
+	running = true
 	go s.run(ss, cr.Groups)
 	return nil
 }
@@ -375,11 +395,11 @@ func (s *Server) serveWS(c echo.Context) error {
 // run is a session's reader goroutine: it reads until the connection
 // ends, then releases the channel and waits for the writer.
 func (s *Server) run(ss *session, groups []string) {
+	defer s.release()
 	defer s.untrack(ss)
 	s.metrics.connects.Inc()
 	s.metrics.connections.Inc()
 	defer s.metrics.connections.Dec()
-	opened := time.Now()
 
 	defer ss.pinger.Stop()
 	maxAge := s.cfg.MaxConnectionAge - rand.N(s.cfg.MaxConnectionAge/10+1)
@@ -400,7 +420,7 @@ func (s *Server) run(ss *session, groups []string) {
 	ss.writers.Wait()
 	s.consumer.Disconnect(&ss.public)
 	ss.logger().Info("websocket closed", "code", int(ss.code), "reason", ss.reason,
-		"seconds", time.Since(opened).Round(time.Millisecond).Seconds(), "groups", ss.count())
+		"seconds", time.Since(ss.opened).Round(time.Millisecond).Seconds(), "groups", ss.count())
 }
 
 // A WebSocket's buffers, smaller than net/http's 4 KiB each: client frames
@@ -575,6 +595,25 @@ func (s *Server) openSessions() int {
 	return len(s.sessions)
 }
 
+// reserve takes one of MaxConnections' slots for an upgrade before it is
+// decided (the connect hook may take a while), so that concurrent
+// upgrades never overshoot; release gives it back.
+func (s *Server) reserve() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.slots >= s.cfg.MaxConnections {
+		return false
+	}
+	s.slots++
+	return true
+}
+
+func (s *Server) release() {
+	s.mu.Lock()
+	s.slots--
+	s.mu.Unlock()
+}
+
 func (s *Server) track(ss *session) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -598,8 +637,9 @@ func (s *Server) untrack(ss *session) {
 
 // Shutdown closes every WebSocket concurrently with 1012 (service restart)
 // so clients reconnect elsewhere, refuses new ones, and waits for the
-// sessions to end. When ctx ends first it drops the remaining connections
-// without a handshake. /readyz answers 503 from the first call on.
+// sessions to end, then for the disconnect hook's queued reports. When ctx
+// ends first it drops the remaining connections without a handshake, and
+// the reports not yet sent. /readyz answers 503 from the first call on.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.draining = true
@@ -620,15 +660,17 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	})
 	select {
 	case <-done:
-		return nil
 	case <-ctx.Done():
+		s.mu.Lock()
+		for ss := range s.sessions {
+			ss.conn.CloseNow()
+		}
+		s.mu.Unlock()
+		<-done
 	}
-	s.mu.Lock()
-	for ss := range s.sessions {
-		ss.conn.CloseNow()
+	if s.hooks != nil {
+		s.hooks.drain(ctx) // every session has reported its disconnect
 	}
-	s.mu.Unlock()
-	<-done
 	return ctx.Err()
 }
 

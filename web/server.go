@@ -674,8 +674,42 @@ func (s *Server) authorize(next echo.HandlerFunc) echo.HandlerFunc {
 		if !isLoopback(c.Request().RemoteAddr) {
 			return refuse(CodeUnauthorized, "API_KEY is not set, so only loopback callers may use the server API")
 		}
+		if err := localTool(c.Request()); err != nil {
+			return err
+		}
 		return next(c)
 	}
+}
+
+// localTool refuses, without an API key, a loopback request that a local
+// tool did not make on its own: one a browser sent for a page (Origin,
+// Sec-Fetch-*: a cross-site POST would be CSRF), one a proxy on this
+// machine relayed (Forwarded, Via, X-Forwarded-*), or one for a Host that
+// is not this machine (DNS rebinding: a page's own name made to point at
+// 127.0.0.1).
+func localTool(r *http.Request) error {
+	for name := range r.Header {
+		if name == "Origin" || name == "Forwarded" || name == "Via" ||
+			strings.HasPrefix(name, "Sec-Fetch-") || strings.HasPrefix(name, "X-Forwarded-") {
+			return refuse(CodeForbidden, "API_KEY is not set, so the server API serves local tools only, and this request carries "+
+				name+" (sent by a browser or a proxy); set API_KEY to call it from there")
+		}
+	}
+	if !isLocalHost(r.Host) {
+		return refuse(CodeForbidden, "API_KEY is not set, so the server API serves local tools only, and Host names another machine; "+
+			"use localhost or a loopback address, or set API_KEY")
+	}
+	return nil
+}
+
+// isLocalHost reports whether a Host header names this machine: localhost
+// (or a name under it) or a loopback address, with any port.
+func isLocalHost(host string) bool {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.ToLower(strings.Trim(host, "[]")), ".")
+	return host == "localhost" || strings.HasSuffix(host, ".localhost") || isLoopbackIP(host)
 }
 
 // isLoopback reports whether a request's TCP peer is on this machine. It

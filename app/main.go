@@ -110,6 +110,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer, list
 		ClientSend:       cfg.ClientSend,
 		MaxFrameBytes:    int64(cfg.MaxFrameBytes),
 		MaxBodyBytes:     int64(cfg.MaxBodyBytes),
+		ReadTimeout:      cfg.HTTPReadTimeout,
 		MaxGroups:        cfg.MaxGroups,
 		OutboxFrames:     cfg.OutboxFrames,
 		OutboxBytes:      cfg.OutboxBytes,
@@ -135,6 +136,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer, list
 	srv := &http.Server{
 		Handler:           w.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       cfg.HTTPIdleTimeout,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	if cfg.PprofAddr != "" {

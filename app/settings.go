@@ -57,6 +57,8 @@ type settings struct {
 	PresenceGroups  []string
 	MaxFrameBytes   int
 	MaxBodyBytes    int
+	HTTPReadTimeout time.Duration
+	HTTPIdleTimeout time.Duration
 	MaxGroups       int
 	OutboxFrames    int
 	OutboxBytes     int
@@ -190,6 +192,8 @@ var settingsTable = []setting{
 	{"HISTORY_REGION", "", "in a supercluster, the NATS cluster (region) holding the history streams; the other regions keep and read mirrors of them", func(s *settings, v string) error { s.HistoryRegion = v; return nil }},
 	{"MAX_FRAME_BYTES", "65536", "largest client frame; larger closes the socket with 1009", intSetting(func(s *settings) *int { return &s.MaxFrameBytes }, 256, 64<<20)},
 	{"MAX_BODY_BYTES", "1048576", "largest server API body; larger gets 413", intSetting(func(s *settings) *int { return &s.MaxBodyBytes }, 256, 64<<20)},
+	{"HTTP_READ_TIMEOUT", "10s", "bound on a plain HTTP request (not a WebSocket) after its headers: a body not sent by then fails and the connection closes", durationSetting(func(s *settings) *time.Duration { return &s.HTTPReadTimeout })},
+	{"HTTP_IDLE_TIMEOUT", "60s", "how long an idle keep-alive HTTP connection stays open", durationSetting(func(s *settings) *time.Duration { return &s.HTTPIdleTimeout })},
 	{"MAX_GROUPS_PER_CONNECTION", "100", "groups one connection may be in", intSetting(func(s *settings) *int { return &s.MaxGroups }, 1, 1<<20)},
 	{"OUTBOX_FRAMES", "1024", "frames queued for one connection before it is closed as a slow consumer (4008)", intSetting(func(s *settings) *int { return &s.OutboxFrames }, 1, 1<<24)},
 	{"OUTBOX_BYTES", "1048576", "bytes queued for one connection before it is closed as a slow consumer (4008)", intSetting(func(s *settings) *int { return &s.OutboxBytes }, 1024, 1<<30)},

@@ -3,6 +3,7 @@ package web
 import (
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -241,4 +242,34 @@ func TestBatchPublish(t *testing.T) {
 		}
 	}
 	member.Quiet(100 * time.Millisecond)
+}
+
+// TestStalledBodyClosed: a request that declares a body and never sends
+// it is answered and its connection closed after ReadTimeout, on the API
+// and on any other route; a WebSocket outlives that timeout.
+func TestStalledBodyClosed(t *testing.T) {
+	e := newEnv(t, "", &Config{ReadTimeout: 300 * time.Millisecond})
+	ws := e.dial()
+	for _, head := range []string{
+		"POST /api/groups/g/messages HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{",
+		"GET /healthz HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n",
+	} {
+		conn, err := net.Dial("tcp", strings.TrimPrefix(e.http.URL, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		conn.SetReadDeadline(start.Add(3 * time.Second))
+		if _, err := conn.Write([]byte(head)); err != nil {
+			t.Fatal(err)
+		}
+		_, err = io.ReadAll(conn) // whatever the answer, then EOF
+		conn.Close()
+		if err != nil {
+			t.Fatalf("%q: connection still open after %v: %v", head, time.Since(start), err)
+		}
+	}
+	if m := ws.Call(map[string]any{"type": "ping"}); m["type"] != "pong" {
+		t.Fatalf("websocket after the read timeout: %v", m)
+	}
 }

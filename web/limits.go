@@ -7,6 +7,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/labstack/echo/v4"
 )
 
 // bucket is a token bucket: rate tokens a second, up to burst.
@@ -69,6 +71,20 @@ func (l *ipLimiter) sweep(now time.Time) {
 		if b.tokens+now.Sub(b.filled).Seconds()*l.rate >= l.burst {
 			delete(l.buckets, ip)
 		}
+	}
+}
+
+// readDeadline bounds the reading of a plain HTTP request to ReadTimeout,
+// so that a client that declares a body and never sends it holds no
+// connection for long. The WebSocket endpoint is left alone: its
+// connection lives on after the upgrade (which clears deadlines anyway).
+func (s *Server) readDeadline(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		if c.Path() != "/ws" {
+			// Fails only for writers that cannot set deadlines (tests' recorders).
+			_ = http.NewResponseController(c.Response()).SetReadDeadline(time.Now().Add(s.cfg.ReadTimeout))
+		}
+		return next(c)
 	}
 }
 

@@ -90,6 +90,11 @@ type Config struct {
 	// MaxBodyBytes bounds a server API body; a larger one gets 413.
 	// Default 1 MiB.
 	MaxBodyBytes int64
+	// ReadTimeout bounds a plain HTTP request (every route but /ws) from
+	// the end of its headers: a body not sent by then fails and the
+	// connection closes. (Headers and idle keep-alives are the
+	// http.Server's ReadHeaderTimeout and IdleTimeout.) Default 10s.
+	ReadTimeout time.Duration
 	// MaxGroups bounds the groups one connection may be in. Default 100.
 	MaxGroups int
 	// OutboxFrames and OutboxBytes bound the frames waiting to be written
@@ -132,6 +137,7 @@ type Config struct {
 func (c *Config) setDefaults() {
 	setInt64(&c.MaxFrameBytes, 64<<10)
 	setInt64(&c.MaxBodyBytes, 1<<20)
+	setDuration(&c.ReadTimeout, 10*time.Second)
 	setInt(&c.MaxGroups, 100)
 	setInt(&c.OutboxFrames, 1024)
 	setInt(&c.OutboxBytes, 1<<20)
@@ -237,6 +243,7 @@ func New(b Broker, cfg Config) (*Server, error) {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = s.httpError
+	e.Use(s.readDeadline)
 	e.GET("/healthz", func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
 	e.GET("/readyz", s.readyz)
 	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{})))

@@ -95,6 +95,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer, list
 			AllowNoExpiry: cfg.JWTAllowNoExp,
 		},
 		MaxConnections:      cfg.MaxConnections,
+		MaxConnectionsPerIP: cfg.MaxConnsPerIP,
 		FramesPerSecond:     float64(cfg.FramesPerSecond),
 		HandshakesPerSecond: float64(cfg.HandshakesPerIP),
 		TrustedProxies:      cfg.TrustedProxies,

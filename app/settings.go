@@ -26,6 +26,7 @@ type settings struct {
 	JWTLeeway       time.Duration
 	JWTAllowNoExp   bool
 	MaxConnections  int
+	MaxConnsPerIP   int
 	FramesPerSecond int
 	HandshakesPerIP int
 	TrustedProxies  int
@@ -123,6 +124,7 @@ var settingsTable = []setting{
 	{"HOOK_TIMEOUT", "2s", "bound on one hook call; past it the decision is refused as unavailable", durationSetting(func(s *settings) *time.Duration { return &s.HookTimeout })},
 	{"HOOK_CONCURRENCY", "64", "hook calls in flight at once; past it decisions are refused as unavailable at once", intSetting(func(s *settings) *int { return &s.HookConcurrency }, 1, 100_000)},
 	{"MAX_CONNECTIONS", "10000", "WebSockets this instance takes; more get 503", intSetting(func(s *settings) *int { return &s.MaxConnections }, 1, 10_000_000)},
+	{"MAX_CONNECTIONS_PER_IP", "1000", "WebSockets one client IP (as TRUSTED_PROXIES sees it) may hold open; more get 429; loopback is not limited", intSetting(func(s *settings) *int { return &s.MaxConnsPerIP }, 1, 10_000_000)},
 	{"FRAMES_PER_SECOND", "20", "client frames a connection may send per second (burst twice as many); over it: rate_limited, then close 1008", intSetting(func(s *settings) *int { return &s.FramesPerSecond }, 1, 1_000_000)},
 	{"HANDSHAKES_PER_SECOND", "10", "new WebSockets per client IP per second (burst twice as many); more get 429", intSetting(func(s *settings) *int { return &s.HandshakesPerIP }, 1, 1_000_000)},
 	{"TRUSTED_PROXIES", "0", "proxies in front that append to X-Forwarded-For (0: use the TCP peer; 1 on Cloud Run; 2 behind Google's external Application Load Balancer)", intSetting(func(s *settings) *int { return &s.TrustedProxies }, 0, 10)},
@@ -141,7 +143,7 @@ var settingsTable = []setting{
 	{"NATS_TLS_CERT", "", "PEM client certificate for NATS (with NATS_TLS_KEY)", readableFile(func(s *settings) *string { return &s.NATSTLSCert })},
 	{"NATS_TLS_KEY", "", "PEM key of NATS_TLS_CERT", readableFile(func(s *settings) *string { return &s.NATSTLSKey })},
 	{"NATS_LISTEN", "", "embedded mode: also listen for NATS clients on this host:port (e.g. 127.0.0.1:4222)", hostPortSetting(func(s *settings) *string { return &s.NATSListen })},
-	{"ALLOWED_ORIGINS", "", "comma-separated host patterns (e.g. *.example.com) of other sites' pages allowed to connect", func(s *settings, v string) error {
+	{"ALLOWED_ORIGINS", "", "comma-separated origin patterns of other sites' pages allowed to connect: a bare host (e.g. *.example.com) admits https pages only, scheme://host (e.g. http://localhost:*) that scheme", func(s *settings, v string) error {
 		s.AllowedOrigins = splitList(v)
 		return nil
 	}},

@@ -74,6 +74,38 @@ func (l *ipLimiter) sweep(now time.Time) {
 	}
 }
 
+// ipConns counts each client IP's open WebSockets (and upgrades under
+// way), so that one address cannot take all of MaxConnections. It holds
+// only addresses with connections, so it is bounded by them.
+type ipConns struct {
+	max int
+
+	mu     sync.Mutex
+	counts map[string]int
+}
+
+func newIPConns(max int) *ipConns { return &ipConns{max: max, counts: make(map[string]int)} }
+
+// acquire takes one of ip's connections, false when it has max already.
+func (l *ipConns) acquire(ip string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.counts[ip] >= l.max {
+		return false
+	}
+	l.counts[ip]++
+	return true
+}
+
+// release gives back a connection that acquire took.
+func (l *ipConns) release(ip string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.counts[ip]--; l.counts[ip] <= 0 {
+		delete(l.counts, ip)
+	}
+}
+
 // readDeadline bounds the reading of a plain HTTP request to ReadTimeout,
 // so that a client that declares a body and never sends it holds no
 // connection for long. The WebSocket endpoint is left alone: its

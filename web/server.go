@@ -23,6 +23,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/time/rate"
 
 	"github.com/groupcast/groupcast/broker"
 )
@@ -72,15 +73,21 @@ type Config struct {
 	// as many); more get 429. Loopback clients (local tools and load
 	// tests) are not limited. Default 10.
 	HandshakesPerSecond float64
+	// MaxConnectionsPerIP bounds the WebSockets of one client IP (as
+	// TrustedProxies sees it); more get 429, so that one address cannot
+	// take the whole instance. Loopback clients are not limited.
+	// Default 1000.
+	MaxConnectionsPerIP int
 	// TrustedProxies is how many proxies in front of the server append to
 	// X-Forwarded-For: the client IP is that many entries from its end.
 	// 0 (default): the TCP peer; 1 on Cloud Run; 2 behind Google's
 	// external Application Load Balancer.
 	TrustedProxies int
-	// AllowedOrigins are host patterns (path.Match syntax, e.g.
-	// "*.example.com") of pages allowed to open WebSockets besides this
-	// server's own origin. Default none: same-origin pages and non-browser
-	// clients (no Origin header) only.
+	// AllowedOrigins are origin patterns (path.Match syntax) of pages
+	// allowed to open WebSockets besides this server's own: a bare host
+	// ("*.example.com") admits https pages only; give the scheme
+	// ("http://localhost:*") to admit another. Default none: same-origin
+	// pages and non-browser clients (no Origin header) only.
 	AllowedOrigins []string
 	// ClientSend lets clients publish with "send" frames. Default false.
 	ClientSend bool
@@ -146,6 +153,7 @@ func (c *Config) setDefaults() {
 	setDuration(&c.JoinTimeout, 5*time.Second)
 	setDuration(&c.MaxConnectionAge, 55*time.Minute)
 	setInt(&c.MaxConnections, 10000)
+	setInt(&c.MaxConnectionsPerIP, 1000)
 	setDuration(&c.NATSLossGrace, 5*time.Second)
 	if c.FramesPerSecond <= 0 {
 		c.FramesPerSecond = 20
@@ -185,6 +193,10 @@ type Server struct {
 	auth     *authenticator // nil: anonymous connections
 	consumer Consumer
 	shakes   *ipLimiter
+	perIP    *ipConns
+	// refusalLogs bounds the log lines of refused upgrades; the metric
+	// counts every one.
+	refusalLogs *rate.Limiter
 
 	mu        sync.Mutex
 	sessions  map[*session]struct{}
@@ -208,6 +220,9 @@ var static embed.FS
 // JWK Set has not loaded, its loader), which Shutdown stops.
 func New(b Broker, cfg Config) (*Server, error) {
 	cfg.setDefaults()
+	if err := checkOriginPatterns(cfg.AllowedOrigins); err != nil {
+		return nil, err
+	}
 	log := cfg.Logger.With("component", "web")
 	auth, err := newAuthenticator(cfg.Auth, log)
 	if err != nil {
@@ -231,6 +246,8 @@ func New(b Broker, cfg Config) (*Server, error) {
 	}
 	s.metrics.registry.MustRegister(brokerCollector{b})
 	s.shakes = newIPLimiter(cfg.HandshakesPerSecond, maxTrackedIPs)
+	s.perIP = newIPConns(cfg.MaxConnectionsPerIP)
+	s.refusalLogs = rate.NewLimiter(refusalLogsPerSecond, 2*refusalLogsPerSecond)
 	s.consumer = cfg.Consumer
 	if s.consumer == nil {
 		s.consumer = DefaultConsumer{}
@@ -248,7 +265,7 @@ func New(b Broker, cfg Config) (*Server, error) {
 	e.GET("/readyz", s.readyz)
 	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{})))
 	e.GET("/stats", s.stats)
-	e.GET("/ws", s.serveWS)
+	e.GET("/ws", s.countRefusals(s.serveWS))
 	api := e.Group("/api", s.authorize)
 	api.POST("/groups/:group/messages", s.publishGroup)
 	api.POST("/messages", s.publishBatch)
@@ -287,11 +304,67 @@ func (s *Server) readyz(c echo.Context) error {
 	return c.String(http.StatusOK, "ready\n")
 }
 
+// Refusals of upgrades that have a reason of their own in metrics and logs
+// (the others are counted by their code).
+var (
+	errHandshakeRate = refuse(CodeRateLimited, "too many new connections from this address; retry later")
+	errIPConnections = refuse(CodeRateLimited, "this address has as many WebSockets open as allowed; close some or retry later")
+)
+
+// refusalLogsPerSecond bounds the "websocket refused" log lines.
+const refusalLogsPerSecond = 5
+
+// countRefusals counts and logs the upgrades serveWS refuses.
+func (s *Server) countRefusals(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		err := next(c)
+		if err != nil {
+			code, message, status := classify(err)
+			reason := code
+			switch {
+			case errors.Is(err, errHandshakeRate):
+				reason = "handshake_rate"
+			case errors.Is(err, errIPConnections):
+				reason = "ip_connections"
+			case errors.Is(err, errOriginRefused):
+				reason = "origin"
+			}
+			s.refused(c.Request(), reason, status, message)
+		}
+		return err
+	}
+}
+
+// refused counts a refused upgrade by reason and logs it, a few a second.
+func (s *Server) refused(r *http.Request, reason string, status int, message string) {
+	s.metrics.upgradesRefused.WithLabelValues(reason).Inc()
+	if s.refusalLogs.Allow() {
+		s.log.Info("websocket refused", "reason", reason, "status", status, "message", message,
+			"remote_ip", clientIP(r, s.cfg.TrustedProxies), "origin", r.Header.Get("Origin"), "user_agent", r.UserAgent())
+	}
+}
+
 // serveWS upgrades to a WebSocket and starts its session.
 func (s *Server) serveWS(c echo.Context) error {
 	r := c.Request()
-	if ip := clientIP(r, s.cfg.TrustedProxies); !isLoopbackIP(ip) && !s.shakes.allow(ip, time.Now()) {
-		return refuse(CodeRateLimited, "too many new connections from this address; retry later")
+	ip := clientIP(r, s.cfg.TrustedProxies)
+	local := isLoopbackIP(ip)
+	if !local && !s.shakes.allow(ip, time.Now()) {
+		return errHandshakeRate
+	}
+	if err := s.checkOrigin(r); err != nil {
+		return err
+	}
+	var started bool
+	if !local {
+		if !s.perIP.acquire(ip) {
+			return errIPConnections
+		}
+		defer func() {
+			if !started {
+				s.perIP.release(ip)
+			}
+		}()
 	}
 	if err := s.broker.Ready(); err != nil {
 		return refuse(CodeUnavailable, "messaging is unavailable here; retry, elsewhere if need be")
@@ -317,10 +390,11 @@ func (s *Server) serveWS(c echo.Context) error {
 	}
 	hj := &hijacker{ResponseWriter: c.Response()}
 	conn, err := websocket.Accept(hj, c.Request(), &websocket.AcceptOptions{
-		OriginPatterns:  s.cfg.AllowedOrigins,
-		CompressionMode: websocket.CompressionDisabled,
+		InsecureSkipVerify: true, // checkOrigin has checked the Origin
+		CompressionMode:    websocket.CompressionDisabled,
 	})
 	if err != nil {
+		s.refused(r, "handshake", c.Response().Status, err.Error())
 		return nil // Accept has answered the request
 	}
 	conn.SetReadLimit(s.cfg.MaxFrameBytes)
@@ -361,6 +435,10 @@ func (s *Server) serveWS(c echo.Context) error {
 	// The session reads on a goroutine of its own, awaited by Shutdown,
 	// and this one returns: the HTTP server's goroutine, its deep stack
 	// and the request's state are not kept for the socket's lifetime.
+	if !local {
+		ss.ip = ip
+	}
+	started = true
 	go s.run(ss, cr.Groups)
 	return nil
 }
@@ -369,6 +447,9 @@ func (s *Server) serveWS(c echo.Context) error {
 // ends, then releases the channel and waits for the writer.
 func (s *Server) run(ss *session, groups []string) {
 	defer s.untrack(ss)
+	if ss.ip != "" {
+		defer s.perIP.release(ss.ip)
+	}
 	s.metrics.connects.Inc()
 	s.metrics.connections.Inc()
 	defer s.metrics.connections.Dec()

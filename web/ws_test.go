@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -199,8 +200,11 @@ func TestSlowConsumerCloseCode(t *testing.T) {
 	}
 }
 
+// TestOriginCheck: same-origin pages and allowed sites connect; a bare
+// host pattern admits https pages only, a pattern with a scheme that
+// scheme only; refusals are counted by reason.
 func TestOriginCheck(t *testing.T) {
-	e := newEnv(t, "", &Config{AllowedOrigins: []string{"*.example.com"}})
+	e := newEnv(t, "", &Config{AllowedOrigins: []string{"*.example.com", "http://localhost:*"}})
 	url := e.wsURL()
 	dial := func(origin string) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -211,15 +215,40 @@ func TestOriginCheck(t *testing.T) {
 		}
 		return err
 	}
-	if err := dial("https://evil.test"); err == nil {
-		t.Fatal("cross-origin page accepted")
+	for _, origin := range []string{"https://evil.test", "http://app.example.com", "https://localhost:3000", "null", "https://example.com.evil.test"} {
+		if err := dial(origin); err == nil {
+			t.Errorf("page of %s accepted", origin)
+		}
 	}
-	if err := dial("https://app.example.com"); err != nil {
-		t.Fatalf("allowed origin refused: %v", err)
+	for _, origin := range []string{"https://app.example.com", "http://localhost:3000", "HTTPS://APP.EXAMPLE.COM"} {
+		if err := dial(origin); err != nil {
+			t.Errorf("allowed origin %s refused: %v", origin, err)
+		}
+	}
+	if got := e.metric(`groupcast_upgrades_refused_total{reason="origin"}`); got != "5" {
+		t.Errorf("origin refusals counted: %q, want 5", got)
 	}
 	if err := dial(e.http.URL); err != nil {
 		t.Fatalf("same origin refused: %v", err)
 	}
+}
+
+// metric returns the value of the series named (with its labels) on
+// /metrics, "" when absent.
+func (e *env) metric(series string) string {
+	e.t.Helper()
+	resp, err := http.Get(e.http.URL + "/metrics")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			return v
+		}
+	}
+	return ""
 }
 
 // TestShutdownCloses1012: Shutdown closes every socket with 1012, makes

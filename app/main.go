@@ -119,6 +119,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer, list
 		WriteDelay:       cfg.WriteDelay,
 		PingInterval:     cfg.PingInterval,
 		MaxConnectionAge: cfg.MaxConnAge,
+		DrainPeriod:      cfg.DrainPeriod,
 		NATSLossGrace:    cfg.NATSLossGrace,
 		TraceProject:     cfg.TraceProject,
 		Metrics:          metrics,

@@ -264,6 +264,7 @@ func TestBadSettings(t *testing.T) {
 		"REGION":                    "eu west",
 		"HOOK_JOIN_URL":             "ftp://backend/join",
 		"JWT_ALLOW_NO_EXP":          "sometimes",
+		"DRAIN_PERIOD":              "-1s",
 	}
 	for name, value := range cases {
 		err := run(context.Background(), func(k string) string {

@@ -67,6 +67,7 @@ type settings struct {
 	WriteDelay      time.Duration
 	PingInterval    time.Duration
 	ShutdownTimeout time.Duration
+	DrainPeriod     time.Duration
 	MaxConnAge      time.Duration
 	NATSLossGrace   time.Duration
 	PprofAddr       string
@@ -213,6 +214,14 @@ var settingsTable = []setting{
 	{"NATS_LOSS_GRACE", "5s", "how long NATS may be unavailable before every WebSocket is closed with 1012 (and new ones refused with 503) so clients reconnect where messages flow", durationSetting(func(s *settings) *time.Duration { return &s.NATSLossGrace })},
 	{"GOOGLE_CLOUD_PROJECT", "", "project id for Cloud Logging trace fields (logging.googleapis.com/trace)", func(s *settings, v string) error { s.TraceProject = v; return nil }},
 	{"SHUTDOWN_TIMEOUT", "8s", "bound on the graceful shutdown after SIGTERM", durationSetting(func(s *settings) *time.Duration { return &s.ShutdownTimeout })},
+	{"DRAIN_PERIOD", "5s", "on SIGTERM, WebSockets are closed (1012) spread over this long, within SHUTDOWN_TIMEOUT less 2s, and told to spread their reconnects over as long again; 0: all at once", func(s *settings, v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			return errors.New("want a duration such as 5s, or 0")
+		}
+		s.DrainPeriod = d
+		return nil
+	}},
 	{"PPROF_ADDR", "", "serve Go's profiler (net/http/pprof) on this separate host:port, e.g. 127.0.0.1:6060; off when unset", hostPortSetting(func(s *settings) *string { return &s.PprofAddr })},
 	{"LOG_LEVEL", "info", "debug, info, warn or error", func(s *settings, v string) error {
 		if err := s.LogLevel.UnmarshalText([]byte(v)); err != nil {

@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -126,6 +127,13 @@ type Config struct {
 	// client reconnects on its own terms. Default 55m, under Cloud Run's
 	// 60-minute maximum request timeout.
 	MaxConnectionAge time.Duration
+	// DrainPeriod spreads Shutdown's 1012 closes over this long (in
+	// steps of 100 ms, sockets in random order, within the time ctx
+	// leaves less 2 s), and each close tells its client to spread its
+	// reconnect over as long again (reconnect_within_ms in the close
+	// reason): of an instance's sockets, at most h/DrainPeriod then
+	// reconnect within any span h. Default 0: every socket at once.
+	DrainPeriod time.Duration
 	// TraceProject is the Google Cloud project whose trace ids appear in
 	// connection logs ("logging.googleapis.com/trace"). Optional.
 	TraceProject string
@@ -670,17 +678,20 @@ func (s *Server) untrack(ss *session) {
 	s.active.Done()
 }
 
-// Shutdown closes every WebSocket concurrently with 1012 (service restart)
-// so clients reconnect elsewhere, refuses new ones, and waits for the
-// sessions to end. When ctx ends first it drops the remaining connections
-// without a handshake. /readyz answers 503 from the first call on.
+// Shutdown closes every WebSocket with 1012 (service restart) so clients
+// reconnect elsewhere, spread over DrainPeriod, refuses new ones, and
+// waits for the sessions to end. When ctx ends first it drops the
+// remaining connections without a handshake. /readyz answers 503 from the
+// first call on.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.draining = true
+	open := make([]*session, 0, len(s.sessions))
 	for ss := range s.sessions {
-		ss.close(websocket.StatusServiceRestart, "server restart")
+		open = append(open, ss)
 	}
 	s.mu.Unlock()
+	s.drain(ctx, open)
 	done := make(chan struct{})
 	go func() {
 		s.active.Wait()
@@ -704,6 +715,60 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Unlock()
 	<-done
 	return ctx.Err()
+}
+
+// Drain pacing: closes go out every drainStep, and the drain ends
+// drainMargin before Shutdown's deadline, to leave time for the close
+// handshakes and the rest of the shutdown.
+const (
+	drainStep   = 100 * time.Millisecond
+	drainMargin = 2 * time.Second
+)
+
+// drain closes sessions with 1012, spread over DrainPeriod (or what ctx
+// leaves of it): an equal share every drainStep, in random order. The
+// close reason tells clients how long to spread their reconnects over.
+func (s *Server) drain(ctx context.Context, sessions []*session) {
+	period := s.cfg.DrainPeriod
+	if deadline, ok := ctx.Deadline(); ok {
+		period = min(period, time.Until(deadline)-drainMargin)
+	}
+	reason := "server restart"
+	if period < drainStep || len(sessions) < 2 {
+		for _, ss := range sessions {
+			ss.close(websocket.StatusServiceRestart, reason)
+		}
+		return
+	}
+	reason = planned(reason, period)
+	rand.Shuffle(len(sessions), func(i, j int) { sessions[i], sessions[j] = sessions[j], sessions[i] })
+	steps := int(period / drainStep)
+	tick := time.NewTicker(drainStep)
+	defer tick.Stop()
+	s.log.Info("draining WebSockets", "sockets", len(sessions), "over", period.String())
+	for i := range steps {
+		for _, ss := range sessions[i*len(sessions)/steps : (i+1)*len(sessions)/steps] {
+			ss.close(websocket.StatusServiceRestart, reason)
+		}
+		if i == steps-1 {
+			return
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			for _, ss := range sessions[(i+1)*len(sessions)/steps:] {
+				ss.close(websocket.StatusServiceRestart, reason)
+			}
+			return
+		}
+	}
+}
+
+// planned appends to a close reason how long the client should spread
+// its reconnect over: " reconnect_within_ms=<n>" (PROTOCOL: clients wait
+// a random time up to n ms before reconnecting).
+func planned(reason string, within time.Duration) string {
+	return reason + " reconnect_within_ms=" + strconv.FormatInt(within.Milliseconds(), 10)
 }
 
 // traceAttrs returns the Cloud Logging trace fields of a request that came

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -291,6 +292,53 @@ func TestShutdownCloses1012(t *testing.T) {
 	}
 	if e.broker.Stats().Channels != 0 {
 		t.Fatal("channels left open")
+	}
+}
+
+// TestShutdownDrains: with DrainPeriod, Shutdown spreads its 1012 closes
+// over it, a small share at a time, and each close reason tells the
+// client how long to spread its reconnect over.
+func TestShutdownDrains(t *testing.T) {
+	e := newEnv(t, "", &Config{DrainPeriod: time.Second})
+	const n = 100
+	var mu sync.Mutex
+	var closedAt []time.Duration
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range n {
+		c := e.dial()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := c.Raw()
+			var ce websocket.CloseError
+			if !errors.As(err, &ce) || ce.Code != websocket.StatusServiceRestart || !strings.HasSuffix(ce.Reason, " reconnect_within_ms=1000") {
+				t.Errorf("got %v, want close 1012 with reconnect_within_ms=1000", err)
+			}
+			mu.Lock()
+			closedAt = append(closedAt, time.Since(start))
+			mu.Unlock()
+		}()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start = time.Now()
+	if err := e.srv.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	slices.Sort(closedAt)
+	if span := closedAt[n-1] - closedAt[0]; span < 700*time.Millisecond {
+		t.Fatalf("closes spread over %v, want about 1s", span)
+	}
+	for i := range closedAt { // no 100 ms holds more than a fifth of them
+		j := i
+		for j < n && closedAt[j]-closedAt[i] < 100*time.Millisecond {
+			j++
+		}
+		if j-i > n/5 {
+			t.Fatalf("%d of %d sockets closed within 100 ms from %v", j-i, n, closedAt[i])
+		}
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"os"
 	"strconv"
 
 	"github.com/labstack/echo/v4"
@@ -116,6 +117,9 @@ func (s *Server) readBody(c echo.Context) ([]byte, error) {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
 			return nil, broker.ErrTooLarge
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return nil, refuse(CodeInvalidJSON, "the body did not arrive within the read timeout")
 		}
 		return nil, refuse(CodeInvalidJSON, "could not read the body")
 	}

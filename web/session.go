@@ -49,6 +49,7 @@ type session struct {
 	// (nil: it kept the token's): a refresh never allows more.
 	bound     *Permissions
 	tokenUser string      // the token's subject, which a refresh must match
+	ip        string      // the client IP holding one of its connections; "" for loopback
 	expires   time.Time   // reader-owned: when the token expires (zero: never)
 	refused   int         // reader-owned: refusals so far
 	frames    bucket      // reader-owned: the client's frame rate

@@ -44,7 +44,6 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer, list
 		return err
 	}
 	log := newLogger(stderr, cfg.LogFormat, cfg.LogLevel)
-
 	ln, err := net.Listen("tcp", ":"+strconv.Itoa(cfg.Port))
 	if err != nil {
 		return fmt.Errorf("PORT=%d: %v", cfg.Port, err)
@@ -52,80 +51,15 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer, list
 	defer ln.Close()
 
 	metrics := web.NewMetrics()
-	b, err := broker.New(broker.Config{
-		URL:           cfg.NATSURL,
-		Node:          cfg.NodeID,
-		Region:        cfg.Region,
-		Prefix:        cfg.NATSPrefix,
-		CredsFile:     cfg.NATSCreds,
-		NKeyFile:      cfg.NATSNKey,
-		Token:         cfg.NATSToken,
-		TLSCA:         cfg.NATSTLSCA,
-		TLSCert:       cfg.NATSTLSCert,
-		TLSKey:        cfg.NATSTLSKey,
-		ListenAddr:    cfg.NATSListen,
-		OnFanout:      metrics.ObserveFanout,
-		Presence:      cfg.PresenceGroups,
-		Policies:      cfg.Policies,
-		HistorySize:   cfg.HistorySize,
-		HistoryTTL:    cfg.HistoryTTL,
-		FileStore:     cfg.FileStore,
-		StoreDir:      cfg.JetStreamDir,
-		DedupWindow:   cfg.DedupWindow,
-		Replicas:      cfg.Replicas,
-		HistoryRegion: cfg.HistoryRegion,
-		Logger:        log,
-	})
+	b, err := startBroker(cfg, metrics, log)
 	if err != nil {
 		return err
 	}
-	log = log.With("node", b.Node(), "region", cfg.Region)
-	if b.Embedded() {
-		log.Info("NATS_URL is unset: using an embedded NATS server; right for one instance only")
-	}
-	w := web.New(b, web.Config{
-		Region:  cfg.Region,
-		APIKeys: cfg.APIKeys,
-		Auth: web.AuthConfig{
-			Secret:   []byte(cfg.JWTSecret),
-			JWKSURL:  cfg.JWKSURL,
-			Issuer:   cfg.JWTIssuer,
-			Audience: cfg.JWTAudience,
-			Leeway:   cfg.JWTLeeway,
-		},
-		MaxConnections:      cfg.MaxConnections,
-		FramesPerSecond:     float64(cfg.FramesPerSecond),
-		HandshakesPerSecond: float64(cfg.HandshakesPerIP),
-		TrustedProxies:      cfg.TrustedProxies,
-		Hooks: web.HookConfig{
-			ConnectURL:    cfg.HookConnectURL,
-			JoinURL:       cfg.HookJoinURL,
-			SendURL:       cfg.HookSendURL,
-			Secret:        cfg.HookSecret,
-			Timeout:       cfg.HookTimeout,
-			MaxConcurrent: cfg.HookConcurrency,
-		},
-		AllowedOrigins:   cfg.AllowedOrigins,
-		ClientSend:       cfg.ClientSend,
-		MaxFrameBytes:    int64(cfg.MaxFrameBytes),
-		MaxBodyBytes:     int64(cfg.MaxBodyBytes),
-		MaxGroups:        cfg.MaxGroups,
-		OutboxFrames:     cfg.OutboxFrames,
-		OutboxBytes:      cfg.OutboxBytes,
-		WriteTimeout:     cfg.WriteTimeout,
-		WriteDelay:       cfg.WriteDelay,
-		PingInterval:     cfg.PingInterval,
-		MaxConnectionAge: cfg.MaxConnAge,
-		NATSLossGrace:    cfg.NATSLossGrace,
-		TraceProject:     cfg.TraceProject,
-		Metrics:          metrics,
-		Logger:           log,
-	})
-	if len(cfg.APIKeys) == 0 {
-		log.Warn("API_KEY is unset: the server API answers loopback callers only")
-	}
-	if cfg.JWTSecret == "" && cfg.JWKSURL == "" {
-		log.Warn("ANONYMOUS CONNECTIONS: neither JWT_SECRET nor JWKS_URL is set, so any client may join any group; set one before exposing this server")
+	log = log.With("node", b.Node(), "region", cfg.Broker.Region)
+	w, err := startWeb(cfg, b, metrics, log)
+	if err != nil {
+		b.Close(context.Background())
+		return err
 	}
 	srv := &http.Server{
 		Handler:           w.Handler(),
@@ -152,33 +86,71 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer, list
 	case err = <-served:
 		err = fmt.Errorf("serve: %w", err)
 	}
-	start := time.Now()
-	log.Info("shutting down", "timeout", cfg.ShutdownTimeout.String())
-	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
-	defer cancel()
-
-	// Stop accepting, close every WebSocket (Shutdown ignores hijacked
-	// connections), then drain NATS and stop the embedded server.
-	httpDone := make(chan error, 1)
-	go func() { httpDone <- srv.Shutdown(sctx) }()
-	if werr := w.Shutdown(sctx); werr != nil {
-		log.Warn("some WebSockets did not close in time", "error", werr)
-	}
-	if herr := <-httpDone; herr != nil {
-		log.Warn("HTTP shutdown", "error", herr)
-		srv.Close()
-	}
-	if err == nil {
-		<-served
-	}
-	if berr := b.Close(sctx); berr != nil {
-		log.Warn("NATS drain", "error", berr)
-	}
-	log.Info("stopped", "took", time.Since(start).Round(time.Millisecond).String())
+	shutdown(cfg.ShutdownTimeout, srv, served, err == nil, w, b, log)
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
 	}
 	return err
+}
+
+// startBroker connects to NATS, or starts the embedded server.
+func startBroker(cfg *settings, metrics *web.Metrics, log *slog.Logger) (*broker.Broker, error) {
+	bc := cfg.Broker
+	bc.OnFanout, bc.Logger = metrics.ObserveFanout, log
+	b, err := broker.New(bc)
+	if errors.Is(err, broker.ErrStoreDir) {
+		return nil, errors.New("JETSTREAM_DIR: required with HISTORY_STORE=file and the embedded server")
+	}
+	if err != nil {
+		return nil, err
+	}
+	if b.Embedded() {
+		log.Info("NATS_URL is unset: using an embedded NATS server; right for one instance only")
+	}
+	return b, nil
+}
+
+// startWeb makes the HTTP side, and warns of what is left open.
+func startWeb(cfg *settings, b *broker.Broker, metrics *web.Metrics, log *slog.Logger) (*web.Server, error) {
+	wc := cfg.Web
+	wc.Metrics, wc.Logger = metrics, log
+	w, err := web.New(b, wc)
+	if err != nil {
+		return nil, err
+	}
+	if len(wc.APIKeys) == 0 {
+		log.Warn("API_KEY is unset: the server API answers loopback callers only")
+	}
+	if !wc.Auth.Enabled() {
+		log.Warn("ANONYMOUS CONNECTIONS: neither JWT_SECRET nor JWKS_URL is set, so any client may join any group; set one before exposing this server")
+	}
+	return w, nil
+}
+
+// shutdown stops accepting, closes every WebSocket (http.Server.Shutdown
+// ignores hijacked connections), then drains NATS and stops the embedded
+// server, within timeout. wait tells it to wait for Serve to return.
+func shutdown(timeout time.Duration, srv *http.Server, served <-chan error, wait bool, w *web.Server, b *broker.Broker, log *slog.Logger) {
+	start := time.Now()
+	log.Info("shutting down", "timeout", timeout.String())
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	httpDone := make(chan error, 1)
+	go func() { httpDone <- srv.Shutdown(ctx) }()
+	if err := w.Shutdown(ctx); err != nil {
+		log.Warn("some WebSockets did not close in time", "error", err)
+	}
+	if err := <-httpDone; err != nil {
+		log.Warn("HTTP shutdown", "error", err)
+		srv.Close()
+	}
+	if wait {
+		<-served
+	}
+	if err := b.Close(ctx); err != nil {
+		log.Warn("NATS drain", "error", err)
+	}
+	log.Info("stopped", "took", time.Since(start).Round(time.Millisecond).String())
 }
 
 // servePprof serves net/http/pprof on its own listener, apart from the

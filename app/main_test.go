@@ -239,6 +239,8 @@ func TestBadSettings(t *testing.T) {
 		"MAX_GROUPS_PER_CONNECTION": "0",
 		"REGION":                    "eu west",
 		"HOOK_JOIN_URL":             "ftp://backend/join",
+		"HOOK_HEADERS":              "Cookie,Authorization",
+		"JWT_ALLOW_NO_EXP":          "sometimes",
 	}
 	for name, value := range cases {
 		err := run(context.Background(), func(k string) string {

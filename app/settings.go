@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -11,236 +12,239 @@ import (
 	"time"
 
 	"github.com/groupcast/groupcast/broker"
+	"github.com/groupcast/groupcast/web"
 )
 
-// settings are the process's configuration, read from the environment.
+// settings are the process's configuration, read from the environment
+// straight into the broker's and the web server's Config.
 type settings struct {
 	Port            int
-	NATSURL         string
-	Region          string
-	APIKeys         []string
-	JWTSecret       string
-	JWKSURL         string
-	JWTIssuer       string
-	JWTAudience     string
-	JWTLeeway       time.Duration
-	MaxConnections  int
-	FramesPerSecond int
-	HandshakesPerIP int
-	TrustedProxies  int
-	HookConnectURL  string
-	HookJoinURL     string
-	HookSendURL     string
-	HookSecret      string
-	HookTimeout     time.Duration
-	HookConcurrency int
-	NodeID          string
-	NATSPrefix      string
-	NATSCreds       string
-	NATSNKey        string
-	NATSToken       string
-	NATSTLSCA       string
-	NATSTLSCert     string
-	NATSTLSKey      string
-	NATSListen      string
-	AllowedOrigins  []string
-	ClientSend      bool
-	Policies        []broker.PolicyRule
-	HistorySize     int
-	HistoryTTL      time.Duration
-	FileStore       bool
-	JetStreamDir    string
-	DedupWindow     time.Duration
-	Replicas        int
-	HistoryRegion   string
-	PresenceGroups  []string
-	MaxFrameBytes   int
-	MaxBodyBytes    int
-	MaxGroups       int
-	OutboxFrames    int
-	OutboxBytes     int
-	WriteTimeout    time.Duration
-	WriteDelay      time.Duration
-	PingInterval    time.Duration
+	Broker          broker.Config
+	Web             web.Config
 	ShutdownTimeout time.Duration
-	MaxConnAge      time.Duration
-	NATSLossGrace   time.Duration
 	PprofAddr       string
-	TraceProject    string
 	LogLevel        slog.Level
 	LogFormat       string
 }
 
-// setting documents one environment variable; the README's table says the same.
-type setting struct {
-	name, def, doc string
-	parse          func(s *settings, v string) error
+// newSettings returns the defaults: the broker's and the web server's own
+// (their DefaultConfig), and those of the process.
+func newSettings() *settings {
+	return &settings{
+		Port:            8080,
+		Broker:          broker.DefaultConfig(),
+		Web:             web.DefaultConfig(),
+		ShutdownTimeout: 8 * time.Second,
+		LogLevel:        slog.LevelInfo,
+		LogFormat:       "auto",
+	}
 }
 
-// settingsTable lists every variable, its default and how it is read.
+// setting documents one environment variable; the README's table says the
+// same (settings_test.go checks it).
+type setting struct {
+	name, doc string
+	value
+}
+
+// value reads a variable into settings and shows what settings hold.
+type value struct {
+	set  func(s *settings, v string) error
+	show func(s *settings) string
+	// echo is how a refused value may appear in the error line; nil: not
+	// at all (secrets, and values whose error shows them redacted).
+	echo func(v string) string
+}
+
+// settingsTable lists every variable, how it is read and shown. Defaults
+// are what newSettings holds.
 var settingsTable = []setting{
-	{"PORT", "8080", "the one port for HTTP and WebSocket", func(s *settings, v string) (err error) {
-		s.Port, err = parseInt(v, 0, 65535)
-		return err
+	{"PORT", "the one port for HTTP and WebSocket", integer(func(s *settings) *int { return &s.Port }, 0, 65535)},
+	{"NATS_URL", "unset: embedded NATS server; set: comma-separated nats:// or tls:// URLs of an external cluster", value{
+		set:  func(s *settings, v string) error { s.Broker.URL = v; return checkNATSURLs(v) },
+		show: func(s *settings) string { return s.Broker.URL },
 	}},
-	{"NATS_URL", "", "unset: embedded NATS server; set: comma-separated nats:// or tls:// URLs of an external cluster", func(s *settings, v string) error {
-		s.NATSURL = v
-		return checkNATSURLs(v)
+	{"REGION", "this instance's region (letters, digits, - and _), in the welcome frame, deliveries, logs and the NATS connection name", value{
+		set: func(s *settings, v string) error {
+			s.Broker.Region, s.Web.Region = v, v
+			return broker.CheckID(v)
+		},
+		show: func(s *settings) string { return s.Broker.Region },
+		echo: strconv.Quote,
 	}},
-	{"REGION", "", "this instance's region (letters, digits, - and _), in the welcome frame, deliveries, logs and the NATS connection name", func(s *settings, v string) error {
-		s.Region = v
-		if v != "" && !isToken(v) {
-			return errors.New("want 1-64 letters, digits, '-' or '_'")
-		}
-		return nil
-	}},
-	{"API_KEY", "", "server API keys, comma-separated (several for rotation), each accepted as Authorization: Bearer; unset: loopback callers only", func(s *settings, v string) error { s.APIKeys = splitList(v); return nil }},
-	{"JWT_SECRET", "", "shared secret for HS256 connection tokens; with it (or JWKS_URL) every WebSocket needs a token", func(s *settings, v string) error {
-		s.JWTSecret = v
-		if v != "" && len(v) < 32 {
-			return errors.New("want at least 32 bytes")
-		}
-		return nil
-	}},
-	{"JWKS_URL", "", "https URL of a JWK Set for RS256/ES256 connection tokens", urlSetting(func(s *settings) *string { return &s.JWKSURL })},
-	{"JWT_ISSUER", "", "when set, tokens' iss must equal it", func(s *settings, v string) error { s.JWTIssuer = v; return nil }},
-	{"JWT_AUDIENCE", "", "when set, tokens' aud must include it", func(s *settings, v string) error { s.JWTAudience = v; return nil }},
-	{"JWT_LEEWAY", "30s", "clock skew allowed on tokens' exp and nbf", durationSetting(func(s *settings) *time.Duration { return &s.JWTLeeway })},
-	{"HOOK_CONNECT_URL", "", "POST connect decisions to this backend URL", urlSetting(func(s *settings) *string { return &s.HookConnectURL })},
-	{"HOOK_JOIN_URL", "", "POST join decisions to this backend URL", urlSetting(func(s *settings) *string { return &s.HookJoinURL })},
-	{"HOOK_SEND_URL", "", "POST client sends to this backend URL (it may rewrite the data)", urlSetting(func(s *settings) *string { return &s.HookSendURL })},
-	{"HOOK_SECRET", "", "sent to the hook backend as Authorization: Bearer, so it can trust the calls", func(s *settings, v string) error { s.HookSecret = v; return nil }},
-	{"HOOK_TIMEOUT", "2s", "bound on one hook call; past it the decision is refused as unavailable", durationSetting(func(s *settings) *time.Duration { return &s.HookTimeout })},
-	{"HOOK_CONCURRENCY", "64", "hook calls in flight at once; past it decisions are refused as unavailable at once", intSetting(func(s *settings) *int { return &s.HookConcurrency }, 1, 100_000)},
-	{"MAX_CONNECTIONS", "10000", "WebSockets this instance takes; more get 503", intSetting(func(s *settings) *int { return &s.MaxConnections }, 1, 10_000_000)},
-	{"FRAMES_PER_SECOND", "20", "client frames a connection may send per second (burst twice as many); over it: rate_limited, then close 1008", intSetting(func(s *settings) *int { return &s.FramesPerSecond }, 1, 1_000_000)},
-	{"HANDSHAKES_PER_SECOND", "10", "new WebSockets per client IP per second (burst twice as many); more get 429", intSetting(func(s *settings) *int { return &s.HandshakesPerIP }, 1, 1_000_000)},
-	{"TRUSTED_PROXIES", "0", "proxies in front that append to X-Forwarded-For (0: use the TCP peer; 1 on Cloud Run; 2 behind Google's external Application Load Balancer)", intSetting(func(s *settings) *int { return &s.TrustedProxies }, 0, 10)},
-	{"NODE_ID", "random", "this instance's id in channel names and subjects (letters, digits, - and _)", func(s *settings, v string) error {
-		s.NodeID = v
-		if v != "" && !isToken(v) {
-			return errors.New("want 1-64 letters, digits, '-' or '_'")
-		}
-		return nil
-	}},
-	{"NATS_PREFIX", "groupcast", "first tokens of every NATS subject", func(s *settings, v string) error { s.NATSPrefix = v; return nil }},
-	{"NATS_CREDS", "", "NATS credentials file (user JWT and seed)", readableFile(func(s *settings) *string { return &s.NATSCreds })},
-	{"NATS_NKEY", "", "file holding an NATS nkey seed", readableFile(func(s *settings) *string { return &s.NATSNKey })},
-	{"NATS_TOKEN", "", "NATS authentication token", func(s *settings, v string) error { s.NATSToken = v; return nil }},
-	{"NATS_TLS_CA", "", "PEM file of CAs for the NATS servers' certificates", readableFile(func(s *settings) *string { return &s.NATSTLSCA })},
-	{"NATS_TLS_CERT", "", "PEM client certificate for NATS (with NATS_TLS_KEY)", readableFile(func(s *settings) *string { return &s.NATSTLSCert })},
-	{"NATS_TLS_KEY", "", "PEM key of NATS_TLS_CERT", readableFile(func(s *settings) *string { return &s.NATSTLSKey })},
-	{"NATS_LISTEN", "", "embedded mode: also listen for NATS clients on this host:port (e.g. 127.0.0.1:4222)", hostPortSetting(func(s *settings) *string { return &s.NATSListen })},
-	{"ALLOWED_ORIGINS", "", "comma-separated host patterns (e.g. *.example.com) of other sites' pages allowed to connect", func(s *settings, v string) error {
-		s.AllowedOrigins = splitList(v)
-		return nil
-	}},
-	{"CLIENT_SEND", "true", "let WebSocket clients publish with send frames", func(s *settings, v string) (err error) {
-		s.ClientSend, err = strconv.ParseBool(v)
-		if err != nil {
-			return errors.New("want true or false")
-		}
-		return nil
-	}},
-	{"PRESENCE_GROUPS", "", "comma-separated group names or prefixes ending in * (e.g. room.*,lobby) whose members are tracked for presence; unset: none", func(s *settings, v string) error {
-		s.PresenceGroups = splitList(v)
-		for _, p := range s.PresenceGroups {
-			if !broker.ValidPresencePattern(p) {
-				return fmt.Errorf("pattern %q: want a group name or a prefix ending in '*'", p)
+	{"API_KEY", "server API keys, comma-separated (several for rotation), each accepted as Authorization: Bearer; unset: loopback callers only", secret(list(func(s *settings) *[]string { return &s.Web.APIKeys }, nil))},
+	{"JWT_SECRET", "shared secret for HS256 connection tokens; with it (or JWKS_URL) every WebSocket needs a token", value{
+		set: func(s *settings, v string) error {
+			s.Web.Auth.Secret = []byte(v)
+			if len(v) < 32 {
+				return errors.New("want at least 32 bytes")
 			}
-		}
-		return nil
-	}},
-	{"GROUP_POLICIES", "", "how groups keep messages: comma-separated pattern=policy, policy one of at-most-once, recoverable, latest; patterns a group name, * or a prefix ending in .* (e.g. chat.*=recoverable,price.*=latest); first match wins; unset: every group at-most-once", func(s *settings, v string) error {
-		for _, item := range splitList(v) {
-			pattern, name, ok := strings.Cut(item, "=")
-			policy, known := broker.ParsePolicy(strings.TrimSpace(name))
-			pattern = strings.TrimSpace(pattern)
-			if !ok || !known {
-				return fmt.Errorf("%q: want pattern=at-most-once|recoverable|latest", item)
-			}
-			if !broker.ValidPolicyPattern(pattern) {
-				return fmt.Errorf("pattern %q: want a group name, * or a prefix ending in .*", pattern)
-			}
-			s.Policies = append(s.Policies, broker.PolicyRule{Pattern: pattern, Policy: policy})
-		}
-		return nil
-	}},
-	{"HISTORY_SIZE", "1000", "messages a recoverable group keeps, and the most a resume replays", intSetting(func(s *settings) *int { return &s.HistorySize }, 1, 10_000_000)},
-	{"HISTORY_TTL", "1h", "how long kept messages live", durationSetting(func(s *settings) *time.Duration { return &s.HistoryTTL })},
-	{"HISTORY_STORE", "memory", "where history is kept: memory, or file (in JETSTREAM_DIR with the embedded server)", func(s *settings, v string) error {
-		switch v {
-		case "memory", "file":
-			s.FileStore = v == "file"
 			return nil
-		}
-		return errors.New("want memory or file")
+		},
+		show: func(s *settings) string { return string(s.Web.Auth.Secret) },
 	}},
-	{"JETSTREAM_DIR", "", "the embedded server's JetStream directory; required with HISTORY_STORE=file and NATS_URL unset", func(s *settings, v string) error { s.JetStreamDir = v; return nil }},
-	{"IDEMPOTENCY_WINDOW", "2m", "how long an Idempotency-Key is remembered", durationSetting(func(s *settings) *time.Duration { return &s.DedupWindow })},
-	{"HISTORY_REPLICAS", "1", "copies of the history streams in an external cluster (3 in a three-server region)", intSetting(func(s *settings) *int { return &s.Replicas }, 1, 5)},
-	{"HISTORY_REGION", "", "in a supercluster, the NATS cluster (region) holding the history streams; the other regions keep and read mirrors of them", func(s *settings, v string) error { s.HistoryRegion = v; return nil }},
-	{"MAX_FRAME_BYTES", "65536", "largest client frame; larger closes the socket with 1009", intSetting(func(s *settings) *int { return &s.MaxFrameBytes }, 256, 64<<20)},
-	{"MAX_BODY_BYTES", "1048576", "largest server API body; larger gets 413", intSetting(func(s *settings) *int { return &s.MaxBodyBytes }, 256, 64<<20)},
-	{"MAX_GROUPS_PER_CONNECTION", "100", "groups one connection may be in", intSetting(func(s *settings) *int { return &s.MaxGroups }, 1, 1<<20)},
-	{"OUTBOX_FRAMES", "1024", "frames queued for one connection before it is closed as a slow consumer (4008)", intSetting(func(s *settings) *int { return &s.OutboxFrames }, 1, 1<<24)},
-	{"OUTBOX_BYTES", "1048576", "bytes queued for one connection before it is closed as a slow consumer (4008)", intSetting(func(s *settings) *int { return &s.OutboxBytes }, 1024, 1<<30)},
-	{"WRITE_TIMEOUT", "10s", "bound on one WebSocket write or ping", durationSetting(func(s *settings) *time.Duration { return &s.WriteTimeout })},
-	{"WRITE_DELAY", "0s", "how long a connection's messages are held so that more go out in one write (fewer system calls under heavy fan-out, for that much latency); 0: written at once", func(s *settings, v string) error {
-		d, err := time.ParseDuration(v)
-		if err != nil || d < 0 || d > time.Second {
-			return errors.New("want a duration from 0 to 1s, such as 20ms")
-		}
-		s.WriteDelay = d
-		return nil
+	{"JWKS_URL", "https URL of a JWK Set for RS256/ES256 connection tokens", httpURL(func(s *settings) *string { return &s.Web.Auth.JWKSURL })},
+	{"JWT_ISSUER", "when set, tokens' iss must equal it", text(func(s *settings) *string { return &s.Web.Auth.Issuer }, nil)},
+	{"JWT_AUDIENCE", "when set, tokens' aud must include it", text(func(s *settings) *string { return &s.Web.Auth.Audience }, nil)},
+	{"JWT_LEEWAY", "clock skew allowed on tokens' exp and nbf", duration(func(s *settings) *time.Duration { return &s.Web.Auth.Leeway }, 1, 0)},
+	{"JWT_ALLOW_NO_EXP", "accept connection tokens without exp, valid forever (false: exp is required)", boolean(func(s *settings) *bool { return &s.Web.Auth.AllowNoExpiry })},
+	{"HOOK_CONNECT_URL", "POST connect decisions to this backend URL", httpURL(func(s *settings) *string { return &s.Web.Hooks.ConnectURL })},
+	{"HOOK_JOIN_URL", "POST join decisions to this backend URL", httpURL(func(s *settings) *string { return &s.Web.Hooks.JoinURL })},
+	{"HOOK_SEND_URL", "POST client sends to this backend URL (it may rewrite the data)", httpURL(func(s *settings) *string { return &s.Web.Hooks.SendURL })},
+	{"HOOK_RECEIVE_URL", "POST client frames of the application's own types to this backend URL; its reply goes back to the client", httpURL(func(s *settings) *string { return &s.Web.Hooks.ReceiveURL })},
+	{"HOOK_DISCONNECT_URL", "POST every closed connection (user, groups, close code) to this backend URL, off the socket's path", httpURL(func(s *settings) *string { return &s.Web.Hooks.DisconnectURL })},
+	{"HOOK_DISCONNECT_QUEUE", "disconnect hook calls waiting to be sent; past it they are dropped, logged and counted", integer(func(s *settings) *int { return &s.Web.Hooks.DisconnectQueue }, 1, 10_000_000)},
+	{"HOOK_HEADERS", "comma-separated headers of the WebSocket upgrade request copied onto every hook call of that connection (so the backend's session login works); none: forward none", value{
+		set: func(s *settings, v string) error {
+			if v == "none" {
+				s.Web.Hooks.Headers = nil
+				return nil
+			}
+			s.Web.Hooks.Headers = splitList(v)
+			return web.CheckHookHeaders(s.Web.Hooks.Headers)
+		},
+		show: func(s *settings) string { return cmp.Or(strings.Join(s.Web.Hooks.Headers, ","), "none") },
+		echo: strconv.Quote,
 	}},
-	{"PING_INTERVAL", "25s", "how often idle WebSockets are pinged", durationSetting(func(s *settings) *time.Duration { return &s.PingInterval })},
-	{"MAX_CONNECTION_AGE", "55m", "WebSockets are closed with 1012 after this long (less up to a tenth, at random), before Cloud Run's request timeout cuts them", durationSetting(func(s *settings) *time.Duration { return &s.MaxConnAge })},
-	{"NATS_LOSS_GRACE", "5s", "how long NATS may be unavailable before every WebSocket is closed with 1012 (and new ones refused with 503) so clients reconnect where messages flow", durationSetting(func(s *settings) *time.Duration { return &s.NATSLossGrace })},
-	{"GOOGLE_CLOUD_PROJECT", "", "project id for Cloud Logging trace fields (logging.googleapis.com/trace)", func(s *settings, v string) error { s.TraceProject = v; return nil }},
-	{"SHUTDOWN_TIMEOUT", "8s", "bound on the graceful shutdown after SIGTERM", durationSetting(func(s *settings) *time.Duration { return &s.ShutdownTimeout })},
-	{"PPROF_ADDR", "", "serve Go's profiler (net/http/pprof) on this separate host:port, e.g. 127.0.0.1:6060; off when unset", hostPortSetting(func(s *settings) *string { return &s.PprofAddr })},
-	{"LOG_LEVEL", "info", "debug, info, warn or error", func(s *settings, v string) error {
-		if err := s.LogLevel.UnmarshalText([]byte(v)); err != nil {
-			return errors.New("want debug, info, warn or error")
-		}
-		return nil
+	{"HOOK_SECRET", "sent to the hook backend as Authorization: Bearer, so it can trust the calls", secret(text(func(s *settings) *string { return &s.Web.Hooks.Secret }, nil))},
+	{"HOOK_TIMEOUT", "bound on one hook call; past it the decision is refused as unavailable", duration(func(s *settings) *time.Duration { return &s.Web.Hooks.Timeout }, 1, 0)},
+	{"HOOK_CONCURRENCY", "hook calls in flight at once; past it decisions are refused as unavailable at once", integer(func(s *settings) *int { return &s.Web.Hooks.MaxConcurrent }, 1, 100_000)},
+	{"MAX_CONNECTIONS", "WebSockets this instance takes; more get 503", integer(func(s *settings) *int { return &s.Web.MaxConnections }, 1, 10_000_000)},
+	{"FRAMES_PER_SECOND", "client frames a connection may send per second (burst twice as many); over it: rate_limited, then close 1008", integer(func(s *settings) *float64 { return &s.Web.FramesPerSecond }, 1, 1_000_000)},
+	{"HANDSHAKES_PER_SECOND", "new WebSockets per client IP per second (burst twice as many); more get 429", integer(func(s *settings) *float64 { return &s.Web.HandshakesPerSecond }, 1, 1_000_000)},
+	{"TRUSTED_PROXIES", "proxies in front that append to X-Forwarded-For (0: use the TCP peer; 1 on Cloud Run; 2 behind Google's external Application Load Balancer)", integer(func(s *settings) *int { return &s.Web.TrustedProxies }, 0, 10)},
+	{"NODE_ID", "this instance's id in channel names and subjects (letters, digits, - and _); unset: random", text(func(s *settings) *string { return &s.Broker.Node }, broker.CheckID)},
+	{"NATS_PREFIX", "first tokens of every NATS subject", text(func(s *settings) *string { return &s.Broker.Prefix }, broker.CheckPrefix)},
+	{"NATS_CREDS", "NATS credentials file (user JWT and seed)", file(func(s *settings) *string { return &s.Broker.CredsFile })},
+	{"NATS_NKEY", "file holding an NATS nkey seed", file(func(s *settings) *string { return &s.Broker.NKeyFile })},
+	{"NATS_TOKEN", "NATS authentication token", secret(text(func(s *settings) *string { return &s.Broker.Token }, nil))},
+	{"NATS_TLS_CA", "PEM file of CAs for the NATS servers' certificates", file(func(s *settings) *string { return &s.Broker.TLSCA })},
+	{"NATS_TLS_CERT", "PEM client certificate for NATS (with NATS_TLS_KEY)", file(func(s *settings) *string { return &s.Broker.TLSCert })},
+	{"NATS_TLS_KEY", "PEM key of NATS_TLS_CERT", file(func(s *settings) *string { return &s.Broker.TLSKey })},
+	{"NATS_LISTEN", "embedded mode: also listen for NATS clients on this host:port (e.g. 127.0.0.1:4222)", hostPort(func(s *settings) *string { return &s.Broker.ListenAddr })},
+	{"ALLOWED_ORIGINS", "comma-separated host patterns (e.g. *.example.com) of other sites' pages allowed to connect", list(func(s *settings) *[]string { return &s.Web.AllowedOrigins }, nil)},
+	{"CLIENT_SEND", "let WebSocket clients publish with send frames", boolean(func(s *settings) *bool { return &s.Web.ClientSend })},
+	{"PRESENCE_GROUPS", "comma-separated group patterns (e.g. room.*,lobby) whose members are tracked for presence; unset: none", list(func(s *settings) *[]string { return &s.Broker.Presence }, broker.CheckPresence)},
+	{"GROUP_POLICIES", "how groups keep messages: comma-separated pattern=policy, policy one of at-most-once, recoverable, latest; patterns (README: Group patterns) a group name, * or a prefix ending in .* (e.g. chat.*=recoverable,price.*=latest); first match wins; a recoverable or latest pattern overlapping an earlier one of another policy is refused; unset: every group at-most-once", value{
+		set:  parsePolicies,
+		show: func(s *settings) string { return showPolicies(s.Broker.Policies) },
+		echo: strconv.Quote,
 	}},
-	{"LOG_FORMAT", "auto", "json (Cloud Logging), text, or auto: text on a terminal, json otherwise", func(s *settings, v string) error {
-		switch v {
-		case "auto", "json", "text":
+	{"HISTORY_SIZE", "messages a recoverable group keeps, and the most a resume replays", integer(func(s *settings) *int { return &s.Broker.HistorySize }, 1, 10_000_000)},
+	{"HISTORY_TTL", "how long kept messages live", duration(func(s *settings) *time.Duration { return &s.Broker.HistoryTTL }, 1, 0)},
+	{"HISTORY_STORE", "where history is kept: memory, or file (in JETSTREAM_DIR with the embedded server)", value{
+		set: func(s *settings, v string) error {
+			if v != "memory" && v != "file" {
+				return errors.New("want memory or file")
+			}
+			s.Broker.FileStore = v == "file"
+			return nil
+		},
+		show: func(s *settings) string { return map[bool]string{false: "memory", true: "file"}[s.Broker.FileStore] },
+		echo: strconv.Quote,
+	}},
+	{"JETSTREAM_DIR", "the embedded server's JetStream directory; required with HISTORY_STORE=file and NATS_URL unset", text(func(s *settings) *string { return &s.Broker.StoreDir }, nil)},
+	{"IDEMPOTENCY_WINDOW", "how long an Idempotency-Key is remembered", duration(func(s *settings) *time.Duration { return &s.Broker.DedupWindow }, 1, 0)},
+	{"HISTORY_REPLICAS", "copies of the history streams in an external cluster (3 in a three-server region)", integer(func(s *settings) *int { return &s.Broker.Replicas }, 1, 5)},
+	{"HISTORY_REGION", "in a supercluster, the NATS cluster (region) holding the history streams; the other regions keep and read mirrors of them", text(func(s *settings) *string { return &s.Broker.HistoryRegion }, nil)},
+	{"MAX_FRAME_BYTES", "largest client frame; larger closes the socket with 1009", integer(func(s *settings) *int64 { return &s.Web.MaxFrameBytes }, 256, 64<<20)},
+	{"MAX_BODY_BYTES", "largest server API body; larger gets 413", integer(func(s *settings) *int64 { return &s.Web.MaxBodyBytes }, 256, 64<<20)},
+	{"MAX_GROUPS_PER_CONNECTION", "groups one connection may be in", integer(func(s *settings) *int { return &s.Web.MaxGroups }, 1, 1<<20)},
+	{"OUTBOX_FRAMES", "frames queued for one connection before it is closed as a slow consumer (4008)", integer(func(s *settings) *int { return &s.Web.OutboxFrames }, 1, 1<<24)},
+	{"OUTBOX_BYTES", "bytes queued for one connection before it is closed as a slow consumer (4008)", integer(func(s *settings) *int { return &s.Web.OutboxBytes }, 1024, 1<<30)},
+	{"WRITE_TIMEOUT", "bound on one WebSocket write or ping", duration(func(s *settings) *time.Duration { return &s.Web.WriteTimeout }, 1, 0)},
+	{"WRITE_DELAY", "how long a connection's messages are held so that more go out in one write (fewer system calls under heavy fan-out, for that much latency); 0: written at once", duration(func(s *settings) *time.Duration { return &s.Web.WriteDelay }, 0, time.Second)},
+	{"PING_INTERVAL", "how often idle WebSockets are pinged", duration(func(s *settings) *time.Duration { return &s.Web.PingInterval }, 1, 0)},
+	{"MAX_CONNECTION_AGE", "WebSockets are closed with 1012 after this long (less up to a tenth, at random), before Cloud Run's request timeout cuts them", duration(func(s *settings) *time.Duration { return &s.Web.MaxConnectionAge }, 1, 0)},
+	{"NATS_LOSS_GRACE", "how long NATS may be unavailable before every WebSocket is closed with 1012 (and new ones refused with 503) so clients reconnect where messages flow", duration(func(s *settings) *time.Duration { return &s.Web.NATSLossGrace }, 1, 0)},
+	{"GOOGLE_CLOUD_PROJECT", "project id for Cloud Logging trace fields (logging.googleapis.com/trace)", text(func(s *settings) *string { return &s.Web.TraceProject }, nil)},
+	{"SHUTDOWN_TIMEOUT", "bound on the graceful shutdown after SIGTERM", duration(func(s *settings) *time.Duration { return &s.ShutdownTimeout }, 1, 0)},
+	{"PPROF_ADDR", "serve Go's profiler (net/http/pprof) on this separate host:port, e.g. 127.0.0.1:6060; off when unset", hostPort(func(s *settings) *string { return &s.PprofAddr })},
+	{"LOG_LEVEL", "debug, info, warn or error", value{
+		set: func(s *settings, v string) error {
+			if err := s.LogLevel.UnmarshalText([]byte(v)); err != nil {
+				return errors.New("want debug, info, warn or error")
+			}
+			return nil
+		},
+		show: func(s *settings) string { return strings.ToLower(s.LogLevel.String()) },
+		echo: strconv.Quote,
+	}},
+	{"LOG_FORMAT", "json (Cloud Logging), text, or auto: text on a terminal, json otherwise", value{
+		set: func(s *settings, v string) error {
+			if v != "auto" && v != "json" && v != "text" {
+				return errors.New("want auto, json or text")
+			}
 			s.LogFormat = v
 			return nil
-		}
-		return errors.New("want auto, json or text")
+		},
+		show: func(s *settings) string { return s.LogFormat },
+		echo: strconv.Quote,
 	}},
 }
 
-// loadSettings reads every setting. The error names the variable.
+// loadSettings reads every setting over the defaults. The error is one
+// line that names the variable and never shows a secret.
 func loadSettings(getenv func(string) string) (*settings, error) {
-	s := &settings{}
+	s := newSettings()
 	for _, st := range settingsTable {
 		v := strings.TrimSpace(getenv(st.name))
-		if v == "" && st.def != "random" {
-			v = st.def
+		if v == "" {
+			continue
 		}
-		if err := st.parse(s, v); err != nil {
-			if st.name == "NATS_URL" { // may hold credentials: the error shows it redacted
+		if err := st.set(s, v); err != nil {
+			if st.echo == nil {
 				return nil, fmt.Errorf("%s: %v", st.name, err)
 			}
-			return nil, fmt.Errorf("%s=%q: %v", st.name, v, err)
+			return nil, fmt.Errorf("%s=%s: %v", st.name, st.echo(v), err)
 		}
 	}
-	if s.FileStore && s.NATSURL == "" && s.JetStreamDir == "" {
-		return nil, errors.New("JETSTREAM_DIR: required with HISTORY_STORE=file and the embedded server")
-	}
-	if s.HistoryRegion != "" && s.NATSURL == "" {
+	if s.Broker.HistoryRegion != "" && s.Broker.URL == "" {
 		return nil, errors.New("HISTORY_REGION: needs NATS_URL (a supercluster); the embedded server is one region")
 	}
-	if (s.NATSTLSCert == "") != (s.NATSTLSKey == "") {
+	if (s.Broker.TLSCert == "") != (s.Broker.TLSKey == "") {
 		return nil, errors.New("NATS_TLS_CERT and NATS_TLS_KEY must be set together")
 	}
 	return s, nil
+}
+
+// parsePolicies reads GROUP_POLICIES: pattern=policy, comma-separated.
+func parsePolicies(s *settings, v string) error {
+	for _, item := range splitList(v) {
+		pattern, name, ok := strings.Cut(item, "=")
+		policy, known := broker.ParsePolicy(strings.TrimSpace(name))
+		if !ok || !known {
+			return fmt.Errorf("%q: want pattern=at-most-once|recoverable|latest", item)
+		}
+		s.Broker.Policies = append(s.Broker.Policies, broker.PolicyRule{Pattern: strings.TrimSpace(pattern), Policy: policy})
+	}
+	return broker.CheckPolicies(s.Broker.Policies)
+}
+
+func showPolicies(rules []broker.PolicyRule) string {
+	items := make([]string, len(rules))
+	for i, r := range rules {
+		items[i] = r.Pattern + "=" + r.Policy.String()
+	}
+	return strings.Join(items, ",")
+}
+
+// secret keeps v's value out of error lines.
+func secret(v value) value {
+	v.echo = nil
+	return v
+}
+
+func integer[T int | int64 | float64](field func(*settings) *T, lo, hi int) value {
+	return value{
+		set: func(s *settings, v string) error {
+			n, err := parseInt(v, lo, hi)
+			*field(s) = T(n)
+			return err
+		},
+		show: func(s *settings) string { return fmt.Sprint(*field(s)) },
+		echo: strconv.Quote,
+	}
 }
 
 func parseInt(v string, lo, hi int) (int, error) {
@@ -251,71 +255,123 @@ func parseInt(v string, lo, hi int) (int, error) {
 	return n, nil
 }
 
-func intSetting(field func(*settings) *int, lo, hi int) func(*settings, string) error {
-	return func(s *settings, v string) (err error) {
-		*field(s), err = parseInt(v, lo, hi)
-		return err
+// duration reads a duration from lo up to hi (0: no bound).
+func duration(field func(*settings) *time.Duration, lo, hi time.Duration) value {
+	want := "want a positive duration such as 10s or 500ms"
+	if lo <= 0 {
+		want = fmt.Sprintf("want a duration from 0 to %s, such as 20ms", showDuration(hi))
 	}
-}
-
-func durationSetting(field func(*settings) *time.Duration) func(*settings, string) error {
-	return func(s *settings, v string) error {
-		d, err := time.ParseDuration(v)
-		if err != nil || d <= 0 {
-			return errors.New("want a positive duration such as 10s or 500ms")
-		}
-		*field(s) = d
-		return nil
-	}
-}
-
-func urlSetting(field func(*settings) *string) func(*settings, string) error {
-	return func(s *settings, v string) error {
-		*field(s) = v
-		if v == "" {
+	return value{
+		set: func(s *settings, v string) error {
+			d, err := time.ParseDuration(v)
+			if err != nil || d < lo || hi > 0 && d > hi {
+				return errors.New(want)
+			}
+			*field(s) = d
 			return nil
-		}
+		},
+		show: func(s *settings) string { return showDuration(*field(s)) },
+		echo: strconv.Quote,
+	}
+}
+
+// showDuration writes d as settings are written: 1h, 2m, 30s, 250ms.
+func showDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = s[:len(s)-2]
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = s[:len(s)-2]
+	}
+	return s
+}
+
+func boolean(field func(*settings) *bool) value {
+	return value{
+		set: func(s *settings, v string) (err error) {
+			if *field(s), err = strconv.ParseBool(v); err != nil {
+				return errors.New("want true or false")
+			}
+			return nil
+		},
+		show: func(s *settings) string { return strconv.FormatBool(*field(s)) },
+		echo: strconv.Quote,
+	}
+}
+
+// text reads a string that check, when set, accepts.
+func text(field func(*settings) *string, check func(string) error) value {
+	return value{
+		set: func(s *settings, v string) error {
+			*field(s) = v
+			if check == nil {
+				return nil
+			}
+			return check(v)
+		},
+		show: func(s *settings) string { return *field(s) },
+		echo: strconv.Quote,
+	}
+}
+
+// list reads a comma-separated list that check, when set, accepts.
+func list(field func(*settings) *[]string, check func([]string) error) value {
+	return value{
+		set: func(s *settings, v string) error {
+			*field(s) = splitList(v)
+			if check == nil {
+				return nil
+			}
+			return check(*field(s))
+		},
+		show: func(s *settings) string { return strings.Join(*field(s), ",") },
+		echo: strconv.Quote,
+	}
+}
+
+// httpURL reads an http(s) URL; an error shows it without its password.
+func httpURL(field func(*settings) *string) value {
+	v := text(field, func(v string) error {
 		u, err := url.Parse(v)
 		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
 			return errors.New("want an http(s) URL")
 		}
 		return nil
+	})
+	v.echo = func(v string) string {
+		u, err := url.Parse(v)
+		if err != nil {
+			return "(not a URL)"
+		}
+		return strconv.Quote(redact(u))
 	}
+	return v
 }
 
-func hostPortSetting(field func(*settings) *string) func(*settings, string) error {
-	return func(s *settings, v string) error {
-		*field(s) = v
-		if v == "" {
-			return nil
-		}
+func hostPort(field func(*settings) *string) value {
+	return text(field, func(v string) error {
 		i := strings.LastIndexByte(v, ':')
 		if i < 0 {
 			return errors.New("want host:port")
 		}
 		_, err := parseInt(v[i+1:], 0, 65535)
 		return err
-	}
+	})
 }
 
-func readableFile(field func(*settings) *string) func(*settings, string) error {
-	return func(s *settings, v string) error {
-		*field(s) = v
-		if v == "" {
-			return nil
-		}
+// file reads the name of a file that can be read now.
+func file(field func(*settings) *string) value {
+	return text(field, func(v string) error {
 		f, err := os.Open(v)
 		if err != nil {
 			return fmt.Errorf("cannot read: %v", errors.Unwrap(err))
 		}
 		return f.Close()
-	}
+	})
 }
 
 func checkNATSURLs(v string) error {
-	if v == "" {
-		return nil
-	}
 	for _, raw := range strings.Split(v, ",") {
 		u, err := url.Parse(strings.TrimSpace(raw))
 		if err != nil {
@@ -338,11 +394,17 @@ func checkNATSURLs(v string) error {
 	return nil
 }
 
+// redact shows u without its user information or query, where
+// credentials travel.
 func redact(u *url.URL) string {
-	if u.User != nil {
-		u.User = url.User("REDACTED")
+	r := *u
+	if r.User != nil {
+		r.User = url.User("REDACTED")
 	}
-	return u.String()
+	if r.RawQuery != "" {
+		r.RawQuery = "REDACTED"
+	}
+	return r.String()
 }
 
 func splitList(v string) []string {
@@ -353,16 +415,4 @@ func splitList(v string) []string {
 		}
 	}
 	return out
-}
-
-func isToken(v string) bool {
-	if len(v) == 0 || len(v) > 64 {
-		return false
-	}
-	for _, c := range []byte(v) {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
-			return false
-		}
-	}
-	return true
 }

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -23,6 +24,11 @@ import (
 // groupcast may set it too.
 const RegionHeader = "Groupcast-Region"
 
+// ExcludeHeader is the NATS header naming a channel that a group message
+// is not delivered to (Channels' broadcast to the others), on whichever
+// node the channel lives.
+const ExcludeHeader = "Groupcast-Exclude"
+
 // Errors returned by the Broker. Callers map them to protocol error codes.
 var (
 	// ErrUnavailable means NATS cannot take the operation now (disconnected,
@@ -37,7 +43,8 @@ var (
 )
 
 // Config configures a Broker. The zero value, with a Logger, is a working
-// development setup: an embedded NATS server with no TCP listener.
+// development setup: an embedded NATS server with no TCP listener. Zero
+// (or negative) fields take the defaults of DefaultConfig.
 type Config struct {
 	// URL lists external NATS servers, comma-separated (nats:// or tls://).
 	// Empty starts an embedded server in this process.
@@ -94,7 +101,7 @@ type Config struct {
 	OnFanout func(members int, took time.Duration)
 
 	// Policies choose how groups keep their messages (first match wins;
-	// unmatched groups are AtMostOnce). Recoverable and Latest groups are
+	// unmatched groups are AtMostOnce; see CheckPolicies). Recoverable and Latest groups are
 	// kept in JetStream, which the embedded server then runs and an
 	// external cluster must offer.
 	Policies []PolicyRule
@@ -123,7 +130,7 @@ type Config struct {
 	HistoryRegion string
 
 	// Presence lists the groups whose members are tracked (see
-	// PresenceGet): group names, or prefixes ending in '*'. Default none:
+	// PresenceGet): group patterns (see ValidPattern). Default none:
 	// presence costs nothing.
 	Presence []string
 	// PresenceInterval is how often a node sends its presence heartbeat;
@@ -137,66 +144,106 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// DefaultConfig returns the values New gives a Config's zero fields (a
+// zero Node becomes a random id), so that callers can show them or start
+// from them.
+func DefaultConfig() Config {
+	return Config{
+		Prefix:           "groupcast",
+		MaxPayload:       1 << 20,
+		PingInterval:     10 * time.Second,
+		ReconnectWait:    500 * time.Millisecond,
+		ConnectTimeout:   2 * time.Second,
+		DrainTimeout:     3 * time.Second,
+		FlushTimeout:     5 * time.Second,
+		QueueLen:         8192,
+		HistorySize:      1000,
+		HistoryTTL:       time.Hour,
+		DedupWindow:      2 * time.Minute,
+		Replicas:         1,
+		PresenceInterval: time.Second,
+		PresenceTimeout:  250 * time.Millisecond,
+	}
+}
+
+// Why a Config is refused; New wraps them with the value.
+var (
+	// ErrStoreDir: FileStore with the embedded server and no StoreDir.
+	ErrStoreDir = errors.New("broker: file storage with the embedded server needs a store directory")
+	errID       = errors.New("want 1-64 letters, digits, '-' or '_'")
+	errPrefix   = errors.New("want dot-separated tokens of letters, digits, '-' or '_'")
+	errPresence = errors.New("want a group name or a prefix ending in '*'")
+)
+
+// CheckID reports why id cannot be a Config.Node or Config.Region, or nil.
+func CheckID(id string) error {
+	if !validID(id) {
+		return errID
+	}
+	return nil
+}
+
+// CheckPrefix reports why p cannot be a Config.Prefix, or nil.
+func CheckPrefix(p string) error {
+	if !validPrefix(p) {
+		return errPrefix
+	}
+	return nil
+}
+
+// CheckPresence reports why patterns cannot be Config.Presence, or nil.
+func CheckPresence(patterns []string) error {
+	for _, p := range patterns {
+		if !ValidPattern(p) {
+			return fmt.Errorf("pattern %q: %w", p, errPresence)
+		}
+	}
+	return nil
+}
+
 func (c *Config) setDefaults() error {
 	if c.Logger == nil {
 		return errors.New("broker: Config.Logger is required")
 	}
+	d := DefaultConfig()
 	if c.Node == "" {
 		c.Node = randomID(10)
 	}
-	if !validID(c.Node) {
-		return fmt.Errorf("broker: node id %q: want 1-64 letters, digits, '-' or '_'", c.Node)
+	if err := CheckID(c.Node); err != nil {
+		return fmt.Errorf("broker: node id %q: %w", c.Node, err)
 	}
-	if c.Region != "" && !validID(c.Region) {
-		return fmt.Errorf("broker: region %q: want 1-64 letters, digits, '-' or '_'", c.Region)
-	}
-	if c.Prefix == "" {
-		c.Prefix = "groupcast"
-	}
-	if !validPrefix(c.Prefix) {
-		return fmt.Errorf("broker: subject prefix %q: want dot-separated tokens of letters, digits, '-' or '_'", c.Prefix)
-	}
-	if c.MaxPayload <= 0 {
-		c.MaxPayload = 1 << 20
-	}
-	setDuration(&c.PingInterval, 10*time.Second)
-	setDuration(&c.ReconnectWait, 500*time.Millisecond)
-	setDuration(&c.ConnectTimeout, 2*time.Second)
-	setDuration(&c.DrainTimeout, 3*time.Second)
-	setDuration(&c.FlushTimeout, 5*time.Second)
-	if c.QueueLen <= 0 {
-		c.QueueLen = 8192
-	}
-	for _, r := range c.Policies {
-		if !ValidPolicyPattern(r.Pattern) {
-			return fmt.Errorf("broker: policy pattern %q: want a group name, * or a prefix ending in .*", r.Pattern)
+	if c.Region != "" {
+		if err := CheckID(c.Region); err != nil {
+			return fmt.Errorf("broker: region %q: %w", c.Region, err)
 		}
 	}
-	if c.HistorySize <= 0 {
-		c.HistorySize = 1000
+	c.Prefix = cmp.Or(c.Prefix, d.Prefix)
+	if err := CheckPrefix(c.Prefix); err != nil {
+		return fmt.Errorf("broker: subject prefix %q: %w", c.Prefix, err)
 	}
-	setDuration(&c.HistoryTTL, time.Hour)
-	setDuration(&c.DedupWindow, 2*time.Minute)
-	if c.Replicas <= 0 {
-		c.Replicas = 1
+	c.MaxPayload = cmp.Or(max(c.MaxPayload, 0), d.MaxPayload)
+	c.PingInterval = cmp.Or(max(c.PingInterval, 0), d.PingInterval)
+	c.ReconnectWait = cmp.Or(max(c.ReconnectWait, 0), d.ReconnectWait)
+	c.ConnectTimeout = cmp.Or(max(c.ConnectTimeout, 0), d.ConnectTimeout)
+	c.DrainTimeout = cmp.Or(max(c.DrainTimeout, 0), d.DrainTimeout)
+	c.FlushTimeout = cmp.Or(max(c.FlushTimeout, 0), d.FlushTimeout)
+	c.QueueLen = cmp.Or(max(c.QueueLen, 0), d.QueueLen)
+	if err := CheckPolicies(c.Policies); err != nil {
+		return fmt.Errorf("broker: policies: %w", err)
 	}
+	c.HistorySize = cmp.Or(max(c.HistorySize, 0), d.HistorySize)
+	c.HistoryTTL = cmp.Or(max(c.HistoryTTL, 0), d.HistoryTTL)
+	c.DedupWindow = cmp.Or(max(c.DedupWindow, 0), d.DedupWindow)
+	c.Replicas = cmp.Or(max(c.Replicas, 0), d.Replicas)
 	if c.FileStore && c.URL == "" && c.StoreDir == "" {
-		return errors.New("broker: file storage needs a store directory")
+		return ErrStoreDir
 	}
-	for _, p := range c.Presence {
-		if !ValidPresencePattern(p) {
-			return fmt.Errorf("broker: presence pattern %q: want a group name or a prefix ending in '*'", p)
-		}
+	if err := CheckPresence(c.Presence); err != nil {
+		return fmt.Errorf("broker: presence: %w", err)
 	}
-	setDuration(&c.PresenceInterval, time.Second)
-	setDuration(&c.PresenceTimeout, 250*time.Millisecond)
+	c.PresenceInterval = cmp.Or(max(c.PresenceInterval, 0), d.PresenceInterval)
+	c.PresenceTimeout = cmp.Or(max(c.PresenceTimeout, 0), d.PresenceTimeout)
 	return nil
-}
-
-func setDuration(d *time.Duration, def time.Duration) {
-	if *d <= 0 {
-		*d = def
-	}
 }
 
 // A Receiver takes the frames delivered to one channel.
@@ -690,8 +737,18 @@ func (b *Broker) GroupSend(groupName string, data []byte) error {
 // Config.DedupWindow is not delivered again (Receipt.Duplicate); keys need
 // a recoverable or latest group.
 func (b *Broker) GroupPublish(groupName string, data []byte, key string) (Receipt, error) {
+	return b.GroupPublishExcept(groupName, data, key, "")
+}
+
+// GroupPublishExcept is GroupPublish that does not deliver to the channel
+// except (none when ""), live on any node. A resume's replay of history
+// still includes the message.
+func (b *Broker) GroupPublishExcept(groupName string, data []byte, key, except string) (Receipt, error) {
 	if !ValidGroup(groupName) {
 		return Receipt{}, ErrInvalidGroup
+	}
+	if except != "" && !ValidChannel(except) {
+		return Receipt{}, ErrInvalidChannel
 	}
 	kept, err := b.history.streamOf(groupName)
 	if err != nil {
@@ -701,7 +758,7 @@ func (b *Broker) GroupPublish(groupName string, data []byte, key string) (Receip
 		if key != "" {
 			return Receipt{}, ErrIdempotencyUnsupported
 		}
-		return Receipt{}, b.publish(b.groupPrefix+groupName, data)
+		return Receipt{}, b.publish(b.groupPrefix+groupName, data, except)
 	}
 	data, err = compactJSON(data)
 	if err != nil {
@@ -716,6 +773,9 @@ func (b *Broker) GroupPublish(groupName string, data []byte, key string) (Receip
 	}
 	if key != "" {
 		msg.Header.Set(nats.MsgIdHdr, key)
+	}
+	if except != "" {
+		msg.Header.Set(ExcludeHeader, except)
 	}
 	ack, err := b.history.js.PublishMsg(msg)
 	if err != nil {
@@ -734,10 +794,12 @@ func (b *Broker) Send(channel string, data []byte) error {
 	if !ValidChannel(channel) {
 		return ErrInvalidChannel
 	}
-	return b.publish(b.cfg.Prefix+".direct."+channel, data)
+	return b.publish(b.cfg.Prefix+".direct."+channel, data, "")
 }
 
-func (b *Broker) publish(subject string, data []byte) error {
+// publish sends data to subject, with the region and, when except is
+// set, the ExcludeHeader.
+func (b *Broker) publish(subject string, data []byte, except string) error {
 	data, err := compactJSON(data)
 	if err != nil {
 		return err
@@ -751,6 +813,12 @@ func (b *Broker) publish(subject string, data []byte) error {
 	msg := &nats.Msg{Subject: subject, Data: data}
 	if b.cfg.Region != "" {
 		msg.Header = nats.Header{RegionHeader: []string{b.cfg.Region}}
+	}
+	if except != "" {
+		if msg.Header == nil {
+			msg.Header = nats.Header{}
+		}
+		msg.Header.Set(ExcludeHeader, except)
 	}
 	if err := b.nc.PublishMsg(msg); err != nil {
 		if errors.Is(err, nats.ErrMaxPayload) {

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+
+	"github.com/nats-io/nats-server/v2/server"
 )
 
 // FuzzValidGroup: whatever the input, a name ValidGroup accepts is a
@@ -88,6 +90,49 @@ func FuzzAppendFrame(f *testing.F) {
 		b, _ := json.Marshal(have)
 		if got.Type != "message" || got.Group != "g" || !bytes.Equal(a, b) {
 			t.Fatalf("frame %q does not carry %q", frame, data)
+		}
+	})
+}
+
+// FuzzPattern: a valid pattern matches only its group or the names that
+// start with its prefix, holds no NATS wildcard but its final '*', and
+// covers every group it overlaps with another pattern; a policy pattern's
+// subject filter holds exactly the groups the pattern matches.
+func FuzzPattern(f *testing.F) {
+	for _, s := range [][3]string{
+		{"room.*", "room.lobby", "room.vip"}, {"*", "x", "private.*"}, {"room.>", "room.a", "room*"},
+		{"a", "a", "a.*"}, {"a*", "b", "ab*"}, {"..*", "a", "*"}, {"room*", "room", "room.*"},
+	} {
+		f.Add(s[0], s[1], s[2])
+	}
+	f.Fuzz(func(t *testing.T, pattern, group, other string) {
+		if !ValidPattern(pattern) {
+			return
+		}
+		prefix, wild := strings.CutSuffix(pattern, "*")
+		if strings.ContainsAny(prefix, "*> \t\r\n") || len(pattern) > MaxGroupLen+1 {
+			t.Fatalf("valid pattern %q holds a wildcard, space or too much", pattern)
+		}
+		if !wild && !MatchPattern(pattern, pattern) {
+			t.Fatalf("%q does not match itself", pattern)
+		}
+		if !ValidGroup(group) {
+			return
+		}
+		matched := MatchPattern(pattern, group)
+		if matched != MatchAny([]string{"\x00", pattern}, group) {
+			t.Fatalf("MatchAny disagrees with MatchPattern on %q, %q", pattern, group)
+		}
+		if matched && !wild && pattern != group || matched && wild && !strings.HasPrefix(group, prefix) {
+			t.Fatalf("%q matched %q", pattern, group)
+		}
+		if ValidPattern(other) && matched && MatchPattern(other, group) && !patternsOverlap(pattern, other) {
+			t.Fatalf("%q and %q both match %q but do not overlap", pattern, other, group)
+		}
+		if filter, ok := policyFilter("g.", pattern); ok {
+			if in := server.SubjectMatchesFilter("g."+group, filter); in != matched {
+				t.Fatalf("pattern %q matches %q: %v; its filter %q: %v", pattern, group, matched, filter, in)
+			}
 		}
 	})
 }

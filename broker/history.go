@@ -48,23 +48,34 @@ func ParsePolicy(s string) (Policy, bool) {
 	return 0, false
 }
 
-// PolicyRule gives the groups matching Pattern a policy. Patterns are a
-// group name, "*" (every group) or a prefix ending in ".*" (every group
-// below it), so that each maps onto a NATS subject filter.
+// PolicyRule gives the groups matching Pattern a policy. Patterns are
+// group patterns (see ValidPattern) that a NATS subject filter expresses: a
+// group name, "*" or a prefix ending in ".*".
 type PolicyRule struct {
 	Pattern string
 	Policy  Policy
 }
 
-// ValidPolicyPattern reports whether p can be a PolicyRule pattern.
-func ValidPolicyPattern(p string) bool {
-	if p == "*" {
-		return true
+// CheckPolicies reports why rules cannot be kept as they read (first match
+// wins), or nil: a pattern no subject filter expresses, or a recoverable
+// or latest pattern overlapping an earlier one of another policy, since a
+// stream cannot keep the groups of one pattern and leave those of another.
+// Overlaps between patterns of one policy are fine.
+func CheckPolicies(rules []PolicyRule) error {
+	for i, r := range rules {
+		if _, ok := policyFilter("", r.Pattern); !ok {
+			return fmt.Errorf("pattern %q: want a group name, * or a prefix ending in .*", r.Pattern)
+		}
+		if r.Policy == AtMostOnce {
+			continue
+		}
+		for _, e := range rules[:i] {
+			if e.Policy != r.Policy && patternsOverlap(e.Pattern, r.Pattern) {
+				return fmt.Errorf("%s=%s overlaps the earlier %s=%s: history streams cannot keep the groups of one and not the other; make the patterns disjoint", r.Pattern, r.Policy, e.Pattern, e.Policy)
+			}
+		}
 	}
-	if prefix, ok := strings.CutSuffix(p, ".*"); ok {
-		return ValidGroup(prefix)
-	}
-	return ValidGroup(p)
+	return nil
 }
 
 // Errors of history and idempotent publishing.
@@ -155,6 +166,7 @@ func newHistory(b *Broker, h *history) error {
 	h.size, h.ttl, h.dedup, h.memory, h.reps = cfg.HistorySize, cfg.HistoryTTL, cfg.DedupWindow, !cfg.FileStore, cfg.Replicas
 	h.region = cfg.HistoryRegion
 	base := strings.ToUpper(strings.NewReplacer(".", "_", "-", "_").Replace(cfg.Prefix))
+	patterns := make(map[Policy][]string)
 	for _, r := range cfg.Policies {
 		if r.Policy == AtMostOnce {
 			continue
@@ -164,7 +176,13 @@ func newHistory(b *Broker, h *history) error {
 			s = &stream{name: base + "_" + strings.ToUpper(r.Policy.String()), policy: r.Policy}
 			h.streams[r.Policy] = s
 		}
-		s.filters = append(s.filters, policyFilter(b.groupPrefix, r.Pattern))
+		patterns[r.Policy] = addPattern(patterns[r.Policy], r.Pattern)
+	}
+	for p, s := range h.streams {
+		for _, pat := range patterns[p] {
+			f, _ := policyFilter(b.groupPrefix, pat)
+			s.filters = append(s.filters, f)
+		}
 	}
 	if b.nc.IsConnected() {
 		for _, s := range h.streams {
@@ -183,15 +201,37 @@ func newHistory(b *Broker, h *history) error {
 	return nil
 }
 
-// policyFilter maps a pattern onto the subjects of its groups.
-func policyFilter(groupPrefix, pattern string) string {
-	if pattern == "*" {
-		return groupPrefix + ">"
+// policyFilter maps a policy pattern onto the subject filter of its
+// groups; ok is false for a pattern no filter expresses (such as "room*").
+func policyFilter(groupPrefix, pattern string) (filter string, ok bool) {
+	prefix, wild := strings.CutSuffix(pattern, "*")
+	switch {
+	case !wild:
+		return groupPrefix + pattern, ValidGroup(pattern)
+	case prefix == "":
+		return groupPrefix + ">", true
+	case strings.HasSuffix(prefix, ".") && ValidPattern(pattern):
+		return groupPrefix + prefix + ">", true
 	}
-	if prefix, ok := strings.CutSuffix(pattern, ".*"); ok {
-		return groupPrefix + prefix + ".>"
+	return "", false
+}
+
+// addPattern adds p to the patterns of one stream unless one of them
+// covers it, and drops those it covers: NATS refuses a stream whose
+// subjects overlap.
+func addPattern(patterns []string, p string) []string {
+	for _, q := range patterns {
+		if MatchPattern(q, p) {
+			return patterns
+		}
 	}
-	return groupPrefix + pattern
+	kept := patterns[:0]
+	for _, q := range patterns {
+		if !MatchPattern(p, q) {
+			kept = append(kept, q)
+		}
+	}
+	return append(kept, p)
 }
 
 // policy returns the policy of a group: the first rule that matches.
@@ -200,7 +240,7 @@ func (h *history) policy(group string) Policy {
 		return AtMostOnce
 	}
 	for _, r := range h.rules {
-		if r.Pattern == "*" || r.Pattern == group || strings.HasSuffix(r.Pattern, ".*") && strings.HasPrefix(group, r.Pattern[:len(r.Pattern)-1]) {
+		if MatchPattern(r.Pattern, group) {
 			return r.Policy
 		}
 	}

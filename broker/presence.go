@@ -99,18 +99,6 @@ const (
 	UserEvents
 )
 
-// ValidPresencePattern reports whether p can be a Config.Presence pattern:
-// a group name, a prefix ending in '*' (such as "room.*"), or "*".
-func ValidPresencePattern(p string) bool {
-	if p == "*" {
-		return true
-	}
-	if prefix, ok := strings.CutSuffix(p, "*"); ok {
-		return ValidGroup(strings.TrimSuffix(prefix, ".")) || ValidGroup(prefix+"x")
-	}
-	return ValidGroup(p)
-}
-
 // heartbeat is a node's message on <prefix>.presence.nodes: the presence
 // groups where it has members; Bye when it is closing.
 type heartbeat struct {
@@ -261,16 +249,7 @@ func (p *presence) enabled(group string) bool {
 	if p == nil {
 		return false
 	}
-	for _, pat := range p.patterns {
-		if prefix, ok := strings.CutSuffix(pat, "*"); ok {
-			if strings.HasPrefix(group, prefix) {
-				return true
-			}
-		} else if pat == group {
-			return true
-		}
-	}
-	return false
+	return MatchAny(p.patterns, group)
 }
 
 // PresenceEnabled reports whether the group's members are tracked.

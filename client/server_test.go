@@ -63,7 +63,10 @@ func (s *server) start() {
 	}
 	cfg := s.cfg
 	cfg.Logger = log
-	s.web = web.New(s.b, cfg)
+	if s.web, err = web.New(s.b, cfg); err != nil {
+		ln.Close()
+		s.t.Fatal(err)
+	}
 	s.http = &http.Server{Handler: s.web.Handler()}
 	s.done = make(chan struct{})
 	go func(hs *http.Server, done chan struct{}) {

@@ -152,6 +152,8 @@ func TestForgedTokens(t *testing.T) {
 	wrongIss := claims("m", []string{"*"}, nil, time.Hour)
 	wrongIss.Issuer = "evil"
 	badPattern := claims("m", []string{"room.>"}, nil, time.Hour)
+	noExp := claims("m", []string{"*"}, nil, time.Hour)
+	noExp.ExpiresAt = nil
 	groupTok := claims("m", nil, nil, time.Hour)
 	groupTok.Group = "room.x"
 	valid := sign(t, claims("m", []string{"room.*"}, nil, time.Hour))
@@ -174,6 +176,7 @@ func TestForgedTokens(t *testing.T) {
 		"tampered claims":  tampered,
 		"wildcard pattern": sign(t, badPattern),
 		"per-group token":  sign(t, groupTok),
+		"no exp":           sign(t, noExp),
 		"huge":             strings.Repeat("a", 10_000),
 	}
 	for name, tok := range cases {
@@ -236,6 +239,26 @@ func TestTokenExpiryAndRefresh(t *testing.T) {
 	}
 	if m := kept.Call(map[string]any{"type": "ping"}); m["type"] != "pong" {
 		t.Fatalf("refreshed socket: %v", m)
+	}
+}
+
+// TestRefreshWithoutExpiry: where tokens without exp are allowed, one
+// opens a socket for good, but as a refresh it cannot lift the expiry of
+// the token the socket has.
+func TestRefreshWithoutExpiry(t *testing.T) {
+	e := authEnv(t, &Config{Auth: AuthConfig{Leeway: time.Millisecond, AllowNoExpiry: true}})
+	forever := claims("carol", []string{"*"}, nil, time.Hour)
+	forever.ExpiresAt = nil
+	if status, body := e.dialStatus("?token="+sign(t, forever), nil); status != 0 {
+		t.Fatalf("token without exp refused: %d %s", status, body)
+	}
+	c := wstest.Dial(t, e.wsURL()+"?token="+sign(t, claims("carol", []string{"*"}, nil, time.Second)), nil)
+	if m := c.Call(map[string]any{"type": "refresh", "token": sign(t, forever)}); m["type"] != "ack" {
+		t.Fatalf("refresh: %v", m)
+	}
+	_, err := c.Raw()
+	if status := websocket.CloseStatus(err); status != CloseTokenExpired {
+		t.Fatalf("socket ended with %v, want %d", err, CloseTokenExpired)
 	}
 }
 
@@ -340,12 +363,69 @@ func TestClientIP(t *testing.T) {
 	}
 }
 
-// jwksServer serves a JWK Set that a test can change.
+// TestJWKSOutageAtStart: with the JWK Set unreachable at start, the
+// instance is not ready and answers tokens of the set "unavailable" (not
+// "unauthorized"); once the set is back it loads by itself, unasked.
+func TestJWKSOutageAtStart(t *testing.T) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	jwks := newJWKSServer(t)
+	jwks.set(map[string]any{"k": &key.PublicKey})
+	jwks.setDown(true)
+	e := authEnv(t, &Config{Auth: AuthConfig{JWKSURL: jwks.URL}})
+	tk := jwt.NewWithClaims(jwt.SigningMethodES256, claims("erin", []string{"*"}, nil, time.Hour))
+	tk.Header["kid"] = "k"
+	tok, _ := tk.SignedString(key)
+
+	if status := e.status("/readyz"); status != http.StatusServiceUnavailable {
+		t.Fatalf("readyz without keys: %d", status)
+	}
+	if status, body := e.dialStatus("", http.Header{"Authorization": {"Bearer " + tok}}); status != http.StatusServiceUnavailable || !strings.Contains(body, CodeUnavailable) {
+		t.Fatalf("token while keys are missing: %d %s, want 503 unavailable", status, body)
+	}
+	// A bad token is still bad, and an HS256 one does not need the set.
+	if status, _ := e.dialStatus("?token=not.a.jwt", nil); status != http.StatusUnauthorized {
+		t.Fatalf("garbage while keys are missing: %d", status)
+	}
+	jwks.setDown(false)
+	waitFor(t, 5*time.Second, func() bool { return e.status("/readyz") == http.StatusOK })
+	if status, body := e.dialStatus("?token="+tok, nil); status != 0 {
+		t.Fatalf("token once keys loaded: %d %s", status, body)
+	}
+}
+
+// TestBadJWKSURL: New refuses a JWKS URL it cannot use instead of
+// serving an instance that refuses everyone.
+func TestBadJWKSURL(t *testing.T) {
+	_, err := New(nil, Config{Auth: AuthConfig{JWKSURL: "ftp://keys"}, Logger: testLogger()})
+	if err == nil || !strings.Contains(err.Error(), "JWKS") {
+		t.Fatalf("New with a bad JWKS URL: %v", err)
+	}
+}
+
+// status returns the status of a GET of path.
+func (e *env) status(path string) int {
+	e.t.Helper()
+	resp, err := http.Get(e.http.URL + path)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// jwksServer serves a JWK Set that a test can change, or 503 while down.
 type jwksServer struct {
 	*httptest.Server
 	mu   sync.Mutex
 	body []byte
 	n    int
+	down bool
+}
+
+func (j *jwksServer) setDown(down bool) {
+	j.mu.Lock()
+	j.down = down
+	j.mu.Unlock()
 }
 
 func newJWKSServer(t *testing.T) *jwksServer {
@@ -354,6 +434,10 @@ func newJWKSServer(t *testing.T) *jwksServer {
 		j.mu.Lock()
 		defer j.mu.Unlock()
 		j.n++
+		if j.down {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
 		w.Header().Set("Content-Type", "application/json")
 		w.Write(j.body)
 	}))

@@ -222,7 +222,10 @@ func (s *liveServer) start() {
 	}
 	cfg := s.cfg
 	cfg.Logger = testLogger()
-	s.srv = New(s.b, cfg)
+	if s.srv, err = New(s.b, cfg); err != nil {
+		ln.Close()
+		s.t.Fatal(err)
+	}
 	s.http = &http.Server{Handler: s.srv.Handler()}
 	s.done = make(chan struct{})
 	go func(hs *http.Server, done chan struct{}) {

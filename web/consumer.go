@@ -57,9 +57,11 @@ type ConnectRequest struct {
 	// The token's "info" claim or the connect hook's answer sets it, and
 	// Connect may too; clients cannot.
 	Info json.RawMessage
+
+	hookHeaders http.Header // the upgrade's headers forwarded to hooks
 }
 
-// Permissions are group patterns: names, or prefixes ending in '*'.
+// Permissions are group patterns (see broker.ValidPattern).
 type Permissions struct {
 	Join, Send []string
 }
@@ -95,7 +97,7 @@ func (DefaultConsumer) Connect(context.Context, *ConnectRequest) error { return 
 // Join allows groups within the permissions, or with a per-group token.
 func (DefaultConsumer) Join(_ context.Context, c *Conn, r *JoinRequest) error {
 	s := c.s
-	if s.perms == nil || allowed(s.perms.Join, r.Group) {
+	if s.perms == nil || broker.MatchAny(s.perms.Join, r.Group) {
 		return nil
 	}
 	if r.Token != "" && s.srv.auth != nil {
@@ -110,7 +112,7 @@ func (DefaultConsumer) Send(_ context.Context, c *Conn, r *SendRequest) error {
 	if !s.srv.cfg.ClientSend {
 		return refuse(CodeForbidden, "clients may not send on this server")
 	}
-	if s.perms != nil && !allowed(s.perms.Send, r.Group) {
+	if s.perms != nil && !broker.MatchAny(s.perms.Send, r.Group) {
 		return refuse(CodeForbidden, "not allowed to send to this group")
 	}
 	return nil

@@ -92,10 +92,11 @@ func TestConsumer(t *testing.T) {
 // hookBackend is a test backend for HTTP hooks.
 type hookBackend struct {
 	*httptest.Server
-	mu    sync.Mutex
-	calls []hookCall
-	auth  []string
-	reply func(call hookCall) (int, string)
+	mu      sync.Mutex
+	calls   []hookCall
+	auth    []string
+	headers []http.Header
+	reply   func(call hookCall) (int, string)
 }
 
 // newHookBackend starts a backend; with t, it stops when the test ends.
@@ -108,6 +109,7 @@ func newHookBackend(t *testing.T, reply func(hookCall) (int, string)) *hookBacke
 		h.mu.Lock()
 		h.calls = append(h.calls, call)
 		h.auth = append(h.auth, r.Header.Get("Authorization")+"|"+r.Header.Get("X-Groupcast-Token"))
+		h.headers = append(h.headers, r.Header.Clone())
 		h.mu.Unlock()
 		status, body := h.reply(call)
 		w.WriteHeader(status)
@@ -187,6 +189,42 @@ func TestHooks(t *testing.T) {
 	}
 	if flaky != 2 {
 		t.Errorf("a join refused with 503 was tried %d times, want 2 (one retry)", flaky)
+	}
+}
+
+// TestRefreshKeepsConnectDecision: a connect hook that narrowed the
+// token's permissions and named another user: a refresh with a wider
+// token of the same subject is accepted, moves the expiry, and widens
+// nothing.
+func TestRefreshKeepsConnectDecision(t *testing.T) {
+	backend := newHookBackend(t, func(call hookCall) (int, string) {
+		return 200, `{"user":"account-7","join":["room.1","room.2"],"send":["room.*"]}`
+	})
+	e := authEnv(t, &Config{Auth: AuthConfig{Leeway: time.Millisecond}, Hooks: HookConfig{ConnectURL: backend.URL}})
+	tok := func(ttl time.Duration, join ...string) string {
+		return sign(t, claims("alice", join, []string{"*"}, ttl))
+	}
+	c := wstest.Dial(t, e.wsURL()+"?token="+tok(1500*time.Millisecond, "*"), nil)
+	if c.Welcome["user"] != "account-7" {
+		t.Fatalf("welcome %v", c.Welcome)
+	}
+	if m := c.Call(map[string]any{"type": "refresh", "token": tok(time.Hour, "*")}); m["type"] != "ack" {
+		t.Fatalf("refresh by the token's subject: %v", m)
+	}
+	if m := c.Call(map[string]any{"type": "join", "group": "admin.ops"}); m["code"] != CodeForbidden {
+		t.Fatalf("join beyond the hook's decision after a refresh: %v", m)
+	}
+	c.Join("room.1")
+	// A narrower token narrows further.
+	if m := c.Call(map[string]any{"type": "refresh", "token": tok(time.Hour, "room.1")}); m["type"] != "ack" {
+		t.Fatalf("narrowing refresh: %v", m)
+	}
+	if m := c.Call(map[string]any{"type": "join", "group": "room.2"}); m["code"] != CodeForbidden {
+		t.Fatalf("join dropped by the new token: %v", m)
+	}
+	time.Sleep(1600 * time.Millisecond) // past the first token's expiry
+	if m := c.Call(map[string]any{"type": "ping"}); m["type"] != "pong" {
+		t.Fatalf("refreshed socket: %v", m)
 	}
 }
 

@@ -15,6 +15,7 @@ const (
 	CodeInvalidJSON   = "invalid_json"    // not one JSON object / not JSON
 	CodeInvalidFrame  = "invalid_frame"   // a binary frame, or a field of the wrong type
 	CodeUnknownType   = "unknown_type"    // "type" missing or unknown
+	CodeInvalidType   = "invalid_type"    // a custom frame type breaks the naming rule
 	CodeInvalidGroup  = "invalid_group"   // group name breaks the naming rule
 	CodeInvalidChan   = "invalid_channel" // channel name is not one
 	CodeInvalidData   = "invalid_data"    // "data" missing or not JSON
@@ -69,7 +70,7 @@ func classify(err error) (code, message string, status int) {
 
 func httpStatus(code string) int {
 	switch code {
-	case CodeInvalidJSON, CodeInvalidFrame, CodeUnknownType, CodeInvalidGroup, CodeInvalidChan, CodeInvalidData:
+	case CodeInvalidJSON, CodeInvalidFrame, CodeUnknownType, CodeInvalidType, CodeInvalidGroup, CodeInvalidChan, CodeInvalidData:
 		return http.StatusBadRequest
 	case CodeForbidden:
 		return http.StatusForbidden
@@ -110,6 +111,8 @@ type clientFrame struct {
 	} `json:"since"`
 	// IdempotencyKey (send) makes a retried send deliver once.
 	IdempotencyKey string `json:"idempotency_key"`
+	// Echo (send), when false, skips the sender's own connection.
+	Echo *bool `json:"echo"`
 }
 
 // parseFrame decodes a client frame. The id, when present, must be a

@@ -2,8 +2,9 @@ package web
 
 import (
 	"encoding/json"
-	"strings"
 	"testing"
+
+	"github.com/groupcast/groupcast/broker"
 )
 
 // FuzzParseFrame: no input panics; an error answer built for any input is
@@ -37,29 +38,6 @@ func FuzzParseFrame(f *testing.F) {
 	})
 }
 
-// FuzzPatterns: a valid pattern never lets a join escape its prefix, and
-// no pattern matches a name that is not a valid group.
-func FuzzPatterns(f *testing.F) {
-	for _, s := range [][2]string{{"room.*", "room.lobby"}, {"*", "x"}, {"room.>", "room.a"}, {"a", "a"}, {"a*", "b"}, {"..*", "a"}} {
-		f.Add(s[0], s[1])
-	}
-	f.Fuzz(func(t *testing.T, pattern, group string) {
-		if !validPattern(pattern) {
-			return
-		}
-		if !allowed([]string{pattern}, group) {
-			return
-		}
-		prefix, wild := strings.CutSuffix(pattern, "*")
-		if !wild && pattern != group {
-			t.Fatalf("exact pattern %q matched %q", pattern, group)
-		}
-		if wild && !strings.HasPrefix(group, prefix) {
-			t.Fatalf("pattern %q matched %q", pattern, group)
-		}
-	})
-}
-
 // FuzzToken: no input panics the verifier, and none passes without the
 // key (the fuzzer cannot forge an HMAC).
 func FuzzToken(f *testing.F) {
@@ -73,6 +51,24 @@ func FuzzToken(f *testing.F) {
 	f.Fuzz(func(t *testing.T, token string) {
 		if id, err := a.connection(token); err == nil {
 			t.Fatalf("forged token %q accepted as %+v", token, id)
+		}
+	})
+}
+
+// FuzzIntersect: the intersection of two pattern lists allows exactly the
+// groups both allow.
+func FuzzIntersect(f *testing.F) {
+	for _, s := range [][3]string{{"room.*", "room.1", "room.1"}, {"*", "room.a*", "room.ab"}, {"a*", "ab*", "abc"}, {"a", "b*", "a"}} {
+		f.Add(s[0], s[1], s[2])
+	}
+	f.Fuzz(func(t *testing.T, p, q, group string) {
+		if !broker.ValidPattern(p) || !broker.ValidPattern(q) {
+			return
+		}
+		a, b := []string{p, "fixed"}, []string{q}
+		got := broker.MatchAny(intersect(a, b), group)
+		if want := broker.MatchAny(a, group) && broker.MatchAny(b, group); got != want {
+			t.Fatalf("intersect(%q, %q) = %q allows %q: %v, want %v", a, b, intersect(a, b), group, got, want)
 		}
 	})
 }

@@ -62,7 +62,11 @@ func newEnvBroker(t testing.TB, bc broker.Config, cfg *Config) *env {
 	if cfg.Region == "" {
 		cfg.Region = "test-region"
 	}
-	s := New(b, *cfg)
+	s, err := New(b, *cfg)
+	if err != nil {
+		b.Close(context.Background())
+		t.Fatal(err)
+	}
 	hs := httptest.NewServer(s.Handler())
 	e := &env{t: t, broker: b, srv: s, http: hs}
 	t.Cleanup(e.close)

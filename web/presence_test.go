@@ -36,7 +36,10 @@ func newPresenceEnv(t testing.TB, natsURL, node string, interval time.Duration) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := New(b, Config{ClientSend: true, Consumer: namedConsumer{}, Logger: testLogger(), Metrics: m, Region: "r-" + node})
+	s, err := New(b, Config{ClientSend: true, Consumer: namedConsumer{}, Logger: testLogger(), Metrics: m, Region: "r-" + node})
+	if err != nil {
+		t.Fatal(err)
+	}
 	e := &env{t: t, broker: b, srv: s, http: httptest.NewServer(s.Handler())}
 	t.Cleanup(e.close)
 	waitFor(t, 5*time.Second, func() bool { return b.Ready() == nil })

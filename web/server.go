@@ -4,6 +4,7 @@ package web
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"crypto/subtle"
 	"embed"
@@ -14,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -35,6 +37,7 @@ type Broker interface {
 	GroupAdd(ctx context.Context, group, channel string) error
 	GroupJoin(ctx context.Context, group, channel string, since *broker.Since) (broker.Recovery, error)
 	GroupPublish(group string, data []byte, idempotencyKey string) (broker.Receipt, error)
+	GroupPublishExcept(group string, data []byte, idempotencyKey, except string) (broker.Receipt, error)
 	History(ctx context.Context, group string, since uint64, limit int) ([]broker.HistoryMessage, string, error)
 	GroupDiscard(group, channel string) error
 	GroupSend(group string, data []byte) error
@@ -45,7 +48,8 @@ type Broker interface {
 	Broadcast(cmd []byte) error
 }
 
-// Config configures a Server. Zero fields take the defaults given.
+// Config configures a Server. Zero fields take the defaults given (see
+// DefaultConfig).
 type Config struct {
 	// Region labels this instance in the welcome frame.
 	Region string
@@ -81,7 +85,8 @@ type Config struct {
 	// server's own origin. Default none: same-origin pages and non-browser
 	// clients (no Origin header) only.
 	AllowedOrigins []string
-	// ClientSend lets clients publish with "send" frames. Default false.
+	// ClientSend lets clients publish with "send" frames. Off in a zero
+	// Config; on in DefaultConfig, and so in the groupcast binary.
 	ClientSend bool
 	// MaxFrameBytes bounds a client frame; a larger one closes the
 	// connection with 1009. Default 64 KiB.
@@ -128,42 +133,45 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// DefaultConfig returns the values New gives a Config's zero (or
+// negative) fields, with ClientSend on and the Cookie header forwarded to
+// hooks, as the groupcast binary runs.
+func DefaultConfig() Config {
+	return Config{
+		Auth:                AuthConfig{Leeway: 30 * time.Second},
+		NATSLossGrace:       5 * time.Second,
+		MaxConnections:      10000,
+		FramesPerSecond:     20,
+		HandshakesPerSecond: 10,
+		ClientSend:          true,
+		MaxFrameBytes:       64 << 10,
+		MaxBodyBytes:        1 << 20,
+		MaxGroups:           100,
+		OutboxFrames:        1024,
+		OutboxBytes:         1 << 20,
+		WriteTimeout:        10 * time.Second,
+		PingInterval:        25 * time.Second,
+		JoinTimeout:         5 * time.Second,
+		MaxConnectionAge:    55 * time.Minute,
+		Hooks:               HookConfig{Headers: []string{"Cookie"}, Timeout: 2 * time.Second, MaxConcurrent: 64, DisconnectQueue: 10000},
+	}
+}
+
 func (c *Config) setDefaults() {
-	setInt64(&c.MaxFrameBytes, 64<<10)
-	setInt64(&c.MaxBodyBytes, 1<<20)
-	setInt(&c.MaxGroups, 100)
-	setInt(&c.OutboxFrames, 1024)
-	setInt(&c.OutboxBytes, 1<<20)
-	setDuration(&c.WriteTimeout, 10*time.Second)
-	setDuration(&c.PingInterval, 25*time.Second)
-	setDuration(&c.JoinTimeout, 5*time.Second)
-	setDuration(&c.MaxConnectionAge, 55*time.Minute)
-	setInt(&c.MaxConnections, 10000)
-	setDuration(&c.NATSLossGrace, 5*time.Second)
-	if c.FramesPerSecond <= 0 {
-		c.FramesPerSecond = 20
-	}
-	if c.HandshakesPerSecond <= 0 {
-		c.HandshakesPerSecond = 10
-	}
-}
-
-func setInt(p *int, def int) {
-	if *p <= 0 {
-		*p = def
-	}
-}
-
-func setInt64(p *int64, def int64) {
-	if *p <= 0 {
-		*p = def
-	}
-}
-
-func setDuration(p *time.Duration, def time.Duration) {
-	if *p <= 0 {
-		*p = def
-	}
+	d := DefaultConfig()
+	c.MaxFrameBytes = cmp.Or(max(c.MaxFrameBytes, 0), d.MaxFrameBytes)
+	c.MaxBodyBytes = cmp.Or(max(c.MaxBodyBytes, 0), d.MaxBodyBytes)
+	c.MaxGroups = cmp.Or(max(c.MaxGroups, 0), d.MaxGroups)
+	c.OutboxFrames = cmp.Or(max(c.OutboxFrames, 0), d.OutboxFrames)
+	c.OutboxBytes = cmp.Or(max(c.OutboxBytes, 0), d.OutboxBytes)
+	c.WriteTimeout = cmp.Or(max(c.WriteTimeout, 0), d.WriteTimeout)
+	c.PingInterval = cmp.Or(max(c.PingInterval, 0), d.PingInterval)
+	c.JoinTimeout = cmp.Or(max(c.JoinTimeout, 0), d.JoinTimeout)
+	c.MaxConnectionAge = cmp.Or(max(c.MaxConnectionAge, 0), d.MaxConnectionAge)
+	c.MaxConnections = cmp.Or(max(c.MaxConnections, 0), d.MaxConnections)
+	c.NATSLossGrace = cmp.Or(max(c.NATSLossGrace, 0), d.NATSLossGrace)
+	c.FramesPerSecond = cmp.Or(max(c.FramesPerSecond, 0), d.FramesPerSecond)
+	c.HandshakesPerSecond = cmp.Or(max(c.HandshakesPerSecond, 0), d.HandshakesPerSecond)
 }
 
 // Server is the HTTP side of one instance. Create it with New, serve
@@ -177,11 +185,13 @@ type Server struct {
 	buffers  sync.Pool      // *[]byte for batching frames
 	auth     *authenticator // nil: anonymous connections
 	consumer Consumer
+	hooks    *hookConsumer // nil without hooks; also in consumer
 	shakes   *ipLimiter
 
 	mu        sync.Mutex
 	sessions  map[*session]struct{}
 	byChannel map[string]*session
+	slots     int // of MaxConnections: sessions plus upgrades being decided
 	draining  bool
 	active    sync.WaitGroup // one per running session
 
@@ -196,14 +206,21 @@ type Server struct {
 //go:embed static
 var static embed.FS
 
-// New returns a Server that serves b. It starts one goroutine, a write
-// watchdog, which Shutdown stops.
-func New(b Broker, cfg Config) *Server {
+// New returns a Server that serves b, or an error for a configuration it
+// cannot serve. It starts one goroutine, a write watchdog (and, while a
+// JWK Set has not loaded, its loader), which Shutdown stops.
+func New(b Broker, cfg Config) (*Server, error) {
 	cfg.setDefaults()
+	log := cfg.Logger.With("component", "web")
+	auth, err := newAuthenticator(cfg.Auth, log)
+	if err != nil {
+		return nil, err
+	}
 	s := &Server{
 		cfg:      cfg,
+		auth:     auth,
 		broker:   b,
-		log:      cfg.Logger.With("component", "web"),
+		log:      log,
 		metrics:  cfg.Metrics,
 		sessions: make(map[*session]struct{}),
 
@@ -217,19 +234,13 @@ func New(b Broker, cfg Config) *Server {
 	}
 	s.metrics.registry.MustRegister(brokerCollector{b})
 	s.shakes = newIPLimiter(cfg.HandshakesPerSecond, maxTrackedIPs)
-	auth, err := newAuthenticator(cfg.Auth, s.log)
-	if err != nil {
-		// Fail closed: with tokens configured but unverifiable, refuse all.
-		s.log.Error("tokens cannot be verified; refusing every connection", "error", err)
-		auth = &authenticator{cfg: cfg.Auth, parser: nil, stop: func() {}}
-	}
-	s.auth = auth
 	s.consumer = cfg.Consumer
 	if s.consumer == nil {
 		s.consumer = DefaultConsumer{}
 	}
 	if cfg.Hooks.Enabled() {
-		s.consumer = newHookConsumer(s.consumer, cfg.Hooks, b.Node(), cfg.Region, cfg.TrustedProxies)
+		s.hooks = newHookConsumer(s.consumer, cfg.Hooks, b.Node(), cfg.Region, cfg.TrustedProxies, s.metrics, s.log)
+		s.consumer = s.hooks
 	}
 	s.buffers.New = func() any { p := make([]byte, 0, 4096); return &p }
 
@@ -257,7 +268,7 @@ func New(b Broker, cfg Config) *Server {
 	b.HandleCommands(s.handleCommand)
 	s.watchdogDone.Add(1)
 	go s.watchdog(s.stopWatchdog)
-	return s
+	return s, nil
 }
 
 // Handler returns the server's HTTP handler.
@@ -273,23 +284,53 @@ func (s *Server) readyz(c echo.Context) error {
 	if err := s.broker.Ready(); err != nil {
 		return writeError(c, http.StatusServiceUnavailable, CodeUnavailable, err.Error())
 	}
+	if err := s.auth.ready(); err != nil {
+		return writeError(c, http.StatusServiceUnavailable, CodeUnavailable, err.Error())
+	}
 	return c.String(http.StatusOK, "ready\n")
 }
 
-// serveWS upgrades to a WebSocket and starts its session.
+// serveWS upgrades to a WebSocket and starts its session. The checks run
+// cheapest first, the connect decision (Consumer and hook) last.
 func (s *Server) serveWS(c echo.Context) error {
 	r := c.Request()
+	opts := &websocket.AcceptOptions{
+		OriginPatterns:  s.cfg.AllowedOrigins,
+		CompressionMode: websocket.CompressionDisabled,
+	}
+	if !isUpgrade(r, s.cfg.AllowedOrigins) {
+		// Accept answers what is wrong (426, 400, 403...). Should it
+		// accept after all, the connection has no session: close it.
+		if conn, err := websocket.Accept(c.Response(), r, opts); err == nil {
+			conn.Close(websocket.StatusInternalError, "refused")
+		}
+		return nil
+	}
 	if ip := clientIP(r, s.cfg.TrustedProxies); !isLoopbackIP(ip) && !s.shakes.allow(ip, time.Now()) {
 		return refuse(CodeRateLimited, "too many new connections from this address; retry later")
 	}
 	if err := s.broker.Ready(); err != nil {
 		return refuse(CodeUnavailable, "messaging is unavailable here; retry, elsewhere if need be")
 	}
-	if s.openSessions() >= s.cfg.MaxConnections {
+	if !s.reserve() {
 		return refuse(CodeUnavailable, "this instance has as many connections as allowed; retry elsewhere")
 	}
+	running := false // from then on the session's run releases the slot
+	defer func() {
+		if !running {
+			s.release()
+		}
+	}()
 	cr := &ConnectRequest{Request: r}
+	if s.hooks != nil {
+		var err error
+		if cr.hookHeaders, err = s.hooks.forwarded(r.Header); err != nil {
+			return err
+		}
+	}
 	var expires time.Time
+	var token Permissions // the token's, to tell whether Connect set its own
+	var tokenUser string
 	if s.auth != nil {
 		cr.Token = requestToken(r)
 		id, err := s.auth.connection(cr.Token)
@@ -297,29 +338,31 @@ func (s *Server) serveWS(c echo.Context) error {
 			return err
 		}
 		cr.User, cr.Permissions, cr.Info, expires = id.user, &Permissions{Join: id.join, Send: id.send}, id.info, id.expires
+		token, tokenUser = Permissions{Join: slices.Clone(id.join), Send: slices.Clone(id.send)}, id.user
 	}
 	if err := s.consumer.Connect(r.Context(), cr); err != nil {
 		return err
 	}
 	hj := &hijacker{ResponseWriter: c.Response()}
-	conn, err := websocket.Accept(hj, c.Request(), &websocket.AcceptOptions{
-		OriginPatterns:  s.cfg.AllowedOrigins,
-		CompressionMode: websocket.CompressionDisabled,
-	})
+	conn, err := websocket.Accept(hj, c.Request(), opts)
 	if err != nil {
 		return nil // Accept has answered the request
 	}
 	conn.SetReadLimit(s.cfg.MaxFrameBytes)
 	ss := &session{
-		srv:     s,
-		conn:    conn,
-		raw:     hj.conn,
-		out:     newOutbox(s.cfg.OutboxFrames, s.cfg.OutboxBytes),
-		uid:     cr.User,
-		info:    s.presenceInfo(cr.Info),
-		perms:   cr.Permissions,
-		expires: expires,
-		frames:  bucket{tokens: 2 * s.cfg.FramesPerSecond, filled: time.Now()},
+		srv:         s,
+		conn:        conn,
+		raw:         hj.conn,
+		out:         newOutbox(s.cfg.OutboxFrames, s.cfg.OutboxBytes),
+		uid:         cr.User,
+		info:        s.presenceInfo(cr.Info),
+		hookHeaders: cr.hookHeaders,
+		opened:      time.Now(),
+		perms:       cr.Permissions,
+		expires:     expires,
+		tokenUser:   tokenUser,
+		bound:       connectBound(token, cr.Permissions),
+		frames:      bucket{tokens: 2 * s.cfg.FramesPerSecond, filled: time.Now()},
 	}
 	ss.public.s = ss
 	// Timers, not goroutines: an idle connection costs no writer.
@@ -344,6 +387,7 @@ func (s *Server) serveWS(c echo.Context) error {
 	// The session reads on a goroutine of its own, awaited by Shutdown,
 	// and this one returns: the HTTP server's goroutine, its deep stack
 	// and the request's state are not kept for the socket's lifetime.
+	running = true
 	go s.run(ss, cr.Groups)
 	return nil
 }
@@ -351,11 +395,11 @@ func (s *Server) serveWS(c echo.Context) error {
 // run is a session's reader goroutine: it reads until the connection
 // ends, then releases the channel and waits for the writer.
 func (s *Server) run(ss *session, groups []string) {
+	defer s.release()
 	defer s.untrack(ss)
 	s.metrics.connects.Inc()
 	s.metrics.connections.Inc()
 	defer s.metrics.connections.Dec()
-	opened := time.Now()
 
 	defer ss.pinger.Stop()
 	maxAge := s.cfg.MaxConnectionAge - rand.N(s.cfg.MaxConnectionAge/10+1)
@@ -376,7 +420,7 @@ func (s *Server) run(ss *session, groups []string) {
 	ss.writers.Wait()
 	s.consumer.Disconnect(&ss.public)
 	ss.logger().Info("websocket closed", "code", int(ss.code), "reason", ss.reason,
-		"seconds", time.Since(opened).Round(time.Millisecond).Seconds(), "groups", ss.count())
+		"seconds", time.Since(ss.opened).Round(time.Millisecond).Seconds(), "groups", ss.count())
 }
 
 // A WebSocket's buffers, smaller than net/http's 4 KiB each: client frames
@@ -551,6 +595,25 @@ func (s *Server) openSessions() int {
 	return len(s.sessions)
 }
 
+// reserve takes one of MaxConnections' slots for an upgrade before it is
+// decided (the connect hook may take a while), so that concurrent
+// upgrades never overshoot; release gives it back.
+func (s *Server) reserve() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.slots >= s.cfg.MaxConnections {
+		return false
+	}
+	s.slots++
+	return true
+}
+
+func (s *Server) release() {
+	s.mu.Lock()
+	s.slots--
+	s.mu.Unlock()
+}
+
 func (s *Server) track(ss *session) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -574,8 +637,9 @@ func (s *Server) untrack(ss *session) {
 
 // Shutdown closes every WebSocket concurrently with 1012 (service restart)
 // so clients reconnect elsewhere, refuses new ones, and waits for the
-// sessions to end. When ctx ends first it drops the remaining connections
-// without a handshake. /readyz answers 503 from the first call on.
+// sessions to end, then for the disconnect hook's queued reports. When ctx
+// ends first it drops the remaining connections without a handshake, and
+// the reports not yet sent. /readyz answers 503 from the first call on.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.draining = true
@@ -596,15 +660,17 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	})
 	select {
 	case <-done:
-		return nil
 	case <-ctx.Done():
+		s.mu.Lock()
+		for ss := range s.sessions {
+			ss.conn.CloseNow()
+		}
+		s.mu.Unlock()
+		<-done
 	}
-	s.mu.Lock()
-	for ss := range s.sessions {
-		ss.conn.CloseNow()
+	if s.hooks != nil {
+		s.hooks.drain(ctx) // every session has reported its disconnect
 	}
-	s.mu.Unlock()
-	<-done
 	return ctx.Err()
 }
 

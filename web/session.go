@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -41,16 +42,27 @@ type session struct {
 	writers sync.WaitGroup
 	pinger  *time.Timer
 	groupSet
-	public  Conn         // what the Consumer sees
-	uid     string       // the user id; set before the session starts
-	perms   *Permissions // reader-owned; nil: every group
-	expires time.Time    // reader-owned: when the token expires (zero: never)
-	refused int          // reader-owned: refusals so far
-	frames  bucket       // reader-owned: the client's frame rate
-	flooded int          // reader-owned: frames refused in a row for rate
-	expiry  *time.Timer  // closes the connection when the token expires
+	public Conn         // what the Consumer sees
+	uid    string       // the user id; set before the session starts
+	perms  *Permissions // reader-owned; nil: every group
+	// bound is what Connect decided when it set permissions of its own
+	// (nil: it kept the token's): a refresh never allows more.
+	bound     *Permissions
+	tokenUser string      // the token's subject, which a refresh must match
+	expires   time.Time   // reader-owned: when the token expires (zero: never)
+	refused   int         // reader-owned: refusals so far
+	frames    bucket      // reader-owned: the client's frame rate
+	flooded   int         // reader-owned: frames refused in a row for rate
+	expiry    *time.Timer // closes the connection when the token expires
 
-	info json.RawMessage // presence info, from Connect; set before the session starts
+	info        json.RawMessage // presence info, from Connect; set before the session starts
+	hookHeaders http.Header     // forwarded to every hook call; set before the session starts
+	opened      time.Time       // when the upgrade was accepted
+
+	// The client's close code and reason, when it sent a close frame;
+	// written by the reader when it ends.
+	peerCode   websocket.StatusCode
+	peerReason string
 
 	closeOnce sync.Once
 	code      websocket.StatusCode // why it closes; written once, before the outbox closes
@@ -65,7 +77,11 @@ type session struct {
 func (s *session) user() string { return s.uid }
 
 // refresh replaces the connection's token with a fresh one for the same
-// user, before the old one expires.
+// token subject (whatever user Connect made of it), before the old one
+// expires. Permissions become the new token's, within what Connect
+// decided when it set its own. A token without exp (with AllowNoExpiry)
+// keeps the expiry the connection had: a refresh moves a deadline, it
+// never removes one.
 func (s *session) refresh(token string) error {
 	if s.srv.auth == nil {
 		return refuse(CodeForbidden, "this server does not use tokens")
@@ -74,13 +90,18 @@ func (s *session) refresh(token string) error {
 	if err != nil {
 		return err
 	}
-	if id.user != s.uid {
+	if id.user != s.tokenUser {
 		return refuse(CodeForbidden, "the token is for another user")
 	}
-	s.stopExpiry()
 	s.perms = &Permissions{Join: id.join, Send: id.send}
-	s.expires = id.expires
-	s.armExpiry()
+	if s.bound != nil {
+		s.perms = &Permissions{Join: intersect(s.bound.Join, id.join), Send: intersect(s.bound.Send, id.send)}
+	}
+	if !id.expires.IsZero() {
+		s.stopExpiry()
+		s.expires = id.expires
+		s.armExpiry()
+	}
 	return nil
 }
 
@@ -172,6 +193,19 @@ func (s *session) close(code websocket.StatusCode, reason string) {
 			s.startWriter()
 		}
 	})
+}
+
+// closeStatus is how the connection ended: the server's close code and
+// reason, else the client's, else 1006 (dropped without a close frame).
+// Call it once the reader has ended.
+func (s *session) closeStatus() (websocket.StatusCode, string) {
+	switch {
+	case s.code != 0:
+		return s.code, s.reason
+	case s.peerCode > 0:
+		return s.peerCode, s.peerReason
+	}
+	return websocket.StatusAbnormalClosure, ""
 }
 
 // ping is the keepalive timer's callback.
@@ -359,6 +393,10 @@ func (s *session) readLoop() {
 	for {
 		typ, p, err := s.conn.Read(ctx)
 		if err != nil {
+			var ce websocket.CloseError
+			if errors.As(err, &ce) {
+				s.peerCode, s.peerReason = ce.Code, ce.Reason
+			}
 			if status := websocket.CloseStatus(err); status == -1 && !errors.Is(err, context.Canceled) {
 				s.logger().Debug("read ended", "error", err)
 			}
@@ -476,7 +514,11 @@ func (s *session) dispatch(f *clientFrame) error {
 		if len(f.IdempotencyKey) > maxIdempotencyKey {
 			return refuse(CodeInvalidData, "idempotency_key is too long")
 		}
-		receipt, err := s.srv.broker.GroupPublish(r.Group, r.Data, f.IdempotencyKey)
+		except := ""
+		if f.Echo != nil && !*f.Echo {
+			except = s.channel
+		}
+		receipt, err := s.srv.broker.GroupPublishExcept(r.Group, r.Data, f.IdempotencyKey, except)
 		if err != nil {
 			return err
 		}

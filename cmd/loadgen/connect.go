@@ -127,7 +127,7 @@ func runConnect(ctx context.Context, cc ConnectConfig) (*ConnectResult, error) {
 			res.FirstError = fmt.Sprintf("round %d: %s", round, r.FirstError)
 		}
 		t := time.Now()
-		if err := quiesce(ctx, base.PIDs, cc.Quiesce); err != nil {
+		if err := quiesce(ctx, append(slices.Clone(base.PIDs), base.WithPIDs...), cc.Quiesce); err != nil {
 			if !errors.Is(err, errBusy) {
 				return nil, err
 			}

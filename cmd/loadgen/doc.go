@@ -3,15 +3,18 @@
 // how much memory an idle connection holds, what latency and throughput
 // come out, and how long a cold start takes. nats-server's own WebSocket
 // listener, driven with the NATS protocol under the same load, is the
-// no-application-layer reference.
+// no-application-layer reference; the floor (serve-floor) is the limit; the
+// seed system (Django Channels with channels_redis, seed/seedsite.py) is what
+// groupcast's users run today.
 //
 // Usage:
 //
 //	loadgen serve-nats-ws [-addr 127.0.0.1:8090] [-log]
 //	loadgen serve-nats [-addr 127.0.0.1:4222] [-http 127.0.0.1:8222] [-log]
-//	loadgen fanout  -target groupcast|nats-ws [flags]
-//	loadgen rooms   -target groupcast|nats-ws [flags]
-//	loadgen connect -target groupcast|nats-ws [flags]
+//	loadgen serve-floor [-addr 127.0.0.1:8091]
+//	loadgen fanout  -target groupcast|nats-ws|floor|channels [flags]
+//	loadgen rooms   -target groupcast|nats-ws|floor|channels [flags]
+//	loadgen connect -target groupcast|nats-ws|floor|channels [flags]
 //	loadgen coldstart -bin ./groupcast [-n 20] [-cpu 0] [-env K=V]...
 //
 // serve-nats-ws runs an in-process nats-server whose only client listener is
@@ -20,6 +23,19 @@
 // plain NATS client listener and monitoring (/varz), to be the external
 // NATS (NATS_URL) of several groupcast instances. Both run as processes of
 // their own so they can be pinned to a core and measured with -pid.
+//
+// serve-floor runs the floor: about the least a server can do to pass the
+// loader's checks. It speaks the subset of groupcast's protocol a run uses
+// (the welcome, join and leave answered by ack, ping by pong, deliveries,
+// POST /api/groups/{group}/messages) over hand-written WebSocket framing,
+// writes the welcome in the same write(2) as the 101, and writes each
+// delivery with one write(2) straight from the publishing request's
+// goroutine: no queue, no writer goroutine, no batching. Its CPU per delivery
+// is the cost of the kernel writes, the physical limit for one write per
+// delivery. Targets floor and channels (daphne serving seed/seedsite.py,
+// with redis-server) are driven like groupcast: the groupcast protocol, -url
+// and -api (defaults :8091 and :8092). -with-pid N counts another process of
+// the system (channels: redis-server) with the first instance's CPU and RSS.
 //
 // fanout opens -conns WebSocket connections at -connect-rate per second and
 // joins them all to -group (groupcast: a join frame answered by an ack;
@@ -90,8 +106,9 @@
 //	taskset -c 0 loadgen serve-nats-ws -addr 127.0.0.1:8090 &
 //	taskset -c 1 loadgen fanout -target nats-ws -url ws://127.0.0.1:8090 -conns 5000 -rate 10 -pid $!
 //
-// cmd/loadgen/compare.sh MODE [flags] does both, one server at a time,
-// retrying noisy runs, and prints the ratios; cmd/loadgen/multi.sh runs one
+// cmd/loadgen/compare.sh MODE [flags] does both and the floor (TARGETS=...
+// adds channels), one server at a time, retrying noisy runs, and prints the
+// ratios, each figure also as a multiple of the floor's; cmd/loadgen/multi.sh runs one
 // and then two groupcast instances behind one external NATS.
 //
 // The loader raises RLIMIT_NOFILE to its hard limit. Past about 25,000

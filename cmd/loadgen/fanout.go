@@ -16,10 +16,13 @@ import (
 	"time"
 )
 
-// Targets a run can measure.
+// Targets a run can measure. All but nats-ws speak groupcast's protocol
+// (or the subset of it a run uses) and publish over its HTTP API.
 const (
 	targetGroupcast = "groupcast"
 	targetNATSWS    = "nats-ws"
+	targetFloor     = "floor"    // loadgen serve-floor: one write(2) per delivery, nothing else
+	targetChannels  = "channels" // Django Channels with channels_redis, the seed system (seed/)
 )
 
 // Modes of a run. A connect run (runConnect) is a series of fan-out runs
@@ -47,10 +50,14 @@ const (
 // defaults noted.
 type Config struct {
 	Mode   string   // modeFanout (default) or modeRooms
-	Target string   // targetGroupcast or targetNATSWS
+	Target string   // targetGroupcast, targetNATSWS, targetFloor or targetChannels
 	URLs   []string // WebSocket URLs, one per instance: connection i dials URLs[i % len(URLs)]
-	APIs   []string // groupcast HTTP base URLs (publishing), one per instance; groupcast only
+	APIs   []string // HTTP base URLs (publishing), one per instance; all targets but nats-ws
 	PIDs   []int    // server processes to measure, one per URL, or none
+
+	// WithPIDs are processes that serve beside PIDs[0] (the seed system's
+	// redis-server): their CPU and RSS count as the first instance's.
+	WithPIDs []int
 
 	// BrokerPID is an external nats-server that the instances share (its
 	// CPU is reported apart); NATSMonitor is its monitoring base URL
@@ -114,9 +121,9 @@ func (c *Config) setDefaults() error {
 		}
 	}
 	switch c.Target {
-	case targetGroupcast:
+	case targetGroupcast, targetFloor, targetChannels:
 		if len(c.APIs) == 0 {
-			return errors.New("-api is required for -target groupcast")
+			return fmt.Errorf("-api is required for -target %s", c.Target)
 		}
 		for _, a := range c.APIs {
 			if p, err := url.Parse(a); err != nil || (p.Scheme != "http" && p.Scheme != "https") {
@@ -125,10 +132,13 @@ func (c *Config) setDefaults() error {
 		}
 	case targetNATSWS:
 	default:
-		return fmt.Errorf("-target must be %s or %s, not %q", targetGroupcast, targetNATSWS, c.Target)
+		return fmt.Errorf("-target must be %s, %s, %s or %s, not %q", targetGroupcast, targetNATSWS, targetFloor, targetChannels, c.Target)
 	}
 	if len(c.PIDs) != 0 && len(c.PIDs) != len(c.URLs) {
 		return fmt.Errorf("%d -pid for %d -url: give one per instance, or none", len(c.PIDs), len(c.URLs))
+	}
+	if len(c.WithPIDs) != 0 && len(c.PIDs) == 0 {
+		return errors.New("-with-pid needs -pid")
 	}
 	if c.Conns < 1 || c.Conns > maxConns {
 		return fmt.Errorf("-conns must be 1..%d", maxConns)
@@ -266,9 +276,10 @@ type Result struct {
 	Strays         int64 `json:"strays,omitempty"`
 
 	ServerPIDs         []int   `json:"server_pids,omitempty"`
-	ServerCPUSecs      float64 `json:"server_cpu_s"`       // over the publishing window
-	ServerCPUDrainSecs float64 `json:"server_cpu_drain_s"` // during the drain
-	ServerCPUUtil      float64 `json:"server_cpu_util"`    // cores busy over the window
+	WithPIDs           []int   `json:"with_pids,omitempty"` // counted with the first instance
+	ServerCPUSecs      float64 `json:"server_cpu_s"`        // over the publishing window
+	ServerCPUDrainSecs float64 `json:"server_cpu_drain_s"`  // during the drain
+	ServerCPUUtil      float64 `json:"server_cpu_util"`     // cores busy over the window
 	ServerUSPerDeliv   float64 `json:"server_us_per_delivery"`
 	ServerRSSBeforeKiB int64   `json:"server_rss_before_kib"`
 	ServerRSSIdleKiB   int64   `json:"server_rss_idle_kib"`
@@ -352,6 +363,28 @@ func (r *fanoutRun) homeRoom(i int) int {
 	return int(int64(i) * int64(len(r.groups)) / int64(r.cfg.Conns))
 }
 
+// instancePIDs returns the processes of instance i: PIDs[i], and for the
+// first, WithPIDs.
+func (c *Config) instancePIDs(i int) []int {
+	if i == 0 {
+		return append([]int{c.PIDs[0]}, c.WithPIDs...)
+	}
+	return c.PIDs[i : i+1]
+}
+
+// instanceRSS returns the summed RSS of instance i's processes, in KiB.
+func (c *Config) instanceRSS(i int) (int64, error) {
+	var kib int64
+	for _, pid := range c.instancePIDs(i) {
+		n, err := procRSS(pid)
+		if err != nil {
+			return 0, fmt.Errorf("server pid %d: %w", pid, err)
+		}
+		kib += n
+	}
+	return kib, nil
+}
+
 // sample is a reading of every CPU counter a run reports.
 type sample struct {
 	at     time.Time
@@ -365,12 +398,14 @@ type sample struct {
 
 func (r *fanoutRun) sample() sample {
 	s := sample{at: time.Now(), self: selfCPU(), srv: make([]time.Duration, len(r.cfg.PIDs))}
-	for i, pid := range r.cfg.PIDs {
-		d, err := procCPU(pid)
-		if err != nil {
-			r.noteErr(fmt.Errorf("server cpu: %w", err))
+	for i := range r.cfg.PIDs {
+		for _, pid := range r.cfg.instancePIDs(i) {
+			d, err := procCPU(pid)
+			if err != nil {
+				r.noteErr(fmt.Errorf("server cpu: %w", err))
+			}
+			s.srv[i] += d
 		}
-		s.srv[i] = d
 	}
 	if r.cfg.BrokerPID > 0 {
 		d, err := procCPU(r.cfg.BrokerPID)
@@ -447,7 +482,7 @@ func runFanout(ctx context.Context, cfg Config) (_ *Result, err error) {
 	res := &Result{
 		Mode: cfg.Mode, Target: cfg.Target, URL: strings.Join(cfg.URLs, ","), Conns: cfg.Conns,
 		Group: cfg.Group, Rooms: len(r.groups), Rate: cfg.Rate, Duration: cfg.Duration.Seconds(),
-		Size: cfg.Size, ServerPIDs: cfg.PIDs,
+		Size: cfg.Size, ServerPIDs: cfg.PIDs, WithPIDs: cfg.WithPIDs,
 	}
 	insts := make([]Instance, len(cfg.URLs))
 	for i := range insts {
@@ -459,8 +494,8 @@ func runFanout(ctx context.Context, cfg Config) (_ *Result, err error) {
 	}
 	for i, pid := range cfg.PIDs {
 		insts[i].PID = pid
-		if insts[i].RSSBeforeKiB, err = procRSS(pid); err != nil {
-			return nil, fmt.Errorf("server pid %d: %w", pid, err)
+		if insts[i].RSSBeforeKiB, err = cfg.instanceRSS(i); err != nil {
+			return nil, err
 		}
 	}
 
@@ -518,9 +553,9 @@ func runFanout(ctx context.Context, cfg Config) (_ *Result, err error) {
 	if err := sleepCtx(r.ctx, cfg.Settle); err != nil {
 		return nil, err
 	}
-	for i, pid := range cfg.PIDs {
-		if insts[i].RSSIdleKiB, err = procRSS(pid); err != nil {
-			return nil, fmt.Errorf("server pid %d: %w", pid, err)
+	for i := range cfg.PIDs {
+		if insts[i].RSSIdleKiB, err = cfg.instanceRSS(i); err != nil {
+			return nil, err
 		}
 		insts[i].KiBPerConn = float64(insts[i].RSSIdleKiB-insts[i].RSSBeforeKiB) / float64(max(1, insts[i].Conns))
 		res.ServerRSSBeforeKiB += insts[i].RSSBeforeKiB

@@ -144,6 +144,12 @@ func TestProcStat(t *testing.T) {
 	if _, _, err := machineCPU(); err != nil {
 		t.Error(err)
 	}
+	// -with-pid: a helper process's RSS counts with the first instance.
+	cfg := Config{PIDs: []int{os.Getpid()}, WithPIDs: []int{os.Getpid()}}
+	one, _ := procRSS(os.Getpid())
+	if both, err := cfg.instanceRSS(0); err != nil || both < one*19/10 {
+		t.Errorf("instance rss %d with a helper, %d alone, %v", both, one, err)
+	}
 }
 
 // smallRun is the configuration CI uses: small, quick, exact.
@@ -211,23 +217,34 @@ func TestFanoutNATSWS(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer srv.Close()
-	urls := []string{srv.URL}
+	checkEveryMode(t, smallRun(targetNATSWS, []string{srv.URL}, nil))
+}
+
+// checkEveryMode checks exact small runs of fanout, rooms and connect
+// against base's target, URLs, APIs and processes.
+func checkEveryMode(t *testing.T, base Config) {
+	t.Helper()
 	t.Run("fanout", func(t *testing.T) {
-		res, err := runFanout(t.Context(), smallRun(targetNATSWS, urls, nil))
+		res, err := runFanout(t.Context(), base)
 		if err != nil {
 			t.Fatal(err)
 		}
 		checkExact(t, res)
+		if len(base.PIDs) > 0 && res.ServerRSSIdleKiB <= 0 {
+			t.Errorf("server rss %d", res.ServerRSSIdleKiB)
+		}
 	})
 	t.Run("rooms", func(t *testing.T) {
-		res, err := runFanout(t.Context(), smallRooms(targetNATSWS, urls, nil))
+		cfg := smallRooms(base.Target, base.URLs, base.APIs)
+		cfg.PIDs, cfg.WithPIDs = base.PIDs, base.WithPIDs
+		res, err := runFanout(t.Context(), cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
 		checkExact(t, res)
 	})
 	t.Run("connect", func(t *testing.T) {
-		cfg := smallRun(targetNATSWS, urls, nil)
+		cfg := base
 		cfg.Conns = 100
 		res, err := runConnect(t.Context(), ConnectConfig{Base: cfg, Rounds: 2, Verify: 2})
 		if err != nil {
@@ -309,10 +326,23 @@ func startGroupcast(t *testing.T, env ...string) instance {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &tail{}
 	cmd := exec.Command(bin)
 	cmd.Env = append(envWithout("NATS_URL", "API_KEY", "PORT"), fmt.Sprintf("PORT=%d", port))
 	cmd.Env = append(cmd.Env, env...)
+	exited := startProcess(t, cmd)
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	if err := waitReady(t.Context(), base+"/readyz", exited, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	return instance{ws: fmt.Sprintf("ws://127.0.0.1:%d/ws", port), api: base, pid: cmd.Process.Pid}
+}
+
+// startProcess starts cmd, keeping the tail of its output, and stops it
+// (SIGTERM, then after 10 s SIGKILL) when the test ends, logging the output
+// if the test failed. The channel yields Wait's result.
+func startProcess(t *testing.T, cmd *exec.Cmd) <-chan error {
+	t.Helper()
+	logs := &tail{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -328,14 +358,10 @@ func startGroupcast(t *testing.T, env ...string) instance {
 			<-exited
 		}
 		if t.Failed() {
-			t.Logf("server output (tail):\n%s", logs.String())
+			t.Logf("%s output (tail):\n%s", filepath.Base(cmd.Path), logs.String())
 		}
 	})
-	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	if err := waitReady(t.Context(), base+"/readyz", exited, 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	return instance{ws: fmt.Sprintf("ws://127.0.0.1:%d/ws", port), api: base, pid: cmd.Process.Pid}
+	return exited
 }
 
 // TestFanoutGroupcast runs ./app with the embedded NATS and checks an exact

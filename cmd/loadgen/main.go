@@ -27,10 +27,12 @@ func main() {
 const usage = `usage:
   loadgen serve-nats-ws [-addr 127.0.0.1:8090] [-log]
   loadgen serve-nats [-addr 127.0.0.1:4222] [-http 127.0.0.1:8222] [-log]
-  loadgen fanout  -target groupcast|nats-ws [-url ws://...]... [-api http://...]... [-pid N]...
+  loadgen serve-floor [-addr 127.0.0.1:8091]
+  loadgen fanout  -target T [-url ws://...]... [-api http://...]... [-pid N]... [-with-pid N]...
                   [-conns 5000] [-group bench] [-rate 10] [-duration 20s] [-size 64] [-plot f.svg] [-json] ...
-  loadgen rooms   -target groupcast|nats-ws [same] [-rooms 500] [-rate 2000] [-churn 100] [-churn-stay 1s]
-  loadgen connect -target groupcast|nats-ws [same] [-conns 5000] [-rounds 6] [-max-inflight 0] [-verify 3]
+  loadgen rooms   -target T [same] [-rooms 500] [-rate 2000] [-churn 100] [-churn-stay 1s]
+  loadgen connect -target T [same] [-conns 5000] [-rounds 6] [-max-inflight 0] [-verify 3]
+  T is groupcast, nats-ws, floor (serve-floor) or channels (cmd/loadgen/seed).
   loadgen coldstart -bin ./groupcast [-n 20] [-cpu 0] [-env K=V]...
 run "loadgen <subcommand> -h" for every flag.
 `
@@ -50,6 +52,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return cmdServeNATSWS(ctx, args[1:], stdout, stderr)
 	case "serve-nats":
 		return cmdServeNATS(ctx, args[1:], stdout, stderr)
+	case "serve-floor":
+		return cmdServeFloor(ctx, args[1:], stdout, stderr)
 	case modeFanout, modeRooms, modeConnect:
 		return cmdRun(ctx, args[0], args[1:], stdout, stderr)
 	case "coldstart":
@@ -111,6 +115,50 @@ func cmdServeNATS(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	return 0
 }
 
+func cmdServeFloor(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("serve-floor", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addr := fs.String("addr", "127.0.0.1:8091", "host:port to serve WebSocket (/ws) and publishing (/api) on (port 0: any free port)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "serve-floor: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	f, err := startFloor(*addr)
+	if err != nil {
+		fmt.Fprintf(stderr, "serve-floor: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "floor listening on %s, publishing on %s (pid %d)\n", f.URL, f.API, os.Getpid())
+	<-ctx.Done()
+	f.Close()
+	fmt.Fprintln(stdout, "floor stopped")
+	return 0
+}
+
+// defaultBases are the -url and -api each target is found at when not given.
+var defaultBases = map[string][2]string{
+	targetGroupcast: {"ws://127.0.0.1:8080/ws", "http://127.0.0.1:8080"},
+	targetNATSWS:    {"ws://127.0.0.1:8090", ""},
+	targetFloor:     {"ws://127.0.0.1:8091/ws", "http://127.0.0.1:8091"},
+	targetChannels:  {"ws://127.0.0.1:8092/ws", "http://127.0.0.1:8092"},
+}
+
+// parsePIDs parses the values of a process id flag.
+func parsePIDs(name string, vals []string) ([]int, error) {
+	var pids []int
+	for _, v := range vals {
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("%s %q: not a process id", name, v)
+		}
+		pids = append(pids, n)
+	}
+	return pids, nil
+}
+
 // listFlag collects a repeatable string flag.
 type listFlag []string
 
@@ -122,15 +170,16 @@ func cmdRun(ctx context.Context, mode string, args []string, stdout, stderr io.W
 	fs := flag.NewFlagSet(mode, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var cfg Config
-	var urls, apis, pids listFlag
+	var urls, apis, pids, withPIDs listFlag
 	defConns, defRate, defGroup := 5000, 10.0, "bench"
 	if mode == modeRooms {
 		defRate, defGroup = 2000, "room"
 	}
-	fs.StringVar(&cfg.Target, "target", targetGroupcast, "server kind: groupcast or nats-ws")
-	fs.Var(&urls, "url", "WebSocket URL of an instance; repeat for several (default ws://127.0.0.1:8080/ws for groupcast, ws://127.0.0.1:8090 for nats-ws)")
-	fs.Var(&apis, "api", "groupcast HTTP base URL, for publishing; repeat, in -url order (default http://127.0.0.1:8080)")
+	fs.StringVar(&cfg.Target, "target", targetGroupcast, "server kind: groupcast, nats-ws, floor (serve-floor) or channels (the seed system)")
+	fs.Var(&urls, "url", "WebSocket URL of an instance; repeat for several (default ws://127.0.0.1:8080/ws for groupcast, ws://127.0.0.1:8090 for nats-ws, :8091/ws for floor, :8092/ws for channels)")
+	fs.Var(&apis, "api", "HTTP base URL, for publishing (all targets but nats-ws); repeat, in -url order (default http://127.0.0.1:8080, :8091 for floor, :8092 for channels)")
 	fs.Var(&pids, "pid", "server process id, for CPU and RSS figures; repeat, in -url order")
+	fs.Var(&withPIDs, "with-pid", "another process of the first instance's system (channels: redis-server), its CPU and RSS counted with it; repeat")
 	fs.IntVar(&cfg.BrokerPID, "broker-pid", 0, "external nats-server process id (several instances), for its CPU")
 	fs.StringVar(&cfg.NATSMonitor, "nats-monitor", "", "external nats-server monitoring URL (http://127.0.0.1:8222): messages in and out")
 	fs.IntVar(&cfg.Conns, "conns", defConns, "receiving WebSocket connections (spread over the -url in turn)")
@@ -174,22 +223,20 @@ func cmdRun(ctx context.Context, mode string, args []string, stdout, stderr io.W
 		return 2
 	}
 	cfg.URLs, cfg.APIs = urls, apis
-	if len(cfg.URLs) == 0 {
-		cfg.URLs = []string{"ws://127.0.0.1:8080/ws"}
-		if cfg.Target == targetNATSWS {
-			cfg.URLs = []string{"ws://127.0.0.1:8090"}
-		}
+	def := defaultBases[cfg.Target]
+	if len(cfg.URLs) == 0 && def[0] != "" {
+		cfg.URLs = []string{def[0]}
 	}
-	if len(cfg.APIs) == 0 && cfg.Target == targetGroupcast {
-		cfg.APIs = []string{"http://127.0.0.1:8080"}
+	if len(cfg.APIs) == 0 && def[1] != "" {
+		cfg.APIs = []string{def[1]}
 	}
-	for _, p := range pids {
-		n, err := strconv.Atoi(p)
-		if err != nil || n <= 0 {
-			fmt.Fprintf(stderr, "%s: -pid %q: not a process id\n", mode, p)
-			return 2
-		}
-		cfg.PIDs = append(cfg.PIDs, n)
+	var err error
+	if cfg.PIDs, err = parsePIDs("-pid", pids); err == nil {
+		cfg.WithPIDs, err = parsePIDs("-with-pid", withPIDs)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", mode, err)
+		return 2
 	}
 	cfg.ConnectRate = *connectRate
 	if cfg.ConnectRate <= 0 {
@@ -222,7 +269,6 @@ func cmdRun(ctx context.Context, mode string, args []string, stdout, stderr io.W
 	var res any
 	var title string
 	var notes []string
-	var err error
 	if mode == modeConnect {
 		if cfg.ProfileOut != "" && cfg.Profile == "" {
 			fmt.Fprintf(stderr, "connect: -cpu-profile needs -pprof\n")
@@ -356,8 +402,12 @@ func writeSummary(w io.Writer, r *Result) {
 	fmt.Fprintf(w, "latency      p50 %.2f ms, p99 %.2f ms, p99.9 %.2f ms, max %.2f ms (mean %.2f ms)\n",
 		r.Latency.P50, r.Latency.P99, r.Latency.P999, r.Latency.Max, r.Latency.Mean)
 	if len(r.ServerPIDs) > 0 {
-		fmt.Fprintf(w, "server cpu   pids %v: %.2fs over the window (%.0f%% of a core) + %.2fs drain; %.2f µs/delivery\n",
-			r.ServerPIDs, r.ServerCPUSecs, 100*r.ServerCPUUtil, r.ServerCPUDrainSecs, r.ServerUSPerDeliv)
+		pids := fmt.Sprint(r.ServerPIDs)
+		if len(r.WithPIDs) > 0 {
+			pids += fmt.Sprintf(" with %v", r.WithPIDs)
+		}
+		fmt.Fprintf(w, "server cpu   pids %s: %.2fs over the window (%.0f%% of a core) + %.2fs drain; %.2f µs/delivery\n",
+			pids, r.ServerCPUSecs, 100*r.ServerCPUUtil, r.ServerCPUDrainSecs, r.ServerUSPerDeliv)
 		fmt.Fprintf(w, "server rss   %.1f MiB before, %.1f MiB with %d idle conns: %.1f KiB/conn\n",
 			float64(r.ServerRSSBeforeKiB)/1024, float64(r.ServerRSSIdleKiB)/1024, r.Conns, r.ServerKiBPerConn)
 	}

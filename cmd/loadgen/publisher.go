@@ -28,7 +28,7 @@ type publisher interface {
 }
 
 func (r *fanoutRun) newPublisher() (publisher, error) {
-	if r.cfg.Target == targetGroupcast {
+	if r.cfg.Target != targetNATSWS {
 		return newHTTPPublisher(r.cfg, r.groups), nil
 	}
 	return r.newNATSPublisher()

@@ -24,7 +24,10 @@ func TestChat(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := web.New(b, web.Config{ClientSend: true, Consumer: &Chat{BadWords: []string{"darn"}}, Logger: log})
+	w, err := web.New(b, web.Config{ClientSend: true, Consumer: &Chat{BadWords: []string{"darn"}}, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
 	hs := httptest.NewServer(w.Handler())
 	defer func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

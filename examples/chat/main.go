@@ -37,11 +37,15 @@ func serve(ctx context.Context, addr string, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	w := web.New(b, web.Config{
+	w, err := web.New(b, web.Config{
 		ClientSend: true,
 		Consumer:   &Chat{BadWords: []string{"darn", "heck"}},
 		Logger:     log,
 	})
+	if err != nil {
+		b.Close(context.Background())
+		return err
+	}
 	srv := &http.Server{Addr: addr, Handler: w.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	served := make(chan error, 1)
 	go func() { served <- srv.ListenAndServe() }()

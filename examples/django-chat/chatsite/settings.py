@@ -37,7 +37,8 @@ TEMPLATES = [{
 }]
 WSGI_APPLICATION = "chatsite.wsgi.application"
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3",
-                         "NAME": os.environ.get("DATABASE_PATH", str(BASE_DIR / "db.sqlite3"))}}
+                         "NAME": os.environ.get("DATABASE_PATH", str(BASE_DIR / "db.sqlite3")),
+                         "CONN_MAX_AGE": 60}}  # a hook per connect: keep the database connection
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 USE_TZ = True
 LOGIN_URL = "login"

@@ -1,4 +1,6 @@
 import re
+import urllib.request
+from functools import lru_cache
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -47,3 +49,16 @@ def announce(request: HttpRequest, room: str) -> JsonResponse:
     async_to_sync(get_channel_layer().group_send)(
         f"room.{_room(room)}", {"type": "chat.notice", "text": request.POST.get("text", "")[:200]})
     return JsonResponse({"ok": True})
+
+
+@lru_cache(maxsize=1)
+def _client_js() -> bytes:
+    with urllib.request.urlopen(settings.CHANNEL_LAYERS["default"]["CONFIG"]["url"] + "/client.js", timeout=5) as r:
+        return r.read()
+
+
+def client_js(request: HttpRequest) -> HttpResponse:
+    """Development only: groupcast's /client.js from this origin (a module
+    script from another origin would need CORS). In production the load
+    balancer routes /client.js to groupcast."""
+    return HttpResponse(_client_js(), content_type="text/javascript; charset=utf-8")

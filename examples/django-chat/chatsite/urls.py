@@ -1,4 +1,5 @@
 from django.contrib.auth import views as auth_views
+from django.conf import settings
 from django.urls import include, path
 
 from chat import views
@@ -12,3 +13,6 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("groupcast/", include("groupcast.django.urls")),  # the hooks
 ]
+
+if settings.GROUPCAST_PUBLIC_URL:  # development: groupcast on another port
+    urlpatterns.append(path("client.js", views.client_js))

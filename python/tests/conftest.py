@@ -9,8 +9,11 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from typing import Callable, Iterator
 
 import pytest
@@ -21,6 +24,15 @@ sys.path.insert(0, str(ROOT / "python"))
 from groupcast.testing import GroupcastServer  # noqa: E402
 
 JWT_SECRET = "a-test-secret-of-at-least-32-bytes!!"
+
+# One Django project for every test: tests/djangoapp, on a SQLite file so
+# that the WSGI server's threads share it.
+_db = tempfile.NamedTemporaryFile(prefix="groupcast-test-", suffix=".sqlite3", delete=False)
+os.environ["GROUPCAST_TEST_DB"] = _db.name
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "djangoapp.settings")
+import django  # noqa: E402
+
+django.setup()
 
 
 @pytest.fixture(scope="session")
@@ -134,3 +146,61 @@ def run(coro_fn: Callable[[], object]) -> object:
     import asyncio
 
     return asyncio.run(coro_fn())  # type: ignore[arg-type]
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+@pytest.fixture(scope="session")
+def django_url() -> Iterator[str]:
+    """tests/djangoapp served by a real WSGI server, with users ada and
+    root (staff), password "pw"."""
+    from django.contrib.auth.models import User
+    from django.core.management import call_command
+    from django.core.wsgi import get_wsgi_application
+
+    call_command("migrate", verbosity=0, interactive=False)
+    User.objects.create_user("ada", password="pw")
+    User.objects.create_user("root", password="pw", is_staff=True)
+    httpd = make_server("127.0.0.1", 0, get_wsgi_application(), server_class=_ThreadingWSGIServer,
+                        handler_class=_QuietHandler)
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+    os.unlink(_db.name)
+
+
+HOOK_SECRET = "hook-secret-for-tests"
+
+
+@pytest.fixture(scope="session")
+def hooked(binary: str, django_url: str) -> Iterator[GroupcastServer]:
+    """A server whose every hook is the Django app's; the app's channel
+    layer points at it."""
+    from django.conf import settings
+
+    env = {f"HOOK_{e.upper()}_URL": f"{django_url}/groupcast/{e}" for e in ("connect", "join", "send", "receive", "disconnect")}
+    env.update(HOOK_SECRET=HOOK_SECRET, PRESENCE_GROUPS="room.*")
+    with GroupcastServer(binary, env=env) as s:
+        settings.CHANNEL_LAYERS = {"default": {"BACKEND": "groupcast.layers.GroupcastChannelLayer", "CONFIG": {"url": s.url}}}
+        from channels.layers import channel_layers
+
+        channel_layers.backends.clear()
+        yield s
+
+
+def session_cookie(username: str) -> str:
+    """A Cookie header for a Django session in which username logged in."""
+    from django.test import Client as DjangoClient
+
+    c = DjangoClient()
+    assert c.login(username=username, password="pw")
+    return f"sessionid={c.cookies['sessionid'].value}"

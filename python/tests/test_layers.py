@@ -21,8 +21,6 @@ def layer_for(url: str, **config: object) -> GroupcastChannelLayer:
     """The layer as Channels builds it from CHANNEL_LAYERS."""
     from django.conf import settings
 
-    if not settings.configured:
-        settings.configure(CHANNEL_LAYERS={})
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "groupcast.layers.GroupcastChannelLayer",
                                            "CONFIG": {"url": url, **config}}}
     from channels.layers import channel_layers

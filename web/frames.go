@@ -126,7 +126,7 @@ func parseFrame(p []byte) (clientFrame, error) {
 	if err := json.Unmarshal(p, &f); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) {
-			f.ID = validID(f.ID)
+			f.ID = frameID(f.ID)
 			return f, refuse(CodeInvalidFrame, "field "+strconv.Quote(te.Field)+" has the wrong type")
 		}
 		return clientFrame{}, refuse(CodeInvalidJSON, "a frame must be one JSON object")
@@ -135,15 +135,15 @@ func parseFrame(p []byte) (clientFrame, error) {
 	if string(f.ID) == "null" {
 		f.ID = nil
 	}
-	if f.ID != nil && validID(f.ID) == nil {
+	if f.ID != nil && frameID(f.ID) == nil {
 		f.ID = nil
 		return f, refuse(CodeInvalidFrame, `"id" must be a number or a string`)
 	}
 	return f, nil
 }
 
-// validID returns id if it is a JSON number or string, else nil.
-func validID(id json.RawMessage) json.RawMessage {
+// frameID returns a client frame's id if it is a JSON number or string, else nil.
+func frameID(id json.RawMessage) json.RawMessage {
 	if len(id) == 0 {
 		return nil
 	}

@@ -16,7 +16,7 @@ func FuzzParseFrame(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, p []byte) {
 		fr, err := parseFrame(p)
-		if fr.ID != nil && validID(fr.ID) == nil {
+		if fr.ID != nil && frameID(fr.ID) == nil {
 			t.Fatalf("kept a bad id %q", fr.ID)
 		}
 		if err == nil && fr.Data != nil && !json.Valid(fr.Data) {

@@ -30,8 +30,9 @@ const (
 )
 
 // session is one WebSocket connection: a channel in the broker, a reader
-// (the handler's goroutine) and a writer goroutine that runs while there
-// is something to write, owned and awaited by serveWS.
+// goroutine (Server.run, started by serveWS and awaited by Shutdown) and a
+// writer goroutine that runs while there is something to write, awaited
+// by the reader before it returns.
 type session struct {
 	srv     *Server
 	conn    *websocket.Conn

@@ -155,6 +155,30 @@ func TestEmbeddedEndToEnd(t *testing.T) {
 	}
 }
 
+// TestIdleKeepAliveClosed: the real server closes a keep-alive
+// connection that sends nothing after its request, and a stalled body,
+// within the timeouts set.
+func TestIdleKeepAliveClosed(t *testing.T) {
+	inst := start(t, map[string]string{"HTTP_IDLE_TIMEOUT": "300ms", "HTTP_READ_TIMEOUT": "300ms"}).ready()
+	for _, req := range []string{
+		"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n",
+		"POST /api/groups/g/messages HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\n",
+	} {
+		conn, err := net.Dial("tcp", strings.TrimPrefix(inst.base, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		conn.SetReadDeadline(start.Add(3 * time.Second))
+		conn.Write([]byte(req))
+		_, err = io.ReadAll(conn) // the answer, then EOF once closed
+		conn.Close()
+		if err != nil {
+			t.Fatalf("%q: still open after %v: %v", req, time.Since(start), err)
+		}
+	}
+}
+
 // TestTwoInstancesExternalNATS: two instances on one NATS server; a
 // message published on either reaches every member on both, exactly once.
 func TestTwoInstancesExternalNATS(t *testing.T) {
@@ -241,6 +265,7 @@ func TestBadSettings(t *testing.T) {
 		"HOOK_JOIN_URL":             "ftp://backend/join",
 		"HOOK_HEADERS":              "Cookie,Authorization",
 		"JWT_ALLOW_NO_EXP":          "sometimes",
+		"DRAIN_PERIOD":              "-1s",
 	}
 	for name, value := range cases {
 		err := run(context.Background(), func(k string) string {

@@ -22,6 +22,7 @@ type settings struct {
 	Broker          broker.Config
 	Web             web.Config
 	ShutdownTimeout time.Duration
+	HTTPIdleTimeout time.Duration
 	PprofAddr       string
 	LogLevel        slog.Level
 	LogFormat       string
@@ -35,6 +36,7 @@ func newSettings() *settings {
 		Broker:          broker.DefaultConfig(),
 		Web:             web.DefaultConfig(),
 		ShutdownTimeout: 8 * time.Second,
+		HTTPIdleTimeout: 60 * time.Second,
 		LogLevel:        slog.LevelInfo,
 		LogFormat:       "auto",
 	}
@@ -92,6 +94,8 @@ var settingsTable = []setting{
 	{"HOOK_JOIN_URL", "POST join decisions to this backend URL", httpURL(func(s *settings) *string { return &s.Web.Hooks.JoinURL })},
 	{"HOOK_SEND_URL", "POST client sends to this backend URL (it may rewrite the data)", httpURL(func(s *settings) *string { return &s.Web.Hooks.SendURL })},
 	{"HOOK_RECEIVE_URL", "POST client frames of the application's own types to this backend URL; its reply goes back to the client", httpURL(func(s *settings) *string { return &s.Web.Hooks.ReceiveURL })},
+	{"HOOK_DISCONNECT_URL", "POST every closed connection (user, groups, close code) to this backend URL, off the socket's path", httpURL(func(s *settings) *string { return &s.Web.Hooks.DisconnectURL })},
+	{"HOOK_DISCONNECT_QUEUE", "disconnect hook calls waiting to be sent; past it they are dropped, logged and counted", integer(func(s *settings) *int { return &s.Web.Hooks.DisconnectQueue }, 1, 10_000_000)},
 	{"HOOK_HEADERS", "comma-separated headers of the WebSocket upgrade request copied onto every hook call of that connection (so the backend's session login works); none: forward none", value{
 		set: func(s *settings, v string) error {
 			if v == "none" {
@@ -108,6 +112,7 @@ var settingsTable = []setting{
 	{"HOOK_TIMEOUT", "bound on one hook call; past it the decision is refused as unavailable", duration(func(s *settings) *time.Duration { return &s.Web.Hooks.Timeout }, 1, 0)},
 	{"HOOK_CONCURRENCY", "hook calls in flight at once; past it decisions are refused as unavailable at once", integer(func(s *settings) *int { return &s.Web.Hooks.MaxConcurrent }, 1, 100_000)},
 	{"MAX_CONNECTIONS", "WebSockets this instance takes; more get 503", integer(func(s *settings) *int { return &s.Web.MaxConnections }, 1, 10_000_000)},
+	{"MAX_CONNECTIONS_PER_IP", "WebSockets one client IP (as TRUSTED_PROXIES sees it) may hold open; more get 429; loopback is not limited", integer(func(s *settings) *int { return &s.Web.MaxConnectionsPerIP }, 1, 10_000_000)},
 	{"FRAMES_PER_SECOND", "client frames a connection may send per second (burst twice as many); over it: rate_limited, then close 1008", integer(func(s *settings) *float64 { return &s.Web.FramesPerSecond }, 1, 1_000_000)},
 	{"HANDSHAKES_PER_SECOND", "new WebSockets per client IP per second (burst twice as many); more get 429", integer(func(s *settings) *float64 { return &s.Web.HandshakesPerSecond }, 1, 1_000_000)},
 	{"TRUSTED_PROXIES", "proxies in front that append to X-Forwarded-For (0: use the TCP peer; 1 on Cloud Run; 2 behind Google's external Application Load Balancer)", integer(func(s *settings) *int { return &s.Web.TrustedProxies }, 0, 10)},
@@ -120,7 +125,7 @@ var settingsTable = []setting{
 	{"NATS_TLS_CERT", "PEM client certificate for NATS (with NATS_TLS_KEY)", file(func(s *settings) *string { return &s.Broker.TLSCert })},
 	{"NATS_TLS_KEY", "PEM key of NATS_TLS_CERT", file(func(s *settings) *string { return &s.Broker.TLSKey })},
 	{"NATS_LISTEN", "embedded mode: also listen for NATS clients on this host:port (e.g. 127.0.0.1:4222)", hostPort(func(s *settings) *string { return &s.Broker.ListenAddr })},
-	{"ALLOWED_ORIGINS", "comma-separated host patterns (e.g. *.example.com) of other sites' pages allowed to connect", list(func(s *settings) *[]string { return &s.Web.AllowedOrigins }, nil)},
+	{"ALLOWED_ORIGINS", "comma-separated origin patterns of other sites' pages allowed to connect: a bare host (e.g. *.example.com) admits https pages only, scheme://host (e.g. http://localhost:*) that scheme", list(func(s *settings) *[]string { return &s.Web.AllowedOrigins }, nil)},
 	{"CLIENT_SEND", "let WebSocket clients publish with send frames", boolean(func(s *settings) *bool { return &s.Web.ClientSend })},
 	{"PRESENCE_GROUPS", "comma-separated group patterns (e.g. room.*,lobby) whose members are tracked for presence; unset: none", list(func(s *settings) *[]string { return &s.Broker.Presence }, broker.CheckPresence)},
 	{"GROUP_POLICIES", "how groups keep messages: comma-separated pattern=policy, policy one of at-most-once, recoverable, latest; patterns (README: Group patterns) a group name, * or a prefix ending in .* (e.g. chat.*=recoverable,price.*=latest); first match wins; a recoverable or latest pattern overlapping an earlier one of another policy is refused; unset: every group at-most-once", value{
@@ -147,6 +152,8 @@ var settingsTable = []setting{
 	{"HISTORY_REGION", "in a supercluster, the NATS cluster (region) holding the history streams; the other regions keep and read mirrors of them", text(func(s *settings) *string { return &s.Broker.HistoryRegion }, nil)},
 	{"MAX_FRAME_BYTES", "largest client frame; larger closes the socket with 1009", integer(func(s *settings) *int64 { return &s.Web.MaxFrameBytes }, 256, 64<<20)},
 	{"MAX_BODY_BYTES", "largest server API body; larger gets 413", integer(func(s *settings) *int64 { return &s.Web.MaxBodyBytes }, 256, 64<<20)},
+	{"HTTP_READ_TIMEOUT", "bound on a plain HTTP request (not a WebSocket) after its headers: a body not sent by then fails and the connection closes", duration(func(s *settings) *time.Duration { return &s.Web.ReadTimeout }, 1, 0)},
+	{"HTTP_IDLE_TIMEOUT", "how long an idle keep-alive HTTP connection stays open", duration(func(s *settings) *time.Duration { return &s.HTTPIdleTimeout }, 1, 0)},
 	{"MAX_GROUPS_PER_CONNECTION", "groups one connection may be in", integer(func(s *settings) *int { return &s.Web.MaxGroups }, 1, 1<<20)},
 	{"OUTBOX_FRAMES", "frames queued for one connection before it is closed as a slow consumer (4008)", integer(func(s *settings) *int { return &s.Web.OutboxFrames }, 1, 1<<24)},
 	{"OUTBOX_BYTES", "bytes queued for one connection before it is closed as a slow consumer (4008)", integer(func(s *settings) *int { return &s.Web.OutboxBytes }, 1024, 1<<30)},
@@ -157,6 +164,7 @@ var settingsTable = []setting{
 	{"NATS_LOSS_GRACE", "how long NATS may be unavailable before every WebSocket is closed with 1012 (and new ones refused with 503) so clients reconnect where messages flow", duration(func(s *settings) *time.Duration { return &s.Web.NATSLossGrace }, 1, 0)},
 	{"GOOGLE_CLOUD_PROJECT", "project id for Cloud Logging trace fields (logging.googleapis.com/trace)", text(func(s *settings) *string { return &s.Web.TraceProject }, nil)},
 	{"SHUTDOWN_TIMEOUT", "bound on the graceful shutdown after SIGTERM", duration(func(s *settings) *time.Duration { return &s.ShutdownTimeout }, 1, 0)},
+	{"DRAIN_PERIOD", "on SIGTERM, WebSockets are closed (1012) spread over this long, within SHUTDOWN_TIMEOUT less 2s, and told to spread their reconnects over as long again; 0: all at once", duration(func(s *settings) *time.Duration { return &s.Web.DrainPeriod }, 0, time.Minute)},
 	{"PPROF_ADDR", "serve Go's profiler (net/http/pprof) on this separate host:port, e.g. 127.0.0.1:6060; off when unset", hostPort(func(s *settings) *string { return &s.PprofAddr })},
 	{"LOG_LEVEL", "debug, info, warn or error", value{
 		set: func(s *settings, v string) error {

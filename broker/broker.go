@@ -24,6 +24,11 @@ import (
 // groupcast may set it too.
 const RegionHeader = "Groupcast-Region"
 
+// ExcludeHeader is the NATS header naming a channel that a group message
+// is not delivered to (Channels' broadcast to the others), on whichever
+// node the channel lives.
+const ExcludeHeader = "Groupcast-Exclude"
+
 // Errors returned by the Broker. Callers map them to protocol error codes.
 var (
 	// ErrUnavailable means NATS cannot take the operation now (disconnected,
@@ -732,8 +737,18 @@ func (b *Broker) GroupSend(groupName string, data []byte) error {
 // Config.DedupWindow is not delivered again (Receipt.Duplicate); keys need
 // a recoverable or latest group.
 func (b *Broker) GroupPublish(groupName string, data []byte, key string) (Receipt, error) {
+	return b.GroupPublishExcept(groupName, data, key, "")
+}
+
+// GroupPublishExcept is GroupPublish that does not deliver to the channel
+// except (none when ""), live on any node. A resume's replay of history
+// still includes the message.
+func (b *Broker) GroupPublishExcept(groupName string, data []byte, key, except string) (Receipt, error) {
 	if !ValidGroup(groupName) {
 		return Receipt{}, ErrInvalidGroup
+	}
+	if except != "" && !ValidChannel(except) {
+		return Receipt{}, ErrInvalidChannel
 	}
 	kept, err := b.history.streamOf(groupName)
 	if err != nil {
@@ -743,7 +758,7 @@ func (b *Broker) GroupPublish(groupName string, data []byte, key string) (Receip
 		if key != "" {
 			return Receipt{}, ErrIdempotencyUnsupported
 		}
-		return Receipt{}, b.publish(b.groupPrefix+groupName, data)
+		return Receipt{}, b.publish(b.groupPrefix+groupName, data, except)
 	}
 	data, err = compactJSON(data)
 	if err != nil {
@@ -758,6 +773,9 @@ func (b *Broker) GroupPublish(groupName string, data []byte, key string) (Receip
 	}
 	if key != "" {
 		msg.Header.Set(nats.MsgIdHdr, key)
+	}
+	if except != "" {
+		msg.Header.Set(ExcludeHeader, except)
 	}
 	ack, err := b.history.js.PublishMsg(msg)
 	if err != nil {
@@ -776,10 +794,12 @@ func (b *Broker) Send(channel string, data []byte) error {
 	if !ValidChannel(channel) {
 		return ErrInvalidChannel
 	}
-	return b.publish(b.cfg.Prefix+".direct."+channel, data)
+	return b.publish(b.cfg.Prefix+".direct."+channel, data, "")
 }
 
-func (b *Broker) publish(subject string, data []byte) error {
+// publish sends data to subject, with the region and, when except is
+// set, the ExcludeHeader.
+func (b *Broker) publish(subject string, data []byte, except string) error {
 	data, err := compactJSON(data)
 	if err != nil {
 		return err
@@ -793,6 +813,12 @@ func (b *Broker) publish(subject string, data []byte) error {
 	msg := &nats.Msg{Subject: subject, Data: data}
 	if b.cfg.Region != "" {
 		msg.Header = nats.Header{RegionHeader: []string{b.cfg.Region}}
+	}
+	if except != "" {
+		if msg.Header == nil {
+			msg.Header = nats.Header{}
+		}
+		msg.Header.Set(ExcludeHeader, except)
 	}
 	if err := b.nc.PublishMsg(msg); err != nil {
 		if errors.Is(err, nats.ErrMaxPayload) {

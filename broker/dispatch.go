@@ -60,9 +60,27 @@ func (b *Broker) dispatch(msg *nats.Msg) {
 		b.log.Warn("dropped a message that is not JSON", "group", g.name, "bytes", len(msg.Data))
 		return
 	}
+	except := excluded(msg)
 	g.mu.RLock()
 	over := false
+	n := len(g.members)
 	switch {
+	case except != "":
+		n = 0
+		for _, m := range g.members {
+			if m.name == except {
+				continue
+			}
+			n++
+			switch r := g.recovering[m]; {
+			case r != nil:
+				over = r.offer(seq, frame, m.recv) || over
+			case len(g.members) <= immediateMembers:
+				deliverNow(m.recv, frame)
+			default:
+				m.recv.Receive(frame)
+			}
+		}
 	case g.recovering == nil && len(g.members) <= immediateMembers:
 		for _, m := range g.members {
 			deliverNow(m.recv, frame)
@@ -80,7 +98,6 @@ func (b *Broker) dispatch(msg *nats.Msg) {
 			}
 		}
 	}
-	n := len(g.members)
 	g.mu.RUnlock()
 	if over {
 		g.forgetRecovered()
@@ -107,6 +124,14 @@ func (b *Broker) dispatchDirect(msg *nats.Msg) {
 	}
 	deliverNow(m.recv, frame)
 	b.stats.delivered.Add(1)
+}
+
+// excluded returns the channel a message must not reach, if any.
+func excluded(msg *nats.Msg) string {
+	if msg.Header == nil {
+		return ""
+	}
+	return msg.Header.Get(ExcludeHeader)
 }
 
 // originRegion returns the region a message was published in, when it

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"os"
 	"strconv"
 
 	"github.com/labstack/echo/v4"
@@ -19,7 +20,8 @@ import (
 //
 // An Idempotency-Key header makes a retried publish deliver once (in a
 // recoverable or latest group); the answer then says "duplicate". In such
-// groups the answer carries the message's offset and epoch.
+// groups the answer carries the message's offset and epoch. A
+// Groupcast-Exclude header names a channel not to deliver to.
 func (s *Server) publishGroup(c echo.Context) error {
 	group := c.Param("group")
 	if !broker.ValidGroup(group) {
@@ -29,9 +31,13 @@ func (s *Server) publishGroup(c echo.Context) error {
 	if len(key) > maxIdempotencyKey {
 		return refuse(CodeInvalidData, "Idempotency-Key is too long")
 	}
+	except := c.Request().Header.Get(excludeHeader)
+	if except != "" && !broker.ValidChannel(except) {
+		return refuse(CodeInvalidChan, excludeHeader+" is not a channel name")
+	}
 	var receipt broker.Receipt
 	err := s.publish(c, "api", func(body []byte) (err error) {
-		receipt, err = s.broker.GroupPublish(group, body, key)
+		receipt, err = s.broker.GroupPublishExcept(group, body, key, except)
 		return err
 	})
 	if err != nil {
@@ -42,6 +48,9 @@ func (s *Server) publishGroup(c echo.Context) error {
 	}
 	return c.JSON(http.StatusAccepted, map[string]any{"ok": true, "offset": receipt.Offset, "epoch": receipt.Epoch, "duplicate": receipt.Duplicate})
 }
+
+// excludeHeader names, on a group publish, a channel not to deliver to.
+const excludeHeader = "Groupcast-Exclude"
 
 // history is GET /api/groups/{group}/history?since=<offset>&limit=<n>:
 // the kept messages after since, oldest first, at most limit (default
@@ -109,6 +118,9 @@ func (s *Server) readBody(c echo.Context) ([]byte, error) {
 		if errors.As(err, &tooLarge) {
 			return nil, broker.ErrTooLarge
 		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return nil, refuse(CodeInvalidJSON, "the body did not arrive within the read timeout")
+		}
 		return nil, refuse(CodeInvalidJSON, "could not read the body")
 	}
 	return body, nil
@@ -139,6 +151,7 @@ type batchMessage struct {
 	Channel        string          `json:"channel"`
 	Data           json.RawMessage `json:"data"`
 	IdempotencyKey string          `json:"idempotency_key"`
+	Exclude        string          `json:"exclude"` // group messages: a channel not to deliver to
 }
 
 // batchResult is the answer for one message of a batch.
@@ -185,8 +198,10 @@ func (s *Server) publishBatch(c echo.Context) error {
 			err = refuse(CodeInvalidData, "a message needs data")
 		case len(m.IdempotencyKey) > maxIdempotencyKey:
 			err = refuse(CodeInvalidData, "idempotency_key is too long")
+		case m.Exclude != "" && m.Group == "":
+			err = refuse(CodeInvalidData, `"exclude" is for group messages`)
 		case m.Group != "":
-			receipt, err = s.broker.GroupPublish(m.Group, m.Data, m.IdempotencyKey)
+			receipt, err = s.broker.GroupPublishExcept(m.Group, m.Data, m.IdempotencyKey, m.Exclude)
 		case m.IdempotencyKey != "":
 			err = broker.ErrIdempotencyUnsupported
 		default:

@@ -2,6 +2,8 @@ package web
 
 import (
 	"encoding/json"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -64,12 +66,70 @@ func TestAPILoopbackOnlyWithoutKey(t *testing.T) {
 	}
 	for _, remote := range []string{"127.0.0.1:5555", "[::1]:80", "[::ffff:127.0.0.1]:80"} {
 		req := httptest.NewRequest("POST", "/api/groups/g/messages", strings.NewReader(`1`))
-		req.RemoteAddr = remote
+		req.RemoteAddr, req.Host = remote, "localhost"
 		rec := httptest.NewRecorder()
 		e.srv.Handler().ServeHTTP(rec, req)
 		if rec.Code != http.StatusAccepted {
 			t.Errorf("remote %s: %d %s", remote, rec.Code, rec.Body)
 		}
+	}
+}
+
+// TestAPIWithoutKeyRefusesBrowsersAndProxies: with no API key, a
+// loopback request that a browser page sent (CSRF), a proxy relayed or
+// that names a foreign Host (DNS rebinding) is refused, and publishes
+// nothing; local tools and key holders are served.
+func TestAPIWithoutKeyRefusesBrowsersAndProxies(t *testing.T) {
+	e := newEnv(t, "", nil)
+	member := e.dial()
+	member.Join("g")
+	body := `"refused"`
+	do := func(e *env, host string, header ...string) (int, string) {
+		req, _ := http.NewRequest("POST", e.http.URL+"/api/groups/g/messages", strings.NewReader(body))
+		req.Header.Set("Content-Type", "text/plain")
+		for i := 0; i+1 < len(header); i += 2 {
+			req.Header.Set(header[i], header[i+1])
+		}
+		if host != "" {
+			req.Host = host
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	for _, h := range [][]string{
+		{"Origin", "https://evil.example"},
+		{"Origin", "null"},
+		{"Sec-Fetch-Site", "cross-site"},
+		{"Forwarded", "for=203.0.113.9"},
+		{"X-Forwarded-For", "203.0.113.9"},
+		{"X-Forwarded-Host", "groupcast.example"},
+		{"Via", "1.1 nginx"},
+	} {
+		if status, body := do(e, "", h...); status != http.StatusForbidden || !strings.Contains(body, h[0]) || !strings.Contains(body, "API_KEY") {
+			t.Errorf("%v: %d %s, want 403 naming the header", h, status, body)
+		}
+	}
+	for _, host := range []string{"evil.example", "rebind.example:8080", "10.0.0.1", "localhost.evil.example"} {
+		if status, body := do(e, host); status != http.StatusForbidden || !strings.Contains(body, "Host") {
+			t.Errorf("Host %s: %d %s, want 403", host, status, body)
+		}
+	}
+	body = `"served"` // the first delivery below shows nothing refused was published
+	_, port, _ := strings.Cut(strings.TrimPrefix(e.http.URL, "http://"), ":")
+	for _, host := range []string{"", "localhost:" + port, "LOCALHOST", "[::1]:" + port, "app.localhost"} {
+		if status, body := do(e, host); status != http.StatusAccepted {
+			t.Errorf("local tool with Host %q: %d %s", host, status, body)
+		}
+		member.ExpectMessage("g", `"served"`)
+	}
+	keyed := newEnv(t, "", &Config{APIKeys: []string{"k"}})
+	if status, body := do(keyed, "groupcast.example", "Origin", "https://app.example", "Authorization", "Bearer k"); status != http.StatusAccepted {
+		t.Errorf("with a key, a browser's request: %d %s", status, body)
 	}
 }
 
@@ -182,4 +242,34 @@ func TestBatchPublish(t *testing.T) {
 		}
 	}
 	member.Quiet(100 * time.Millisecond)
+}
+
+// TestStalledBodyClosed: a request that declares a body and never sends
+// it is answered and its connection closed after ReadTimeout, on the API
+// and on any other route; a WebSocket outlives that timeout.
+func TestStalledBodyClosed(t *testing.T) {
+	e := newEnv(t, "", &Config{ReadTimeout: 300 * time.Millisecond})
+	ws := e.dial()
+	for _, head := range []string{
+		"POST /api/groups/g/messages HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{",
+		"GET /healthz HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n",
+	} {
+		conn, err := net.Dial("tcp", strings.TrimPrefix(e.http.URL, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		conn.SetReadDeadline(start.Add(3 * time.Second))
+		if _, err := conn.Write([]byte(head)); err != nil {
+			t.Fatal(err)
+		}
+		_, err = io.ReadAll(conn) // whatever the answer, then EOF
+		conn.Close()
+		if err != nil {
+			t.Fatalf("%q: connection still open after %v: %v", head, time.Since(start), err)
+		}
+	}
+	if m := ws.Call(map[string]any{"type": "ping"}); m["type"] != "pong" {
+		t.Fatalf("websocket after the read timeout: %v", m)
+	}
 }

@@ -340,6 +340,35 @@ func TestHandshakeLimitAndMaxConnections(t *testing.T) {
 	}
 }
 
+// TestConnectionsPerIP: one address (behind the trusted proxy) holds at
+// most MaxConnectionsPerIP sockets, gets one back when one closes, and
+// does not limit another address or loopback.
+func TestConnectionsPerIP(t *testing.T) {
+	e := newEnv(t, "", &Config{MaxConnectionsPerIP: 3, TrustedProxies: 1, HandshakesPerSecond: 1000})
+	from := func(ip string) http.Header { return http.Header{"X-Forwarded-For": {ip}} }
+	var held []*wstest.Client
+	for range 3 {
+		held = append(held, wstest.Dial(t, e.wsURL(), from("203.0.113.7")))
+	}
+	if status, body := e.dialStatus("", from("203.0.113.7")); status != http.StatusTooManyRequests || !strings.Contains(body, CodeRateLimited) {
+		t.Fatalf("fourth socket of one address: %d %s, want 429", status, body)
+	}
+	if status, body := e.dialStatus("", from("203.0.113.8")); status != 0 {
+		t.Fatalf("another address: %d %s", status, body)
+	}
+	for range 5 {
+		e.dial() // loopback, not limited
+	}
+	held[0].Conn.Close(websocket.StatusNormalClosure, "")
+	waitFor(t, 5*time.Second, func() bool {
+		status, _ := e.dialStatus("", from("203.0.113.7"))
+		return status == 0
+	})
+	if got := e.metric(`groupcast_upgrades_refused_total{reason="ip_connections"}`); got <= 0 {
+		t.Fatalf("per-address refusals not counted: %v", got)
+	}
+}
+
 func TestSeveralAPIKeys(t *testing.T) {
 	e := newEnv(t, "", &Config{APIKeys: []string{"old-key", "new-key"}})
 	for _, k := range []string{"old-key", "new-key"} {

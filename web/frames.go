@@ -111,6 +111,8 @@ type clientFrame struct {
 	} `json:"since"`
 	// IdempotencyKey (send) makes a retried send deliver once.
 	IdempotencyKey string `json:"idempotency_key"`
+	// Echo (send), when false, skips the sender's own connection.
+	Echo *bool `json:"echo"`
 }
 
 // parseFrame decodes a client frame. The id, when present, must be a

@@ -8,10 +8,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/textproto"
+	"net/url"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/groupcast/groupcast/broker"
@@ -26,6 +29,12 @@ type HookConfig struct {
 	// not define (and the Consumer does not answer), as event "receive";
 	// its "reply" goes back to the client as a Consumer's Frame reply.
 	ReceiveURL string
+	// DisconnectURL hears of every closed connection once, as event
+	// "disconnect", off the socket's path: see disconnectReports.
+	DisconnectURL string
+	// DisconnectQueue bounds the disconnect calls waiting to be sent; past
+	// it they are dropped, logged and counted. Default 10000.
+	DisconnectQueue int
 	// Headers name headers of the WebSocket upgrade request (such as
 	// Cookie) that are copied, verbatim, onto every hook call of that
 	// connection, so that the backend's own session and authentication
@@ -46,7 +55,7 @@ type HookConfig struct {
 
 // Enabled reports whether any hook is set.
 func (h HookConfig) Enabled() bool {
-	return h.ConnectURL != "" || h.JoinURL != "" || h.SendURL != "" || h.ReceiveURL != ""
+	return h.ConnectURL != "" || h.JoinURL != "" || h.SendURL != "" || h.ReceiveURL != "" || h.DisconnectURL != ""
 }
 
 // maxHookHeaderBytes bounds the forwarded headers kept per connection; an
@@ -118,13 +127,19 @@ type hookConsumer struct {
 	slots   chan struct{}
 	node    string
 	region  string
-	proxies int // Config.TrustedProxies, for the client IP
+	proxies int                // Config.TrustedProxies, for the client IP
+	gone    *disconnectReports // nil without DisconnectURL
+	log     *slog.Logger
+	lastLog atomic.Int64 // unix ns of the last redirect logged
 }
 
-func newHookConsumer(next Consumer, cfg HookConfig, node, region string, proxies int) *hookConsumer {
+// newHookConsumer returns the hooks in front of next. With DisconnectURL
+// set it starts the disconnect senders, which drain stops.
+func newHookConsumer(next Consumer, cfg HookConfig, node, region string, proxies int, m *Metrics, log *slog.Logger) *hookConsumer {
 	d := DefaultConfig().Hooks
 	cfg.Timeout = cmp.Or(max(cfg.Timeout, 0), d.Timeout)
 	cfg.MaxConcurrent = cmp.Or(max(cfg.MaxConcurrent, 0), d.MaxConcurrent)
+	cfg.DisconnectQueue = cmp.Or(max(cfg.DisconnectQueue, 0), d.DisconnectQueue)
 	headers := make([]string, 0, len(cfg.Headers))
 	for _, n := range cfg.Headers {
 		if CheckHookHeaders([]string{n}) == nil {
@@ -132,14 +147,28 @@ func newHookConsumer(next Consumer, cfg HookConfig, node, region string, proxies
 		}
 	}
 	cfg.Headers = headers
-	return &hookConsumer{
-		next:    next,
-		cfg:     cfg,
-		client:  &http.Client{Timeout: cfg.Timeout},
+	h := &hookConsumer{
+		next: next,
+		cfg:  cfg,
+		client: &http.Client{Timeout: cfg.Timeout, CheckRedirect: func(*http.Request, []*http.Request) error {
+			return http.ErrUseLastResponse // a redirect is an answer, refused below
+		}},
+		log:     log,
 		slots:   make(chan struct{}, cfg.MaxConcurrent),
 		node:    node,
 		region:  region,
 		proxies: proxies,
+	}
+	if cfg.DisconnectURL != "" {
+		h.gone = newDisconnectReports(h, cfg.DisconnectQueue, m, log)
+	}
+	return h
+}
+
+// drain sends the disconnect reports still queued, within ctx.
+func (h *hookConsumer) drain(ctx context.Context) {
+	if h.gone != nil {
+		h.gone.drain(ctx)
 	}
 }
 
@@ -273,7 +302,13 @@ func validFrameType(s string) bool {
 	return len(s) > 0 && len(s) <= 64
 }
 
-func (h *hookConsumer) Disconnect(c *Conn) { h.next.Disconnect(c) }
+// Disconnect queues the disconnect hook's call; it never blocks.
+func (h *hookConsumer) Disconnect(c *Conn) {
+	h.next.Disconnect(c)
+	if h.gone != nil {
+		h.gone.report(c)
+	}
+}
 
 // errHookDown refuses a decision while the backend cannot be asked.
 var errHookDown = refuse(CodeUnavailable, "the application backend is unavailable; retry later")
@@ -333,11 +368,18 @@ func (h *hookConsumer) post(ctx context.Context, r hookRequest, payload []byte) 
 		}
 		return nil, false, refuse(CodeForbidden, "refused by the application")
 	case resp.StatusCode < 200 || resp.StatusCode > 299:
+		// Redirects are not followed: the connection's token and headers
+		// would go where the backend says.
+		if everySecond(&h.lastLog) {
+			h.log.Warn("a hook answered with a redirect, which is not followed: set the hook URL to where it points",
+				"url", redactedURL(r.url), "status", resp.StatusCode)
+		}
 		return nil, false, errHookDown
 	}
 	var ans hookAnswer
 	if len(bytes.TrimSpace(raw)) > 0 {
-		if err := json.Unmarshal(raw, &ans); err != nil {
+		// One JSON object; null, a list or an error page is not an answer.
+		if firstNonSpace(raw) != '{' || json.Unmarshal(raw, &ans) != nil {
 			return nil, false, errHookDown
 		}
 	}
@@ -345,6 +387,16 @@ func (h *hookConsumer) post(ctx context.Context, r hookRequest, payload []byte) 
 		return nil, false, hookRefusal(ans.Error.Code, ans.Error.Message)
 	}
 	return &ans, false, nil
+}
+
+// redactedURL is a URL without its user information or query, for logs.
+func redactedURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable)"
+	}
+	u.User, u.RawQuery = nil, ""
+	return u.String()
 }
 
 // hookRefusal keeps a backend's code when it is a plain token, else

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/labstack/echo/v4"
 )
 
 // bucket is a token bucket: rate tokens a second, up to burst.
@@ -69,6 +71,52 @@ func (l *ipLimiter) sweep(now time.Time) {
 		if b.tokens+now.Sub(b.filled).Seconds()*l.rate >= l.burst {
 			delete(l.buckets, ip)
 		}
+	}
+}
+
+// ipConns counts each client IP's open WebSockets (and upgrades under
+// way), so that one address cannot take all of MaxConnections. It holds
+// only addresses with connections, so it is bounded by them.
+type ipConns struct {
+	max int
+
+	mu     sync.Mutex
+	counts map[string]int
+}
+
+func newIPConns(max int) *ipConns { return &ipConns{max: max, counts: make(map[string]int)} }
+
+// acquire takes one of ip's connections, false when it has max already.
+func (l *ipConns) acquire(ip string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.counts[ip] >= l.max {
+		return false
+	}
+	l.counts[ip]++
+	return true
+}
+
+// release gives back a connection that acquire took.
+func (l *ipConns) release(ip string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.counts[ip]--; l.counts[ip] <= 0 {
+		delete(l.counts, ip)
+	}
+}
+
+// readDeadline bounds the reading of a plain HTTP request to ReadTimeout,
+// so that a client that declares a body and never sends it holds no
+// connection for long. The WebSocket endpoint is left alone: its
+// connection lives on after the upgrade (which clears deadlines anyway).
+func (s *Server) readDeadline(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		if c.Path() != "/ws" {
+			// Fails only for writers that cannot set deadlines (tests' recorders).
+			_ = http.NewResponseController(c.Response()).SetReadDeadline(time.Now().Add(s.cfg.ReadTimeout))
+		}
+		return next(c)
 	}
 }
 

@@ -11,17 +11,18 @@ import (
 // Create them before the broker so that its fan-out timings reach them
 // (broker.Config.OnFanout = m.ObserveFanout), then pass them in Config.
 type Metrics struct {
-	registry      *prometheus.Registry
-	connections   prometheus.Gauge
-	connects      prometheus.Counter
-	joins         prometheus.Counter
-	published     *prometheus.CounterVec
-	framesWritten prometheus.Counter
-	writes        prometheus.Counter
-	bytesWritten  prometheus.Counter
-	slowConsumers prometheus.Counter
-	errors        *prometheus.CounterVec
-	fanout        prometheus.Histogram
+	registry        *prometheus.Registry
+	connections     prometheus.Gauge
+	connects        prometheus.Counter
+	joins           prometheus.Counter
+	published       *prometheus.CounterVec
+	framesWritten   prometheus.Counter
+	writes          prometheus.Counter
+	bytesWritten    prometheus.Counter
+	slowConsumers   prometheus.Counter
+	errors          *prometheus.CounterVec
+	upgradesRefused *prometheus.CounterVec // by reason
+	fanout          prometheus.Histogram
 }
 
 // NewMetrics returns a fresh set of metrics.
@@ -55,6 +56,9 @@ func NewMetrics() *Metrics {
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "groupcast_errors_total", Help: "Refusals sent to clients and API callers, by code.",
 		}, []string{"code"}),
+		upgradesRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "groupcast_upgrades_refused_total", Help: "WebSocket upgrades refused, by reason (unauthorized, forbidden, origin, handshake_rate, ip_connections, unavailable, handshake, ...).",
+		}, []string{"reason"}),
 		fanout: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "groupcast_fanout_seconds",
 			Help:    "Time to hand one group message to every member on this instance.",
@@ -62,7 +66,7 @@ func NewMetrics() *Metrics {
 		}),
 	}
 	m.registry.MustRegister(m.connections, m.connects, m.joins, m.published, m.framesWritten, m.writes,
-		m.bytesWritten, m.slowConsumers, m.errors, m.fanout,
+		m.bytesWritten, m.slowConsumers, m.errors, m.upgradesRefused, m.fanout,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

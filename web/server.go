@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -24,6 +25,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/time/rate"
 
 	"github.com/groupcast/groupcast/broker"
 )
@@ -37,6 +39,7 @@ type Broker interface {
 	GroupAdd(ctx context.Context, group, channel string) error
 	GroupJoin(ctx context.Context, group, channel string, since *broker.Since) (broker.Recovery, error)
 	GroupPublish(group string, data []byte, idempotencyKey string) (broker.Receipt, error)
+	GroupPublishExcept(group string, data []byte, idempotencyKey, except string) (broker.Receipt, error)
 	History(ctx context.Context, group string, since uint64, limit int) ([]broker.HistoryMessage, string, error)
 	GroupDiscard(group, channel string) error
 	GroupSend(group string, data []byte) error
@@ -74,15 +77,21 @@ type Config struct {
 	// as many); more get 429. Loopback clients (local tools and load
 	// tests) are not limited. Default 10.
 	HandshakesPerSecond float64
+	// MaxConnectionsPerIP bounds the WebSockets of one client IP (as
+	// TrustedProxies sees it); more get 429, so that one address cannot
+	// take the whole instance. Loopback clients are not limited.
+	// Default 1000.
+	MaxConnectionsPerIP int
 	// TrustedProxies is how many proxies in front of the server append to
 	// X-Forwarded-For: the client IP is that many entries from its end.
 	// 0 (default): the TCP peer; 1 on Cloud Run; 2 behind Google's
 	// external Application Load Balancer.
 	TrustedProxies int
-	// AllowedOrigins are host patterns (path.Match syntax, e.g.
-	// "*.example.com") of pages allowed to open WebSockets besides this
-	// server's own origin. Default none: same-origin pages and non-browser
-	// clients (no Origin header) only.
+	// AllowedOrigins are origin patterns (path.Match syntax) of pages
+	// allowed to open WebSockets besides this server's own: a bare host
+	// ("*.example.com") admits https pages only; give the scheme
+	// ("http://localhost:*") to admit another. Default none: same-origin
+	// pages and non-browser clients (no Origin header) only.
 	AllowedOrigins []string
 	// ClientSend lets clients publish with "send" frames. Off in a zero
 	// Config; on in DefaultConfig, and so in the groupcast binary.
@@ -93,6 +102,11 @@ type Config struct {
 	// MaxBodyBytes bounds a server API body; a larger one gets 413.
 	// Default 1 MiB.
 	MaxBodyBytes int64
+	// ReadTimeout bounds a plain HTTP request (every route but /ws) from
+	// the end of its headers: a body not sent by then fails and the
+	// connection closes. (Headers and idle keep-alives are the
+	// http.Server's ReadHeaderTimeout and IdleTimeout.) Default 10s.
+	ReadTimeout time.Duration
 	// MaxGroups bounds the groups one connection may be in. Default 100.
 	MaxGroups int
 	// OutboxFrames and OutboxBytes bound the frames waiting to be written
@@ -117,6 +131,14 @@ type Config struct {
 	// client reconnects on its own terms. Default 55m, under Cloud Run's
 	// 60-minute maximum request timeout.
 	MaxConnectionAge time.Duration
+	// DrainPeriod spreads Shutdown's 1012 closes over this long (in
+	// steps of 100 ms, sockets in random order, within the time ctx
+	// leaves less 2 s), and each close tells its client to spread its
+	// reconnect over as long again (reconnect_within_ms in the close
+	// reason): of an instance's sockets, at most h/DrainPeriod then
+	// reconnect within any span h. 0 in a zero Config: every socket at
+	// once; DefaultConfig has 5s.
+	DrainPeriod time.Duration
 	// TraceProject is the Google Cloud project whose trace ids appear in
 	// connection logs ("logging.googleapis.com/trace"). Optional.
 	TraceProject string
@@ -140,6 +162,9 @@ func DefaultConfig() Config {
 		Auth:                AuthConfig{Leeway: 30 * time.Second},
 		NATSLossGrace:       5 * time.Second,
 		MaxConnections:      10000,
+		MaxConnectionsPerIP: 1000,
+		ReadTimeout:         10 * time.Second,
+		DrainPeriod:         5 * time.Second,
 		FramesPerSecond:     20,
 		HandshakesPerSecond: 10,
 		ClientSend:          true,
@@ -152,7 +177,7 @@ func DefaultConfig() Config {
 		PingInterval:        25 * time.Second,
 		JoinTimeout:         5 * time.Second,
 		MaxConnectionAge:    55 * time.Minute,
-		Hooks:               HookConfig{Headers: []string{"Cookie"}, Timeout: 2 * time.Second, MaxConcurrent: 64},
+		Hooks:               HookConfig{Headers: []string{"Cookie"}, Timeout: 2 * time.Second, MaxConcurrent: 64, DisconnectQueue: 10000},
 	}
 }
 
@@ -160,6 +185,7 @@ func (c *Config) setDefaults() {
 	d := DefaultConfig()
 	c.MaxFrameBytes = cmp.Or(max(c.MaxFrameBytes, 0), d.MaxFrameBytes)
 	c.MaxBodyBytes = cmp.Or(max(c.MaxBodyBytes, 0), d.MaxBodyBytes)
+	c.ReadTimeout = cmp.Or(max(c.ReadTimeout, 0), d.ReadTimeout)
 	c.MaxGroups = cmp.Or(max(c.MaxGroups, 0), d.MaxGroups)
 	c.OutboxFrames = cmp.Or(max(c.OutboxFrames, 0), d.OutboxFrames)
 	c.OutboxBytes = cmp.Or(max(c.OutboxBytes, 0), d.OutboxBytes)
@@ -168,6 +194,7 @@ func (c *Config) setDefaults() {
 	c.JoinTimeout = cmp.Or(max(c.JoinTimeout, 0), d.JoinTimeout)
 	c.MaxConnectionAge = cmp.Or(max(c.MaxConnectionAge, 0), d.MaxConnectionAge)
 	c.MaxConnections = cmp.Or(max(c.MaxConnections, 0), d.MaxConnections)
+	c.MaxConnectionsPerIP = cmp.Or(max(c.MaxConnectionsPerIP, 0), d.MaxConnectionsPerIP)
 	c.NATSLossGrace = cmp.Or(max(c.NATSLossGrace, 0), d.NATSLossGrace)
 	c.FramesPerSecond = cmp.Or(max(c.FramesPerSecond, 0), d.FramesPerSecond)
 	c.HandshakesPerSecond = cmp.Or(max(c.HandshakesPerSecond, 0), d.HandshakesPerSecond)
@@ -186,10 +213,15 @@ type Server struct {
 	consumer Consumer
 	hooks    *hookConsumer // nil without hooks; also in consumer
 	shakes   *ipLimiter
+	perIP    *ipConns
+	// refusalLogs bounds the log lines of refused upgrades; the metric
+	// counts every one.
+	refusalLogs *rate.Limiter
 
 	mu        sync.Mutex
 	sessions  map[*session]struct{}
 	byChannel map[string]*session
+	slots     int // of MaxConnections: sessions plus upgrades being decided
 	draining  bool
 	active    sync.WaitGroup // one per running session
 
@@ -209,6 +241,9 @@ var static embed.FS
 // JWK Set has not loaded, its loader), which Shutdown stops.
 func New(b Broker, cfg Config) (*Server, error) {
 	cfg.setDefaults()
+	if err := checkOriginPatterns(cfg.AllowedOrigins); err != nil {
+		return nil, err
+	}
 	log := cfg.Logger.With("component", "web")
 	auth, err := newAuthenticator(cfg.Auth, log)
 	if err != nil {
@@ -232,12 +267,14 @@ func New(b Broker, cfg Config) (*Server, error) {
 	}
 	s.metrics.registry.MustRegister(brokerCollector{b})
 	s.shakes = newIPLimiter(cfg.HandshakesPerSecond, maxTrackedIPs)
+	s.perIP = newIPConns(cfg.MaxConnectionsPerIP)
+	s.refusalLogs = rate.NewLimiter(refusalLogsPerSecond, 2*refusalLogsPerSecond)
 	s.consumer = cfg.Consumer
 	if s.consumer == nil {
 		s.consumer = DefaultConsumer{}
 	}
 	if cfg.Hooks.Enabled() {
-		s.hooks = newHookConsumer(s.consumer, cfg.Hooks, b.Node(), cfg.Region, cfg.TrustedProxies)
+		s.hooks = newHookConsumer(s.consumer, cfg.Hooks, b.Node(), cfg.Region, cfg.TrustedProxies, s.metrics, s.log)
 		s.consumer = s.hooks
 	}
 	s.buffers.New = func() any { p := make([]byte, 0, 4096); return &p }
@@ -245,11 +282,12 @@ func New(b Broker, cfg Config) (*Server, error) {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = s.httpError
+	e.Use(s.readDeadline)
 	e.GET("/healthz", func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
 	e.GET("/readyz", s.readyz)
 	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{})))
 	e.GET("/stats", s.stats)
-	e.GET("/ws", s.serveWS)
+	e.GET("/ws", s.countRefusals(s.serveWS))
 	api := e.Group("/api", s.authorize)
 	api.POST("/groups/:group/messages", s.publishGroup)
 	api.POST("/messages", s.publishBatch)
@@ -288,18 +326,93 @@ func (s *Server) readyz(c echo.Context) error {
 	return c.String(http.StatusOK, "ready\n")
 }
 
-// serveWS upgrades to a WebSocket and starts its session.
+// Refusals of upgrades that have a reason of their own in metrics and logs
+// (the others are counted by their code).
+var (
+	errHandshakeRate = refuse(CodeRateLimited, "too many new connections from this address; retry later")
+	errIPConnections = refuse(CodeRateLimited, "this address has as many WebSockets open as allowed; close some or retry later")
+)
+
+// refusalLogsPerSecond bounds the "websocket refused" log lines.
+const refusalLogsPerSecond = 5
+
+// countRefusals counts and logs the upgrades serveWS refuses.
+func (s *Server) countRefusals(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		err := next(c)
+		if err != nil {
+			code, message, status := classify(err)
+			reason := code
+			switch {
+			case errors.Is(err, errHandshakeRate):
+				reason = "handshake_rate"
+			case errors.Is(err, errIPConnections):
+				reason = "ip_connections"
+			case errors.Is(err, errOriginRefused):
+				reason = "origin"
+			}
+			s.refused(c.Request(), reason, status, message)
+		}
+		return err
+	}
+}
+
+// refused counts a refused upgrade by reason and logs it, a few a second.
+func (s *Server) refused(r *http.Request, reason string, status int, message string) {
+	s.metrics.upgradesRefused.WithLabelValues(reason).Inc()
+	if s.refusalLogs.Allow() {
+		s.log.Info("websocket refused", "reason", reason, "status", status, "message", message,
+			"remote_ip", clientIP(r, s.cfg.TrustedProxies), "origin", r.Header.Get("Origin"), "user_agent", r.UserAgent())
+	}
+}
+
+// serveWS upgrades to a WebSocket and starts its session. The checks run
+// cheapest first, the connect decision (Consumer and hook) last.
 func (s *Server) serveWS(c echo.Context) error {
 	r := c.Request()
-	if ip := clientIP(r, s.cfg.TrustedProxies); !isLoopbackIP(ip) && !s.shakes.allow(ip, time.Now()) {
-		return refuse(CodeRateLimited, "too many new connections from this address; retry later")
+	opts := &websocket.AcceptOptions{
+		InsecureSkipVerify: true, // checkOrigin checks the Origin
+		CompressionMode:    websocket.CompressionDisabled,
+	}
+	if !isUpgrade(r) {
+		// Accept answers what is wrong (426, 400...). Should it accept
+		// after all, the connection has no session: close it.
+		if conn, err := websocket.Accept(c.Response(), r, opts); err == nil {
+			conn.Close(websocket.StatusInternalError, "refused")
+		}
+		s.refused(r, "handshake", c.Response().Status, "not a valid WebSocket upgrade")
+		return nil
+	}
+	ip := clientIP(r, s.cfg.TrustedProxies)
+	local := isLoopbackIP(ip)
+	if !local && !s.shakes.allow(ip, time.Now()) {
+		return errHandshakeRate
+	}
+	if err := s.checkOrigin(r); err != nil {
+		return err
+	}
+	running := false // from then on the session's run releases the IP's count and the slot
+	if !local {
+		if !s.perIP.acquire(ip) {
+			return errIPConnections
+		}
+		defer func() {
+			if !running {
+				s.perIP.release(ip)
+			}
+		}()
 	}
 	if err := s.broker.Ready(); err != nil {
 		return refuse(CodeUnavailable, "messaging is unavailable here; retry, elsewhere if need be")
 	}
-	if s.openSessions() >= s.cfg.MaxConnections {
+	if !s.reserve() {
 		return refuse(CodeUnavailable, "this instance has as many connections as allowed; retry elsewhere")
 	}
+	defer func() {
+		if !running {
+			s.release()
+		}
+	}()
 	cr := &ConnectRequest{Request: r}
 	if s.hooks != nil {
 		var err error
@@ -323,11 +436,9 @@ func (s *Server) serveWS(c echo.Context) error {
 		return err
 	}
 	hj := &hijacker{ResponseWriter: c.Response()}
-	conn, err := websocket.Accept(hj, c.Request(), &websocket.AcceptOptions{
-		OriginPatterns:  s.cfg.AllowedOrigins,
-		CompressionMode: websocket.CompressionDisabled,
-	})
+	conn, err := websocket.Accept(hj, c.Request(), opts)
 	if err != nil {
+		s.refused(r, "handshake", c.Response().Status, err.Error())
 		return nil // Accept has answered the request
 	}
 	conn.SetReadLimit(s.cfg.MaxFrameBytes)
@@ -339,6 +450,7 @@ func (s *Server) serveWS(c echo.Context) error {
 		uid:         cr.User,
 		info:        s.presenceInfo(cr.Info),
 		hookHeaders: cr.hookHeaders,
+		opened:      time.Now(),
 		perms:       cr.Permissions,
 		expires:     expires,
 		tokenUser:   tokenUser,
@@ -368,6 +480,10 @@ func (s *Server) serveWS(c echo.Context) error {
 	// The session reads on a goroutine of its own, awaited by Shutdown,
 	// and this one returns: the HTTP server's goroutine, its deep stack
 	// and the request's state are not kept for the socket's lifetime.
+	if !local {
+		ss.ip = ip
+	}
+	running = true
 	go s.run(ss, cr.Groups)
 	return nil
 }
@@ -375,11 +491,14 @@ func (s *Server) serveWS(c echo.Context) error {
 // run is a session's reader goroutine: it reads until the connection
 // ends, then releases the channel and waits for the writer.
 func (s *Server) run(ss *session, groups []string) {
+	defer s.release()
 	defer s.untrack(ss)
+	if ss.ip != "" {
+		defer s.perIP.release(ss.ip)
+	}
 	s.metrics.connects.Inc()
 	s.metrics.connections.Inc()
 	defer s.metrics.connections.Dec()
-	opened := time.Now()
 
 	defer ss.pinger.Stop()
 	maxAge := s.cfg.MaxConnectionAge - rand.N(s.cfg.MaxConnectionAge/10+1)
@@ -400,7 +519,7 @@ func (s *Server) run(ss *session, groups []string) {
 	ss.writers.Wait()
 	s.consumer.Disconnect(&ss.public)
 	ss.logger().Info("websocket closed", "code", int(ss.code), "reason", ss.reason,
-		"seconds", time.Since(opened).Round(time.Millisecond).Seconds(), "groups", ss.count())
+		"seconds", time.Since(ss.opened).Round(time.Millisecond).Seconds(), "groups", ss.count())
 }
 
 // A WebSocket's buffers, smaller than net/http's 4 KiB each: client frames
@@ -575,6 +694,25 @@ func (s *Server) openSessions() int {
 	return len(s.sessions)
 }
 
+// reserve takes one of MaxConnections' slots for an upgrade before it is
+// decided (the connect hook may take a while), so that concurrent
+// upgrades never overshoot; release gives it back.
+func (s *Server) reserve() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.slots >= s.cfg.MaxConnections {
+		return false
+	}
+	s.slots++
+	return true
+}
+
+func (s *Server) release() {
+	s.mu.Lock()
+	s.slots--
+	s.mu.Unlock()
+}
+
 func (s *Server) track(ss *session) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -596,17 +734,21 @@ func (s *Server) untrack(ss *session) {
 	s.active.Done()
 }
 
-// Shutdown closes every WebSocket concurrently with 1012 (service restart)
-// so clients reconnect elsewhere, refuses new ones, and waits for the
-// sessions to end. When ctx ends first it drops the remaining connections
-// without a handshake. /readyz answers 503 from the first call on.
+// Shutdown closes every WebSocket with 1012 (service restart) so clients
+// reconnect elsewhere, spread over DrainPeriod, refuses new ones, and
+// waits for the sessions to end, then for the disconnect hook's queued
+// reports. When ctx ends first it drops the remaining connections without
+// a handshake, and the reports not yet sent. /readyz answers 503 from the
+// first call on.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.draining = true
+	open := make([]*session, 0, len(s.sessions))
 	for ss := range s.sessions {
-		ss.close(websocket.StatusServiceRestart, "server restart")
+		open = append(open, ss)
 	}
 	s.mu.Unlock()
+	s.drain(ctx, open)
 	done := make(chan struct{})
 	go func() {
 		s.active.Wait()
@@ -620,16 +762,72 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	})
 	select {
 	case <-done:
-		return nil
 	case <-ctx.Done():
+		s.mu.Lock()
+		for ss := range s.sessions {
+			ss.conn.CloseNow()
+		}
+		s.mu.Unlock()
+		<-done
 	}
-	s.mu.Lock()
-	for ss := range s.sessions {
-		ss.conn.CloseNow()
+	if s.hooks != nil {
+		s.hooks.drain(ctx) // every session has reported its disconnect
 	}
-	s.mu.Unlock()
-	<-done
 	return ctx.Err()
+}
+
+// Drain pacing: closes go out every drainStep, and the drain ends
+// drainMargin before Shutdown's deadline, to leave time for the close
+// handshakes and the rest of the shutdown.
+const (
+	drainStep   = 100 * time.Millisecond
+	drainMargin = 2 * time.Second
+)
+
+// drain closes sessions with 1012, spread over DrainPeriod (or what ctx
+// leaves of it): an equal share every drainStep, in random order. The
+// close reason tells clients how long to spread their reconnects over.
+func (s *Server) drain(ctx context.Context, sessions []*session) {
+	period := s.cfg.DrainPeriod
+	if deadline, ok := ctx.Deadline(); ok {
+		period = min(period, time.Until(deadline)-drainMargin)
+	}
+	reason := "server restart"
+	if period < drainStep || len(sessions) < 2 {
+		for _, ss := range sessions {
+			ss.close(websocket.StatusServiceRestart, reason)
+		}
+		return
+	}
+	reason = planned(reason, period)
+	rand.Shuffle(len(sessions), func(i, j int) { sessions[i], sessions[j] = sessions[j], sessions[i] })
+	steps := int(period / drainStep)
+	tick := time.NewTicker(drainStep)
+	defer tick.Stop()
+	s.log.Info("draining WebSockets", "sockets", len(sessions), "over", period.String())
+	for i := range steps {
+		for _, ss := range sessions[i*len(sessions)/steps : (i+1)*len(sessions)/steps] {
+			ss.close(websocket.StatusServiceRestart, reason)
+		}
+		if i == steps-1 {
+			return
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			for _, ss := range sessions[(i+1)*len(sessions)/steps:] {
+				ss.close(websocket.StatusServiceRestart, reason)
+			}
+			return
+		}
+	}
+}
+
+// planned appends to a close reason how long the client should spread
+// its reconnect over: " reconnect_within_ms=<n>" (PROTOCOL: clients wait
+// a random time up to n ms before reconnecting).
+func planned(reason string, within time.Duration) string {
+	return reason + " reconnect_within_ms=" + strconv.FormatInt(within.Milliseconds(), 10)
 }
 
 // traceAttrs returns the Cloud Logging trace fields of a request that came
@@ -688,8 +886,42 @@ func (s *Server) authorize(next echo.HandlerFunc) echo.HandlerFunc {
 		if !isLoopback(c.Request().RemoteAddr) {
 			return refuse(CodeUnauthorized, "API_KEY is not set, so only loopback callers may use the server API")
 		}
+		if err := localTool(c.Request()); err != nil {
+			return err
+		}
 		return next(c)
 	}
+}
+
+// localTool refuses, without an API key, a loopback request that a local
+// tool did not make on its own: one a browser sent for a page (Origin,
+// Sec-Fetch-*: a cross-site POST would be CSRF), one a proxy on this
+// machine relayed (Forwarded, Via, X-Forwarded-*), or one for a Host that
+// is not this machine (DNS rebinding: a page's own name made to point at
+// 127.0.0.1).
+func localTool(r *http.Request) error {
+	for name := range r.Header {
+		if name == "Origin" || name == "Forwarded" || name == "Via" ||
+			strings.HasPrefix(name, "Sec-Fetch-") || strings.HasPrefix(name, "X-Forwarded-") {
+			return refuse(CodeForbidden, "API_KEY is not set, so the server API serves local tools only, and this request carries "+
+				name+" (sent by a browser or a proxy); set API_KEY to call it from there")
+		}
+	}
+	if !isLocalHost(r.Host) {
+		return refuse(CodeForbidden, "API_KEY is not set, so the server API serves local tools only, and Host names another machine; "+
+			"use localhost or a loopback address, or set API_KEY")
+	}
+	return nil
+}
+
+// isLocalHost reports whether a Host header names this machine: localhost
+// (or a name under it) or a loopback address, with any port.
+func isLocalHost(host string) bool {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.ToLower(strings.Trim(host, "[]")), ".")
+	return host == "localhost" || strings.HasSuffix(host, ".localhost") || isLoopbackIP(host)
 }
 
 // isLoopback reports whether a request's TCP peer is on this machine. It

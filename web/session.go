@@ -49,6 +49,7 @@ type session struct {
 	// (nil: it kept the token's): a refresh never allows more.
 	bound     *Permissions
 	tokenUser string      // the token's subject, which a refresh must match
+	ip        string      // the client IP holding one of its connections; "" for loopback
 	expires   time.Time   // reader-owned: when the token expires (zero: never)
 	refused   int         // reader-owned: refusals so far
 	frames    bucket      // reader-owned: the client's frame rate
@@ -57,6 +58,12 @@ type session struct {
 
 	info        json.RawMessage // presence info, from Connect; set before the session starts
 	hookHeaders http.Header     // forwarded to every hook call; set before the session starts
+	opened      time.Time       // when the upgrade was accepted
+
+	// The client's close code and reason, when it sent a close frame;
+	// written by the reader when it ends.
+	peerCode   websocket.StatusCode
+	peerReason string
 
 	closeOnce sync.Once
 	code      websocket.StatusCode // why it closes; written once, before the outbox closes
@@ -187,6 +194,19 @@ func (s *session) close(code websocket.StatusCode, reason string) {
 			s.startWriter()
 		}
 	})
+}
+
+// closeStatus is how the connection ended: the server's close code and
+// reason, else the client's, else 1006 (dropped without a close frame).
+// Call it once the reader has ended.
+func (s *session) closeStatus() (websocket.StatusCode, string) {
+	switch {
+	case s.code != 0:
+		return s.code, s.reason
+	case s.peerCode > 0:
+		return s.peerCode, s.peerReason
+	}
+	return websocket.StatusAbnormalClosure, ""
 }
 
 // ping is the keepalive timer's callback.
@@ -374,6 +394,10 @@ func (s *session) readLoop() {
 	for {
 		typ, p, err := s.conn.Read(ctx)
 		if err != nil {
+			var ce websocket.CloseError
+			if errors.As(err, &ce) {
+				s.peerCode, s.peerReason = ce.Code, ce.Reason
+			}
 			if status := websocket.CloseStatus(err); status == -1 && !errors.Is(err, context.Canceled) {
 				s.logger().Debug("read ended", "error", err)
 			}
@@ -491,7 +515,11 @@ func (s *session) dispatch(f *clientFrame) error {
 		if len(f.IdempotencyKey) > maxIdempotencyKey {
 			return refuse(CodeInvalidData, "idempotency_key is too long")
 		}
-		receipt, err := s.srv.broker.GroupPublish(r.Group, r.Data, f.IdempotencyKey)
+		except := ""
+		if f.Echo != nil && !*f.Echo {
+			except = s.channel
+		}
+		receipt, err := s.srv.broker.GroupPublishExcept(r.Group, r.Data, f.IdempotencyKey, except)
 		if err != nil {
 			return err
 		}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -199,8 +200,11 @@ func TestSlowConsumerCloseCode(t *testing.T) {
 	}
 }
 
+// TestOriginCheck: same-origin pages and allowed sites connect; a bare
+// host pattern admits https pages only, a pattern with a scheme that
+// scheme only; refusals are counted by reason.
 func TestOriginCheck(t *testing.T) {
-	e := newEnv(t, "", &Config{AllowedOrigins: []string{"*.example.com"}})
+	e := newEnv(t, "", &Config{AllowedOrigins: []string{"*.example.com", "http://localhost:*"}})
 	url := e.wsURL()
 	dial := func(origin string) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -211,11 +215,18 @@ func TestOriginCheck(t *testing.T) {
 		}
 		return err
 	}
-	if err := dial("https://evil.test"); err == nil {
-		t.Fatal("cross-origin page accepted")
+	for _, origin := range []string{"https://evil.test", "http://app.example.com", "https://localhost:3000", "null", "https://example.com.evil.test"} {
+		if err := dial(origin); err == nil {
+			t.Errorf("page of %s accepted", origin)
+		}
 	}
-	if err := dial("https://app.example.com"); err != nil {
-		t.Fatalf("allowed origin refused: %v", err)
+	for _, origin := range []string{"https://app.example.com", "http://localhost:3000", "HTTPS://APP.EXAMPLE.COM"} {
+		if err := dial(origin); err != nil {
+			t.Errorf("allowed origin %s refused: %v", origin, err)
+		}
+	}
+	if got := e.metric(`groupcast_upgrades_refused_total{reason="origin"}`); got != 5 {
+		t.Errorf("origin refusals counted: %v, want 5", got)
 	}
 	if err := dial(e.http.URL); err != nil {
 		t.Fatalf("same origin refused: %v", err)
@@ -262,6 +273,53 @@ func TestShutdownCloses1012(t *testing.T) {
 	}
 	if e.broker.Stats().Channels != 0 {
 		t.Fatal("channels left open")
+	}
+}
+
+// TestShutdownDrains: with DrainPeriod, Shutdown spreads its 1012 closes
+// over it, a small share at a time, and each close reason tells the
+// client how long to spread its reconnect over.
+func TestShutdownDrains(t *testing.T) {
+	e := newEnv(t, "", &Config{DrainPeriod: time.Second})
+	const n = 100
+	var mu sync.Mutex
+	var closedAt []time.Duration
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range n {
+		c := e.dial()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := c.Raw()
+			var ce websocket.CloseError
+			if !errors.As(err, &ce) || ce.Code != websocket.StatusServiceRestart || !strings.HasSuffix(ce.Reason, " reconnect_within_ms=1000") {
+				t.Errorf("got %v, want close 1012 with reconnect_within_ms=1000", err)
+			}
+			mu.Lock()
+			closedAt = append(closedAt, time.Since(start))
+			mu.Unlock()
+		}()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start = time.Now()
+	if err := e.srv.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	slices.Sort(closedAt)
+	if span := closedAt[n-1] - closedAt[0]; span < 700*time.Millisecond {
+		t.Fatalf("closes spread over %v, want about 1s", span)
+	}
+	for i := range closedAt { // no 100 ms holds more than a fifth of them
+		j := i
+		for j < n && closedAt[j]-closedAt[i] < 100*time.Millisecond {
+			j++
+		}
+		if j-i > n/5 {
+			t.Fatalf("%d of %d sockets closed within 100 ms from %v", j-i, n, closedAt[i])
+		}
 	}
 }
 

@@ -48,7 +48,7 @@ func TestBrowserChat(t *testing.T) {
 
 	dport := freePort(t)
 	django := fmt.Sprintf("http://127.0.0.1:%d", dport)
-	env := []string{"HOOK_SECRET=e2e-secret", fmt.Sprintf("ALLOWED_ORIGINS=127.0.0.1:%d", dport)}
+	env := []string{"HOOK_SECRET=e2e-secret", fmt.Sprintf("ALLOWED_ORIGINS=http://127.0.0.1:%d", dport)}
 	for _, e := range []string{"connect", "join", "receive", "disconnect"} {
 		env = append(env, fmt.Sprintf("HOOK_%s_URL=%s/groupcast/%s", strings.ToUpper(e), django, e))
 	}

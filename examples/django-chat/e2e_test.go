@@ -4,6 +4,7 @@
 package djangochat_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -26,7 +28,7 @@ const python = "/usr/bin/python3"
 // a message through a Django view (saved, then published by the post_save
 // signal's group_send) and sees it on the page; a room the ported consumer
 // refuses shows its code; the consumer's receive answers the page's own
-// "history" frame.
+// "history" frame; a closed tab reaches the consumer's disconnect.
 func TestBrowserChat(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs gunicorn, the binary and chromium")
@@ -66,7 +68,8 @@ func TestBrowserChat(t *testing.T) {
 	manage("migrate", "-v0")
 	manage("shell", "-c", "from django.contrib.auth.models import User; User.objects.create_user('ada', password='pw')")
 	g := exec.Command(gunicorn, "-b", fmt.Sprintf("127.0.0.1:%d", dport), "-w", "2", "--log-level", "warning", "chatsite.wsgi")
-	g.Env, g.Stderr = denv, os.Stderr
+	var djangoLog syncBuffer // ChatConsumer.disconnect logs there
+	g.Env, g.Stderr = denv, &djangoLog
 	if err := g.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -107,6 +110,43 @@ func TestBrowserChat(t *testing.T) {
 		chromedp.Navigate(django+"/chat/closed/"),
 		chromedp.Poll[chromedp.Void](state+` === "refused: room_closed"`, chromedp.WithPollingTimeout(15*time.Second)),
 	)
+
+	// A closed tab reaches ChatConsumer.disconnect, with its groups.
+	tab, closeTab := chromedp.NewContext(browser)
+	tabCtx, cancelTab := context.WithTimeout(tab, 30*time.Second)
+	defer cancelTab()
+	run(t, tabCtx, "open a second tab",
+		chromedp.Navigate(django+"/chat/tabroom/"),
+		chromedp.WaitVisible(chromedp.CSS("#log")),
+		chromedp.Poll[chromedp.Void](state+` === "connected"`, chromedp.WithPollingTimeout(15*time.Second)),
+	)
+	closeTab()
+	want := "ada left ['room.tabroom']"
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(djangoLog.String(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("Django's disconnect never logged %q; its log:\n%s", want, djangoLog.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a writer and a reader at once.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 func run(t *testing.T, ctx context.Context, step string, actions ...chromedp.Action[chromedp.Void]) {

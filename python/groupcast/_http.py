@@ -88,7 +88,14 @@ class _Parser:
         self.head_done = False
 
     def feed(self, data: bytes) -> bool:
-        """Adds data; True once the whole response is in (then ``body``)."""
+        """Adds data; True once the whole response is in (then ``body``).
+        A malformed response raises ConnectionFailed."""
+        try:
+            return self._feed(data)
+        except (ValueError, IndexError):
+            raise ConnectionFailed("malformed HTTP response", True) from None
+
+    def _feed(self, data: bytes) -> bool:
         self.buf += data
         if not self.head_done:
             end = self.buf.find(b"\r\n\r\n")
@@ -108,11 +115,13 @@ class _Parser:
                 name = name.strip().lower()
                 if name == "content-length":
                     self.length = int(value)
+                    if self.length < 0:
+                        raise ValueError("negative Content-Length")
                 elif name == "transfer-encoding":
                     self.chunked = "chunked" in value.lower()
                 elif name == "connection":
                     self.close = "close" in value.lower()
-            if self.length > MAX_RESPONSE_BYTES:
+            if self.length < -1 or self.length > MAX_RESPONSE_BYTES:
                 raise ConnectionFailed("response too large", True)
             if self.status in (204, 304) or 100 <= self.status < 200:
                 self.length = 0
@@ -134,6 +143,8 @@ class _Parser:
             if eol < 0:
                 return False
             size = int(bytes(self.buf[pos:eol]).split(b";")[0], 16)
+            if size < 0:
+                raise ValueError("negative chunk size")
             if size == 0:
                 if self.buf.find(b"\r\n", eol + 2) < 0:
                     return False

@@ -83,6 +83,12 @@ def test_history_and_idempotent_publish(server: GroupcastServer) -> None:
     h = api.history("hist.one")
     assert [m["data"] for m in h["messages"]] == [{"n": 1}, {"n": 2}]
     assert api.history("hist.one", since=first["offset"])["messages"][0]["data"] == {"n": 2}
+    # A large answer comes chunked; both pools read it.
+    for i in range(40):
+        api.publish("hist.big", {"i": i, "pad": "x" * 200})
+    assert [m["data"]["i"] for m in api.history("hist.big")["messages"]] == list(range(40))
+    big = asyncio.run(AsyncClient(server.url).history("hist.big", limit=40))
+    assert len(big["messages"]) == 40 and big["messages"][-1]["data"]["pad"] == "x" * 200
     with pytest.raises(NotFound):
         api.history("plain.group")
     # An at-most-once group takes no key; the client sends none.

@@ -59,3 +59,11 @@ CHANNEL_LAYERS = {"default": {
 GROUPCAST_PUBLIC_URL = os.environ.get("GROUPCAST_PUBLIC_URL", "http://127.0.0.1:8080")
 GROUPCAST_HOOK_SECRET = os.environ.get("HOOK_SECRET", "dev-hook-secret")
 GROUPCAST_CONSUMER = "chat.consumers.ChatConsumer"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"chat": {"handlers": ["console"], "level": "INFO"},
+                "groupcast.django": {"handlers": ["console"], "level": "INFO"}},
+}

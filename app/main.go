@@ -74,6 +74,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer, list
 		DedupWindow:   cfg.DedupWindow,
 		Replicas:      cfg.Replicas,
 		HistoryRegion: cfg.HistoryRegion,
+		MaxReplays:    cfg.MaxReplays,
 		Logger:        log,
 	})
 	if err != nil {

@@ -109,6 +109,11 @@ type Config struct {
 	// StoreDir is the embedded server's JetStream directory, required with
 	// FileStore; without it a temporary directory is used and removed.
 	StoreDir string
+	// MaxReplays bounds the history reads (resumes' replays and History
+	// calls) that run at once on this node, each with at most
+	// replayBatchBytes in flight; more wait up to replayWait for a turn,
+	// then fail with ErrUnavailable. Default 8.
+	MaxReplays int
 	// DedupWindow is how long an idempotency key is remembered. Default 2m.
 	DedupWindow time.Duration
 	// Replicas is the number of copies of each history stream in a
@@ -176,6 +181,9 @@ func (c *Config) setDefaults() error {
 		c.HistorySize = 1000
 	}
 	setDuration(&c.HistoryTTL, time.Hour)
+	if c.MaxReplays <= 0 {
+		c.MaxReplays = 8
+	}
 	setDuration(&c.DedupWindow, 2*time.Minute)
 	if c.Replicas <= 0 {
 		c.Replicas = 1
@@ -224,6 +232,19 @@ type ImmediateReceiver interface {
 
 // immediateMembers is the largest group delivered through ReceiveNow.
 const immediateMembers = 32
+
+// A ClosingReceiver can tell that it takes no more frames (it is closing,
+// say as a slow consumer): a replay to it then stops reading history.
+type ClosingReceiver interface {
+	Receiver
+	Closing() bool
+}
+
+// closing reports whether r said it takes no more frames.
+func closing(r Receiver) bool {
+	cr, ok := r.(ClosingReceiver)
+	return ok && cr.Closing()
+}
 
 // deliverNow hands frame to r at once if r can take it so, else queues it.
 func deliverNow(r Receiver, frame []byte) {
@@ -553,7 +574,8 @@ func (b *Broker) GroupJoin(ctx context.Context, groupName, channel string, since
 	}
 	// Live messages for m are held in rec while the history is replayed,
 	// then those after the replay's last offset follow it.
-	got, last, err := b.replay(ctx, g.kept, g, m.recv, since, rec.after)
+	gone := func() bool { return !g.recovers(m, rec) || closing(m.recv) }
+	got, last, err := b.replay(ctx, g.kept, g, m.recv, since, rec.after, gone)
 	if lost := g.recovered(m, rec, last); lost {
 		got.Recovered = false
 	}
@@ -809,6 +831,7 @@ func (b *Broker) Close(ctx context.Context) error {
 			b.CloseChannel(name)
 		}
 		b.presence.close()
+		b.history.close()
 		b.closeErr = closeConn(ctx, b.nc, b.closed, b.ns)
 		if b.tmpDir != "" {
 			os.RemoveAll(b.tmpDir)
@@ -859,6 +882,14 @@ func (g *group) recovered(m *member, rec *recovery, last uint64) (lost bool) {
 	// recovery.offer): one the replay sent may still come live.
 	rec.frames, rec.done, rec.last = nil, true, last
 	return rec.lost
+}
+
+// recovers reports whether m's recovery rec is still going on: m has not
+// left meanwhile.
+func (g *group) recovers(m *member, rec *recovery) bool {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	return g.recovering[m] == rec
 }
 
 // forgetRecovered drops the recoveries that are over for good.

@@ -118,6 +118,10 @@ func (s *session) Receive(frame []byte) {
 	}
 }
 
+// Closing implements broker.ClosingReceiver: a closing connection, say a
+// slow consumer's, takes no more frames, so a replay to it stops.
+func (s *session) Closing() bool { return s.out.isClosing() }
+
 // ReceiveNow implements broker.ImmediateReceiver: when the connection has
 // nothing queued and no writer, it writes the frame on the caller's
 // goroutine, as much as the socket takes without blocking; a writer is

@@ -10,9 +10,11 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -706,12 +708,31 @@ func (b *Broker) GroupSend(groupName string, data []byte) error {
 	return err
 }
 
+// Source is who publishes, for idempotency keys: a key of one source
+// never matches another's, nor one given for another group.
+type Source string
+
+// The sources of publishes.
+const (
+	// FromAPI is the server API (trusted backends).
+	FromAPI Source = "api"
+	// FromClient is a WebSocket client.
+	FromClient Source = "client"
+)
+
 // GroupPublish is GroupSend that reports, for a recoverable or latest
 // group, the message's offset once JetStream has stored it. With an
 // idempotency key, a publish that repeats a key seen within
 // Config.DedupWindow is not delivered again (Receipt.Duplicate); keys need
-// a recoverable or latest group.
+// a recoverable or latest group. Keys are the server API's (FromAPI).
 func (b *Broker) GroupPublish(groupName string, data []byte, key string) (Receipt, error) {
+	return b.GroupPublishFrom(FromAPI, groupName, data, key)
+}
+
+// GroupPublishFrom is GroupPublish for a source: its idempotency keys are
+// scoped by the source and the group, so that a client's key can never
+// swallow a backend's publish, nor one to another group.
+func (b *Broker) GroupPublishFrom(source Source, groupName string, data []byte, key string) (Receipt, error) {
 	if !ValidGroup(groupName) {
 		return Receipt{}, ErrInvalidGroup
 	}
@@ -725,6 +746,9 @@ func (b *Broker) GroupPublish(groupName string, data []byte, key string) (Receip
 		}
 		return Receipt{}, b.publish(b.groupPrefix+groupName, data)
 	}
+	if strings.ContainsFunc(key, unicode.IsControl) {
+		return Receipt{}, fmt.Errorf("%w: an idempotency key holds no control characters", ErrInvalidData)
+	}
 	data, err = compactJSON(data)
 	if err != nil {
 		return Receipt{}, err
@@ -737,7 +761,9 @@ func (b *Broker) GroupPublish(groupName string, data []byte, key string) (Receip
 		msg.Header.Set(RegionHeader, b.cfg.Region)
 	}
 	if key != "" {
-		msg.Header.Set(nats.MsgIdHdr, key)
+		// Group names hold no space, so "<group> <source> <key>" is
+		// one key per group and source.
+		msg.Header.Set(nats.MsgIdHdr, groupName+" "+string(source)+" "+key)
 	}
 	ack, err := b.history.js.PublishMsg(msg)
 	if err != nil {

@@ -35,6 +35,7 @@ type Broker interface {
 	GroupAdd(ctx context.Context, group, channel string) error
 	GroupJoin(ctx context.Context, group, channel string, since *broker.Since) (broker.Recovery, error)
 	GroupPublish(group string, data []byte, idempotencyKey string) (broker.Receipt, error)
+	GroupPublishFrom(source broker.Source, group string, data []byte, idempotencyKey string) (broker.Receipt, error)
 	History(ctx context.Context, group string, since uint64, limit int) ([]broker.HistoryMessage, string, error)
 	GroupDiscard(group, channel string) error
 	GroupSend(group string, data []byte) error

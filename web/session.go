@@ -480,7 +480,7 @@ func (s *session) dispatch(f *clientFrame) error {
 		if len(f.IdempotencyKey) > maxIdempotencyKey {
 			return refuse(CodeInvalidData, "idempotency_key is too long")
 		}
-		receipt, err := s.srv.broker.GroupPublish(r.Group, r.Data, f.IdempotencyKey)
+		receipt, err := s.srv.broker.GroupPublishFrom(broker.FromClient, r.Group, r.Data, f.IdempotencyKey)
 		if err != nil {
 			return err
 		}

@@ -54,6 +54,7 @@ type settings struct {
 	Replicas        int
 	HistoryRegion   string
 	MaxReplays      int
+	MaxPresence     int
 	PresenceGroups  []string
 	MaxFrameBytes   int
 	MaxBodyBytes    int
@@ -182,6 +183,7 @@ var settingsTable = []setting{
 	{"HISTORY_REPLICAS", "1", "copies of the history streams in an external cluster (3 in a three-server region)", intSetting(func(s *settings) *int { return &s.Replicas }, 1, 5)},
 	{"HISTORY_REGION", "", "in a supercluster, the NATS cluster (region) holding the history streams; the other regions keep and read mirrors of them", func(s *settings, v string) error { s.HistoryRegion = v; return nil }},
 	{"MAX_REPLAYS", "8", "history reads (resumes' replays, history API calls) one instance runs at once; more wait up to 1s, then are refused with unavailable", intSetting(func(s *settings) *int { return &s.MaxReplays }, 1, 1024)},
+	{"MAX_PRESENCE_GROUPS", "10000", "presence groups one instance tracks members in; presence in one more is refused with unavailable", intSetting(func(s *settings) *int { return &s.MaxPresence }, 1, 1_000_000)},
 	{"MAX_FRAME_BYTES", "65536", "largest client frame; larger closes the socket with 1009", intSetting(func(s *settings) *int { return &s.MaxFrameBytes }, 256, 64<<20)},
 	{"MAX_BODY_BYTES", "1048576", "largest server API body; larger gets 413", intSetting(func(s *settings) *int { return &s.MaxBodyBytes }, 256, 64<<20)},
 	{"MAX_GROUPS_PER_CONNECTION", "100", "groups one connection may be in", intSetting(func(s *settings) *int { return &s.MaxGroups }, 1, 1<<20)},

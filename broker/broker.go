@@ -136,6 +136,10 @@ type Config struct {
 	// PresenceInterval is how often a node sends its presence heartbeat;
 	// a node silent for three intervals is dropped. Default 1s.
 	PresenceInterval time.Duration
+	// MaxPresenceGroups bounds the presence groups this node has members
+	// in; a member's presence in one more is refused with ErrUnavailable.
+	// Default 10000.
+	MaxPresenceGroups int
 	// PresenceTimeout bounds how long a presence query waits for the
 	// other nodes. Default 250ms.
 	PresenceTimeout time.Duration
@@ -199,6 +203,9 @@ func (c *Config) setDefaults() error {
 		}
 	}
 	setDuration(&c.PresenceInterval, time.Second)
+	if c.MaxPresenceGroups <= 0 {
+		c.MaxPresenceGroups = 10_000
+	}
 	setDuration(&c.PresenceTimeout, 250*time.Millisecond)
 	return nil
 }

@@ -112,12 +112,23 @@ func ValidPresencePattern(p string) bool {
 }
 
 // heartbeat is a node's message on <prefix>.presence.nodes: the presence
-// groups where it has members; Bye when it is closing.
+// groups where it has members; Bye when it is closing. A list too large
+// for one NATS message goes in Parts messages, Part 0 first: each keeps
+// the node alive, and the list counts (for the groups it left) once the
+// last is in.
 type heartbeat struct {
 	Node   string   `json:"node"`
 	Region string   `json:"region,omitempty"`
 	Groups []string `json:"groups"`
 	Bye    bool     `json:"bye,omitempty"`
+	Part   int      `json:"part,omitempty"`
+	Parts  int      `json:"parts,omitempty"`
+}
+
+// heartbeatParts is a split heartbeat being put together.
+type heartbeatParts struct {
+	next   int
+	groups []string
 }
 
 // presenceEvent is a message on <prefix>.presence.events.<group>.
@@ -157,9 +168,11 @@ type presence struct {
 	wg       sync.WaitGroup
 
 	mu      sync.Mutex
-	groups  map[string]*pgroup // presence groups with local members
-	peers   map[string]*peer   // other live nodes, by id
-	pending map[string]bool    // groups queued for a resync
+	groups  map[string]*pgroup         // presence groups with local members
+	peers   map[string]*peer           // other live nodes, by id
+	pending map[string]bool            // groups queued for a resync
+	parts   map[string]*heartbeatParts // split heartbeats, by node
+	max     int                        // Config.MaxPresenceGroups
 	closed  bool
 }
 
@@ -245,6 +258,8 @@ func newPresence(b *Broker) (*presence, error) {
 		groups:   make(map[string]*pgroup),
 		peers:    make(map[string]*peer),
 		pending:  make(map[string]bool),
+		parts:    make(map[string]*heartbeatParts),
+		max:      b.cfg.MaxPresenceGroups,
 	}
 	var err error
 	if p.nodes, err = b.nc.ChanSubscribe(p.prefix+"nodes", p.in); err != nil {
@@ -317,6 +332,10 @@ func (b *Broker) PresenceAdd(group, channel, user string, info json.RawMessage, 
 	}
 	g := p.groups[group]
 	fresh := g == nil
+	if fresh && len(p.groups) >= p.max {
+		p.mu.Unlock()
+		return fmt.Errorf("%w: this node has members in %d presence groups, the most it tracks", ErrUnavailable, p.max)
+	}
 	if fresh {
 		g = &pgroup{name: group, local: make(map[string]*plocal), listeners: make(map[string]*plocal), users: make(map[string]int), remote: make(map[string]map[string]remote), gone: make(map[string]uint64)}
 		var err error
@@ -467,12 +486,35 @@ func (p *presence) heartbeat(bye bool) {
 			hb.Groups = append(hb.Groups, name)
 		}
 	}
-	data, _ := json.Marshal(hb)
-	if int64(len(data)) > p.b.nc.MaxPayload() {
-		p.b.log.Warn("presence heartbeat over NATS' maximum payload: too many presence groups here", "groups", len(hb.Groups))
-		return
+	for _, data := range splitHeartbeat(hb, int(p.b.nc.MaxPayload())) {
+		p.publish(p.prefix+"nodes", data)
 	}
-	p.publish(p.prefix+"nodes", data)
+}
+
+// splitHeartbeat encodes hb in as few messages of at most max bytes as
+// hold its groups (group names are short: MaxGroupLen).
+func splitHeartbeat(hb heartbeat, max int) [][]byte {
+	data, _ := json.Marshal(hb)
+	if len(data) <= max {
+		return [][]byte{data}
+	}
+	head, _ := json.Marshal(heartbeat{Node: hb.Node, Region: hb.Region, Groups: []string{}, Part: 1 << 20, Parts: 1 << 20})
+	budget := max - len(head)
+	var lists [][]string
+	var list []string
+	size := 0
+	for _, g := range hb.Groups {
+		if size+len(g)+3 > budget && len(list) > 0 {
+			lists, list, size = append(lists, list), nil, 0
+		}
+		list, size = append(list, g), size+len(g)+3 // quotes and a comma
+	}
+	lists = append(lists, list)
+	out := make([][]byte, len(lists))
+	for i, l := range lists {
+		out[i], _ = json.Marshal(heartbeat{Node: hb.Node, Region: hb.Region, Groups: l, Part: i, Parts: len(lists)})
+	}
+	return out
 }
 
 func (p *presence) handle(msg *nats.Msg) {
@@ -508,10 +550,32 @@ func (p *presence) onHeartbeat(hb *heartbeat) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if hb.Bye {
+		delete(p.parts, hb.Node)
 		p.dropLocked(hb.Node)
 		return
 	}
 	prev := p.peers[hb.Node]
+	if hb.Parts > 1 {
+		if prev != nil {
+			prev.seen = time.Now() // alive, whatever the rest says
+		}
+		acc := p.parts[hb.Node]
+		if hb.Part == 0 {
+			acc = &heartbeatParts{}
+			p.parts[hb.Node] = acc
+		}
+		if acc == nil || hb.Part != acc.next {
+			delete(p.parts, hb.Node) // a part went missing: wait for the next round
+			return
+		}
+		acc.next++
+		acc.groups = append(acc.groups, hb.Groups...)
+		if acc.next < hb.Parts {
+			return
+		}
+		delete(p.parts, hb.Node)
+		hb.Groups = acc.groups
+	}
 	if prev == nil {
 		p.b.log.Debug("presence: node seen", "peer", hb.Node, "groups", len(hb.Groups))
 	}
@@ -604,6 +668,7 @@ func (g *pgroup) dropNode(_ *presence, node string) {
 // dropLocked forgets a node altogether. p.mu is held.
 func (p *presence) dropLocked(node string) {
 	delete(p.peers, node)
+	delete(p.parts, node)
 	for _, g := range p.groups {
 		g.dropNode(p, node)
 	}

@@ -32,13 +32,12 @@ type closingCounter struct{ counter }
 
 func (c *closingCounter) Closing() bool { return c.msgs.Load() > 0 }
 
-// startSmallPendingNATS starts a JetStream nats-server that cuts a client
-// once 2 MiB are waiting to be written to it: a small stand-in for the
-// default 64 MiB, reached with a few megabytes of history.
-func startSmallPendingNATS(t *testing.T) *server.Server {
+// startNATSWith starts a nats-server on a random loopback port with opts
+// added, stopped when the test ends.
+func startNATSWith(t *testing.T, opts server.Options) *server.Server {
 	t.Helper()
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true,
-		JetStream: true, StoreDir: t.TempDir(), MaxPending: 2 << 20})
+	opts.Host, opts.Port, opts.NoSigs, opts.NoLog = "127.0.0.1", -1, true, true
+	ns, err := server.NewServer(&opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,6 +47,13 @@ func startSmallPendingNATS(t *testing.T) *server.Server {
 	}
 	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
 	return ns
+}
+
+// startSmallPendingNATS starts a JetStream nats-server that cuts a client
+// once 2 MiB are waiting to be written to it: a small stand-in for the
+// default 64 MiB, reached with a few megabytes of history.
+func startSmallPendingNATS(t *testing.T) *server.Server {
+	return startNATSWith(t, server.Options{JetStream: true, StoreDir: t.TempDir(), MaxPending: 2 << 20})
 }
 
 // TestReplaysSpareLiveTraffic: many resumes from offset 0 of a group full

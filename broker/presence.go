@@ -196,11 +196,13 @@ type peer struct {
 // the leave events of a node that dies).
 type pgroup struct {
 	name          string
-	local         map[string]*plocal           // by channel
-	listeners     map[string]*plocal           // those of local that asked for events
-	users         map[string]int               // user -> its connections here and on the nodes known
-	remote        map[string]map[string]remote // node -> channel -> member
-	gone          map[string]uint64            // channel -> gen of its leave, while a resync runs
+	local         map[string]*plocal            // by channel
+	listeners     map[string]*plocal            // those of local that asked for events
+	users         map[string]int                // user -> its connections here and on the nodes known
+	localUsers    map[string]map[string]*plocal // user -> its local members, by channel
+	anonymous     int                           // local members without a user
+	remote        map[string]map[string]remote  // node -> channel -> member
+	gone          map[string]uint64             // channel -> gen of its leave, while a resync runs
 	gen           uint64
 	syncing       bool
 	events, query *nats.Subscription
@@ -236,6 +238,75 @@ func (g *pgroup) count(m Member, n int) bool {
 	}
 	g.users[m.User] = c
 	return n > 0 && c == 1
+}
+
+// addLocal and removeLocal keep the per-user counts of local members.
+func (g *pgroup) addLocal(l *plocal) {
+	if l.m.User == "" {
+		g.anonymous++
+		return
+	}
+	conns := g.localUsers[l.m.User]
+	if conns == nil {
+		conns = make(map[string]*plocal)
+		g.localUsers[l.m.User] = conns
+	}
+	conns[l.m.Channel] = l
+}
+
+func (g *pgroup) removeLocal(l *plocal) {
+	if l.m.User == "" {
+		g.anonymous--
+		return
+	}
+	conns := g.localUsers[l.m.User]
+	if delete(conns, l.m.Channel); len(conns) == 0 {
+		delete(g.localUsers, l.m.User)
+	}
+}
+
+// localByUser returns the first limit local entries folded by user, in
+// member order (anonymous members are one entry each), without folding
+// every member: each user's entry is its first channel, with Channels
+// its count.
+func (g *pgroup) localByUser(limit int) []Member {
+	out := make([]Member, 0, min(limit, len(g.localUsers)+g.anonymous))
+	less := func(a, b Member) bool { return a.User < b.User || a.User == b.User && a.Channel < b.Channel }
+	keep := func(m Member) { // out stays sorted and at most limit long
+		if len(out) == limit && !less(m, out[len(out)-1]) {
+			return
+		}
+		i, _ := slices.BinarySearchFunc(out, m, func(a, b Member) int {
+			return cmp.Or(cmp.Compare(a.User, b.User), cmp.Compare(a.Channel, b.Channel))
+		})
+		if len(out) == limit {
+			out = out[:len(out)-1]
+		}
+		out = slices.Insert(out, i, m)
+	}
+	if g.anonymous > 0 {
+		for _, l := range g.local {
+			if l.m.User == "" {
+				m := l.m
+				m.Channels = 1
+				keep(m)
+			}
+		}
+	}
+	for user, conns := range g.localUsers {
+		if len(out) == limit && user >= out[len(out)-1].User {
+			continue
+		}
+		var first Member
+		for _, l := range conns {
+			if first.Channel == "" || l.m.Channel < first.Channel {
+				first = l.m
+			}
+		}
+		first.Channels = len(conns)
+		keep(first)
+	}
+	return out
 }
 
 // remote is a member on another node, with the gen it was learnt at.
@@ -337,7 +408,7 @@ func (b *Broker) PresenceAdd(group, channel, user string, info json.RawMessage, 
 		return fmt.Errorf("%w: this node has members in %d presence groups, the most it tracks", ErrUnavailable, p.max)
 	}
 	if fresh {
-		g = &pgroup{name: group, local: make(map[string]*plocal), listeners: make(map[string]*plocal), users: make(map[string]int), remote: make(map[string]map[string]remote), gone: make(map[string]uint64)}
+		g = &pgroup{name: group, local: make(map[string]*plocal), listeners: make(map[string]*plocal), users: make(map[string]int), localUsers: make(map[string]map[string]*plocal), remote: make(map[string]map[string]remote), gone: make(map[string]uint64)}
 		var err error
 		if g.events, err = b.nc.ChanSubscribe(p.prefix+"events."+group, p.in); err == nil {
 			if g.query, err = b.nc.ChanSubscribe(p.prefix+"query."+group, p.in); err != nil {
@@ -358,6 +429,7 @@ func (b *Broker) PresenceAdd(group, channel, user string, info json.RawMessage, 
 	mem := Member{Channel: channel, User: user, Region: b.cfg.Region, Info: info}
 	l := &plocal{m: mem, recv: m.recv}
 	g.local[channel] = l
+	g.addLocal(l)
 	g.listen(channel, l, events)
 	ev := p.encodeEvent(group, "join", mem)
 	g.deliver(ev.event, ev.m, g.count(mem, 1))
@@ -391,6 +463,7 @@ func (p *presence) remove(channel string, groups ...string) {
 			continue
 		}
 		delete(g.local, channel)
+		g.removeLocal(l)
 		delete(g.listeners, channel)
 		ev := p.encodeEvent(group, "leave", l.m)
 		g.deliver(ev.event, ev.m, g.count(l.m, -1))
@@ -541,8 +614,7 @@ func (p *presence) handle(msg *nats.Msg) {
 		if json.Unmarshal(msg.Data, &req) != nil {
 			return
 		}
-		data, _ := json.Marshal(p.answer(group, req))
-		p.publish(msg.Reply, data)
+		p.publish(msg.Reply, encodeReply(p.answer(group, req), int(p.b.nc.MaxPayload())))
 	}
 }
 
@@ -698,9 +770,11 @@ func (p *presence) answer(group string, req presenceRequest) presenceReply {
 	}
 	limit := min(max(req.Limit, 0), maxSyncMembers)
 	if req.ByUser {
-		folded := foldByUser(g.localMembers(-1))
-		r.Count = len(folded)
-		r.Members, r.Truncated = folded[:min(len(folded), maxSyncMembers)], len(folded) > maxSyncMembers
+		r.Count = len(g.localUsers) + g.anonymous
+		if limit > 0 {
+			r.Members = g.localByUser(limit)
+			r.Truncated = len(r.Members) < r.Count
+		}
 		return r
 	}
 	r.Count = len(g.local)
@@ -709,6 +783,18 @@ func (p *presence) answer(group string, req presenceRequest) presenceReply {
 		r.Truncated = len(r.Members) < r.Count
 	}
 	return r
+}
+
+// encodeReply encodes r in at most max bytes, listing fewer members
+// (Truncated) when all of them do not fit.
+func encodeReply(r presenceReply, max int) []byte {
+	for {
+		data, _ := json.Marshal(r)
+		if len(data) <= max || len(r.Members) == 0 {
+			return data
+		}
+		r.Members, r.Truncated = r.Members[:len(r.Members)/2], true
+	}
 }
 
 // localMembers returns up to limit (-1: all) local members, sorted.

@@ -128,6 +128,7 @@ var settingsTable = []setting{
 	{"ALLOWED_ORIGINS", "comma-separated origin patterns of other sites' pages allowed to connect: a bare host (e.g. *.example.com) admits https pages only, scheme://host (e.g. http://localhost:*) that scheme", list(func(s *settings) *[]string { return &s.Web.AllowedOrigins }, nil)},
 	{"CLIENT_SEND", "let WebSocket clients publish with send frames", boolean(func(s *settings) *bool { return &s.Web.ClientSend })},
 	{"PRESENCE_GROUPS", "comma-separated group patterns (e.g. room.*,lobby) whose members are tracked for presence; unset: none", list(func(s *settings) *[]string { return &s.Broker.Presence }, broker.CheckPresence)},
+	{"MAX_PRESENCE_GROUPS", "presence groups one instance tracks members in; presence in one more is refused with unavailable", integer(func(s *settings) *int { return &s.Broker.MaxPresenceGroups }, 1, 1_000_000)},
 	{"GROUP_POLICIES", "how groups keep messages: comma-separated pattern=policy, policy one of at-most-once, recoverable, latest; patterns (README: Group patterns) a group name, * or a prefix ending in .* (e.g. chat.*=recoverable,price.*=latest); first match wins; a recoverable or latest pattern overlapping an earlier one of another policy is refused; unset: every group at-most-once", value{
 		set:  parsePolicies,
 		show: func(s *settings) string { return showPolicies(s.Broker.Policies) },
@@ -150,6 +151,7 @@ var settingsTable = []setting{
 	{"IDEMPOTENCY_WINDOW", "how long an Idempotency-Key is remembered", duration(func(s *settings) *time.Duration { return &s.Broker.DedupWindow }, 1, 0)},
 	{"HISTORY_REPLICAS", "copies of the history streams in an external cluster (3 in a three-server region)", integer(func(s *settings) *int { return &s.Broker.Replicas }, 1, 5)},
 	{"HISTORY_REGION", "in a supercluster, the NATS cluster (region) holding the history streams; the other regions keep and read mirrors of them", text(func(s *settings) *string { return &s.Broker.HistoryRegion }, nil)},
+	{"MAX_REPLAYS", "history reads (resumes' replays, history API calls) one instance runs at once; more wait up to 1s, then are refused with unavailable", integer(func(s *settings) *int { return &s.Broker.MaxReplays }, 1, 1024)},
 	{"MAX_FRAME_BYTES", "largest client frame; larger closes the socket with 1009", integer(func(s *settings) *int64 { return &s.Web.MaxFrameBytes }, 256, 64<<20)},
 	{"MAX_BODY_BYTES", "largest server API body; larger gets 413", integer(func(s *settings) *int64 { return &s.Web.MaxBodyBytes }, 256, 64<<20)},
 	{"HTTP_READ_TIMEOUT", "bound on a plain HTTP request (not a WebSocket) after its headers: a body not sent by then fails and the connection closes", duration(func(s *settings) *time.Duration { return &s.Web.ReadTimeout }, 1, 0)},

@@ -11,9 +11,11 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -116,6 +118,11 @@ type Config struct {
 	// StoreDir is the embedded server's JetStream directory, required with
 	// FileStore; without it a temporary directory is used and removed.
 	StoreDir string
+	// MaxReplays bounds the history reads (resumes' replays and History
+	// calls) that run at once on this node, each with at most
+	// replayBatchBytes in flight; more wait up to replayWait for a turn,
+	// then fail with ErrUnavailable. Default 8.
+	MaxReplays int
 	// DedupWindow is how long an idempotency key is remembered. Default 2m.
 	DedupWindow time.Duration
 	// Replicas is the number of copies of each history stream in a
@@ -136,6 +143,10 @@ type Config struct {
 	// PresenceInterval is how often a node sends its presence heartbeat;
 	// a node silent for three intervals is dropped. Default 1s.
 	PresenceInterval time.Duration
+	// MaxPresenceGroups bounds the presence groups this node has members
+	// in; a member's presence in one more is refused with ErrUnavailable.
+	// Default 10000.
+	MaxPresenceGroups int
 	// PresenceTimeout bounds how long a presence query waits for the
 	// other nodes. Default 250ms.
 	PresenceTimeout time.Duration
@@ -149,20 +160,22 @@ type Config struct {
 // from them.
 func DefaultConfig() Config {
 	return Config{
-		Prefix:           "groupcast",
-		MaxPayload:       1 << 20,
-		PingInterval:     10 * time.Second,
-		ReconnectWait:    500 * time.Millisecond,
-		ConnectTimeout:   2 * time.Second,
-		DrainTimeout:     3 * time.Second,
-		FlushTimeout:     5 * time.Second,
-		QueueLen:         8192,
-		HistorySize:      1000,
-		HistoryTTL:       time.Hour,
-		DedupWindow:      2 * time.Minute,
-		Replicas:         1,
-		PresenceInterval: time.Second,
-		PresenceTimeout:  250 * time.Millisecond,
+		Prefix:            "groupcast",
+		MaxPayload:        1 << 20,
+		PingInterval:      10 * time.Second,
+		ReconnectWait:     500 * time.Millisecond,
+		ConnectTimeout:    2 * time.Second,
+		DrainTimeout:      3 * time.Second,
+		FlushTimeout:      5 * time.Second,
+		QueueLen:          8192,
+		HistorySize:       1000,
+		HistoryTTL:        time.Hour,
+		DedupWindow:       2 * time.Minute,
+		Replicas:          1,
+		PresenceInterval:  time.Second,
+		MaxReplays:        8,
+		MaxPresenceGroups: 10_000,
+		PresenceTimeout:   250 * time.Millisecond,
 	}
 }
 
@@ -228,6 +241,7 @@ func (c *Config) setDefaults() error {
 	c.DrainTimeout = cmp.Or(max(c.DrainTimeout, 0), d.DrainTimeout)
 	c.FlushTimeout = cmp.Or(max(c.FlushTimeout, 0), d.FlushTimeout)
 	c.QueueLen = cmp.Or(max(c.QueueLen, 0), d.QueueLen)
+	c.MaxReplays = cmp.Or(max(c.MaxReplays, 0), d.MaxReplays)
 	if err := CheckPolicies(c.Policies); err != nil {
 		return fmt.Errorf("broker: policies: %w", err)
 	}
@@ -243,6 +257,7 @@ func (c *Config) setDefaults() error {
 	}
 	c.PresenceInterval = cmp.Or(max(c.PresenceInterval, 0), d.PresenceInterval)
 	c.PresenceTimeout = cmp.Or(max(c.PresenceTimeout, 0), d.PresenceTimeout)
+	c.MaxPresenceGroups = cmp.Or(max(c.MaxPresenceGroups, 0), d.MaxPresenceGroups)
 	return nil
 }
 
@@ -271,6 +286,19 @@ type ImmediateReceiver interface {
 
 // immediateMembers is the largest group delivered through ReceiveNow.
 const immediateMembers = 32
+
+// A ClosingReceiver can tell that it takes no more frames (it is closing,
+// say as a slow consumer): a replay to it then stops reading history.
+type ClosingReceiver interface {
+	Receiver
+	Closing() bool
+}
+
+// closing reports whether r said it takes no more frames.
+func closing(r Receiver) bool {
+	cr, ok := r.(ClosingReceiver)
+	return ok && cr.Closing()
+}
 
 // deliverNow hands frame to r at once if r can take it so, else queues it.
 func deliverNow(r Receiver, frame []byte) {
@@ -600,7 +628,8 @@ func (b *Broker) GroupJoin(ctx context.Context, groupName, channel string, since
 	}
 	// Live messages for m are held in rec while the history is replayed,
 	// then those after the replay's last offset follow it.
-	got, last, err := b.replay(ctx, g.kept, g, m.recv, since, rec.after)
+	gone := func() bool { return !g.recovers(m, rec) || closing(m.recv) }
+	got, last, err := b.replay(ctx, g.kept, g, m.recv, since, rec.after, gone)
 	if lost := g.recovered(m, rec, last); lost {
 		got.Recovered = false
 	}
@@ -731,19 +760,44 @@ func (b *Broker) GroupSend(groupName string, data []byte) error {
 	return err
 }
 
+// Source is who publishes, for idempotency keys: a key of one source
+// never matches another's, nor one given for another group.
+type Source string
+
+// The sources of publishes.
+const (
+	// FromAPI is the server API (trusted backends).
+	FromAPI Source = "api"
+	// FromClient is a WebSocket client.
+	FromClient Source = "client"
+)
+
 // GroupPublish is GroupSend that reports, for a recoverable or latest
 // group, the message's offset once JetStream has stored it. With an
 // idempotency key, a publish that repeats a key seen within
 // Config.DedupWindow is not delivered again (Receipt.Duplicate); keys need
-// a recoverable or latest group.
+// a recoverable or latest group. Keys are the server API's (FromAPI).
 func (b *Broker) GroupPublish(groupName string, data []byte, key string) (Receipt, error) {
-	return b.GroupPublishExcept(groupName, data, key, "")
+	return b.GroupPublishWith(groupName, data, PublishOptions{Key: key})
 }
 
-// GroupPublishExcept is GroupPublish that does not deliver to the channel
-// except (none when ""), live on any node. A resume's replay of history
-// still includes the message.
-func (b *Broker) GroupPublishExcept(groupName string, data []byte, key, except string) (Receipt, error) {
+// PublishOptions say who publishes and which channel is left out.
+type PublishOptions struct {
+	// Source scopes the idempotency key; FromAPI when empty.
+	Source Source
+	// Key is the idempotency key ("": none); recoverable and latest
+	// groups only.
+	Key string
+	// Except is a channel not delivered to, live on any node ("": none).
+	// A resume's replay of history still includes the message.
+	Except string
+}
+
+// GroupPublishWith is GroupPublish with options: keys are scoped by the
+// source and the group, so that a client's key can never swallow a
+// backend's publish, nor one to another group.
+func (b *Broker) GroupPublishWith(groupName string, data []byte, o PublishOptions) (Receipt, error) {
+	key, except, source := o.Key, o.Except, cmp.Or(o.Source, FromAPI)
 	if !ValidGroup(groupName) {
 		return Receipt{}, ErrInvalidGroup
 	}
@@ -760,6 +814,9 @@ func (b *Broker) GroupPublishExcept(groupName string, data []byte, key, except s
 		}
 		return Receipt{}, b.publish(b.groupPrefix+groupName, data, except)
 	}
+	if strings.ContainsFunc(key, unicode.IsControl) {
+		return Receipt{}, fmt.Errorf("%w: an idempotency key holds no control characters", ErrInvalidData)
+	}
 	data, err = compactJSON(data)
 	if err != nil {
 		return Receipt{}, err
@@ -772,7 +829,9 @@ func (b *Broker) GroupPublishExcept(groupName string, data []byte, key, except s
 		msg.Header.Set(RegionHeader, b.cfg.Region)
 	}
 	if key != "" {
-		msg.Header.Set(nats.MsgIdHdr, key)
+		// Group names hold no space, so "<group> <source> <key>" is
+		// one key per group and source.
+		msg.Header.Set(nats.MsgIdHdr, groupName+" "+string(source)+" "+key)
 	}
 	if except != "" {
 		msg.Header.Set(ExcludeHeader, except)
@@ -877,6 +936,7 @@ func (b *Broker) Close(ctx context.Context) error {
 			b.CloseChannel(name)
 		}
 		b.presence.close()
+		b.history.close()
 		b.closeErr = closeConn(ctx, b.nc, b.closed, b.ns)
 		if b.tmpDir != "" {
 			os.RemoveAll(b.tmpDir)
@@ -927,6 +987,14 @@ func (g *group) recovered(m *member, rec *recovery, last uint64) (lost bool) {
 	// recovery.offer): one the replay sent may still come live.
 	rec.frames, rec.done, rec.last = nil, true, last
 	return rec.lost
+}
+
+// recovers reports whether m's recovery rec is still going on: m has not
+// left meanwhile.
+func (g *group) recovers(m *member, rec *recovery) bool {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	return g.recovering[m] == rec
 }
 
 // forgetRecovered drops the recoveries that are over for good.

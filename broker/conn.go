@@ -16,9 +16,34 @@ import (
 // when it is empty, to an embedded server started here (returned too, so
 // that Close can stop it).
 func connect(cfg *Config, handlers []nats.Option) (*nats.Conn, *server.Server, error) {
+	var ns *server.Server
+	if cfg.URL == "" {
+		var err error
+		if ns, err = startEmbedded(cfg); err != nil {
+			return nil, nil, err
+		}
+	}
+	nc, err := dial(cfg, ns, "", handlers)
+	if err != nil {
+		if ns != nil {
+			ns.Shutdown()
+			ns.WaitForShutdown()
+		}
+		return nil, nil, err
+	}
+	return nc, ns, nil
+}
+
+// dial opens one connection: to ns when it is set, else to the external
+// cluster. A role, when given, ends the connection's name, so that a
+// node's connections tell apart in the servers' monitoring.
+func dial(cfg *Config, ns *server.Server, role string, handlers []nats.Option) (*nats.Conn, error) {
 	name := "groupcast " + cfg.Node
 	if cfg.Region != "" {
 		name += " " + cfg.Region
+	}
+	if role != "" {
+		name += " " + role
 	}
 	opts := append([]nats.Option{
 		nats.Name(name),
@@ -33,18 +58,12 @@ func connect(cfg *Config, handlers []nats.Option) (*nats.Conn, *server.Server, e
 		nats.ReconnectBufSize(-1),
 	}, handlers...)
 
-	if cfg.URL == "" {
-		ns, err := startEmbedded(cfg)
-		if err != nil {
-			return nil, nil, err
-		}
+	if ns != nil {
 		nc, err := nats.Connect("", append(opts, nats.InProcessServer(ns))...)
 		if err != nil {
-			ns.Shutdown()
-			ns.WaitForShutdown()
-			return nil, nil, fmt.Errorf("broker: connect to embedded NATS: %w", err)
+			return nil, fmt.Errorf("broker: connect to embedded NATS: %w", err)
 		}
-		return nc, ns, nil
+		return nc, nil
 	}
 
 	opts = append(opts, nats.Timeout(cfg.ConnectTimeout), nats.RetryOnFailedConnect(true))
@@ -54,7 +73,7 @@ func connect(cfg *Config, handlers []nats.Option) (*nats.Conn, *server.Server, e
 	if cfg.NKeyFile != "" {
 		o, err := nats.NkeyOptionFromSeed(cfg.NKeyFile)
 		if err != nil {
-			return nil, nil, fmt.Errorf("broker: nkey seed: %w", err)
+			return nil, fmt.Errorf("broker: nkey seed: %w", err)
 		}
 		opts = append(opts, o)
 	}
@@ -69,9 +88,9 @@ func connect(cfg *Config, handlers []nats.Option) (*nats.Conn, *server.Server, e
 	}
 	nc, err := nats.Connect(cfg.URL, opts...)
 	if err != nil {
-		return nil, nil, fmt.Errorf("broker: connect to %s: %w", redactURLs(cfg.URL), err)
+		return nil, fmt.Errorf("broker: connect to %s: %w", redactURLs(cfg.URL), err)
 	}
-	return nc, nil, nil
+	return nc, nil
 }
 
 // startEmbedded starts a standalone nats-server in this process. It listens
@@ -136,15 +155,24 @@ func redactURLs(urls string) string {
 }
 
 // serverLog bridges nats-server's logger to slog. Notices are chatty (a
-// banner at every start), so they go to Debug; warnings and errors keep
-// their level.
+// banner at every start), so they go to Debug, except the server's reason
+// for cutting a slow consumer (Info: it explains a disconnect); warnings
+// and errors keep their level.
 type serverLog struct{ log *slog.Logger }
 
-func (l serverLog) Noticef(format string, v ...any) { l.log.Debug(fmt.Sprintf(format, v...)) }
-func (l serverLog) Warnf(format string, v ...any)   { l.log.Warn(fmt.Sprintf(format, v...)) }
-func (l serverLog) Errorf(format string, v ...any)  { l.log.Error(fmt.Sprintf(format, v...)) }
-func (l serverLog) Debugf(format string, v ...any)  { l.log.Debug(fmt.Sprintf(format, v...)) }
-func (l serverLog) Tracef(format string, v ...any)  { l.log.Debug(fmt.Sprintf(format, v...)) }
+func (l serverLog) Noticef(format string, v ...any) {
+	msg := fmt.Sprintf(format, v...)
+	if strings.Contains(msg, "Slow Consumer") {
+		l.log.Info(msg)
+		return
+	}
+	l.log.Debug(msg)
+}
+
+func (l serverLog) Warnf(format string, v ...any)  { l.log.Warn(fmt.Sprintf(format, v...)) }
+func (l serverLog) Errorf(format string, v ...any) { l.log.Error(fmt.Sprintf(format, v...)) }
+func (l serverLog) Debugf(format string, v ...any) { l.log.Debug(fmt.Sprintf(format, v...)) }
+func (l serverLog) Tracef(format string, v ...any) { l.log.Debug(fmt.Sprintf(format, v...)) }
 
 // Fatalf logs at Error level. The embedded server calls it on conditions
 // it cannot survive; it must not exit the process, so Close handles them.

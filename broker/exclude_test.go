@@ -26,7 +26,7 @@ func TestPublishExcept(t *testing.T) {
 		// From a, except a member on b; from b, except a member on a.
 		for i, except := range []int{2, 1} {
 			pub := []*Broker{a, b}[i]
-			if _, err := pub.GroupPublishExcept(group, []byte(fmt.Sprint(i)), "", names[except]); err != nil {
+			if _, err := pub.GroupPublishWith(group, []byte(fmt.Sprint(i)), PublishOptions{Except: names[except]}); err != nil {
 				t.Fatal(err)
 			}
 			for j, r := range inboxes {
@@ -41,7 +41,7 @@ func TestPublishExcept(t *testing.T) {
 		inboxes[1].none(t, 50*time.Millisecond) // got 0, not 1
 		inboxes[2].none(t, 50*time.Millisecond) // got 1, not 0
 	}
-	if _, err := a.GroupPublishExcept("plain", []byte(`1`), "", "not a channel"); !errors.Is(err, ErrInvalidChannel) {
+	if _, err := a.GroupPublishWith("plain", []byte(`1`), PublishOptions{Except: "not a channel"}); !errors.Is(err, ErrInvalidChannel) {
 		t.Fatalf("bad channel: %v", err)
 	}
 }

@@ -133,8 +133,16 @@ type stream struct {
 type history struct {
 	down atomic.Bool // the streams could not be read at the last check
 
-	nc      *nats.Conn
-	js      nats.JetStreamContext
+	nc *nats.Conn
+	js nats.JetStreamContext
+	// reads is a connection of its own for reading history, so that
+	// replays, however large, never queue ahead of live messages on nc,
+	// nor get nc cut as a slow consumer; rjs is its JetStream context.
+	reads       *nats.Conn
+	rjs         nats.JetStreamContext
+	readsClosed chan struct{}
+	turns       chan struct{} // one per history read running: Config.MaxReplays
+
 	rules   []PolicyRule
 	streams map[Policy]*stream
 	size    int
@@ -162,6 +170,26 @@ func newHistory(b *Broker, h *history) error {
 	if err != nil {
 		return fmt.Errorf("broker: JetStream: %w", err)
 	}
+	h.readsClosed = make(chan struct{})
+	h.reads, err = dial(cfg, b.ns, "history", []nats.Option{
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				b.log.Warn("NATS history reads disconnected", "error", err)
+			}
+		}),
+		nats.ReconnectHandler(func(*nats.Conn) { b.log.Info("NATS history reads reconnected") }),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			b.log.Error("NATS history reads error", "error", err)
+		}),
+		nats.ClosedHandler(func(*nats.Conn) { close(h.readsClosed) }),
+	})
+	if err != nil {
+		return err
+	}
+	if h.rjs, err = h.reads.JetStream(); err != nil {
+		return fmt.Errorf("broker: JetStream: %w", err)
+	}
+	h.turns = make(chan struct{}, cfg.MaxReplays)
 	h.nc, h.js, h.rules, h.streams = b.nc, js, cfg.Policies, make(map[Policy]*stream)
 	h.size, h.ttl, h.dedup, h.memory, h.reps = cfg.HistorySize, cfg.HistoryTTL, cfg.DedupWindow, !cfg.FileStore, cfg.Replicas
 	h.region = cfg.HistoryRegion
@@ -199,6 +227,37 @@ func newHistory(b *Broker, h *history) error {
 		}
 	}
 	return nil
+}
+
+// close closes the reads connection, once New made it.
+func (h *history) close() {
+	if h == nil || h.reads == nil {
+		return
+	}
+	h.reads.Close()
+	<-h.readsClosed
+}
+
+// replayWait bounds how long a history read waits for a turn.
+const replayWait = time.Second
+
+// replayBatchBytes bounds the bytes one batched direct get asks for (the
+// server sends at least one message, whatever its size).
+const replayBatchBytes = 512 << 10
+
+// turn waits, at most replayWait or until ctx ends, for one of the
+// Config.MaxReplays turns to read history, and returns its release.
+func (h *history) turn(ctx context.Context) (release func(), err error) {
+	t := time.NewTimer(replayWait)
+	defer t.Stop()
+	select {
+	case h.turns <- struct{}{}:
+		return func() { <-h.turns }, nil
+	case <-t.C:
+		return nil, fmt.Errorf("%w: too many history reads at once", ErrUnavailable)
+	case <-ctx.Done():
+		return nil, fmt.Errorf("%w: %v", ErrUnavailable, ctx.Err())
+	}
 }
 
 // policyFilter maps a policy pattern onto the subject filter of its
@@ -444,8 +503,11 @@ func messageExt(seq uint64, epoch string) []byte {
 // replay sends a member the kept messages of g after since (or, for a
 // latest group, the newest one) in chunks of whole frames, and reports
 // the last offset sent. It reads at least up to after, the group's last
-// live offset before the member joined (later ones are held for it).
-func (b *Broker) replay(ctx context.Context, s *stream, g *group, r Receiver, since *Since, after uint64) (Recovery, uint64, error) {
+// live offset before the member joined (later ones are held for it). It
+// waits for a turn to read (see history.turn), and stops, with
+// ErrUnavailable, once gone reports that the member left or takes no more
+// frames.
+func (b *Broker) replay(ctx context.Context, s *stream, g *group, r Receiver, since *Since, after uint64, gone func() bool) (Recovery, uint64, error) {
 	h := b.history
 	subject := b.groupPrefix + g.name
 	read, epoch := s.reading()
@@ -459,10 +521,18 @@ func (b *Broker) replay(ctx context.Context, s *stream, g *group, r Receiver, si
 		return Recovery{}, 0, nil
 	case since.Epoch != epoch:
 		return Recovery{}, 0, nil // history was reset: the client reloads
+	}
+	release, err := h.turn(ctx)
+	if err != nil {
+		return Recovery{}, 0, err
+	}
+	defer release()
+	switch {
+	case s.policy == Latest:
 	case since.Offset == 0:
 		start = 1 // what is kept; not known to be all
 	default:
-		kept, err := h.js.GetMsg(read, since.Offset, nats.DirectGet())
+		kept, err := h.rjs.GetMsg(read, since.Offset, nats.DirectGet())
 		if err != nil || kept.Subject != subject {
 			// The window no longer holds the offset: something after it
 			// may be gone too.
@@ -482,18 +552,24 @@ func (b *Broker) replay(ctx context.Context, s *stream, g *group, r Receiver, si
 		start = until
 	}
 	var chunk []byte
-	flush := func() {
+	stopped := false
+	flush := func() bool {
 		if len(chunk) > 0 {
+			if gone() {
+				stopped = true
+				return false
+			}
 			r.Receive(chunk)
 			chunk = nil
 		}
+		return true
 	}
 	last := start - 1
 	err = h.readKept(ctx, read, subject, start, until, func(seq uint64, msg *nats.Msg) bool {
 		frame, err := appendFrameExt(nil, `{"type":"message","group":"`, g.name, originRegion(msg), messageExt(seq, epoch), msg.Data)
 		if err == nil {
-			if len(chunk)+1+len(frame) > 64<<10 {
-				flush()
+			if len(chunk)+1+len(frame) > 64<<10 && !flush() {
+				return false
 			}
 			if len(chunk) > 0 {
 				chunk = append(chunk, '\n')
@@ -504,7 +580,12 @@ func (b *Broker) replay(ctx context.Context, s *stream, g *group, r Receiver, si
 		last = seq
 		return rec.Replayed < h.size
 	})
-	flush()
+	if err == nil && !stopped {
+		flush()
+	}
+	if stopped {
+		return rec, last, fmt.Errorf("%w: the member takes no more frames", ErrUnavailable)
+	}
 	if err != nil {
 		return rec, last, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
@@ -515,9 +596,9 @@ func (b *Broker) replay(ctx context.Context, s *stream, g *group, r Receiver, si
 // none). It asks the stream's leader, and any copy when the leader cannot
 // answer, as while JetStream has no meta leader.
 func (h *history) newest(stream, subject string) (uint64, error) {
-	m, err := h.js.GetLastMsg(stream, subject)
+	m, err := h.rjs.GetLastMsg(stream, subject)
 	if err != nil && !errors.Is(err, nats.ErrMsgNotFound) {
-		m, err = h.js.GetLastMsg(stream, subject, nats.DirectGet())
+		m, err = h.rjs.GetLastMsg(stream, subject, nats.DirectGet())
 	}
 	if errors.Is(err, nats.ErrMsgNotFound) {
 		return 0, nil
@@ -536,27 +617,28 @@ const directBatch = 1024
 // It reads with batched direct gets, which any server holding the stream
 // answers without a consumer: reads need neither JetStream's meta leader
 // (gone with its region, until another is elected) nor a consumer's
-// creation and removal. A server that answers from a copy that is behind
-// is asked again, until until is reached or ctx (2 s without a deadline)
-// runs out.
+// creation and removal. Each batch asks for at most replayBatchBytes, and
+// the next is asked for once it is in, so that a read never has more in
+// flight. A server that answers from a copy that is behind is asked
+// again, until until is reached or ctx (2 s without a deadline) runs out.
 func (h *history) readKept(ctx context.Context, stream, subject string, start, until uint64, fn func(seq uint64, msg *nats.Msg) bool) error {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, 2*time.Second)
 		defer cancel()
 	}
-	inbox := h.nc.NewInbox()
-	sub, err := h.nc.SubscribeSync(inbox)
+	inbox := h.reads.NewInbox()
+	sub, err := h.reads.SubscribeSync(inbox)
 	if err != nil {
 		return err
 	}
 	defer sub.Unsubscribe()
 	for start <= until {
-		req := fmt.Appendf(nil, `{"seq":%d,"next_by_subj":%q,"batch":%d}`, start, subject, directBatch)
-		if err := h.nc.PublishRequest("$JS.API.DIRECT.GET."+stream, inbox, req); err != nil {
+		req := fmt.Appendf(nil, `{"seq":%d,"next_by_subj":%q,"batch":%d,"max_bytes":%d}`, start, subject, directBatch, replayBatchBytes)
+		if err := h.reads.PublishRequest("$JS.API.DIRECT.GET."+stream, inbox, req); err != nil {
 			return err
 		}
-		got := 0
+		var pending uint64 // messages left after the batch, as its end says
 	batch:
 		for {
 			msg, err := sub.NextMsgWithContext(ctx)
@@ -569,7 +651,7 @@ func (h *history) readKept(ctx context.Context, stream, subject string, start, u
 				if err != nil || seq < start {
 					return fmt.Errorf("direct get from %s: a message without a valid sequence", stream)
 				}
-				start, got = seq+1, got+1
+				start = seq + 1
 				if seq > until {
 					return nil
 				}
@@ -577,12 +659,13 @@ func (h *history) readKept(ctx context.Context, stream, subject string, start, u
 					return nil
 				}
 			case "204", "404": // the end of the batch, or nothing from start on
+				pending, _ = strconv.ParseUint(msg.Header.Get("Nats-Num-Pending"), 10, 64)
 				break batch
 			default:
 				return fmt.Errorf("direct get from %s: %s %s", stream, status, msg.Header.Get("Description"))
 			}
 		}
-		if start <= until && got < directBatch {
+		if start <= until && pending == 0 {
 			// Answered from a copy that has not caught up yet.
 			select {
 			case <-ctx.Done():
@@ -609,6 +692,11 @@ func (b *Broker) History(ctx context.Context, group string, since uint64, limit 
 	if s == nil {
 		return nil, "", ErrNoHistory
 	}
+	release, err := b.history.turn(ctx)
+	if err != nil {
+		return nil, "", err
+	}
+	defer release()
 	read, epoch := s.reading()
 	newest, err := b.history.newest(read, b.groupPrefix+group)
 	if err != nil {

@@ -100,12 +100,23 @@ const (
 )
 
 // heartbeat is a node's message on <prefix>.presence.nodes: the presence
-// groups where it has members; Bye when it is closing.
+// groups where it has members; Bye when it is closing. A list too large
+// for one NATS message goes in Parts messages, Part 0 first: each keeps
+// the node alive, and the list counts (for the groups it left) once the
+// last is in.
 type heartbeat struct {
 	Node   string   `json:"node"`
 	Region string   `json:"region,omitempty"`
 	Groups []string `json:"groups"`
 	Bye    bool     `json:"bye,omitempty"`
+	Part   int      `json:"part,omitempty"`
+	Parts  int      `json:"parts,omitempty"`
+}
+
+// heartbeatParts is a split heartbeat being put together.
+type heartbeatParts struct {
+	next   int
+	groups []string
 }
 
 // presenceEvent is a message on <prefix>.presence.events.<group>.
@@ -145,9 +156,11 @@ type presence struct {
 	wg       sync.WaitGroup
 
 	mu      sync.Mutex
-	groups  map[string]*pgroup // presence groups with local members
-	peers   map[string]*peer   // other live nodes, by id
-	pending map[string]bool    // groups queued for a resync
+	groups  map[string]*pgroup         // presence groups with local members
+	peers   map[string]*peer           // other live nodes, by id
+	pending map[string]bool            // groups queued for a resync
+	parts   map[string]*heartbeatParts // split heartbeats, by node
+	max     int                        // Config.MaxPresenceGroups
 	closed  bool
 }
 
@@ -171,11 +184,13 @@ type peer struct {
 // the leave events of a node that dies).
 type pgroup struct {
 	name          string
-	local         map[string]*plocal           // by channel
-	listeners     map[string]*plocal           // those of local that asked for events
-	users         map[string]int               // user -> its connections here and on the nodes known
-	remote        map[string]map[string]remote // node -> channel -> member
-	gone          map[string]uint64            // channel -> gen of its leave, while a resync runs
+	local         map[string]*plocal            // by channel
+	listeners     map[string]*plocal            // those of local that asked for events
+	users         map[string]int                // user -> its connections here and on the nodes known
+	localUsers    map[string]map[string]*plocal // user -> its local members, by channel
+	anonymous     int                           // local members without a user
+	remote        map[string]map[string]remote  // node -> channel -> member
+	gone          map[string]uint64             // channel -> gen of its leave, while a resync runs
 	gen           uint64
 	syncing       bool
 	events, query *nats.Subscription
@@ -213,6 +228,75 @@ func (g *pgroup) count(m Member, n int) bool {
 	return n > 0 && c == 1
 }
 
+// addLocal and removeLocal keep the per-user counts of local members.
+func (g *pgroup) addLocal(l *plocal) {
+	if l.m.User == "" {
+		g.anonymous++
+		return
+	}
+	conns := g.localUsers[l.m.User]
+	if conns == nil {
+		conns = make(map[string]*plocal)
+		g.localUsers[l.m.User] = conns
+	}
+	conns[l.m.Channel] = l
+}
+
+func (g *pgroup) removeLocal(l *plocal) {
+	if l.m.User == "" {
+		g.anonymous--
+		return
+	}
+	conns := g.localUsers[l.m.User]
+	if delete(conns, l.m.Channel); len(conns) == 0 {
+		delete(g.localUsers, l.m.User)
+	}
+}
+
+// localByUser returns the first limit local entries folded by user, in
+// member order (anonymous members are one entry each), without folding
+// every member: each user's entry is its first channel, with Channels
+// its count.
+func (g *pgroup) localByUser(limit int) []Member {
+	out := make([]Member, 0, min(limit, len(g.localUsers)+g.anonymous))
+	less := func(a, b Member) bool { return a.User < b.User || a.User == b.User && a.Channel < b.Channel }
+	keep := func(m Member) { // out stays sorted and at most limit long
+		if len(out) == limit && !less(m, out[len(out)-1]) {
+			return
+		}
+		i, _ := slices.BinarySearchFunc(out, m, func(a, b Member) int {
+			return cmp.Or(cmp.Compare(a.User, b.User), cmp.Compare(a.Channel, b.Channel))
+		})
+		if len(out) == limit {
+			out = out[:len(out)-1]
+		}
+		out = slices.Insert(out, i, m)
+	}
+	if g.anonymous > 0 {
+		for _, l := range g.local {
+			if l.m.User == "" {
+				m := l.m
+				m.Channels = 1
+				keep(m)
+			}
+		}
+	}
+	for user, conns := range g.localUsers {
+		if len(out) == limit && user >= out[len(out)-1].User {
+			continue
+		}
+		var first Member
+		for _, l := range conns {
+			if first.Channel == "" || l.m.Channel < first.Channel {
+				first = l.m
+			}
+		}
+		first.Channels = len(conns)
+		keep(first)
+	}
+	return out
+}
+
 // remote is a member on another node, with the gen it was learnt at.
 type remote struct {
 	m   Member
@@ -233,6 +317,8 @@ func newPresence(b *Broker) (*presence, error) {
 		groups:   make(map[string]*pgroup),
 		peers:    make(map[string]*peer),
 		pending:  make(map[string]bool),
+		parts:    make(map[string]*heartbeatParts),
+		max:      b.cfg.MaxPresenceGroups,
 	}
 	var err error
 	if p.nodes, err = b.nc.ChanSubscribe(p.prefix+"nodes", p.in); err != nil {
@@ -296,8 +382,12 @@ func (b *Broker) PresenceAdd(group, channel, user string, info json.RawMessage, 
 	}
 	g := p.groups[group]
 	fresh := g == nil
+	if fresh && len(p.groups) >= p.max {
+		p.mu.Unlock()
+		return fmt.Errorf("%w: this node has members in %d presence groups, the most it tracks", ErrUnavailable, p.max)
+	}
 	if fresh {
-		g = &pgroup{name: group, local: make(map[string]*plocal), listeners: make(map[string]*plocal), users: make(map[string]int), remote: make(map[string]map[string]remote), gone: make(map[string]uint64)}
+		g = &pgroup{name: group, local: make(map[string]*plocal), listeners: make(map[string]*plocal), users: make(map[string]int), localUsers: make(map[string]map[string]*plocal), remote: make(map[string]map[string]remote), gone: make(map[string]uint64)}
 		var err error
 		if g.events, err = b.nc.ChanSubscribe(p.prefix+"events."+group, p.in); err == nil {
 			if g.query, err = b.nc.ChanSubscribe(p.prefix+"query."+group, p.in); err != nil {
@@ -318,6 +408,7 @@ func (b *Broker) PresenceAdd(group, channel, user string, info json.RawMessage, 
 	mem := Member{Channel: channel, User: user, Region: b.cfg.Region, Info: info}
 	l := &plocal{m: mem, recv: m.recv}
 	g.local[channel] = l
+	g.addLocal(l)
 	g.listen(channel, l, events)
 	ev := p.encodeEvent(group, "join", mem)
 	g.deliver(ev.event, ev.m, g.count(mem, 1))
@@ -351,6 +442,7 @@ func (p *presence) remove(channel string, groups ...string) {
 			continue
 		}
 		delete(g.local, channel)
+		g.removeLocal(l)
 		delete(g.listeners, channel)
 		ev := p.encodeEvent(group, "leave", l.m)
 		g.deliver(ev.event, ev.m, g.count(l.m, -1))
@@ -446,12 +538,35 @@ func (p *presence) heartbeat(bye bool) {
 			hb.Groups = append(hb.Groups, name)
 		}
 	}
-	data, _ := json.Marshal(hb)
-	if int64(len(data)) > p.b.nc.MaxPayload() {
-		p.b.log.Warn("presence heartbeat over NATS' maximum payload: too many presence groups here", "groups", len(hb.Groups))
-		return
+	for _, data := range splitHeartbeat(hb, int(p.b.nc.MaxPayload())) {
+		p.publish(p.prefix+"nodes", data)
 	}
-	p.publish(p.prefix+"nodes", data)
+}
+
+// splitHeartbeat encodes hb in as few messages of at most max bytes as
+// hold its groups (group names are short: MaxGroupLen).
+func splitHeartbeat(hb heartbeat, max int) [][]byte {
+	data, _ := json.Marshal(hb)
+	if len(data) <= max {
+		return [][]byte{data}
+	}
+	head, _ := json.Marshal(heartbeat{Node: hb.Node, Region: hb.Region, Groups: []string{}, Part: 1 << 20, Parts: 1 << 20})
+	budget := max - len(head)
+	var lists [][]string
+	var list []string
+	size := 0
+	for _, g := range hb.Groups {
+		if size+len(g)+3 > budget && len(list) > 0 {
+			lists, list, size = append(lists, list), nil, 0
+		}
+		list, size = append(list, g), size+len(g)+3 // quotes and a comma
+	}
+	lists = append(lists, list)
+	out := make([][]byte, len(lists))
+	for i, l := range lists {
+		out[i], _ = json.Marshal(heartbeat{Node: hb.Node, Region: hb.Region, Groups: l, Part: i, Parts: len(lists)})
+	}
+	return out
 }
 
 func (p *presence) handle(msg *nats.Msg) {
@@ -478,8 +593,7 @@ func (p *presence) handle(msg *nats.Msg) {
 		if json.Unmarshal(msg.Data, &req) != nil {
 			return
 		}
-		data, _ := json.Marshal(p.answer(group, req))
-		p.publish(msg.Reply, data)
+		p.publish(msg.Reply, encodeReply(p.answer(group, req), int(p.b.nc.MaxPayload())))
 	}
 }
 
@@ -487,10 +601,32 @@ func (p *presence) onHeartbeat(hb *heartbeat) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if hb.Bye {
+		delete(p.parts, hb.Node)
 		p.dropLocked(hb.Node)
 		return
 	}
 	prev := p.peers[hb.Node]
+	if hb.Parts > 1 {
+		if prev != nil {
+			prev.seen = time.Now() // alive, whatever the rest says
+		}
+		acc := p.parts[hb.Node]
+		if hb.Part == 0 {
+			acc = &heartbeatParts{}
+			p.parts[hb.Node] = acc
+		}
+		if acc == nil || hb.Part != acc.next {
+			delete(p.parts, hb.Node) // a part went missing: wait for the next round
+			return
+		}
+		acc.next++
+		acc.groups = append(acc.groups, hb.Groups...)
+		if acc.next < hb.Parts {
+			return
+		}
+		delete(p.parts, hb.Node)
+		hb.Groups = acc.groups
+	}
 	if prev == nil {
 		p.b.log.Debug("presence: node seen", "peer", hb.Node, "groups", len(hb.Groups))
 	}
@@ -583,6 +719,7 @@ func (g *pgroup) dropNode(_ *presence, node string) {
 // dropLocked forgets a node altogether. p.mu is held.
 func (p *presence) dropLocked(node string) {
 	delete(p.peers, node)
+	delete(p.parts, node)
 	for _, g := range p.groups {
 		g.dropNode(p, node)
 	}
@@ -612,9 +749,11 @@ func (p *presence) answer(group string, req presenceRequest) presenceReply {
 	}
 	limit := min(max(req.Limit, 0), maxSyncMembers)
 	if req.ByUser {
-		folded := foldByUser(g.localMembers(-1))
-		r.Count = len(folded)
-		r.Members, r.Truncated = folded[:min(len(folded), maxSyncMembers)], len(folded) > maxSyncMembers
+		r.Count = len(g.localUsers) + g.anonymous
+		if limit > 0 {
+			r.Members = g.localByUser(limit)
+			r.Truncated = len(r.Members) < r.Count
+		}
 		return r
 	}
 	r.Count = len(g.local)
@@ -623,6 +762,18 @@ func (p *presence) answer(group string, req presenceRequest) presenceReply {
 		r.Truncated = len(r.Members) < r.Count
 	}
 	return r
+}
+
+// encodeReply encodes r in at most max bytes, listing fewer members
+// (Truncated) when all of them do not fit.
+func encodeReply(r presenceReply, max int) []byte {
+	for {
+		data, _ := json.Marshal(r)
+		if len(data) <= max || len(r.Members) == 0 {
+			return data
+		}
+		r.Members, r.Truncated = r.Members[:len(r.Members)/2], true
+	}
 }
 
 // localMembers returns up to limit (-1: all) local members, sorted.

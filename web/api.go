@@ -37,7 +37,7 @@ func (s *Server) publishGroup(c echo.Context) error {
 	}
 	var receipt broker.Receipt
 	err := s.publish(c, "api", func(body []byte) (err error) {
-		receipt, err = s.broker.GroupPublishExcept(group, body, key, except)
+		receipt, err = s.broker.GroupPublishWith(group, body, broker.PublishOptions{Key: key, Except: except})
 		return err
 	})
 	if err != nil {
@@ -201,7 +201,7 @@ func (s *Server) publishBatch(c echo.Context) error {
 		case m.Exclude != "" && m.Group == "":
 			err = refuse(CodeInvalidData, `"exclude" is for group messages`)
 		case m.Group != "":
-			receipt, err = s.broker.GroupPublishExcept(m.Group, m.Data, m.IdempotencyKey, m.Exclude)
+			receipt, err = s.broker.GroupPublishWith(m.Group, m.Data, broker.PublishOptions{Key: m.IdempotencyKey, Except: m.Exclude})
 		case m.IdempotencyKey != "":
 			err = broker.ErrIdempotencyUnsupported
 		default:

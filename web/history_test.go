@@ -222,9 +222,14 @@ func TestLatestAndIdempotencyAndHistory(t *testing.T) {
 		t.Fatalf("retry got another offset: %v", offsets)
 	}
 	readKept(t, c, 1)
-	if m := c.Call(map[string]any{"type": "send", "group": "chat.orders", "data": 1, "idempotency_key": "order-7"}); m["duplicate"] != true {
-		t.Fatalf("client send with the same key: %v", m)
+	// A client's keys are its own: the backend's key does not swallow its
+	// send, and its own retry is the duplicate.
+	for _, dup := range []bool{false, true} {
+		if m := c.Call(map[string]any{"type": "send", "group": "chat.orders", "data": 1, "idempotency_key": "order-7"}); m["duplicate"] != dup {
+			t.Fatalf("client send with the backend's key: %v, want duplicate %v", m, dup)
+		}
 	}
+	readKept(t, c, 1)
 	if status, body := e.post("/api/groups/plain/messages", `1`, "Idempotency-Key", "k"); status != http.StatusBadRequest {
 		t.Fatalf("key on an at-most-once group: %d %s", status, body)
 	}
@@ -243,7 +248,7 @@ func TestLatestAndIdempotencyAndHistory(t *testing.T) {
 	}
 	json.NewDecoder(resp.Body).Decode(&h)
 	resp.Body.Close()
-	if resp.StatusCode != 200 || h.Epoch == "" || len(h.Messages) != 1 || string(h.Messages[0].Data) != `{"order":7}` {
+	if resp.StatusCode != 200 || h.Epoch == "" || len(h.Messages) != 2 || string(h.Messages[0].Data) != `{"order":7}` || string(h.Messages[1].Data) != `1` {
 		t.Fatalf("history: %d %+v", resp.StatusCode, h)
 	}
 	for path, want := range map[string]int{"/api/groups/plain/history": 404, "/api/groups/chat.orders/history?limit=5000": 400} {

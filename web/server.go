@@ -39,7 +39,7 @@ type Broker interface {
 	GroupAdd(ctx context.Context, group, channel string) error
 	GroupJoin(ctx context.Context, group, channel string, since *broker.Since) (broker.Recovery, error)
 	GroupPublish(group string, data []byte, idempotencyKey string) (broker.Receipt, error)
-	GroupPublishExcept(group string, data []byte, idempotencyKey, except string) (broker.Receipt, error)
+	GroupPublishWith(group string, data []byte, o broker.PublishOptions) (broker.Receipt, error)
 	History(ctx context.Context, group string, since uint64, limit int) ([]broker.HistoryMessage, string, error)
 	GroupDiscard(group, channel string) error
 	GroupSend(group string, data []byte) error

@@ -141,6 +141,10 @@ func (s *session) Receive(frame []byte) {
 	}
 }
 
+// Closing implements broker.ClosingReceiver: a closing connection, say a
+// slow consumer's, takes no more frames, so a replay to it stops.
+func (s *session) Closing() bool { return s.out.isClosing() }
+
 // ReceiveNow implements broker.ImmediateReceiver: when the connection has
 // nothing queued and no writer, it writes the frame on the caller's
 // goroutine, as much as the socket takes without blocking; a writer is
@@ -520,7 +524,8 @@ func (s *session) dispatch(f *clientFrame) error {
 		if f.Echo != nil && !*f.Echo {
 			except = s.channel
 		}
-		receipt, err := s.srv.broker.GroupPublishExcept(r.Group, r.Data, f.IdempotencyKey, except)
+		receipt, err := s.srv.broker.GroupPublishWith(r.Group, r.Data, broker.PublishOptions{
+			Source: broker.FromClient, Key: f.IdempotencyKey, Except: except})
 		if err != nil {
 			return err
 		}

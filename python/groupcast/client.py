@@ -131,12 +131,16 @@ class _API:
 
     # The requests.
 
-    def _publish(self, group: str, data: Any, idempotency_key: str | None) -> _Call:
+    def _publish(self, group: str, data: Any, idempotency_key: str | None, exclude: str | None = None) -> _Call:
         _group(group)
         if idempotency_key is None and self.policies.keeps_history(group):
             idempotency_key = uuid.uuid4().hex
-        return _Call("POST", f"/api/groups/{group}/messages", _dumps(data),
-                     {"Idempotency-Key": idempotency_key} if idempotency_key else None, idempotency_key is not None)
+        headers = {}
+        if idempotency_key:
+            headers["Idempotency-Key"] = idempotency_key
+        if exclude is not None:
+            headers["Groupcast-Exclude"] = _channel(exclude)
+        return _Call("POST", f"/api/groups/{group}/messages", _dumps(data), headers or None, idempotency_key is not None)
 
     def _send(self, channel: str, data: Any) -> _Call:
         return _Call("POST", f"/api/channels/{_channel(channel)}/messages", _dumps(data))
@@ -149,6 +153,8 @@ class _API:
                 _group(m["group"])
                 if "idempotency_key" not in m and self.policies.keeps_history(m["group"]):
                     m["idempotency_key"] = uuid.uuid4().hex
+                if "exclude" in m:
+                    _channel(m["exclude"])
             elif "channel" in m:
                 _channel(m["channel"])
             else:
@@ -252,11 +258,13 @@ class Client(_API):
             time.sleep(delay)
             attempt += 1
 
-    def publish(self, group: str, data: Any, *, idempotency_key: str | None = None) -> dict[str, Any]:
-        """Publishes data (any JSON value) to every member of group. In a
-        group that keeps history a key is made when none is given, and the
-        answer carries ``offset``, ``epoch`` and ``duplicate``."""
-        return self._run(self._publish(group, data, idempotency_key))
+    def publish(self, group: str, data: Any, *, idempotency_key: str | None = None,
+                exclude: str | None = None) -> dict[str, Any]:
+        """Publishes data (any JSON value) to every member of group but the
+        connection ``exclude`` (a channel name), if given. In a group that
+        keeps history a key is made when none is given, and the answer
+        carries ``offset``, ``epoch`` and ``duplicate``."""
+        return self._run(self._publish(group, data, idempotency_key, exclude))
 
     def send(self, channel: str, data: Any) -> dict[str, Any]:
         """Sends data to the one connection whose channel name is channel."""
@@ -316,9 +324,10 @@ class AsyncClient(_API):
             await asyncio.sleep(delay)
             attempt += 1
 
-    async def publish(self, group: str, data: Any, *, idempotency_key: str | None = None) -> dict[str, Any]:
+    async def publish(self, group: str, data: Any, *, idempotency_key: str | None = None,
+                      exclude: str | None = None) -> dict[str, Any]:
         """See :meth:`Client.publish`."""
-        return await self._run(self._publish(group, data, idempotency_key))
+        return await self._run(self._publish(group, data, idempotency_key, exclude))
 
     async def send(self, channel: str, data: Any) -> dict[str, Any]:
         """See :meth:`Client.send`."""

@@ -41,6 +41,15 @@ def test_publish_send_and_membership_reach_a_socket(server: GroupcastServer) -> 
             api.publish("room.b", 3)
             assert await ws.receive_nothing()
 
+            async with await WebsocketClient.connect(server.ws_url, token=tok) as other:
+                await other.join("room.a")
+                api.publish("room.a", "not you", exclude=ws.channel)
+                assert (await other.receive_message())["data"] == "not you"
+                assert await ws.receive_nothing()
+                api.publish_batch([{"group": "room.a", "data": "nor you", "exclude": other.channel}])
+                assert (await ws.receive_message())["data"] == "nor you"
+                assert await other.receive_nothing()
+
             r = api.publish_batch([{"group": "room.a", "data": "x"}, {"channel": ws.channel, "data": "y"},
                                    {"group": "room.a", "data": "z"}])
             assert r["ok"] and len(r["results"]) == 3

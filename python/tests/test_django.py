@@ -97,6 +97,10 @@ def test_join_send_receive_and_a_failing_view(gc: GroupcastServer) -> None:
             assert e.value.code == "spam"
 
             assert await ws.call("whoami") == {"user": "ada", "channel": ws.channel}
+            await staff.join("room.a")
+            assert await ws.call("shout", group="room.a", text="to the others") == "sent"
+            assert (await staff.receive_message())["data"] == {"type": "shout", "text": "to the others"}
+            assert await ws.receive_nothing()
             with pytest.raises(GroupcastError) as e:
                 await ws.call("boom")  # the view raised: a refusal, not a hanging socket
             assert e.value.code == "server_error"

@@ -112,6 +112,14 @@ class Consumer:
         """Makes this connection leave group."""
         async_to_sync(self.channel_layer.group_discard)(group, self._channel())
 
+    def group_send_others(self, group: str, message: dict[str, Any]) -> None:
+        """Publishes message to every member of group but this connection
+        (Channels' broadcast to the others); needs GroupcastChannelLayer."""
+        client = getattr(self.channel_layer, "client", None)
+        if client is None:
+            raise RuntimeError("group_send_others needs groupcast.layers.GroupcastChannelLayer")
+        async_to_sync(client.publish)(group, message, exclude=self._channel())
+
     def send_json(self, content: Any) -> None:
         """Sends content to this connection alone (a direct message)."""
         async_to_sync(self.channel_layer.send)(self._channel(), content)

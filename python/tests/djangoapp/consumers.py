@@ -32,6 +32,9 @@ class RoomConsumer(Consumer):
     def receive(self, content: dict[str, Any]) -> Any:
         if content.get("type") == "whoami":
             return {"user": self.user.username, "channel": self.channel_name}
+        if content.get("type") == "shout":
+            self.group_send_others(content["group"], {"type": "shout", "text": content.get("text")})
+            return "sent"
         if content.get("type") == "boom":
             raise RuntimeError("a bug in the consumer")
         return super().receive(content)

@@ -68,6 +68,7 @@ func classify(err error) (code, message string, status int) {
 	return code, message, httpStatus(code)
 }
 
+// httpStatus is the HTTP status of a refusal with code.
 func httpStatus(code string) int {
 	switch code {
 	case CodeInvalidJSON, CodeInvalidFrame, CodeUnknownType, CodeInvalidType, CodeInvalidGroup, CodeInvalidChan, CodeInvalidData:
@@ -84,8 +85,11 @@ func httpStatus(code string) int {
 		return http.StatusUnauthorized
 	case CodeNotFound:
 		return http.StatusNotFound
+	case CodeInternal:
+		return http.StatusInternalServerError
 	}
-	return http.StatusInternalServerError
+	// A code of the application's own, from a hook or a Consumer: a refusal.
+	return http.StatusForbidden
 }
 
 // clientFrame is one frame from a client. Unknown fields are ignored.

@@ -448,3 +448,17 @@ func TestHookBadAnswers(t *testing.T) {
 		}
 	}
 }
+
+// TestConnectRefusedWithOwnCode: a connect hook that refuses with a code of
+// the application's own is a refusal (403, the code in the body), not a
+// server error.
+func TestConnectRefusedWithOwnCode(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, `{"error":{"code":"login_required","message":"log in first"}}`)
+	}))
+	defer backend.Close()
+	e := newEnv(t, "", &Config{Hooks: HookConfig{ConnectURL: backend.URL}})
+	if status, body := e.dialStatus("", nil); status != http.StatusForbidden || !strings.Contains(body, "login_required") {
+		t.Errorf("connect refused with the application's code: %d %s, want 403 login_required", status, body)
+	}
+}

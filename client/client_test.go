@@ -19,6 +19,7 @@ import (
 
 	"github.com/groupcast/groupcast/client"
 	"github.com/groupcast/groupcast/internal/natstest"
+	"github.com/groupcast/groupcast/internal/wstest"
 	"github.com/groupcast/groupcast/web"
 )
 
@@ -424,40 +425,13 @@ func TestRejoinResumesFromOffset(t *testing.T) {
 // asking for reconnects spread over 1 s come back at random moments over
 // that second, not together.
 func TestReconnectSpread(t *testing.T) {
-	const n, within = 20, time.Second
-	var mu sync.Mutex
-	closed, back := map[string]time.Time{}, map[string]time.Time{}
-	done := make(chan struct{})
-	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		conn, err := websocket.Accept(w, r, nil)
-		if err != nil {
-			return
-		}
-		defer conn.CloseNow()
-		id := r.URL.Query().Get("c")
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := conn.Write(ctx, websocket.MessageText, []byte(`{"type":"welcome","channel":"n.`+id+`","node":"n","region":""}`)); err != nil {
-			return
-		}
-		mu.Lock()
-		_, again := closed[id]
-		if !again {
-			closed[id] = time.Now()
-		} else if _, ok := back[id]; !ok {
-			back[id] = time.Now()
-		}
-		mu.Unlock()
-		if !again {
-			conn.Close(websocket.StatusServiceRestart, fmt.Sprintf("server restart reconnect_within_ms=%d", within.Milliseconds()))
-			return
-		}
-		<-done
-	}))
+	const n = 20
+	closes := wstest.NewPlannedCloses("server restart reconnect_within_ms=1000")
+	hs := httptest.NewServer(closes)
 	defer hs.Close()
 	var clients []*client.Client
 	defer func() {
-		close(done) // the server lets go first: Close then needs no handshake timeout
+		closes.Stop() // the server lets go first: Close then needs no handshake timeout
 		for _, c := range clients {
 			c.Close()
 		}
@@ -470,20 +444,5 @@ func TestReconnectSpread(t *testing.T) {
 		}
 		clients = append(clients, c)
 	}
-	natstest.WaitFor(t, 5*time.Second, func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(back) == n
-	})
-	mu.Lock()
-	var delays []time.Duration
-	for id, at := range back {
-		delays = append(delays, at.Sub(closed[id]))
-	}
-	mu.Unlock()
-	slices.Sort(delays)
-	t.Logf("%d reconnects %v to %v after their close", n, delays[0].Round(time.Millisecond), delays[n-1].Round(time.Millisecond))
-	if delays[n-1] > within+300*time.Millisecond || delays[n-1]-delays[0] < within*2/5 {
-		t.Fatalf("reconnect delays %v, want spread over %v", delays, within)
-	}
+	wstest.CheckSpread(t, closes.Delays(t, n), time.Second)
 }

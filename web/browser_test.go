@@ -14,14 +14,11 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/chromedp/chromedp"
-	"github.com/coder/websocket"
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/groupcast/groupcast/broker"
@@ -49,83 +46,23 @@ func TestBrowser(t *testing.T) {
 // asking for reconnects spread over 2 s: they come back at random
 // moments over those 2 s, not together.
 func testBrowserReconnectSpread(t *testing.T, browser context.Context) {
-	delays := spreadServer(t, 2000, func(hs *httptest.Server) {
-		p := openPage(t, browser, hs.URL+"/")
-		eval[bool](p, `import("/client.js").then((m) => {
-			window.clients = Array.from({ length: 20 }, (_, i) => m.connect("/ws?c=" + i));
-			return true;
-		})`)
-	}, 20)
-	checkSpread(t, delays, 2*time.Second)
-}
-
-// spreadServer serves /client.js and a WebSocket endpoint that closes each
-// client's (?c=) first connection with 1012 and reconnect_within_ms, and
-// keeps its second. start makes n clients connect; spreadServer returns
-// how long after its close each one came back.
-func spreadServer(t *testing.T, withinMS int, start func(*httptest.Server), n int) []time.Duration {
-	t.Helper()
-	var mu sync.Mutex
-	closed, back := map[string]time.Time{}, map[string]time.Time{}
-	done := make(chan struct{})
+	closes := wstest.NewPlannedCloses("server restart reconnect_within_ms=2000")
 	sub, _ := fs.Sub(static, "static")
 	mux := http.NewServeMux()
 	mux.Handle("/client.js", http.FileServerFS(sub))
 	mux.HandleFunc("/{$}", func(w http.ResponseWriter, _ *http.Request) {
 		io.WriteString(w, "<!doctype html><title>spread</title>")
 	})
-	mux.HandleFunc("/ws", func(w http.ResponseWriter, r *http.Request) {
-		conn, err := websocket.Accept(w, r, nil)
-		if err != nil {
-			return
-		}
-		id := r.URL.Query().Get("c")
-		mu.Lock()
-		_, again := closed[id]
-		if !again {
-			closed[id] = time.Now()
-		} else if _, ok := back[id]; !ok {
-			back[id] = time.Now()
-		}
-		mu.Unlock()
-		if !again {
-			conn.Close(websocket.StatusServiceRestart, fmt.Sprintf("server restart reconnect_within_ms=%d", withinMS))
-			return
-		}
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-		}
-		conn.CloseNow()
-	})
+	mux.Handle("/ws", closes)
 	hs := httptest.NewServer(mux)
 	t.Cleanup(hs.Close)
-	t.Cleanup(func() { close(done) })
-	start(hs)
-	waitFor(t, 10*time.Second, func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(back) == n
-	})
-	mu.Lock()
-	defer mu.Unlock()
-	var delays []time.Duration
-	for id, at := range back {
-		delays = append(delays, at.Sub(closed[id]))
-	}
-	return delays
-}
-
-// checkSpread checks that reconnect delays fall within [0, within] (plus
-// slack) and are spread over most of it.
-func checkSpread(t *testing.T, delays []time.Duration, within time.Duration) {
-	t.Helper()
-	slices.Sort(delays)
-	first, last := delays[0], delays[len(delays)-1]
-	t.Logf("%d reconnects %v to %v after their close", len(delays), first.Round(time.Millisecond), last.Round(time.Millisecond))
-	if last > within+500*time.Millisecond || last-first < within*2/5 {
-		t.Fatalf("reconnect delays %v, want spread over %v", delays, within)
-	}
+	t.Cleanup(closes.Stop)
+	p := openPage(t, browser, hs.URL+"/")
+	eval[bool](p, `import("/client.js").then((m) => {
+		window.clients = Array.from({ length: 20 }, (_, i) => m.connect("/ws?c=" + i));
+		return true;
+	})`)
+	wstest.CheckSpread(t, closes.Delays(t, 20), 2*time.Second)
 }
 
 // Two pages chat through the demo: each sees the other's messages with

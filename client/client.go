@@ -13,7 +13,9 @@
 // the server's code on its error frame. When the connection drops, the
 // client reconnects with jittered exponential backoff (at once after a
 // planned close, 1012 service restart or 1001 going away, and after 4001,
-// an expired token), rejoins its groups, and then reports Connected
+// an expired token; after a random wait up to the close reason's
+// reconnect_within_ms when it gives one, so that a server's drain does not
+// come back as a reconnect wave), rejoins its groups, and then reports Connected
 // again. While it is disconnected, requests wait for the next connection
 // or for their context. With Options.GetToken it fetches a connection
 // token for every connection and refreshes it on the open socket before
@@ -248,6 +250,7 @@ type link struct {
 	early   [][]byte      // objects that came in the welcome's frame, after it
 	done    chan struct{} // closed when the reader ends
 	status  websocket.StatusCode
+	within  time.Duration // the close reason's reconnect_within_ms
 
 	mu      sync.Mutex
 	pending map[string]chan serverFrame // by id
@@ -544,6 +547,7 @@ func (c *Client) run(ctx context.Context, l *link) {
 	defer c.wg.Done()
 	attempt := 0
 	for {
+		var wait time.Duration
 		if l != nil {
 			connected := c.serve(ctx, l)
 			if connected {
@@ -551,7 +555,10 @@ func (c *Client) run(ctx context.Context, l *link) {
 			}
 			switch l.status {
 			case closeServiceRestart, closeGoingAway, closeTokenExpired:
-				attempt = -1 // come back at once
+				attempt = -1 // come back at once, or within the span asked for
+				if l.within > 0 {
+					wait = rand.N(l.within)
+				}
 			}
 			l = nil
 		}
@@ -559,8 +566,11 @@ func (c *Client) run(ctx context.Context, l *link) {
 			break
 		}
 		c.notifyState(Reconnecting)
-		if attempt >= 0 {
-			t := time.NewTimer(c.backoff(attempt))
+		if attempt >= 0 || wait > 0 {
+			if attempt >= 0 {
+				wait = c.backoff(attempt)
+			}
+			t := time.NewTimer(wait)
 			select {
 			case <-t.C:
 			case <-ctx.Done():
@@ -586,6 +596,20 @@ func (c *Client) isClosed() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.closed
+}
+
+// reconnectWithin reads " reconnect_within_ms=<n>" from a close reason:
+// the span over which the server asks clients to spread their
+// reconnects; 0 when absent. At most a minute, whatever it says.
+func reconnectWithin(reason string) time.Duration {
+	for _, f := range strings.Fields(reason) {
+		if v, ok := strings.CutPrefix(f, "reconnect_within_ms="); ok {
+			if ms, err := strconv.Atoi(v); err == nil && ms > 0 {
+				return min(time.Duration(ms)*time.Millisecond, time.Minute)
+			}
+		}
+	}
+	return 0
 }
 
 // backoff returns the wait before reconnection attempt n (from 0).
@@ -770,6 +794,10 @@ func (c *Client) read(ctx context.Context, l *link) {
 		_, p, err := l.conn.Read(ctx)
 		if err != nil {
 			l.status = websocket.CloseStatus(err)
+			var ce websocket.CloseError
+			if errors.As(err, &ce) {
+				l.within = reconnectWithin(ce.Reason)
+			}
 			l.conn.CloseNow()
 			return
 		}

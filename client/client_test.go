@@ -19,6 +19,7 @@ import (
 
 	"github.com/groupcast/groupcast/client"
 	"github.com/groupcast/groupcast/internal/natstest"
+	"github.com/groupcast/groupcast/internal/wstest"
 	"github.com/groupcast/groupcast/web"
 )
 
@@ -418,4 +419,30 @@ func TestRejoinResumesFromOffset(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("no rejoin")
 	}
+}
+
+// TestReconnectSpread: clients closed together with 1012 and a reason
+// asking for reconnects spread over 1 s come back at random moments over
+// that second, not together.
+func TestReconnectSpread(t *testing.T) {
+	const n = 20
+	closes := wstest.NewPlannedCloses("server restart reconnect_within_ms=1000")
+	hs := httptest.NewServer(closes)
+	defer hs.Close()
+	var clients []*client.Client
+	defer func() {
+		closes.Stop() // the server lets go first: Close then needs no handshake timeout
+		for _, c := range clients {
+			c.Close()
+		}
+	}()
+	ws := "ws" + strings.TrimPrefix(hs.URL, "http")
+	for i := range n {
+		c, err := client.Dial(testCtx(t), fmt.Sprintf("%s/ws?c=%d", ws, i), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		clients = append(clients, c)
+	}
+	wstest.CheckSpread(t, closes.Delays(t, n), time.Second)
 }

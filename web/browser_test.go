@@ -7,7 +7,11 @@ import (
 	"fmt"
 	"image"
 	"image/png"
+	"io"
+	"io/fs"
 	"math"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -35,6 +39,30 @@ func TestBrowser(t *testing.T) {
 	t.Run("Call", func(t *testing.T) { testBrowserCall(t, browser) })
 	t.Run("Presence", func(t *testing.T) { testBrowserPresence(t, browser) })
 	t.Run("Resume", func(t *testing.T) { testBrowserResume(t, browser) })
+	t.Run("ReconnectSpread", func(t *testing.T) { testBrowserReconnectSpread(t, browser) })
+}
+
+// Twenty clients in a page are closed at once with 1012 and a reason
+// asking for reconnects spread over 2 s: they come back at random
+// moments over those 2 s, not together.
+func testBrowserReconnectSpread(t *testing.T, browser context.Context) {
+	closes := wstest.NewPlannedCloses("server restart reconnect_within_ms=2000")
+	sub, _ := fs.Sub(static, "static")
+	mux := http.NewServeMux()
+	mux.Handle("/client.js", http.FileServerFS(sub))
+	mux.HandleFunc("/{$}", func(w http.ResponseWriter, _ *http.Request) {
+		io.WriteString(w, "<!doctype html><title>spread</title>")
+	})
+	mux.Handle("/ws", closes)
+	hs := httptest.NewServer(mux)
+	t.Cleanup(hs.Close)
+	t.Cleanup(closes.Stop)
+	p := openPage(t, browser, hs.URL+"/")
+	eval[bool](p, `import("/client.js").then((m) => {
+		window.clients = Array.from({ length: 20 }, (_, i) => m.connect("/ws?c=" + i));
+		return true;
+	})`)
+	wstest.CheckSpread(t, closes.Delays(t, 20), 2*time.Second)
 }
 
 // Two pages chat through the demo: each sees the other's messages with

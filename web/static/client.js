@@ -12,11 +12,21 @@
 // whose .code is the server's error code (or "disconnected", "timeout",
 // "closed", "token" for failures on this side). The client reconnects by
 // itself with jittered exponential backoff (at once after a planned 1012
-// or 1001 close, or a 4001 token expiry), rejoins its groups, pings the
+// or 1001 close, or a 4001 token expiry; after a random wait up to the
+// close reason's reconnect_within_ms when it gives one, so that a server's
+// drain does not become a reconnect wave), rejoins its groups, pings the
 // connection, refreshes its token before it expires (with getToken), and
 // reports its state through "state" events: connecting, connected,
 // reconnecting, closed. Other events: "welcome", "message" (every
 // delivery), "error" (errors no request gets).
+
+// reconnectWithin reads " reconnect_within_ms=<n>" from a close reason:
+// the span (ms) over which the server asks clients to spread their
+// reconnects; 0 when absent. At most a minute, whatever it says.
+function reconnectWithin(reason) {
+  const m = /(?:^|\s)reconnect_within_ms=(\d{1,9})(?:\s|$)/.exec(reason || "");
+  return m ? Math.min(Number(m[1]), 60000) : 0;
+}
 
 /** An error from the server (its code) or from the client itself. */
 export class GroupcastError extends Error {
@@ -118,13 +128,16 @@ export class Client extends EventTarget {
     };
     ws.onclose = (ev) => {
       if (this.ws !== ws) return;
-      // Planned closes and an expired token (4001): come back at once.
-      this.lost(ev.code === 1012 || ev.code === 1001 || ev.code === 4001);
+      // Planned closes and an expired token (4001): come back at once, or
+      // at a random moment within the span the server asks for.
+      const planned = ev.code === 1012 || ev.code === 1001 || ev.code === 4001;
+      this.lost(planned, planned ? reconnectWithin(ev.reason) : 0);
     };
   }
 
-  // lost handles the end of the current socket.
-  lost(planned) {
+  // lost handles the end of the current socket; a planned reconnect waits
+  // a random time up to within ms.
+  lost(planned, within = 0) {
     const ws = this.ws;
     this.ws = null;
     if (ws) {
@@ -136,12 +149,12 @@ export class Client extends EventTarget {
     this.failPending("disconnected", "the connection dropped before an answer");
     if (this.closed) return;
     this.setState("reconnecting");
-    this.scheduleReconnect(planned);
+    this.scheduleReconnect(planned, within);
   }
 
-  scheduleReconnect(planned) {
+  scheduleReconnect(planned, within = 0) {
     if (this.closed) return;
-    const delay = planned ? 0 : this.backoff();
+    const delay = planned ? Math.random() * within : this.backoff();
     this.attempt++;
     clearTimeout(this.timer);
     this.timer = setTimeout(() => this.open(), delay);

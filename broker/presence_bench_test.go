@@ -66,11 +66,13 @@ func BenchmarkPresenceQuery(b *testing.B) {
 		b.Run(q.name, func(b *testing.B) {
 			for b.Loop() {
 				p, err := asker.PresenceGet(context.Background(), "room.big", q.q)
-				want := 10000
+				ok := p.Count == 10000
 				if q.q.ByUser {
-					want = 5000 // users u0..u4999 on each node
+					// Users u0..u4999 on each node: counted once when
+					// listed on both, once per node beyond the limit.
+					ok = p.Count >= 5000 && p.Count <= 10000 && len(p.Members) == 100
 				}
-				if err != nil || p.Count != want || p.Partial {
+				if err != nil || !ok || p.Partial {
 					b.Fatalf("%+v %v", p.Count, err)
 				}
 			}

@@ -99,7 +99,8 @@ type campaignMember struct {
 	name   string
 	joined []string
 	c      *gcclient.Client
-	// slowUntil, in Unix nanoseconds, makes the handler read slowly until then.
+	// slowUntil, in Unix nanoseconds, stalls the handler, and so the client's
+	// reader, until then.
 	slowUntil atomic.Int64
 
 	mu     sync.Mutex
@@ -108,8 +109,8 @@ type campaignMember struct {
 }
 
 func (m *campaignMember) receive(msg gcclient.Message) {
-	if time.Now().UnixNano() < m.slowUntil.Load() {
-		time.Sleep(100 * time.Millisecond)
+	if until := time.Unix(0, m.slowUntil.Load()); time.Now().Before(until) {
+		time.Sleep(time.Until(until)) // the reader stalls
 	}
 	var d campaignDelivery
 	_ = json.Unmarshal(msg.Data, &d.campaignPayload)
@@ -312,9 +313,10 @@ func (cl *campaignCluster) runSchedule(ctx context.Context, t *testing.T, rng *r
 			inst.signal(syscall.SIGCONT)
 		case 4:
 			m := members[rng.IntN(len(members))]
-			what = "slow reader " + m.name
-			m.slowUntil.Store(time.Now().Add(2 * hold).UnixNano())
-			time.Sleep(2 * hold)
+			hold = 2*hold + 3*time.Second
+			what = "stalled reader " + m.name
+			m.slowUntil.Store(time.Now().Add(hold).UnixNano())
+			time.Sleep(hold)
 		}
 		what += fmt.Sprintf(" at %v for %v", time.Since(start).Round(100*time.Millisecond), hold.Round(100*time.Millisecond))
 		t.Log("fault: " + what)
@@ -428,6 +430,7 @@ func head[T any](s []T, n int) []T {
 type instanceLoad struct {
 	goroutines float64
 	heap       float64 // bytes in use
+	slowCloses float64 // sockets closed as slow consumers since the process started
 }
 
 // readMetrics reads every instance's goroutines and heap.
@@ -471,6 +474,8 @@ func (cl *campaignCluster) load(ctx context.Context, inst *campaignInstance) (in
 			l.goroutines, found = v, found+1
 		case "go_memstats_heap_inuse_bytes":
 			l.heap, found = v, found+1
+		case "groupcast_slow_consumer_closes_total":
+			l.slowCloses = v
 		}
 	}
 	if found != 2 {
@@ -502,8 +507,8 @@ func (cl *campaignCluster) checkMetrics(ctx context.Context, t *testing.T, basel
 		time.Sleep(250 * time.Millisecond)
 	}
 	for i, inst := range cl.instances {
-		line := fmt.Sprintf("%s: goroutines %.0f -> %.0f, heap in use %.1f -> %.1f MB", inst.name,
-			baseline[i].goroutines, now[i].goroutines, baseline[i].heap/(1<<20), now[i].heap/(1<<20))
+		line := fmt.Sprintf("%s: goroutines %.0f -> %.0f, heap in use %.1f -> %.1f MB, %.0f slow-consumer closes since its last start", inst.name,
+			baseline[i].goroutines, now[i].goroutines, baseline[i].heap/(1<<20), now[i].heap/(1<<20), now[i].slowCloses)
 		if near(baseline[i], now[i]) {
 			t.Log(line)
 		} else {

@@ -97,6 +97,7 @@ type campaignDelivery struct {
 // campaignMember is a Go client joined to some of the campaign's groups.
 type campaignMember struct {
 	name string
+	inst *campaignInstance // the instance it connects to
 	c    *gcclient.Client
 	// slowUntil, in Unix nanoseconds, stalls the handler, and so the client's
 	// reader, until then.
@@ -329,9 +330,11 @@ func (cl *campaignCluster) runSchedule(ctx context.Context, t *testing.T, rng *r
 	return done
 }
 
-// checkCampaign checks the invariants and returns the figures.
-func checkCampaign(t *testing.T, pubs []*campaignPublisher, members []*campaignMember) string {
+// checkCampaign checks the invariants and returns the figures and the instances of
+// the members that lost messages.
+func checkCampaign(t *testing.T, pubs []*campaignPublisher, members []*campaignMember) (string, map[*campaignInstance]bool) {
 	t.Helper()
+	lossy := map[*campaignInstance]bool{}
 	var checked, lost, duplicated, misrouted, disordered, sent, retries int
 	for _, p := range pubs {
 		p.mu.Lock()
@@ -396,6 +399,7 @@ func checkCampaign(t *testing.T, pubs []*campaignPublisher, members []*campaignM
 				}
 				if len(missing) > 0 {
 					lost += len(missing)
+					lossy[m.inst] = true
 					t.Errorf("%s lost %d messages of %s answered 2xx: %v", m.name, len(missing), p.name, head(missing, 20))
 				}
 			}
@@ -407,7 +411,7 @@ func checkCampaign(t *testing.T, pubs []*campaignPublisher, members []*campaignM
 		m.mu.Unlock()
 	}
 	return fmt.Sprintf("%d publish attempts (%d retried); %d recoverable deliveries checked, %d lost, %d duplicated, %d out of order, %d misrouted",
-		sent, retries, checked, lost, duplicated, disordered, misrouted)
+		sent, retries, checked, lost, duplicated, disordered, misrouted), lossy
 }
 
 func head[T any](s []T, n int) []T {

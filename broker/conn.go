@@ -175,7 +175,8 @@ func (l serverLog) Debugf(format string, v ...any) { l.log.Debug(fmt.Sprintf(for
 func (l serverLog) Tracef(format string, v ...any) { l.log.Debug(fmt.Sprintf(format, v...)) }
 
 // Fatalf logs at Error level. The embedded server calls it on conditions
-// it cannot survive; it must not exit the process, so Close handles them.
+// it cannot survive; it must not exit the process, so they are logged and
+// the broker goes unready when its connection ends.
 func (l serverLog) Fatalf(format string, v ...any) { l.log.Error(fmt.Sprintf(format, v...)) }
 
 // closeConn drains nc (unsubscribing everything and flushing what was

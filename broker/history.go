@@ -220,7 +220,7 @@ func newHistory(b *Broker, h *history) error {
 			}
 			if err != nil {
 				// JetStream may still be electing its leaders: unready
-				// until the watch reads the stream.
+				// until watchHistory reads the stream.
 				b.log.Warn("history unavailable", "stream", s.name, "error", err)
 				h.down.Store(true)
 			}

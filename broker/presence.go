@@ -143,17 +143,17 @@ type presenceReply struct {
 
 // presence is a Broker's presence state. Lock order: Broker.mu, then mu.
 type presence struct {
-	b        *Broker
-	patterns []string
-	interval time.Duration
-	timeout  time.Duration
-	prefix   string // "<prefix>.presence."
-	in       chan *nats.Msg
-	syncs    chan syncTask
-	kick     chan struct{} // asks for a heartbeat now
-	nodes    *nats.Subscription
-	stop     chan struct{}
-	wg       sync.WaitGroup
+	b            *Broker
+	patterns     []string
+	interval     time.Duration
+	timeout      time.Duration
+	prefix       string // "<prefix>.presence."
+	in           chan *nats.Msg
+	syncs        chan syncTask
+	heartbeatNow chan struct{} // asks for a heartbeat now
+	nodes        *nats.Subscription
+	stop         chan struct{}
+	wg           sync.WaitGroup
 
 	mu      sync.Mutex
 	groups  map[string]*pgroup         // presence groups with local members
@@ -305,20 +305,20 @@ type remote struct {
 
 func newPresence(b *Broker) (*presence, error) {
 	p := &presence{
-		b:        b,
-		patterns: b.cfg.Presence,
-		interval: b.cfg.PresenceInterval,
-		timeout:  b.cfg.PresenceTimeout,
-		prefix:   b.cfg.Prefix + ".presence.",
-		in:       make(chan *nats.Msg, presenceQueue),
-		syncs:    make(chan syncTask, syncQueue),
-		kick:     make(chan struct{}, 1),
-		stop:     make(chan struct{}),
-		groups:   make(map[string]*pgroup),
-		peers:    make(map[string]*peer),
-		pending:  make(map[string]bool),
-		parts:    make(map[string]*heartbeatParts),
-		max:      b.cfg.MaxPresenceGroups,
+		b:            b,
+		patterns:     b.cfg.Presence,
+		interval:     b.cfg.PresenceInterval,
+		timeout:      b.cfg.PresenceTimeout,
+		prefix:       b.cfg.Prefix + ".presence.",
+		in:           make(chan *nats.Msg, presenceQueue),
+		syncs:        make(chan syncTask, syncQueue),
+		heartbeatNow: make(chan struct{}, 1),
+		stop:         make(chan struct{}),
+		groups:       make(map[string]*pgroup),
+		peers:        make(map[string]*peer),
+		pending:      make(map[string]bool),
+		parts:        make(map[string]*heartbeatParts),
+		max:          b.cfg.MaxPresenceGroups,
 	}
 	var err error
 	if p.nodes, err = b.nc.ChanSubscribe(p.prefix+"nodes", p.in); err != nil {
@@ -416,7 +416,7 @@ func (b *Broker) PresenceAdd(group, channel, user string, info json.RawMessage, 
 	p.mu.Unlock()
 	if fresh {
 		select { // tell the other nodes at once that it has members here
-		case p.kick <- struct{}{}:
+		case p.heartbeatNow <- struct{}{}:
 		default:
 		}
 		p.queueSync(syncTask{group: group, full: true})
@@ -514,7 +514,7 @@ func (p *presence) loop() {
 			return
 		case <-beat.C:
 			p.heartbeat(false)
-		case <-p.kick:
+		case <-p.heartbeatNow:
 			p.heartbeat(false)
 		case now := <-check.C:
 			p.expire(now)

@@ -280,6 +280,7 @@ type clientFrame struct {
 	Data  json.RawMessage `json:"data,omitempty"`
 	Token string          `json:"token,omitempty"`
 	Since *since          `json:"since,omitempty"`
+	Echo  *bool           `json:"echo,omitempty"`
 	ID    int64           `json:"id"`
 }
 
@@ -435,12 +436,24 @@ func (c *Client) Leave(ctx context.Context, group string) error {
 	return err
 }
 
+// A SendOption modifies a Send.
+type SendOption func(*clientFrame)
+
+// ExceptSelf delivers a Send to every member of the group but this
+// connection, on every instance (Channels' broadcast to the others).
+func ExceptSelf() SendOption {
+	return func(f *clientFrame) {
+		echo := false
+		f.Echo = &echo
+	}
+}
+
 // Send publishes data to group through the server (when the server lets
 // clients publish) and returns once it is handed on. data is encoded with
 // encoding/json; a json.RawMessage or []byte of JSON is sent as it is.
 // Send is not retried: after ErrDisconnected the message may or may not
 // have been published.
-func (c *Client) Send(ctx context.Context, group string, data any) error {
+func (c *Client) Send(ctx context.Context, group string, data any, opts ...SendOption) error {
 	var raw json.RawMessage
 	switch d := data.(type) {
 	case json.RawMessage:
@@ -461,7 +474,11 @@ func (c *Client) Send(ctx context.Context, group string, data any) error {
 	if err != nil {
 		return err
 	}
-	return l.call(ctx, c, clientFrame{Type: "send", Group: group, Data: raw})
+	f := clientFrame{Type: "send", Group: group, Data: raw}
+	for _, o := range opts {
+		o(&f)
+	}
+	return l.call(ctx, c, f)
 }
 
 // Ping sends a protocol ping and waits for the pong: a round trip through

@@ -155,6 +155,30 @@ func TestJoinSendLeave(t *testing.T) {
 	}
 }
 
+// TestSendExceptSelf: a send with ExceptSelf reaches the other members and
+// not the sender, who still gets the next ordinary send.
+func TestSendExceptSelf(t *testing.T) {
+	s := startServer(t, "", web.Config{ClientSend: true})
+	ctx := testCtx(t)
+	a, b := dial(t, s.wsURL(), nil), dial(t, s.wsURL(), nil)
+	ina, inb := newInbox(), newInbox()
+	if err := a.Join(ctx, "room", ina.handle); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Join(ctx, "room", inb.handle); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Send(ctx, "room", "to the others", client.ExceptSelf()); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Send(ctx, "room", "to all"); err != nil {
+		t.Fatal(err)
+	}
+	inb.expect(t, "room", `"to the others"`)
+	inb.expect(t, "room", `"to all"`)
+	ina.expect(t, "room", `"to all"`) // the first one skipped a
+}
+
 func TestDirectMessage(t *testing.T) {
 	s := startServer(t, "", web.Config{})
 	direct := newInbox()

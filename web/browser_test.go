@@ -132,7 +132,9 @@ func testBrowserJoinLeave(t *testing.T, browser context.Context) {
 	if eval[bool](p, `t.c.groups.has("news")`) {
 		t.Fatal("left group still listed")
 	}
-	// A message sent from the page comes back to it, and close is final.
+	// A message sent from the page comes back to it, unless it is sent
+	// with echo: false; close is final.
+	eval[bool](p, `t.c.send("fence", {from: "quiet"}, {echo: false}).then(() => true)`)
 	eval[bool](p, `t.c.send("fence", {from: "page"}).then(() => true)`)
 	p.wait(`t.fence.length === 2 && t.fence[1].from === "page"`)
 	if got := eval[string](p, `(t.c.close(), t.c.ping().catch((e) => e.code))`); got != "closed" {

@@ -383,10 +383,15 @@ export class Client extends EventTarget {
     }
   }
 
-  /** Publishes data (any JSON value) to a group. Not retried. */
-  async send(group, data) {
+  /**
+   * Publishes data (any JSON value) to a group. Not retried. With
+   * { echo: false } every member but this connection receives it.
+   */
+  async send(group, data, { echo } = {}) {
     await this.ready();
-    await this.request({ type: "send", group, data });
+    const frame = { type: "send", group, data };
+    if (echo === false) frame.echo = false;
+    await this.request(frame);
   }
 
   /**

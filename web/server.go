@@ -36,13 +36,10 @@ type Broker interface {
 	Ready() error
 	NewChannel(broker.Receiver) (string, error)
 	CloseChannel(channel string)
-	GroupAdd(ctx context.Context, group, channel string) error
 	GroupJoin(ctx context.Context, group, channel string, since *broker.Since) (broker.Recovery, error)
-	GroupPublish(group string, data []byte, idempotencyKey string) (broker.Receipt, error)
 	GroupPublishWith(group string, data []byte, o broker.PublishOptions) (broker.Receipt, error)
 	History(ctx context.Context, group string, since uint64, limit int) ([]broker.HistoryMessage, string, error)
 	GroupDiscard(group, channel string) error
-	GroupSend(group string, data []byte) error
 	Send(channel string, data []byte) error
 	Stats() broker.Stats
 	HandleCommands(func(cmd []byte))

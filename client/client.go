@@ -30,6 +30,7 @@ package client
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -193,23 +194,12 @@ func (o *Options) withDefaults() Options {
 	if d.HTTPClient == nil {
 		d.HTTPClient = http.DefaultClient
 	}
-	setDuration(&d.MinBackoff, 250*time.Millisecond)
-	setDuration(&d.MaxBackoff, 10*time.Second)
-	if d.MaxBackoff < d.MinBackoff {
-		d.MaxBackoff = d.MinBackoff
-	}
-	setDuration(&d.PingInterval, 25*time.Second)
-	setDuration(&d.WriteTimeout, 10*time.Second)
-	if d.ReadLimit <= 0 {
-		d.ReadLimit = 16 << 20
-	}
+	d.MinBackoff = cmp.Or(max(d.MinBackoff, 0), 250*time.Millisecond)
+	d.MaxBackoff = max(cmp.Or(max(d.MaxBackoff, 0), 10*time.Second), d.MinBackoff)
+	d.PingInterval = cmp.Or(max(d.PingInterval, 0), 25*time.Second)
+	d.WriteTimeout = cmp.Or(max(d.WriteTimeout, 0), 10*time.Second)
+	d.ReadLimit = cmp.Or(max(d.ReadLimit, 0), 16<<20)
 	return d
-}
-
-func setDuration(p *time.Duration, def time.Duration) {
-	if *p <= 0 {
-		*p = def
-	}
 }
 
 // Client is one logical connection to a groupcast server, carried by one

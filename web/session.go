@@ -6,17 +6,13 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net/http"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
-
-	"github.com/groupcast/groupcast/broker"
 )
 
 // Close codes the server uses, beyond the standard ones.
@@ -459,109 +455,4 @@ func (s *session) handle(p []byte) {
 		s.srv.metrics.errors.WithLabelValues(code).Inc()
 		s.send(errorFrame(f.ID, code, message))
 	}
-}
-
-func (s *session) dispatch(f *clientFrame) error {
-	consumer := s.srv.consumer
-	ctx := context.Background()
-	switch f.Type {
-	case "join":
-		if f.By != "" && f.By != "user" {
-			return refuse(CodeInvalidData, `"by" is "user" or absent`)
-		}
-		if s.has(f.Group) {
-			if f.Presence {
-				s.presenceJoin(f.Group, joinEvents(f))
-			}
-			break
-		}
-		if !broker.ValidGroup(f.Group) {
-			return broker.ErrInvalidGroup
-		}
-		if err := consumer.Join(ctx, &s.public, &JoinRequest{Group: f.Group, Token: f.Token}); err != nil {
-			return err
-		}
-		var since *broker.Since
-		if f.Since != nil {
-			since = &broker.Since{Offset: f.Since.Offset, Epoch: f.Since.Epoch}
-		}
-		rec, err := s.join(ctx, f.Group, since)
-		if err != nil {
-			return err
-		}
-		if f.Presence {
-			s.presenceJoin(f.Group, joinEvents(f))
-		}
-		if since != nil {
-			ack := appendReply(nil, "ack", f.ID)
-			ack = append(ack[:len(ack)-1], `,"recovered":`...)
-			ack = strconv.AppendBool(ack, rec.Recovered)
-			s.send(append(ack, '}'))
-			return nil
-		}
-	case "presence":
-		return s.presence(ctx, f)
-	case "leave":
-		if err := s.srv.broker.GroupDiscard(f.Group, s.channel); err != nil {
-			return err
-		}
-		s.remove(f.Group)
-	case "send":
-		if !broker.ValidGroup(f.Group) {
-			return broker.ErrInvalidGroup
-		}
-		if f.Data == nil {
-			return refuse(CodeInvalidData, `"data" is required`)
-		}
-		r := &SendRequest{Group: f.Group, Data: f.Data}
-		if err := consumer.Send(ctx, &s.public, r); err != nil {
-			return err
-		}
-		if len(f.IdempotencyKey) > maxIdempotencyKey {
-			return refuse(CodeInvalidData, "idempotency_key is too long")
-		}
-		except := ""
-		if f.Echo != nil && !*f.Echo {
-			except = s.channel
-		}
-		receipt, err := s.srv.broker.GroupPublishWith(r.Group, r.Data, broker.PublishOptions{
-			Source: broker.FromClient, Key: f.IdempotencyKey, Except: except})
-		if err != nil {
-			return err
-		}
-		s.srv.metrics.published.WithLabelValues("client").Inc()
-		if receipt.Offset > 0 {
-			ack := appendReply(nil, "ack", f.ID)
-			ack = append(ack[:len(ack)-1], `,"offset":`...)
-			ack = strconv.AppendUint(ack, receipt.Offset, 10)
-			ack = append(ack, `,"duplicate":`...)
-			ack = strconv.AppendBool(ack, receipt.Duplicate)
-			s.send(append(ack, '}'))
-			return nil
-		}
-	case "ping":
-		s.send(appendReply(nil, "pong", f.ID))
-		return nil
-	case "refresh":
-		if err := s.refresh(f.Token); err != nil {
-			return err
-		}
-	case "":
-		return refuse(CodeUnknownType, `"type" is required`)
-	default:
-		reply, err := consumer.Frame(ctx, &s.public, f.Type, f.raw)
-		if err != nil {
-			return err
-		}
-		data, err := json.Marshal(reply)
-		if err != nil {
-			return fmt.Errorf("consumer reply for %q: %w", f.Type, err)
-		}
-		frame := appendReply(nil, "reply", f.ID)
-		frame = append(append(frame[:len(frame)-1], `,"data":`...), data...)
-		s.send(append(frame, '}'))
-		return nil
-	}
-	s.send(appendReply(nil, "ack", f.ID))
-	return nil
 }

@@ -85,12 +85,15 @@ func (p *PlannedCloses) Delays(t testing.TB, n int) []time.Duration {
 }
 
 // CheckSpread fails the test unless delays (sorted) fall within
-// [0, within] (plus slack) and spread over at least two fifths of it.
+// [0, within] (with slack for a loaded machine) and spread over at least
+// two fifths of it.
 func CheckSpread(t testing.TB, delays []time.Duration, within time.Duration) {
 	t.Helper()
 	first, last := delays[0], delays[len(delays)-1]
 	t.Logf("%d reconnects %v to %v after their close", len(delays), first.Round(time.Millisecond), last.Round(time.Millisecond))
-	if last > within+500*time.Millisecond || last-first < within*2/5 {
+	// The upper bound leaves room for a loaded machine: what it catches is
+	// a hint misread (seconds for milliseconds), not a late scheduler.
+	if last > 2*within+time.Second || last-first < within*2/5 {
 		t.Fatalf("reconnect delays %v, want spread over %v", delays, within)
 	}
 }

@@ -357,15 +357,7 @@ func (b *syncBuffer) String() string {
 // TestExternalNATSWithToken: credentials from settings reach the server;
 // a wrong token keeps the instance unready instead of failing silently.
 func TestExternalNATSWithToken(t *testing.T) {
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true, Authorization: "s3cret-token"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns.Start()
-	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
-	if !ns.ReadyForConnections(5 * time.Second) {
-		t.Fatal("nats-server did not start")
-	}
+	ns := natstest.StartWith(t, server.Options{Authorization: "s3cret-token"})
 	good := start(t, map[string]string{"NATS_URL": ns.ClientURL(), "NATS_TOKEN": "s3cret-token"})
 	natstest.WaitFor(t, 5*time.Second, func() bool { return good.status("/readyz") == http.StatusOK })
 	c := good.ws()

@@ -10,6 +10,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/groupcast/groupcast/internal/natstest"
 )
 
 // cpuTime is the process's user and system CPU time so far.
@@ -127,16 +129,7 @@ func BenchmarkPresenceJoinLeave(b *testing.B) {
 // its node. It reports the puts per second one node sustains and a
 // count of the bucket's keys at 10,000 members.
 func BenchmarkKVPresence(b *testing.B) {
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true,
-		JetStream: true, StoreDir: b.TempDir()})
-	if err != nil {
-		b.Fatal(err)
-	}
-	ns.Start()
-	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
-	if !ns.ReadyForConnections(5 * time.Second) {
-		b.Fatal("not ready")
-	}
+	ns := natstest.StartWith(b, server.Options{JetStream: true, StoreDir: b.TempDir()})
 	nc, err := nats.Connect(ns.ClientURL())
 	if err != nil {
 		b.Fatal(err)

@@ -9,13 +9,15 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/groupcast/groupcast/internal/natstest"
 )
 
 // TestPresenceHeartbeatOverMaxPayload: a node present in more groups
 // than one heartbeat can list within NATS' max payload is never taken
 // for gone: its member stays counted and no leave event is sent.
 func TestPresenceHeartbeatOverMaxPayload(t *testing.T) {
-	ns := startNATSWith(t, server.Options{MaxPayload: 4096})
+	ns := natstest.StartWith(t, server.Options{MaxPayload: 4096})
 	a := newPresenceBroker(t, ns.ClientURL(), "a", "")
 	b := newPresenceBroker(t, ns.ClientURL(), "b", "")
 	long := "room." + strings.Repeat("x", 80)

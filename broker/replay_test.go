@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/groupcast/groupcast/internal/natstest"
 )
 
 // counter is a Receiver that counts the messages it gets and keeps
@@ -32,28 +34,11 @@ type closingCounter struct{ counter }
 
 func (c *closingCounter) Closing() bool { return c.msgs.Load() > 0 }
 
-// startNATSWith starts a nats-server on a random loopback port with opts
-// added, stopped when the test ends.
-func startNATSWith(t *testing.T, opts server.Options) *server.Server {
-	t.Helper()
-	opts.Host, opts.Port, opts.NoSigs, opts.NoLog = "127.0.0.1", -1, true, true
-	ns, err := server.NewServer(&opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns.Start()
-	if !ns.ReadyForConnections(5 * time.Second) {
-		t.Fatal("nats-server did not start")
-	}
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	return ns
-}
-
 // startSmallPendingNATS starts a JetStream nats-server that cuts a client
 // once 2 MiB are waiting to be written to it: a small stand-in for the
 // default 64 MiB, reached with a few megabytes of history.
 func startSmallPendingNATS(t *testing.T) *server.Server {
-	return startNATSWith(t, server.Options{JetStream: true, StoreDir: t.TempDir(), MaxPending: 2 << 20})
+	return natstest.StartWith(t, server.Options{JetStream: true, StoreDir: t.TempDir(), MaxPending: 2 << 20})
 }
 
 // TestReplaysSpareLiveTraffic: many resumes from offset 0 of a group full

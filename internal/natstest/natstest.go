@@ -16,6 +16,21 @@ func Start(t testing.TB, port int) *server.Server {
 	return start(t, &server.Options{Host: "127.0.0.1", Port: port, NoSigs: true, NoLog: true})
 }
 
+// StartWith starts a nats-server with opts on loopback, on a random port
+// unless opts name one, without signal handlers or logs; it stops when
+// the test ends.
+func StartWith(t testing.TB, opts server.Options) *server.Server {
+	t.Helper()
+	if opts.Host == "" {
+		opts.Host = "127.0.0.1"
+	}
+	if opts.Port == 0 {
+		opts.Port = -1
+	}
+	opts.NoSigs, opts.NoLog = true, true
+	return start(t, &opts)
+}
+
 func start(t testing.TB, opts *server.Options) *server.Server {
 	t.Helper()
 	ns, err := server.NewServer(opts)

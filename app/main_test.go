@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -31,7 +30,7 @@ func TestMain(m *testing.M) {
 type instance struct {
 	t    testing.TB
 	base string // http://127.0.0.1:port
-	logs *syncBuffer
+	logs *apptest.Buffer
 	stop func() error
 }
 
@@ -44,7 +43,7 @@ func start(t testing.TB, env map[string]string) *instance {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	addr := make(chan net.Addr, 1)
-	logs := &syncBuffer{}
+	logs := &apptest.Buffer{}
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, func(k string) string { return env[k] }, logs, func(a net.Addr) { addr <- a })
@@ -336,24 +335,6 @@ func TestSIGTERM(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for concurrent writes and reads.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // TestExternalNATSWithToken: credentials from settings reach the server;
 // a wrong token keeps the instance unready instead of failing silently.
 func TestExternalNATSWithToken(t *testing.T) {
@@ -375,9 +356,9 @@ func TestExternalNATSWithToken(t *testing.T) {
 
 // startBinary runs the real binary with env (JSON logs into the returned
 // buffer) until the test ends, once it is ready.
-func startBinary(t *testing.T, env ...string) (*apptest.Process, *instance, *syncBuffer) {
+func startBinary(t *testing.T, env ...string) (*apptest.Process, *instance, *apptest.Buffer) {
 	t.Helper()
-	stderr := &syncBuffer{}
+	stderr := &apptest.Buffer{}
 	p := apptest.Start(t, stderr, append([]string{"LOG_FORMAT=json"}, env...)...)
 	return p, &instance{t: t, base: p.Base}, stderr
 }

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/groupcast/groupcast/internal/apptest"
+
 	gcclient "github.com/groupcast/groupcast/client"
 )
 
@@ -179,7 +181,7 @@ func startCampaignCluster(t *testing.T, bin string) *campaignCluster {
 		"HISTORY_REPLICAS": "3",
 	}
 	for i, port := range ports {
-		inst := &campaignInstance{name: fmt.Sprintf("gc%d", i), bin: bin, port: port, settings: settings, logs: &syncBuffer{}}
+		inst := &campaignInstance{name: fmt.Sprintf("gc%d", i), bin: bin, port: port, settings: settings, logs: &apptest.Buffer{}}
 		if err := inst.start(); err != nil {
 			t.Fatal(err)
 		}

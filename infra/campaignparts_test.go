@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/groupcast/groupcast/internal/apptest"
+
 	gcclient "github.com/groupcast/groupcast/client"
 )
 
@@ -27,7 +29,7 @@ type campaignInstance struct {
 	bin      string
 	port     int
 	settings map[string]string
-	logs     *syncBuffer
+	logs     *apptest.Buffer
 
 	mu  sync.Mutex
 	app *App

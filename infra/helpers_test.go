@@ -1,16 +1,16 @@
 package infra
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"maps"
 	"os"
 	"path/filepath"
 	"sort"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/groupcast/groupcast/internal/apptest"
 
 	"go.uber.org/goleak"
 )
@@ -57,24 +57,6 @@ func sortedKeys[V any](m map[string]V) []string {
 	return keys
 }
 
-// syncBuffer collects a child process's output for the test log.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // appExists reports whether the application's main package is there yet.
 func appExists() bool {
 	_, err := os.Stat(filepath.Join(root, "app", "main.go"))
@@ -93,7 +75,7 @@ func startRegionApps(ctx context.Context, t *testing.T, bin string, sc *Superclu
 	}
 	apps := make([]*App, len(regions))
 	for i, r := range regions {
-		logs := &syncBuffer{}
+		logs := &apptest.Buffer{}
 		settings := map[string]string{"NATS_URL": sc.NATSURL(r), "REGION": r, "API_KEY": apiKey}
 		maps.Copy(settings, extra)
 		app, err := StartApp(bin, ports[i], settings, logs)

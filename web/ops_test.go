@@ -10,10 +10,11 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/groupcast/groupcast/internal/apptest"
 
 	"github.com/coder/websocket"
 )
@@ -62,7 +63,7 @@ func TestTraceAttrs(t *testing.T) {
 // TestConnectionLogs: one line when a socket opens and one when it closes,
 // with the trace; none per delivered message.
 func TestConnectionLogs(t *testing.T) {
-	logs := &lockedBuffer{}
+	logs := &apptest.Buffer{}
 	e := newEnv(t, "", &Config{TraceProject: "proj"})
 	e.srv.log = slog.New(slog.NewJSONHandler(logs, nil))
 	c := e.dial("X-Cloud-Trace-Context", "abc123/7;o=1")
@@ -110,23 +111,6 @@ func TestMetricsExposed(t *testing.T) {
 			t.Errorf("metrics lack %q", want)
 		}
 	}
-}
-
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // TestKeepalivePings: an idle connection is pinged every PingInterval,

@@ -4,7 +4,6 @@
 package djangochat_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -13,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -68,7 +66,7 @@ func TestBrowserChat(t *testing.T) {
 	manage("migrate", "-v0")
 	manage("shell", "-c", "from django.contrib.auth.models import User; User.objects.create_user('ada', password='pw')")
 	g := exec.Command(gunicorn, "-b", fmt.Sprintf("127.0.0.1:%d", dport), "-w", "2", "--log-level", "warning", "chatsite.wsgi")
-	var djangoLog syncBuffer // ChatConsumer.disconnect logs there
+	var djangoLog apptest.Buffer // ChatConsumer.disconnect logs there
 	g.Env, g.Stderr = denv, &djangoLog
 	if err := g.Start(); err != nil {
 		t.Fatal(err)
@@ -129,24 +127,6 @@ func TestBrowserChat(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for a writer and a reader at once.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 func run(t *testing.T, ctx context.Context, step string, actions ...chromedp.Action[chromedp.Void]) {

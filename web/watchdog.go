@@ -32,7 +32,7 @@ func (s *Server) watchdog(stop <-chan struct{}) {
 			s.shakes.sweep(now)
 			for _, ss := range stuck {
 				ss.logger().Info("write timed out; dropping the connection")
-				ss.conn.CloseNow()
+				ss.drop()
 			}
 			lostSince = s.closeIfLost(now, lostSince)
 		}

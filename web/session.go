@@ -253,10 +253,7 @@ func (s *session) writeLoop() {
 			batch = nil // do not keep a burst's storage
 		}
 		if w.ping {
-			ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.WriteTimeout)
-			err := s.conn.Ping(ctx)
-			cancel()
-			if err != nil {
+			if err := s.keepalive(); err != nil {
 				s.logger().Debug("ping failed", "error", err)
 				s.close(0, "") // broken or dead: drop it, a close handshake would only time out
 			} else {
@@ -306,6 +303,19 @@ func (s *session) write(batch [][]byte) error {
 	}
 	*buf = p
 	return s.writeFrame(p, n)
+}
+
+// keepalive pings the client, within WriteTimeout.
+func (s *session) keepalive() error {
+	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.WriteTimeout)
+	defer cancel()
+	return s.conn.Ping(ctx)
+}
+
+// drop ends the connection at once, without a close handshake; a write
+// in flight fails.
+func (s *session) drop() {
+	s.conn.CloseNow()
 }
 
 // messagePrefix starts every delivery frame: what WriteDelay may hold.

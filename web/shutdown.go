@@ -36,7 +36,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		s.mu.Lock()
 		for ss := range s.sessions {
-			ss.conn.CloseNow()
+			ss.drop()
 		}
 		s.mu.Unlock()
 		<-done

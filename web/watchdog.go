@@ -38,7 +38,7 @@ func (s *Server) watchdog() {
 			s.shakes.sweep(now)
 			for _, ss := range stuck {
 				ss.logger().Info("write timed out; dropping the connection")
-				ss.conn.CloseNow()
+				ss.drop()
 			}
 			lostSince = s.closeIfLost(now, lostSince)
 		}

@@ -3,7 +3,6 @@ package client_test
 import (
 	"context"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -11,6 +10,7 @@ import (
 	"time"
 
 	"github.com/groupcast/groupcast/broker"
+	"github.com/groupcast/groupcast/internal/apptest"
 	"github.com/groupcast/groupcast/web"
 )
 
@@ -55,7 +55,7 @@ func (s *server) start() {
 		s.t.Fatal(err)
 	}
 	s.addr = ln.Addr().String()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	log := apptest.Logger(s.t)
 	s.b, err = broker.New(broker.Config{URL: s.natsURL, Region: s.cfg.Region, Logger: log, ReconnectWait: 50 * time.Millisecond})
 	if err != nil {
 		ln.Close()

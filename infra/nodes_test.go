@@ -4,14 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"log/slog"
 	"slices"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/groupcast/groupcast/broker"
+	"github.com/groupcast/groupcast/internal/apptest"
 )
 
 // node is a groupcast instance in the test process: the broker that the app runs,
@@ -29,7 +28,7 @@ func startNode(t *testing.T, name, region, natsURL string) *node {
 		URL:    natsURL,
 		Node:   name,
 		Region: region,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Logger: apptest.Logger(t),
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -22,6 +22,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/groupcast/groupcast/internal/apptest"
 	"github.com/groupcast/groupcast/internal/wstest"
 )
 
@@ -425,7 +426,7 @@ func TestJWKSOutageAtStart(t *testing.T) {
 // TestBadJWKSURL: New refuses a JWKS URL it cannot use instead of
 // serving an instance that refuses everyone.
 func TestBadJWKSURL(t *testing.T) {
-	_, err := New(nil, Config{Auth: AuthConfig{JWKSURL: "ftp://keys"}, Logger: testLogger()})
+	_, err := New(nil, Config{Auth: AuthConfig{JWKSURL: "ftp://keys"}, Logger: apptest.Logger(t)})
 	if err == nil || !strings.Contains(err.Error(), "JWKS") {
 		t.Fatalf("New with a bad JWKS URL: %v", err)
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/groupcast/groupcast/broker"
+	"github.com/groupcast/groupcast/internal/apptest"
 )
 
 // newBrowser starts one headless Chromium for a test and its subtests, and
@@ -215,13 +216,13 @@ func (s *liveServer) start() {
 		s.t.Fatal(err)
 	}
 	s.addr = ln.Addr().String()
-	s.b, err = broker.New(broker.Config{URL: s.natsURL, Region: s.cfg.Region, Logger: testLogger(), ReconnectWait: 50 * time.Millisecond, Presence: s.presence, Policies: s.policies})
+	s.b, err = broker.New(broker.Config{URL: s.natsURL, Region: s.cfg.Region, Logger: apptest.Logger(s.t), ReconnectWait: 50 * time.Millisecond, Presence: s.presence, Policies: s.policies})
 	if err != nil {
 		ln.Close()
 		s.t.Fatal(err)
 	}
 	cfg := s.cfg
-	cfg.Logger = testLogger()
+	cfg.Logger = apptest.Logger(s.t)
 	if s.srv, err = New(s.b, cfg); err != nil {
 		ln.Close()
 		s.t.Fatal(err)

@@ -2,6 +2,7 @@ package web
 
 import (
 	"encoding/json"
+	"log/slog"
 	"testing"
 
 	"github.com/groupcast/groupcast/broker"
@@ -44,7 +45,7 @@ func FuzzToken(f *testing.F) {
 	f.Add("eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.")
 	f.Add("a.b.c")
 	f.Add("")
-	a, err := newAuthenticator(AuthConfig{Secret: []byte("0123456789abcdef0123456789abcdef")}, testLogger())
+	a, err := newAuthenticator(AuthConfig{Secret: []byte("0123456789abcdef0123456789abcdef")}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		f.Fatal(err)
 	}

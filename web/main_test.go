@@ -3,10 +3,8 @@ package web
 import (
 	"context"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -14,19 +12,13 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/groupcast/groupcast/broker"
+	"github.com/groupcast/groupcast/internal/apptest"
 	"github.com/groupcast/groupcast/internal/natstest"
 	"github.com/groupcast/groupcast/internal/wstest"
 )
 
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
-}
-
-func testLogger() *slog.Logger {
-	if testing.Verbose() {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
 // env is one instance under test: a broker, a web.Server and an HTTP
@@ -49,7 +41,7 @@ func newEnv(t testing.TB, natsURL string, cfg *Config) *env {
 func newEnvBroker(t testing.TB, bc broker.Config, cfg *Config) *env {
 	t.Helper()
 	m := NewMetrics()
-	bc.Logger, bc.ReconnectWait, bc.OnFanout = testLogger(), 50*time.Millisecond, m.ObserveFanout
+	bc.Logger, bc.ReconnectWait, bc.OnFanout = apptest.Logger(t), 50*time.Millisecond, m.ObserveFanout
 	b, err := broker.New(bc)
 	if err != nil {
 		t.Fatal(err)
@@ -57,7 +49,7 @@ func newEnvBroker(t testing.TB, bc broker.Config, cfg *Config) *env {
 	if cfg == nil {
 		cfg = &Config{ClientSend: true}
 	}
-	cfg.Logger = testLogger()
+	cfg.Logger = apptest.Logger(t)
 	cfg.Metrics = m
 	if cfg.Region == "" {
 		cfg.Region = "test-region"

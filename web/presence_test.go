@@ -31,12 +31,12 @@ func (namedConsumer) Connect(_ context.Context, r *ConnectRequest) error {
 func newPresenceEnv(t testing.TB, natsURL, node string, interval time.Duration) *env {
 	t.Helper()
 	m := NewMetrics()
-	b, err := broker.New(broker.Config{URL: natsURL, Node: node, Region: "r-" + node, Logger: testLogger(),
+	b, err := broker.New(broker.Config{URL: natsURL, Node: node, Region: "r-" + node, Logger: apptest.Logger(t),
 		ReconnectWait: 50 * time.Millisecond, Presence: []string{"room.*"}, PresenceInterval: interval})
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(b, Config{ClientSend: true, Consumer: namedConsumer{}, Logger: testLogger(), Metrics: m, Region: "r-" + node})
+	s, err := New(b, Config{ClientSend: true, Consumer: namedConsumer{}, Logger: apptest.Logger(t), Metrics: m, Region: "r-" + node})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -12,6 +10,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/groupcast/groupcast/broker"
+	"github.com/groupcast/groupcast/internal/apptest"
 	"github.com/groupcast/groupcast/internal/wstest"
 	"github.com/groupcast/groupcast/web"
 )
@@ -19,7 +18,7 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func TestChat(t *testing.T) {
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	log := apptest.Logger(t)
 	b, err := broker.New(broker.Config{Logger: log})
 	if err != nil {
 		t.Fatal(err)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/groupcast/groupcast/broker"
+	"github.com/groupcast/groupcast/protocol"
 )
 
 // node is a groupcast instance in the test process: the broker that the app runs,
@@ -72,21 +73,19 @@ type inbox struct {
 
 // add records one frame of the protocol (a single JSON object) received at at.
 func (in *inbox) add(frame []byte, at time.Time) {
-	var f struct {
-		Type   string  `json:"type"`
-		Group  string  `json:"group"`
-		Region string  `json:"region"`
-		Data   payload `json:"data"`
+	f, err := protocol.Decode(frame)
+	var p payload
+	if err == nil && f.Data != nil {
+		err = json.Unmarshal(f.Data, &p)
 	}
-	err := json.Unmarshal(frame, &f)
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	if err != nil {
 		in.bad = append(in.bad, string(frame))
 		return
 	}
-	if f.Type == "message" {
-		in.got = append(in.got, delivery{group: f.Group, region: f.Region, payload: f.Data, at: at})
+	if f.Type == protocol.TypeMessage {
+		in.got = append(in.got, delivery{group: f.Group, region: f.Region, payload: p, at: at})
 	}
 }
 

@@ -22,22 +22,27 @@ type Frame struct {
 	Region  string          `json:"region"`  // welcome; message: where it was published
 	User    string          `json:"user"`    // welcome
 	Data    json.RawMessage `json:"data"`    // message
-	Offset  json.RawMessage `json:"offset"`  // message in a recoverable group, raw
-	Epoch   json.RawMessage `json:"epoch"`   // message, gap: raw JSON string
+	Offset  uint64          `json:"offset"`  // message in a recoverable group; send ack
+	Epoch   string          `json:"epoch"`   // message in a recoverable group (with Offset); gap
 	Event   string          `json:"event"`   // presence: join or leave
 	Member  json.RawMessage `json:"member"`  // presence
-	Raw     []byte          `json:"-"`       // the whole object as received
+	// Recovered (join ack with since) tells whether every missed message
+	// followed; Duplicate (send ack) that the idempotency key was seen.
+	Recovered *bool  `json:"recovered"`
+	Duplicate bool   `json:"duplicate"`
+	Raw       []byte `json:"-"` // the whole object as received
 }
 
 // Decode decodes one server object. It fails on anything that is not one
-// JSON object with a string "type".
+// JSON object or whose known fields have the wrong JSON type; an object
+// without a type decodes with Type "", which clients ignore as unknown.
 func Decode(obj []byte) (Frame, error) {
 	var f Frame
+	if firstNonSpace(obj) != '{' {
+		return Frame{}, errors.New("protocol: undecodable frame: not a JSON object")
+	}
 	if err := json.Unmarshal(obj, &f); err != nil {
 		return Frame{}, fmt.Errorf("protocol: undecodable frame: %w", err)
-	}
-	if f.Type == "" {
-		return Frame{}, errors.New(`protocol: frame without "type"`)
 	}
 	f.Raw = obj
 	return f, nil

@@ -22,8 +22,9 @@ type Delivery struct {
 	Group   string // the group published to, or
 	Channel string // the one channel it is sent to (when Group is "")
 	Region  string // the region it was published in, when known
-	// Offset and Epoch place the message in a recoverable group's
-	// history; both are written when Epoch is not "".
+	// Kept says the group keeps history: Offset and Epoch, written then,
+	// place the message in it (offsets start at 1).
+	Kept   bool
 	Offset uint64
 	Epoch  string
 }
@@ -52,7 +53,7 @@ func AppendMessage(buf []byte, d Delivery, data []byte) ([]byte, error) {
 		buf = append(buf, d.Region...)
 	}
 	buf = append(buf, '"')
-	if d.Epoch != "" {
+	if d.Kept {
 		buf = append(buf, `,"offset":`...)
 		buf = strconv.AppendUint(buf, d.Offset, 10)
 		buf = append(buf, `,"epoch":"`...)
@@ -96,6 +97,38 @@ func AppendReply(buf []byte, typ string, id json.RawMessage) []byte {
 	buf = append(buf, typ...)
 	buf = append(buf, '"')
 	buf = appendID(buf, id)
+	return append(buf, '}')
+}
+
+// AppendJoinAck appends the ack of a join that resumed from an offset:
+// {"type":"ack"[,"id":id],"recovered":recovered}.
+func AppendJoinAck(buf []byte, id json.RawMessage, recovered bool) []byte {
+	buf = append(buf, `{"type":"ack"`...)
+	buf = appendID(buf, id)
+	buf = append(buf, `,"recovered":`...)
+	buf = strconv.AppendBool(buf, recovered)
+	return append(buf, '}')
+}
+
+// AppendSendAck appends the ack of a send to a recoverable or latest
+// group: {"type":"ack"[,"id":id],"offset":..,"duplicate":..}.
+func AppendSendAck(buf []byte, id json.RawMessage, offset uint64, duplicate bool) []byte {
+	buf = append(buf, `{"type":"ack"`...)
+	buf = appendID(buf, id)
+	buf = append(buf, `,"offset":`...)
+	buf = strconv.AppendUint(buf, offset, 10)
+	buf = append(buf, `,"duplicate":`...)
+	buf = strconv.AppendBool(buf, duplicate)
+	return append(buf, '}')
+}
+
+// AppendDataReply appends an application's answer to its own frame type:
+// {"type":"reply"[,"id":id],"data":data}, data one compact JSON value.
+func AppendDataReply(buf []byte, id json.RawMessage, data []byte) []byte {
+	buf = append(buf, `{"type":"reply"`...)
+	buf = appendID(buf, id)
+	buf = append(buf, `,"data":`...)
+	buf = append(buf, data...)
 	return append(buf, '}')
 }
 

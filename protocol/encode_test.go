@@ -18,7 +18,7 @@ func TestEncoders(t *testing.T) {
 	for _, c := range []struct{ got, want string }{
 		{msg(Delivery{Group: "g"}, `{"a":1}`), `{"type":"message","group":"g","data":{"a":1}}`},
 		{msg(Delivery{Channel: "c1", Region: "eu"}, `2`), `{"type":"message","channel":"c1","region":"eu","data":2}`},
-		{msg(Delivery{Group: "g", Region: "us", Offset: 7, Epoch: "e1"}, "{\n\"a\": [1,\n2]}"),
+		{msg(Delivery{Group: "g", Region: "us", Kept: true, Offset: 7, Epoch: "e1"}, "{\n\"a\": [1,\n2]}"),
 			`{"type":"message","group":"g","region":"us","offset":7,"epoch":"e1","data":{"a":[1,2]}}`},
 		{string(AppendWelcome(nil, "c1", "n1", "", "")), `{"type":"welcome","channel":"c1","node":"n1","region":""}`},
 		{string(AppendWelcome(nil, "c1", "n1", "eu", `u"1`)), `{"type":"welcome","channel":"c1","node":"n1","region":"eu","user":"u\"1"}`},
@@ -26,6 +26,9 @@ func TestEncoders(t *testing.T) {
 		{string(AppendReply(nil, TypePong, nil)), `{"type":"pong"}`},
 		{string(AppendError(nil, json.RawMessage(`"x"`), CodeForbidden, "no <way>\n")), `{"type":"error","id":"x","code":"forbidden","message":"no \u003cway\u003e\n"}`},
 		{string(AppendError(nil, nil, CodeInternal, "m")), `{"type":"error","code":"internal","message":"m"}`},
+		{string(AppendJoinAck(nil, json.RawMessage(`1`), true)), `{"type":"ack","id":1,"recovered":true}`},
+		{string(AppendSendAck(nil, nil, 42, false)), `{"type":"ack","offset":42,"duplicate":false}`},
+		{string(AppendDataReply(nil, json.RawMessage(`"r"`), []byte(`{"ok":1}`))), `{"type":"reply","id":"r","data":{"ok":1}}`},
 		{string(AppendGap(nil, "g", "e2")), `{"type":"gap","group":"g","epoch":"e2"}`},
 		{string(AppendGroupEvent(nil, TypeJoined, "g")), `{"type":"joined","group":"g"}`},
 		{string(AppendPresence(nil, "g", "join", []byte(`{"channel":"c"}`))), `{"type":"presence","group":"g","event":"join","member":{"channel":"c"}}`},
@@ -47,7 +50,7 @@ func TestEncoders(t *testing.T) {
 func TestEncodeNoAllocs(t *testing.T) {
 	buf := make([]byte, 0, 512)
 	data := []byte(`{"seq":1,"text":"hello"}`)
-	d := Delivery{Group: "room.1", Region: "eu", Offset: 99, Epoch: "abc"}
+	d := Delivery{Group: "room.1", Region: "eu", Kept: true, Offset: 99, Epoch: "abc"}
 	if n := testing.AllocsPerRun(100, func() {
 		buf, _ = AppendMessage(buf[:0], d, data)
 		buf = AppendReply(buf[:0], TypeAck, json.RawMessage(`12`))
@@ -58,7 +61,7 @@ func TestEncodeNoAllocs(t *testing.T) {
 }
 
 func TestRoundTrip(t *testing.T) {
-	b, _ := AppendMessage(nil, Delivery{Group: "g", Region: "eu", Offset: 3, Epoch: "e"}, []byte(`[1]`))
+	b, _ := AppendMessage(nil, Delivery{Group: "g", Region: "eu", Kept: true, Offset: 3, Epoch: "e"}, []byte(`[1]`))
 	b = append(b, '\n')
 	b = AppendReply(b, TypeAck, json.RawMessage(`5`))
 	var got []Frame
@@ -73,13 +76,13 @@ func TestRoundTrip(t *testing.T) {
 		t.Fatalf("%d frames", len(got))
 	}
 	m := got[0]
-	if m.Type != TypeMessage || m.Group != "g" || m.Region != "eu" || string(m.Offset) != "3" || string(m.Epoch) != `"e"` || string(m.Data) != "[1]" {
+	if m.Type != TypeMessage || m.Group != "g" || m.Region != "eu" || m.Offset != 3 || m.Epoch != "e" || string(m.Data) != "[1]" {
 		t.Errorf("message decoded as %+v", m)
 	}
 	if got[1].Type != TypeAck || string(got[1].ID) != "5" || string(got[1].Raw) != `{"type":"ack","id":5}` {
 		t.Errorf("ack decoded as %+v", got[1])
 	}
-	for _, bad := range []string{``, `[]`, `{"id":1}`, `{"type":1}`, `{"type":"ack"`} {
+	for _, bad := range []string{``, `[]`, `null`, ` 1`, `{"type":1}`, `{"type":"ack"`} {
 		if _, err := Decode([]byte(bad)); err == nil {
 			t.Errorf("Decode(%q) succeeded", bad)
 		}
@@ -133,7 +136,7 @@ func TestHTTPStatus(t *testing.T) {
 
 func BenchmarkEncodeMessage(b *testing.B) {
 	data := []byte(`{"seq":12345,"t":1732700000000000000,"text":"hello, world"}`)
-	d := Delivery{Group: "bench", Region: "eu", Offset: 12345, Epoch: "k3j2"}
+	d := Delivery{Group: "bench", Region: "eu", Kept: true, Offset: 12345, Epoch: "k3j2"}
 	b.Run("fresh", func(b *testing.B) { // as the broker does: one frame shared by all members
 		b.ReportAllocs()
 		for b.Loop() {
@@ -160,7 +163,7 @@ func BenchmarkEncodeReply(b *testing.B) {
 }
 
 func BenchmarkDecode(b *testing.B) {
-	obj, _ := AppendMessage(nil, Delivery{Group: "bench", Offset: 1, Epoch: "e"}, []byte(`{"seq":12345,"text":"hello, world"}`))
+	obj, _ := AppendMessage(nil, Delivery{Group: "bench", Kept: true, Offset: 1, Epoch: "e"}, []byte(`{"seq":12345,"text":"hello, world"}`))
 	b.ReportAllocs()
 	for b.Loop() {
 		if _, err := Decode(obj); err != nil {

@@ -13,6 +13,7 @@ const (
 	TypePresence = "presence" // a member joined or left, or a presence answer
 	TypeJoined   = "joined"   // the server joined the connection to a group
 	TypeLeft     = "left"     // the server removed the connection from a group
+	TypeReply    = "reply"    // an application's answer to its own frame type
 )
 
 // Frame types of client frames (§WebSocket, client frames).
@@ -21,6 +22,8 @@ const (
 	TypeLeave = "leave"
 	TypeSend  = "send"
 	TypePing  = "ping"
+	// TypeRefresh hands the server a new connection token.
+	TypeRefresh = "refresh"
 )
 
 // Error codes, stable parts of the protocol, shared by WebSocket error

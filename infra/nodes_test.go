@@ -141,7 +141,7 @@ type member struct {
 }
 
 // Receive implements broker.Receiver.
-func (m *member) Receive(frame []byte) { m.add(frame, time.Now()) }
+func (m *member) Receive(d broker.Delivery) { m.add(d.Frame, time.Now()) }
 
 // newMember opens a channel on n that records its deliveries.
 func newMember(t *testing.T, n *node) *member {

@@ -16,9 +16,9 @@ var ErrInvalidData = errors.New("protocol: data is not one JSON value")
 // are appended as they are: callers validate them to be plain ASCII that
 // needs no escaping. Free text (messages, users) is escaped.
 
-// Delivery says where a message frame goes and what it carries besides
+// Message says where a message frame goes and what it carries besides
 // its data (§WebSocket "Deliveries" and the README's extensions).
-type Delivery struct {
+type Message struct {
 	Group   string // the group published to, or
 	Channel string // the one channel it is sent to (when Group is "")
 	Region  string // the region it was published in, when known
@@ -34,7 +34,7 @@ type Delivery struct {
 // JSON value (else ErrInvalidData); it is copied as is, or compacted when
 // it holds newlines, which separate objects in a server frame. A nil buf
 // is allocated at the frame's size.
-func AppendMessage(buf []byte, d Delivery, data []byte) ([]byte, error) {
+func AppendMessage(buf []byte, d Message, data []byte) ([]byte, error) {
 	if !json.Valid(data) {
 		return nil, ErrInvalidData
 	}

@@ -8,7 +8,7 @@ import (
 )
 
 func TestEncoders(t *testing.T) {
-	msg := func(d Delivery, data string) string {
+	msg := func(d Message, data string) string {
 		b, err := AppendMessage(nil, d, []byte(data))
 		if err != nil {
 			t.Fatal(err)
@@ -16,9 +16,9 @@ func TestEncoders(t *testing.T) {
 		return string(b)
 	}
 	for _, c := range []struct{ got, want string }{
-		{msg(Delivery{Group: "g"}, `{"a":1}`), `{"type":"message","group":"g","data":{"a":1}}`},
-		{msg(Delivery{Channel: "c1", Region: "eu"}, `2`), `{"type":"message","channel":"c1","region":"eu","data":2}`},
-		{msg(Delivery{Group: "g", Region: "us", Kept: true, Offset: 7, Epoch: "e1"}, "{\n\"a\": [1,\n2]}"),
+		{msg(Message{Group: "g"}, `{"a":1}`), `{"type":"message","group":"g","data":{"a":1}}`},
+		{msg(Message{Channel: "c1", Region: "eu"}, `2`), `{"type":"message","channel":"c1","region":"eu","data":2}`},
+		{msg(Message{Group: "g", Region: "us", Kept: true, Offset: 7, Epoch: "e1"}, "{\n\"a\": [1,\n2]}"),
 			`{"type":"message","group":"g","region":"us","offset":7,"epoch":"e1","data":{"a":[1,2]}}`},
 		{string(AppendWelcome(nil, "c1", "n1", "", "")), `{"type":"welcome","channel":"c1","node":"n1","region":""}`},
 		{string(AppendWelcome(nil, "c1", "n1", "eu", `u"1`)), `{"type":"welcome","channel":"c1","node":"n1","region":"eu","user":"u\"1"}`},
@@ -40,7 +40,7 @@ func TestEncoders(t *testing.T) {
 			t.Errorf("%s is not JSON", c.got)
 		}
 	}
-	if _, err := AppendMessage(nil, Delivery{Group: "g"}, []byte(`{"a":`)); err != ErrInvalidData {
+	if _, err := AppendMessage(nil, Message{Group: "g"}, []byte(`{"a":`)); err != ErrInvalidData {
 		t.Errorf("bad data: %v, want ErrInvalidData", err)
 	}
 }
@@ -50,7 +50,7 @@ func TestEncoders(t *testing.T) {
 func TestEncodeNoAllocs(t *testing.T) {
 	buf := make([]byte, 0, 512)
 	data := []byte(`{"seq":1,"text":"hello"}`)
-	d := Delivery{Group: "room.1", Region: "eu", Kept: true, Offset: 99, Epoch: "abc"}
+	d := Message{Group: "room.1", Region: "eu", Kept: true, Offset: 99, Epoch: "abc"}
 	if n := testing.AllocsPerRun(100, func() {
 		buf, _ = AppendMessage(buf[:0], d, data)
 		buf = AppendReply(buf[:0], TypeAck, json.RawMessage(`12`))
@@ -61,7 +61,7 @@ func TestEncodeNoAllocs(t *testing.T) {
 }
 
 func TestRoundTrip(t *testing.T) {
-	b, _ := AppendMessage(nil, Delivery{Group: "g", Region: "eu", Kept: true, Offset: 3, Epoch: "e"}, []byte(`[1]`))
+	b, _ := AppendMessage(nil, Message{Group: "g", Region: "eu", Kept: true, Offset: 3, Epoch: "e"}, []byte(`[1]`))
 	b = append(b, '\n')
 	b = AppendReply(b, TypeAck, json.RawMessage(`5`))
 	var got []Frame
@@ -136,7 +136,7 @@ func TestHTTPStatus(t *testing.T) {
 
 func BenchmarkEncodeMessage(b *testing.B) {
 	data := []byte(`{"seq":12345,"t":1732700000000000000,"text":"hello, world"}`)
-	d := Delivery{Group: "bench", Region: "eu", Kept: true, Offset: 12345, Epoch: "k3j2"}
+	d := Message{Group: "bench", Region: "eu", Kept: true, Offset: 12345, Epoch: "k3j2"}
 	b.Run("fresh", func(b *testing.B) { // as the broker does: one frame shared by all members
 		b.ReportAllocs()
 		for b.Loop() {
@@ -163,7 +163,7 @@ func BenchmarkEncodeReply(b *testing.B) {
 }
 
 func BenchmarkDecode(b *testing.B) {
-	obj, _ := AppendMessage(nil, Delivery{Group: "bench", Kept: true, Offset: 1, Epoch: "e"}, []byte(`{"seq":12345,"text":"hello, world"}`))
+	obj, _ := AppendMessage(nil, Message{Group: "bench", Kept: true, Offset: 1, Epoch: "e"}, []byte(`{"seq":12345,"text":"hello, world"}`))
 	b.ReportAllocs()
 	for b.Loop() {
 		if _, err := Decode(obj); err != nil {

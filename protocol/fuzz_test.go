@@ -81,3 +81,38 @@ func TestParseClientFrame(t *testing.T) {
 		t.Fatalf("an array: %v", err)
 	}
 }
+
+// FuzzAppendMessage: any payload either is refused or yields one JSON object
+// on one line whose data is the payload, semantically unchanged.
+func FuzzAppendMessage(f *testing.F) {
+	for _, s := range []string{`{"a":1}`, "[1,\n2]", `"x"`, "nul", "{", `{"a":"\u2028"}`, " 1 ", "1 2"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		frame, err := AppendMessage(nil, Message{Group: "g", Kept: true, Offset: 1, Epoch: "e"}, data)
+		if err != nil {
+			if json.Valid(data) {
+				t.Fatalf("valid JSON %q refused", data)
+			}
+			return
+		}
+		if bytes.IndexByte(frame, '\n') >= 0 {
+			t.Fatalf("frame %q holds a newline", frame)
+		}
+		var got struct {
+			Type, Group string
+			Data        json.RawMessage
+		}
+		if err := json.Unmarshal(frame, &got); err != nil {
+			t.Fatalf("frame %q is not JSON: %v", frame, err)
+		}
+		var want, have any
+		json.Unmarshal(data, &want)
+		json.Unmarshal(got.Data, &have)
+		a, _ := json.Marshal(want)
+		b, _ := json.Marshal(have)
+		if got.Type != "message" || got.Group != "g" || !bytes.Equal(a, b) {
+			t.Fatalf("frame %q does not carry %q", frame, data)
+		}
+	})
+}

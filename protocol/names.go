@@ -71,10 +71,13 @@ func HTTPStatus(code string) int {
 	return http.StatusForbidden
 }
 
-// WebSocket close codes the server sends (§WebSocket, §Shutdown).
+// WebSocket close codes the server sends (§WebSocket, §Shutdown, and
+// the README's additions).
 const (
 	CloseGoingAway      = 1001 // the instance stops
 	CloseTooLarge       = 1009 // a client frame over the size limit
-	CloseServiceRestart = 1012 // planned: reconnect, maybe elsewhere (drain, max age, NATS lost)
-	CloseSlowConsumer   = 4008 // the connection's outbox overflowed
+	CloseServiceRestart = 1012 // planned: reconnect, maybe elsewhere (drain, max age, NATS lost); see ReconnectReason
+	CloseTokenExpired   = 4001 // the token expired without a refresh: reconnect with a new one
+	CloseDisconnected   = 4003 // a backend disconnected the connection or its user
+	CloseSlowConsumer   = 4008 // the outbox overflowed: the client missed messages
 )

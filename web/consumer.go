@@ -10,6 +10,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/groupcast/groupcast/broker"
+	"github.com/groupcast/groupcast/protocol"
 )
 
 // A Consumer is an application's own code in the life of a connection, in
@@ -155,9 +156,11 @@ func (c *Conn) Send(data any) error {
 	if err != nil {
 		return err
 	}
-	frame := append([]byte(`{"type":"message","channel":"`), c.s.channel...)
-	frame = append(append(frame, `","data":`...), b...)
-	c.s.send(append(frame, '}'))
+	frame, err := protocol.AppendMessage(nil, protocol.Message{Channel: c.s.channel}, b)
+	if err != nil {
+		return err
+	}
+	c.s.Receive(broker.Delivery{Frame: frame, Kind: broker.KindMessage})
 	return nil
 }
 

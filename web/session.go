@@ -1,7 +1,6 @@
 package web
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -13,6 +12,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/groupcast/groupcast/broker"
 )
 
 // Close codes the server uses, beyond the standard ones.
@@ -127,8 +128,8 @@ func (s *session) logger() *slog.Logger {
 
 // Receive implements broker.Receiver: it queues the frame without blocking
 // and closes the session as a slow consumer if the outbox is full.
-func (s *session) Receive(frame []byte) {
-	queued, start := s.out.push(frame)
+func (s *session) Receive(d broker.Delivery) {
+	queued, start := s.out.push(d)
 	if start {
 		s.startWriter()
 	}
@@ -146,7 +147,8 @@ func (s *session) Closing() bool { return s.out.isClosing() }
 // goroutine, as much as the socket takes without blocking; a writer is
 // started only for what is left. It declines when there is other writing
 // to do or the socket takes nothing, and always with WriteDelay.
-func (s *session) ReceiveNow(frame []byte) bool {
+func (s *session) ReceiveNow(d broker.Delivery) bool {
+	frame := d.Frame
 	if s.raw == nil || s.raw.rc == nil || s.srv.cfg.WriteDelay > 0 || !s.out.claim() {
 		return false
 	}
@@ -155,13 +157,14 @@ func (s *session) ReceiveNow(frame []byte) bool {
 	*buf = p
 	start := frameHeader(p)
 	n, err := s.raw.tryWrite(p[start:])
-	var rest, unwritten []byte
+	var rest []byte
+	var unwritten broker.Delivery
 	switch {
 	case errors.Is(err, errWouldBlock):
-		unwritten = frame
+		unwritten = d
 	case err != nil:
 		s.srv.buffers.Put(buf)
-		s.out.release(nil, nil)
+		s.out.release(nil, broker.Delivery{})
 		s.close(0, "") // broken: drop it
 		return true
 	default:
@@ -179,8 +182,11 @@ func (s *session) ReceiveNow(frame []byte) bool {
 	return true
 }
 
-// send queues an answer of the session's own; it never blocks either.
-func (s *session) send(frame []byte) { s.Receive(frame) }
+// send queues an answer of the session's own (a control frame); it never
+// blocks either.
+func (s *session) send(frame []byte) {
+	s.Receive(broker.Delivery{Frame: frame, Kind: broker.KindControl})
+}
 
 // close asks the writer to end the connection with code, or with code 0
 // to drop it without a close handshake (the reader saw it end, or the peer
@@ -234,7 +240,7 @@ func (s *session) writeLoop() {
 		if !ok {
 			return
 		}
-		if d := s.srv.cfg.WriteDelay; d > 0 && !w.closing && len(w.frames) > 0 && bytes.HasPrefix(w.frames[0], messagePrefix) {
+		if d := s.srv.cfg.WriteDelay; d > 0 && !w.closing && w.message {
 			time.Sleep(d)
 			w = s.out.more(w)
 		}
@@ -305,9 +311,6 @@ func (s *session) write(batch [][]byte) error {
 	*buf = p
 	return s.writeFrame(p, n)
 }
-
-// messagePrefix starts every delivery frame: what WriteDelay may hold.
-var messagePrefix = []byte(`{"type":"message"`)
 
 // writeRest writes what an immediate write left of its message.
 func (s *session) writeRest(rest []byte) error {

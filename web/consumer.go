@@ -244,7 +244,7 @@ func (s *session) serverJoin(ctx context.Context, group string) error {
 	if _, err := s.join(ctx, group, nil); err != nil {
 		return err
 	}
-	s.send(groupEvent("joined", group))
+	s.send(protocol.AppendGroupEvent(nil, protocol.TypeJoined, group))
 	return nil
 }
 
@@ -253,12 +253,7 @@ func (s *session) serverLeave(group string) error {
 		return err
 	}
 	if s.remove(group) {
-		s.send(groupEvent("left", group))
+		s.send(protocol.AppendGroupEvent(nil, protocol.TypeLeft, group))
 	}
 	return nil
-}
-
-// groupEvent encodes {"type":<typ>,"group":<group>} for a valid group.
-func groupEvent(typ, group string) []byte {
-	return []byte(`{"type":"` + typ + `","group":"` + group + `"}`)
 }

@@ -14,16 +14,17 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/groupcast/groupcast/broker"
+	"github.com/groupcast/groupcast/protocol"
 )
 
 // Close codes the server uses, beyond the standard ones.
 const (
 	// CloseSlowConsumer closes a connection whose outbox overflowed: the
 	// client did not read fast enough and has missed messages.
-	CloseSlowConsumer websocket.StatusCode = 4008
+	CloseSlowConsumer websocket.StatusCode = protocol.CloseSlowConsumer
 	// CloseTokenExpired closes a connection whose token expired without a
 	// refresh: the client needs a new token to reconnect.
-	CloseTokenExpired websocket.StatusCode = 4001
+	CloseTokenExpired websocket.StatusCode = protocol.CloseTokenExpired
 )
 
 // session is one WebSocket connection: a channel in the broker, a reader
@@ -408,7 +409,7 @@ func (s *session) readLoop() {
 			return
 		}
 		if typ != websocket.MessageText {
-			s.send(errorFrame(nil, CodeInvalidFrame, "frames must be UTF-8 JSON text"))
+			s.send(protocol.AppendError(nil, nil, CodeInvalidFrame, "frames must be UTF-8 JSON text"))
 			continue
 		}
 		s.handleAside(p)
@@ -436,13 +437,13 @@ func (s *session) handle(p []byte) {
 			s.close(websocket.StatusPolicyViolation, "rate limit")
 			return
 		}
-		f, _ := parseFrame(p)
+		f, _ := protocol.ParseClientFrame(p)
 		s.srv.metrics.errors.WithLabelValues(CodeRateLimited).Inc()
-		s.send(errorFrame(f.ID, CodeRateLimited, "too many frames; slow down"))
+		s.send(protocol.AppendError(nil, f.ID, CodeRateLimited, "too many frames; slow down"))
 		return
 	}
 	s.flooded = 0
-	f, err := parseFrame(p)
+	f, err := protocol.ParseClientFrame(p)
 	if err == nil {
 		err = s.dispatch(&f)
 	}
@@ -456,6 +457,6 @@ func (s *session) handle(p []byte) {
 			s.logger().Info("frame refused", "type", f.Type, "code", code, "refusals", s.refused)
 		}
 		s.srv.metrics.errors.WithLabelValues(code).Inc()
-		s.send(errorFrame(f.ID, code, message))
+		s.send(protocol.AppendError(nil, f.ID, code, message))
 	}
 }

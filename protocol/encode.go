@@ -39,7 +39,14 @@ func AppendMessage(buf []byte, d Message, data []byte) ([]byte, error) {
 		return nil, ErrInvalidData
 	}
 	if buf == nil {
-		buf = make([]byte, 0, len(d.Group)+len(d.Channel)+len(d.Region)+len(d.Epoch)+len(data)+80)
+		n := len(`{"type":"message","channel":"","data":}`) + len(d.Group) + len(d.Channel) + len(data)
+		if d.Region != "" {
+			n += len(`,"region":""`) + len(d.Region)
+		}
+		if d.Kept {
+			n += len(`,"offset":18446744073709551615,"epoch":""`) + len(d.Epoch)
+		}
+		buf = make([]byte, 0, n)
 	}
 	if d.Group != "" {
 		buf = append(buf, `{"type":"message","group":"`...)

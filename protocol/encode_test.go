@@ -40,6 +40,11 @@ func TestEncoders(t *testing.T) {
 			t.Errorf("%s is not JSON", c.got)
 		}
 	}
+	for _, m := range []Message{{Group: "g"}, {Channel: "c.1", Region: "eu"}, {Group: "g", Region: "r", Kept: true, Offset: 1<<64 - 1, Epoch: "e"}} {
+		if b, _ := AppendMessage(nil, m, []byte(`{"a":1}`)); len(b) > cap(b) || cap(b)-len(b) > 2 { // "group" is 2 bytes shorter than "channel"
+			t.Errorf("%s: cap %d for %d bytes: the estimate is off", b, cap(b), len(b))
+		}
+	}
 	if _, err := AppendMessage(nil, Message{Group: "g"}, []byte(`{"a":`)); err != ErrInvalidData {
 		t.Errorf("bad data: %v, want ErrInvalidData", err)
 	}

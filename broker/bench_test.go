@@ -10,7 +10,7 @@ import (
 // discard is a Receiver that drops frames, to measure the broker alone.
 type discard struct{ n int }
 
-func (d *discard) Receive([]byte) { d.n++ }
+func (d *discard) Receive(Delivery) { d.n++ }
 
 // BenchmarkFanout measures one message fanned out to the local members of
 // a group: one frame encoded, then one Receive per member. The frame is

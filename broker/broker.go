@@ -261,14 +261,34 @@ func (c *Config) setDefaults() error {
 	return nil
 }
 
+// Kind says what a delivered frame is, so that a transport need not read
+// its bytes to decide how to write it.
+type Kind uint8
+
+const (
+	// KindMessage is one or more message frames (a delivery, or a chunk
+	// of a replay): what a transport may hold back to batch.
+	KindMessage Kind = iota
+	// KindControl is any other frame (gap, presence): written at once.
+	KindControl
+)
+
+// A Delivery is what a Receiver takes: encoded server frames (one JSON
+// object, or several separated by '\n'; see package protocol) and their
+// kind. Frame is shared by every receiver of the message and must not be
+// modified; it stays valid after Receive returns.
+type Delivery struct {
+	Frame []byte
+	Kind  Kind
+}
+
 // A Receiver takes the frames delivered to one channel.
 //
 // Receive is called from the broker's dispatch goroutines, possibly while
 // a group's member list is read-locked: it must not block and must not call
-// the Broker. The frame is shared by every receiver of the message and
-// must not be modified; it stays valid after Receive returns.
+// the Broker.
 type Receiver interface {
-	Receive(frame []byte)
+	Receive(d Delivery)
 }
 
 // An ImmediateReceiver can also take a frame on the caller's goroutine
@@ -281,7 +301,7 @@ type ImmediateReceiver interface {
 	Receiver
 	// ReceiveNow takes the frame at once and reports true, or declines
 	// and reports false, leaving it to Receive.
-	ReceiveNow(frame []byte) bool
+	ReceiveNow(d Delivery) bool
 }
 
 // immediateMembers is the largest group delivered through ReceiveNow.
@@ -300,12 +320,12 @@ func closing(r Receiver) bool {
 	return ok && cr.Closing()
 }
 
-// deliverNow hands frame to r at once if r can take it so, else queues it.
-func deliverNow(r Receiver, frame []byte) {
-	if ir, ok := r.(ImmediateReceiver); ok && ir.ReceiveNow(frame) {
+// deliverNow hands d to r at once if r can take it so, else queues it.
+func deliverNow(r Receiver, d Delivery) {
+	if ir, ok := r.(ImmediateReceiver); ok && ir.ReceiveNow(d) {
 		return
 	}
-	r.Receive(frame)
+	r.Receive(d)
 }
 
 // Broker is the channel layer of one node: channels (one per connection),
@@ -979,7 +999,7 @@ func (g *group) recovered(m *member, rec *recovery, last uint64) (lost bool) {
 	defer rec.mu.Unlock()
 	for _, f := range rec.frames {
 		if f.seq > last {
-			m.recv.Receive(f.frame)
+			m.recv.Receive(Delivery{f.frame, KindMessage})
 			last = f.seq
 		}
 	}

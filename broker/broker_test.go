@@ -2,7 +2,6 @@ package broker
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -370,17 +369,6 @@ func TestEmbeddedListener(t *testing.T) {
 	nc.Publish("groupcast.group.tools", []byte(`{"from":"cli"}`))
 	if got := r.next(t); !strings.Contains(got, `"from":"cli"`) {
 		t.Fatalf("got %s", got)
-	}
-}
-
-func TestFrameIsValidJSON(t *testing.T) {
-	f, err := appendFrame(nil, `{"type":"message","group":"`, "a.b", "eu-west", []byte("[1,\n2]"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var v map[string]any
-	if err := json.Unmarshal(f, &v); err != nil || v["group"] != "a.b" || v["region"] != "eu-west" {
-		t.Fatalf("%s: %v", f, err)
 	}
 }
 

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/groupcast/groupcast/protocol"
 )
 
 // dispatchLoop fans out the messages of one shard until Close.
@@ -43,7 +45,7 @@ func (b *Broker) dispatch(msg *nats.Msg) {
 	if g == nil {
 		return // unsubscribed meanwhile
 	}
-	var ext []byte
+	pm := protocol.Message{Group: g.name, Region: originRegion(msg)}
 	var seq uint64
 	if g.kept != nil {
 		meta, err := msg.Metadata()
@@ -52,14 +54,15 @@ func (b *Broker) dispatch(msg *nats.Msg) {
 		}
 		seq = meta.Sequence.Stream
 		g.lastSeq.Store(seq) // before the fan-out: see group.add
-		ext = messageExt(seq, g.kept.currentEpoch())
+		pm.Kept, pm.Offset, pm.Epoch = true, seq, g.kept.currentEpoch()
 	}
-	frame, err := appendFrameExt(nil, `{"type":"message","group":"`, g.name, originRegion(msg), ext, msg.Data)
+	frame, err := protocol.AppendMessage(nil, pm, msg.Data)
 	if err != nil {
 		b.stats.invalid.Add(1)
 		b.log.Warn("dropped a message that is not JSON", "group", g.name, "bytes", len(msg.Data))
 		return
 	}
+	d := Delivery{frame, KindMessage}
 	except := excluded(msg)
 	g.mu.RLock()
 	over := false
@@ -76,25 +79,25 @@ func (b *Broker) dispatch(msg *nats.Msg) {
 			case r != nil:
 				over = r.offer(seq, frame, m.recv) || over
 			case len(g.members) <= immediateMembers:
-				deliverNow(m.recv, frame)
+				deliverNow(m.recv, d)
 			default:
-				m.recv.Receive(frame)
+				m.recv.Receive(d)
 			}
 		}
 	case g.recovering == nil && len(g.members) <= immediateMembers:
 		for _, m := range g.members {
-			deliverNow(m.recv, frame)
+			deliverNow(m.recv, d)
 		}
 	case g.recovering == nil:
 		for _, m := range g.members {
-			m.recv.Receive(frame)
+			m.recv.Receive(d)
 		}
 	default:
 		for _, m := range g.members {
 			if r := g.recovering[m]; r != nil {
 				over = r.offer(seq, frame, m.recv) || over
 			} else {
-				m.recv.Receive(frame)
+				m.recv.Receive(d)
 			}
 		}
 	}
@@ -116,13 +119,13 @@ func (b *Broker) dispatchDirect(msg *nats.Msg) {
 	if m == nil {
 		return // closed meanwhile
 	}
-	frame, err := appendFrame(nil, `{"type":"message","channel":"`, channel, originRegion(msg), msg.Data)
+	frame, err := protocol.AppendMessage(nil, protocol.Message{Channel: channel, Region: originRegion(msg)}, msg.Data)
 	if err != nil {
 		b.stats.invalid.Add(1)
 		b.log.Warn("dropped a message that is not JSON", "channel", channel, "bytes", len(msg.Data))
 		return
 	}
-	deliverNow(m.recv, frame)
+	deliverNow(m.recv, Delivery{frame, KindMessage})
 	b.stats.delivered.Add(1)
 }
 
@@ -144,46 +147,6 @@ func originRegion(msg *nats.Msg) string {
 		return r
 	}
 	return ""
-}
-
-// appendFrame appends head, name, the origin region when known, the data
-// field and the closing brace. Names and regions need no escaping: they
-// are validated to be plain ASCII. The data is checked to be one JSON
-// value and compacted if it holds newlines, which separate objects in a
-// server frame.
-func appendFrame(buf []byte, head, name, region string, data []byte) ([]byte, error) {
-	return appendFrameExt(buf, head, name, region, nil, data)
-}
-
-// appendFrameExt is appendFrame with more fields, pre-encoded (each
-// starting with a comma), between the region and the data.
-func appendFrameExt(buf []byte, head, name, region string, ext, data []byte) ([]byte, error) {
-	const mid = `,"data":`
-	if buf == nil {
-		buf = make([]byte, 0, len(head)+len(name)+len(region)+len(ext)+len(mid)+len(data)+16)
-	}
-	buf = append(buf, head...)
-	buf = append(buf, name...)
-	if region != "" {
-		buf = append(buf, `","region":"`...)
-		buf = append(buf, region...)
-	}
-	buf = append(buf, '"')
-	buf = append(buf, ext...)
-	buf = append(buf, mid...)
-	if !json.Valid(data) {
-		return nil, ErrInvalidData
-	}
-	if bytes.IndexByte(data, '\n') < 0 {
-		buf = append(buf, data...)
-	} else {
-		out := bytes.NewBuffer(buf)
-		if err := json.Compact(out, data); err != nil {
-			return nil, ErrInvalidData
-		}
-		buf = out.Bytes()
-	}
-	return append(buf, '}'), nil
 }
 
 // compactJSON returns data if it is one JSON value with no newline, a

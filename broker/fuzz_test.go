@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"bytes"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -55,41 +54,6 @@ func FuzzValidChannel(f *testing.F) {
 		}
 		if !validID(node) || !validID(conn) || node+"."+conn != name {
 			t.Fatalf("%q split into %q and %q", name, node, conn)
-		}
-	})
-}
-
-// FuzzAppendFrame: any payload either is refused or yields one JSON object
-// on one line whose data is the payload, semantically unchanged.
-func FuzzAppendFrame(f *testing.F) {
-	for _, s := range []string{`{"a":1}`, "[1,\n2]", `"x"`, "nul", "{", `{"a":"\u2028"}`, " 1 ", "1 2"} {
-		f.Add([]byte(s))
-	}
-	f.Fuzz(func(t *testing.T, data []byte) {
-		frame, err := appendFrame(nil, `{"type":"message","group":"`, "g", "", data)
-		if err != nil {
-			if json.Valid(data) {
-				t.Fatalf("valid JSON %q refused", data)
-			}
-			return
-		}
-		if bytes.IndexByte(frame, '\n') >= 0 {
-			t.Fatalf("frame %q holds a newline", frame)
-		}
-		var got struct {
-			Type, Group string
-			Data        json.RawMessage
-		}
-		if err := json.Unmarshal(frame, &got); err != nil {
-			t.Fatalf("frame %q is not JSON: %v", frame, err)
-		}
-		var want, have any
-		json.Unmarshal(data, &want)
-		json.Unmarshal(got.Data, &have)
-		a, _ := json.Marshal(want)
-		b, _ := json.Marshal(have)
-		if got.Type != "message" || got.Group != "g" || !bytes.Equal(a, b) {
-			t.Fatalf("frame %q does not carry %q", frame, data)
 		}
 	})
 }

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/groupcast/groupcast/protocol"
 )
 
 // Policy is how a group's messages are kept.
@@ -480,7 +482,7 @@ func (r *recovery) offer(seq uint64, frame []byte, recv Receiver) (over bool) {
 		if seq <= r.last {
 			return false
 		}
-		recv.Receive(frame)
+		recv.Receive(Delivery{frame, KindMessage})
 		r.passed = true
 		return true
 	}
@@ -490,14 +492,6 @@ func (r *recovery) offer(seq uint64, frame []byte, recv Receiver) (over bool) {
 	}
 	r.frames = append(r.frames, seqFrame{seq, frame})
 	return false
-}
-
-// messageExt encodes the offset and epoch fields of a kept message.
-func messageExt(seq uint64, epoch string) []byte {
-	ext := append([]byte(`,"offset":`), strconv.FormatUint(seq, 10)...)
-	ext = append(ext, `,"epoch":"`...)
-	ext = append(ext, epoch...)
-	return append(ext, '"')
 }
 
 // replay sends a member the kept messages of g after since (or, for a
@@ -559,15 +553,18 @@ func (b *Broker) replay(ctx context.Context, s *stream, g *group, r Receiver, si
 				stopped = true
 				return false
 			}
-			r.Receive(chunk)
+			r.Receive(Delivery{chunk, KindMessage})
 			chunk = nil
 		}
 		return true
 	}
 	last := start - 1
+	var frame []byte // reused: each frame is copied into the chunk
 	err = h.readKept(ctx, read, subject, start, until, func(seq uint64, msg *nats.Msg) bool {
-		frame, err := appendFrameExt(nil, `{"type":"message","group":"`, g.name, originRegion(msg), messageExt(seq, epoch), msg.Data)
-		if err == nil {
+		var ferr error
+		frame, ferr = protocol.AppendMessage(frame[:0], protocol.Message{
+			Group: g.name, Region: originRegion(msg), Kept: true, Offset: seq, Epoch: epoch}, msg.Data)
+		if ferr == nil {
 			if len(chunk)+1+len(frame) > 64<<10 && !flush() {
 				return false
 			}
@@ -902,10 +899,10 @@ func (b *Broker) tellGap(s *stream, epoch string) {
 	}
 	b.mu.RUnlock()
 	for _, g := range groups {
-		frame := []byte(`{"type":"gap","group":"` + g.name + `","epoch":"` + epoch + `"}`)
+		d := Delivery{protocol.AppendGap(nil, g.name, epoch), KindControl}
 		g.mu.RLock()
 		for _, m := range g.members {
-			m.recv.Receive(frame)
+			m.recv.Receive(d)
 		}
 		g.mu.RUnlock()
 	}

@@ -44,9 +44,9 @@ type inbox struct{ frames chan []byte }
 
 func newInbox() *inbox { return &inbox{frames: make(chan []byte, 100000)} }
 
-func (r *inbox) Receive(frame []byte) {
+func (r *inbox) Receive(d Delivery) {
 	select {
-	case r.frames <- frame:
+	case r.frames <- d.Frame:
 	default:
 		panic("test inbox full")
 	}

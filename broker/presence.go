@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/groupcast/groupcast/protocol"
 )
 
 // Presence: who is in a group, on every node and in every region.
@@ -473,14 +475,9 @@ func (p *presence) encodeEvent(group, event string, m Member) encodedEvent {
 }
 
 // eventFrame encodes the frame members receive.
-func eventFrame(group, event string, m Member) []byte {
-	f, _ := json.Marshal(struct {
-		Type   string `json:"type"`
-		Group  string `json:"group"`
-		Event  string `json:"event"`
-		Member Member `json:"member"`
-	}{"presence", group, event, m})
-	return f
+func eventFrame(group, event string, m Member) Delivery {
+	member, _ := json.Marshal(m) // a Member always encodes
+	return Delivery{protocol.AppendPresence(nil, group, event, member), KindControl}
 }
 
 // deliver hands a join or leave event of m to the local members that
@@ -488,10 +485,10 @@ func eventFrame(group, event string, m Member) []byte {
 // at an edge (the user's first connection joined, or its last left). The
 // frame is encoded once, and only when someone is listening. p.mu is held.
 func (g *pgroup) deliver(event string, m Member, edge bool) {
-	var frame []byte
+	var frame Delivery
 	for ch, l := range g.listeners {
 		if ch != m.Channel && (edge || l.events != UserEvents) {
-			if frame == nil {
+			if frame.Frame == nil {
 				frame = eventFrame(g.name, event, m)
 			}
 			l.recv.Receive(frame)

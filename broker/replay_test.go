@@ -23,9 +23,9 @@ type counter struct {
 	closing     func() bool // nil: never
 }
 
-func (c *counter) Receive(frame []byte) {
-	c.msgs.Add(int64(strings.Count(string(frame), "\n") + 1))
-	c.bytes.Add(int64(len(frame)))
+func (c *counter) Receive(d Delivery) {
+	c.msgs.Add(int64(strings.Count(string(d.Frame), "\n") + 1))
+	c.bytes.Add(int64(len(d.Frame)))
 }
 
 // closingCounter is a counter that says it takes no more frames once it

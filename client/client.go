@@ -45,6 +45,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/groupcast/groupcast/protocol"
 )
 
 // State is the client's connection state.
@@ -229,7 +231,8 @@ type membership struct {
 	// sent back as "since" and "epoch" when the group is rejoined, so that
 	// a server that keeps history can resume the group. Servers without
 	// history send neither and ignore both.
-	offset, epoch json.RawMessage
+	offset uint64
+	epoch  string
 }
 
 // link is one WebSocket connection.
@@ -243,24 +246,8 @@ type link struct {
 	within  time.Duration // the close reason's reconnect_within_ms
 
 	mu      sync.Mutex
-	pending map[string]chan serverFrame // by id
+	pending map[string]chan protocol.Frame // by id
 	ended   bool
-}
-
-// serverFrame is any object the server sends.
-type serverFrame struct {
-	Type    string          `json:"type"`
-	ID      json.RawMessage `json:"id"`
-	Code    string          `json:"code"`
-	Message string          `json:"message"`
-	Group   string          `json:"group"`
-	Channel string          `json:"channel"`
-	Node    string          `json:"node"`
-	Region  string          `json:"region"`
-	User    string          `json:"user"`
-	Data    json.RawMessage `json:"data"`
-	Offset  json.RawMessage `json:"offset"`
-	Epoch   json.RawMessage `json:"epoch"`
 }
 
 // clientFrame is any object the client sends.
@@ -276,8 +263,8 @@ type clientFrame struct {
 
 // since is where a rejoin resumes: after the last offset seen, in its epoch.
 type since struct {
-	Offset json.RawMessage `json:"offset"`
-	Epoch  json.RawMessage `json:"epoch,omitempty"`
+	Offset uint64 `json:"offset"`
+	Epoch  string `json:"epoch,omitempty"`
 }
 
 // Dial connects to a groupcast WebSocket URL (ws:// or wss://, usually
@@ -609,14 +596,7 @@ func (c *Client) isClosed() bool {
 // the span over which the server asks clients to spread their
 // reconnects; 0 when absent. At most a minute, whatever it says.
 func reconnectWithin(reason string) time.Duration {
-	for _, f := range strings.Fields(reason) {
-		if v, ok := strings.CutPrefix(f, "reconnect_within_ms="); ok {
-			if ms, err := strconv.Atoi(v); err == nil && ms > 0 {
-				return min(time.Duration(ms)*time.Millisecond, time.Minute)
-			}
-		}
-	}
-	return 0
+	return min(protocol.ReconnectWithin(reason), time.Minute)
 }
 
 // backoff returns the wait before reconnection attempt n (from 0).
@@ -664,8 +644,8 @@ func (c *Client) connect(ctx context.Context) (*link, error) {
 		return nil, fmt.Errorf("client: reading the welcome: %w", err)
 	}
 	objs := bytes.Split(p, []byte{'\n'})
-	var w serverFrame
-	if err := json.Unmarshal(objs[0], &w); err != nil || w.Type != "welcome" {
+	w, err := protocol.Decode(objs[0])
+	if err != nil || w.Type != protocol.TypeWelcome {
 		conn.Close(websocket.StatusProtocolError, "expected a welcome")
 		return nil, fmt.Errorf("client: the server's first frame is not a welcome: %.100q", objs[0])
 	}
@@ -675,7 +655,7 @@ func (c *Client) connect(ctx context.Context) (*link, error) {
 		welcome: Welcome{Channel: w.Channel, Node: w.Node, Region: w.Region, User: w.User},
 		early:   objs[1:],
 		done:    make(chan struct{}),
-		pending: make(map[string]chan serverFrame),
+		pending: make(map[string]chan protocol.Frame),
 	}, nil
 }
 
@@ -729,7 +709,7 @@ func (c *Client) rejoin(ctx context.Context, l *link) bool {
 	joined := make([]*membership, 0, len(c.groups))
 	for g, m := range c.groups {
 		f := clientFrame{Type: "join", Group: g}
-		if m.offset != nil {
+		if m.offset > 0 {
 			f.Since = &since{Offset: m.offset, Epoch: m.epoch}
 		}
 		frames = append(frames, f)
@@ -808,13 +788,7 @@ func (c *Client) read(ctx context.Context, l *link) {
 			l.conn.CloseNow()
 			return
 		}
-		for len(p) > 0 {
-			obj := p
-			if i := bytes.IndexByte(p, '\n'); i >= 0 {
-				obj, p = p[:i], p[i+1:]
-			} else {
-				p = nil
-			}
+		for obj := range protocol.Objects(p) {
 			c.dispatch(l, obj)
 		}
 	}
@@ -824,20 +798,20 @@ func (c *Client) dispatch(l *link, obj []byte) {
 	if len(bytes.TrimSpace(obj)) == 0 {
 		return
 	}
-	var f serverFrame
-	if err := json.Unmarshal(obj, &f); err != nil {
-		c.report(fmt.Errorf("client: undecodable frame from the server: %w", err))
+	f, err := protocol.Decode(obj)
+	if err != nil {
+		c.report(fmt.Errorf("client: %w", err))
 		return
 	}
 	switch f.Type {
-	case "message":
+	case protocol.TypeMessage:
 		msg := Message{Group: f.Group, Channel: f.Channel, Region: f.Region, Data: f.Data, Raw: obj}
 		var h Handler
 		c.mu.Lock()
 		if f.Group != "" {
 			if m := c.groups[f.Group]; m != nil {
 				h = m.handler
-				if f.Offset != nil {
+				if f.Offset > 0 {
 					m.offset, m.epoch = f.Offset, f.Epoch
 				}
 			}
@@ -848,7 +822,7 @@ func (c *Client) dispatch(l *link, obj []byte) {
 		if h != nil {
 			h(msg)
 		}
-	case "ack", "pong", "error":
+	case protocol.TypeAck, protocol.TypePong, protocol.TypeError:
 		l.mu.Lock()
 		ch := l.pending[string(f.ID)]
 		delete(l.pending, string(f.ID))
@@ -856,7 +830,7 @@ func (c *Client) dispatch(l *link, obj []byte) {
 		switch {
 		case ch != nil:
 			ch <- f
-		case f.Type == "error":
+		case f.Type == protocol.TypeError:
 			c.report(&Error{Code: f.Code, Message: f.Message})
 		}
 	}
@@ -948,13 +922,13 @@ func (l *link) call(ctx context.Context, c *Client, f clientFrame) error {
 // request is a request in flight: its id and where its answer will come.
 type request struct {
 	key    string
-	answer chan serverFrame
+	answer chan protocol.Frame
 }
 
 // start sends a request.
 func (l *link) start(c *Client, f clientFrame) (request, error) {
 	f.ID = c.newID()
-	r := request{key: strconv.FormatInt(f.ID, 10), answer: make(chan serverFrame, 1)}
+	r := request{key: strconv.FormatInt(f.ID, 10), answer: make(chan protocol.Frame, 1)}
 	b, err := json.Marshal(f)
 	if err != nil {
 		return r, err
@@ -981,7 +955,7 @@ func (l *link) start(c *Client, f clientFrame) (request, error) {
 
 // wait waits for an answer: nil for ack or pong, *Error for an error.
 func (l *link) wait(ctx context.Context, r request) error {
-	var f serverFrame
+	var f protocol.Frame
 	select {
 	case f = <-r.answer:
 	case <-l.done:
@@ -994,7 +968,7 @@ func (l *link) wait(ctx context.Context, r request) error {
 		l.forget(r)
 		return ctx.Err()
 	}
-	if f.Type == "error" {
+	if f.Type == protocol.TypeError {
 		return &Error{Code: f.Code, Message: f.Message}
 	}
 	return nil

@@ -13,21 +13,12 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/groupcast/groupcast/protocol"
 )
 
 // frame is one JSON object of a server frame (a frame may hold several, one a line).
-type frame struct {
-	Type   string          `json:"type"`
-	ID     *int            `json:"id"`
-	Group  string          `json:"group"`
-	Region string          `json:"region"`
-	Data   json.RawMessage `json:"data"`
-	Code   string          `json:"code"`
-
-	Offset    uint64 `json:"offset"`
-	Epoch     string `json:"epoch"`
-	Recovered *bool  `json:"recovered"`
-}
+type frame = protocol.Frame
 
 // client is a WebSocket to one region, its frames read into a channel.
 type client struct {
@@ -53,12 +44,9 @@ func dial(ctx context.Context, t *testing.T, app *App, region string) *client {
 				close(c.frames)
 				return
 			}
-			for _, line := range bytes.Split(data, []byte("\n")) {
-				if len(bytes.TrimSpace(line)) == 0 {
-					continue
-				}
-				var f frame
-				if err := json.Unmarshal(line, &f); err != nil {
+			for line := range protocol.Objects(data) {
+				f, err := protocol.Decode(line)
+				if err != nil {
 					t.Errorf("%s: a line that is not one JSON object: %q", region, line)
 					continue
 				}
@@ -137,7 +125,7 @@ func TestMultiRegion(t *testing.T) {
 		c.send(ctx, t, map[string]any{"type": "join", "group": "demo", "id": 1})
 		for {
 			f := c.next(t, 5*time.Second)
-			if f.Type == "ack" && f.ID != nil && *f.ID == 1 {
+			if f.Type == "ack" && string(f.ID) == "1" {
 				break
 			}
 			if f.Type == "error" {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/groupcast/groupcast/broker"
 	"github.com/groupcast/groupcast/internal/apptest"
+	"github.com/groupcast/groupcast/protocol"
 )
 
 // node is a groupcast instance in the test process: the broker that the app runs,
@@ -71,21 +72,19 @@ type inbox struct {
 
 // add records one frame of the protocol (a single JSON object) received at at.
 func (in *inbox) add(frame []byte, at time.Time) {
-	var f struct {
-		Type   string  `json:"type"`
-		Group  string  `json:"group"`
-		Region string  `json:"region"`
-		Data   payload `json:"data"`
+	f, err := protocol.Decode(frame)
+	var p payload
+	if err == nil && f.Data != nil {
+		err = json.Unmarshal(f.Data, &p)
 	}
-	err := json.Unmarshal(frame, &f)
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	if err != nil {
 		in.bad = append(in.bad, string(frame))
 		return
 	}
-	if f.Type == "message" {
-		in.got = append(in.got, delivery{group: f.Group, region: f.Region, payload: f.Data, at: at})
+	if f.Type == protocol.TypeMessage {
+		in.got = append(in.got, delivery{group: f.Group, region: f.Region, payload: p, at: at})
 	}
 }
 
@@ -141,7 +140,7 @@ type member struct {
 }
 
 // Receive implements broker.Receiver.
-func (m *member) Receive(frame []byte) { m.add(frame, time.Now()) }
+func (m *member) Receive(d broker.Delivery) { m.add(d.Frame, time.Now()) }
 
 // newMember opens a channel on n that records its deliveries.
 func newMember(t *testing.T, n *node) *member {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/groupcast/groupcast/protocol"
 )
 
 // wsMember is a WebSocket client of a groupcast instance; it records its deliveries.
@@ -59,7 +60,7 @@ func dialMember(t *testing.T, name string, app *App, region, group string) *wsMe
 	waitUntil(t, 5*time.Second, name+": join acknowledged", func() bool {
 		w.mu.Lock()
 		defer w.mu.Unlock()
-		return w.acks["join-"+group]
+		return w.acks[`"join-`+group+`"`] // the id, raw as the ack carries it
 	})
 	return w
 }
@@ -74,12 +75,8 @@ func (w *wsMember) read(welcome chan<- string) {
 		}
 		at := time.Now()
 		for _, line := range bytes.Split(data, []byte("\n")) {
-			var f struct {
-				Type   string `json:"type"`
-				ID     string `json:"id"`
-				Region string `json:"region"`
-			}
-			if json.Unmarshal(line, &f) != nil {
+			f, err := protocol.Decode(line)
+			if err != nil {
 				w.add(line, at) // recorded as bad
 				continue
 			}
@@ -88,7 +85,7 @@ func (w *wsMember) read(welcome chan<- string) {
 				welcome <- f.Region
 			case "ack":
 				w.mu.Lock()
-				w.acks[f.ID] = true
+				w.acks[string(f.ID)] = true
 				w.mu.Unlock()
 			default:
 				w.add(line, at)

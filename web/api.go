@@ -219,12 +219,6 @@ func (s *Server) publishBatch(c echo.Context) error {
 	return c.JSON(http.StatusOK, map[string]any{"ok": all, "results": results})
 }
 
-// appendJSONString appends s as a JSON string.
-func appendJSONString(buf []byte, s string) []byte {
-	b, _ := json.Marshal(s)
-	return append(buf, b...)
-}
-
 // accepted answers 202 {"ok":true}, written without encoding anything.
 func accepted(c echo.Context) error {
 	return c.JSONBlob(http.StatusAccepted, []byte(`{"ok":true}`))

@@ -9,12 +9,13 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/groupcast/groupcast/broker"
+	"github.com/groupcast/groupcast/protocol"
 )
 
 // CloseDisconnected closes a connection on the server API's request
 // (a logout, a ban): the client should not reconnect with the same
 // credentials.
-const CloseDisconnected websocket.StatusCode = 4003
+const CloseDisconnected websocket.StatusCode = protocol.CloseDisconnected
 
 // command is a server API call carried to the node that must act on it.
 type command struct {

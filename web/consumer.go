@@ -10,6 +10,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/groupcast/groupcast/broker"
+	"github.com/groupcast/groupcast/protocol"
 )
 
 // A Consumer is an application's own code in the life of a connection, in
@@ -155,9 +156,11 @@ func (c *Conn) Send(data any) error {
 	if err != nil {
 		return err
 	}
-	frame := append([]byte(`{"type":"message","channel":"`), c.s.channel...)
-	frame = append(append(frame, `","data":`...), b...)
-	c.s.send(append(frame, '}'))
+	frame, err := protocol.AppendMessage(nil, protocol.Message{Channel: c.s.channel}, b)
+	if err != nil {
+		return err
+	}
+	c.s.Receive(broker.Delivery{Frame: frame, Kind: broker.KindMessage})
 	return nil
 }
 
@@ -241,7 +244,7 @@ func (s *session) serverJoin(ctx context.Context, group string) error {
 	if _, err := s.join(ctx, group, nil); err != nil {
 		return err
 	}
-	s.send(groupEvent("joined", group))
+	s.send(protocol.AppendGroupEvent(nil, protocol.TypeJoined, group))
 	return nil
 }
 
@@ -250,12 +253,7 @@ func (s *session) serverLeave(group string) error {
 		return err
 	}
 	if s.remove(group) {
-		s.send(groupEvent("left", group))
+		s.send(protocol.AppendGroupEvent(nil, protocol.TypeLeft, group))
 	}
 	return nil
-}
-
-// groupEvent encodes {"type":<typ>,"group":<group>} for a valid group.
-func groupEvent(typ, group string) []byte {
-	return []byte(`{"type":"` + typ + `","group":"` + group + `"}`)
 }

@@ -1,43 +1,11 @@
 package web
 
 import (
-	"encoding/json"
 	"log/slog"
 	"testing"
 
 	"github.com/groupcast/groupcast/broker"
 )
-
-// FuzzParseFrame: no input panics; an error answer built for any input is
-// one valid JSON object on one line that echoes only a number or string id.
-func FuzzParseFrame(f *testing.F) {
-	for _, s := range []string{`{"type":"join","group":"g","id":1}`, `{"type":"send","group":"g","data":{"a":[1]},"id":"x"}`,
-		`[]`, `{"id":{"a":1}}`, `{"type":1}`, `{"id":1e999}`, "\x00", `{"data":nul}`, `  {"type":"ping"}`} {
-		f.Add([]byte(s))
-	}
-	f.Fuzz(func(t *testing.T, p []byte) {
-		fr, err := parseFrame(p)
-		if fr.ID != nil && frameID(fr.ID) == nil {
-			t.Fatalf("kept a bad id %q", fr.ID)
-		}
-		if err == nil && fr.Data != nil && !json.Valid(fr.Data) {
-			t.Fatalf("accepted bad data %q", fr.Data)
-		}
-		reply := errorFrame(fr.ID, CodeInvalidJSON, "m")
-		if !json.Valid(reply) {
-			t.Fatalf("error frame %q is not JSON", reply)
-		}
-		for _, c := range reply {
-			if c == '\n' {
-				t.Fatalf("error frame %q holds a newline", reply)
-			}
-		}
-		ack := appendReply(nil, "ack", fr.ID)
-		if !json.Valid(ack) {
-			t.Fatalf("ack %q is not JSON", ack)
-		}
-	})
-}
 
 // FuzzToken: no input panics the verifier, and none passes without the
 // key (the fuzzer cannot forge an HMAC).

@@ -4,9 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"strconv"
 
 	"github.com/groupcast/groupcast/broker"
+	"github.com/groupcast/groupcast/protocol"
 )
 
 // dispatch runs a client frame's handler. Each handler answers the frame
@@ -15,18 +15,18 @@ import (
 func (s *session) dispatch(f *clientFrame) error {
 	ctx := context.Background()
 	switch f.Type {
-	case "join":
+	case protocol.TypeJoin:
 		return s.handleJoin(ctx, f)
-	case "leave":
+	case protocol.TypeLeave:
 		return s.handleLeave(f)
-	case "send":
+	case protocol.TypeSend:
 		return s.handleSend(ctx, f)
-	case "presence":
+	case protocol.TypePresence:
 		return s.presence(ctx, f)
-	case "ping":
-		s.send(appendReply(nil, "pong", f.ID))
+	case protocol.TypePing:
+		s.send(protocol.AppendReply(nil, protocol.TypePong, f.ID))
 		return nil
-	case "refresh":
+	case protocol.TypeRefresh:
 		return s.handleRefresh(f)
 	case "":
 		return refuse(CodeUnknownType, `"type" is required`)
@@ -45,7 +45,7 @@ func (s *session) handleJoin(ctx context.Context, f *clientFrame) error {
 		if f.Presence {
 			s.presenceJoin(f.Group, joinEvents(f))
 		}
-		s.send(appendReply(nil, "ack", f.ID))
+		s.send(protocol.AppendReply(nil, protocol.TypeAck, f.ID))
 		return nil
 	}
 	if !broker.ValidGroup(f.Group) {
@@ -65,12 +65,11 @@ func (s *session) handleJoin(ctx context.Context, f *clientFrame) error {
 	if f.Presence {
 		s.presenceJoin(f.Group, joinEvents(f))
 	}
-	ack := appendReply(nil, "ack", f.ID)
 	if since != nil {
-		ack = append(ack[:len(ack)-1], `,"recovered":`...)
-		ack = append(strconv.AppendBool(ack, rec.Recovered), '}')
+		s.send(protocol.AppendJoinAck(nil, f.ID, rec.Recovered))
+	} else {
+		s.send(protocol.AppendReply(nil, protocol.TypeAck, f.ID))
 	}
-	s.send(ack)
 	return nil
 }
 
@@ -80,7 +79,7 @@ func (s *session) handleLeave(f *clientFrame) error {
 		return err
 	}
 	s.remove(f.Group)
-	s.send(appendReply(nil, "ack", f.ID))
+	s.send(protocol.AppendReply(nil, protocol.TypeAck, f.ID))
 	return nil
 }
 
@@ -110,14 +109,11 @@ func (s *session) handleSend(ctx context.Context, f *clientFrame) error {
 		return err
 	}
 	s.srv.metrics.published.WithLabelValues("client").Inc()
-	ack := appendReply(nil, "ack", f.ID)
 	if receipt.Offset > 0 {
-		ack = append(ack[:len(ack)-1], `,"offset":`...)
-		ack = strconv.AppendUint(ack, receipt.Offset, 10)
-		ack = append(ack, `,"duplicate":`...)
-		ack = append(strconv.AppendBool(ack, receipt.Duplicate), '}')
+		s.send(protocol.AppendSendAck(nil, f.ID, receipt.Offset, receipt.Duplicate))
+	} else {
+		s.send(protocol.AppendReply(nil, protocol.TypeAck, f.ID))
 	}
-	s.send(ack)
 	return nil
 }
 
@@ -126,14 +122,14 @@ func (s *session) handleRefresh(f *clientFrame) error {
 	if err := s.refresh(f.Token); err != nil {
 		return err
 	}
-	s.send(appendReply(nil, "ack", f.ID))
+	s.send(protocol.AppendReply(nil, protocol.TypeAck, f.ID))
 	return nil
 }
 
 // handleCustom hands a frame of the application's own type to the
 // Consumer (or the receive hook) and sends its reply.
 func (s *session) handleCustom(ctx context.Context, f *clientFrame) error {
-	reply, err := s.srv.consumer.Frame(ctx, &s.public, f.Type, f.raw)
+	reply, err := s.srv.consumer.Frame(ctx, &s.public, f.Type, f.Raw)
 	if err != nil {
 		return err
 	}
@@ -141,8 +137,6 @@ func (s *session) handleCustom(ctx context.Context, f *clientFrame) error {
 	if err != nil {
 		return fmt.Errorf("consumer reply for %q: %w", f.Type, err)
 	}
-	frame := appendReply(nil, "reply", f.ID)
-	frame = append(append(frame[:len(frame)-1], `,"data":`...), data...)
-	s.send(append(frame, '}'))
+	s.send(protocol.AppendDataReply(nil, f.ID, data))
 	return nil
 }

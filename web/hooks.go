@@ -377,9 +377,9 @@ func (h *hookConsumer) post(ctx context.Context, r hookRequest, payload []byte) 
 		return nil, false, errHookDown
 	}
 	var ans hookAnswer
-	if len(bytes.TrimSpace(raw)) > 0 {
+	if t := bytes.TrimSpace(raw); len(t) > 0 {
 		// One JSON object; null, a list or an error page is not an answer.
-		if firstNonSpace(raw) != '{' || json.Unmarshal(raw, &ans) != nil {
+		if t[0] != '{' || json.Unmarshal(t, &ans) != nil {
 			return nil, false, errHookDown
 		}
 	}

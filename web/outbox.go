@@ -1,6 +1,10 @@
 package web
 
-import "sync"
+import (
+	"sync"
+
+	"github.com/groupcast/groupcast/broker"
+)
 
 // outbox is a connection's bounded queue of frames waiting to be written,
 // and the state of its writer goroutine. The writer runs while there is
@@ -19,6 +23,7 @@ type outbox struct {
 
 	mu      sync.Mutex
 	frames  [][]byte
+	message bool // frames[0] is a message: what WriteDelay may hold
 	bytes   int
 	rest    []byte // what an immediate write left of its frame: written first
 	full    bool   // a push failed
@@ -44,18 +49,21 @@ func newOutbox(maxFrames, maxBytes int) *outbox {
 	return &outbox{maxFrames: maxFrames, maxBytes: maxBytes, wake: make(chan struct{}, 1)}
 }
 
-// push queues frame unless the outbox is closing or the frame would pass a
+// push queues d unless the outbox is closing or the frame would pass a
 // bound. It reports whether the frame was queued, and whether the caller
 // must start a writer.
-func (o *outbox) push(frame []byte) (queued, start bool) {
+func (o *outbox) push(d broker.Delivery) (queued, start bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if o.closing || o.full || len(o.frames) >= o.maxFrames || o.bytes+len(frame) > o.maxBytes {
+	if o.closing || o.full || len(o.frames) >= o.maxFrames || o.bytes+len(d.Frame) > o.maxBytes {
 		o.full = o.full || !o.closing
 		return false, false
 	}
-	o.frames = append(o.frames, frame)
-	o.bytes += len(frame)
+	if len(o.frames) == 0 {
+		o.message = d.Kind == broker.KindMessage
+	}
+	o.frames = append(o.frames, d.Frame)
+	o.bytes += len(d.Frame)
 	return true, o.wakeWriter()
 }
 
@@ -111,18 +119,20 @@ func (o *outbox) claim() bool {
 }
 
 // release gives back the duty claim took: rest is what the immediate
-// write left of its frame, unwritten a frame it could not write at all;
-// both go before anything queued meanwhile. It reports whether a writer
-// must start for them, or for what was queued, or for a ping or close.
-func (o *outbox) release(rest, unwritten []byte) (start bool) {
+// write left of its frame, unwritten a delivery it could not write at all
+// (none when its Frame is nil); both go before anything queued meanwhile.
+// It reports whether a writer must start for them, or for what was
+// queued, or for a ping or close.
+func (o *outbox) release(rest []byte, unwritten broker.Delivery) (start bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.rest = rest
-	if unwritten != nil {
+	if unwritten.Frame != nil {
 		o.frames = append(o.frames, nil)
 		copy(o.frames[1:], o.frames)
-		o.frames[0] = unwritten
-		o.bytes += len(unwritten)
+		o.frames[0] = unwritten.Frame
+		o.message = unwritten.Kind == broker.KindMessage
+		o.bytes += len(unwritten.Frame)
 	}
 	if o.rest == nil && len(o.frames) == 0 && !o.ping && !o.closing {
 		o.running = false
@@ -136,6 +146,7 @@ func (o *outbox) release(rest, unwritten []byte) (start bool) {
 type work struct {
 	rest    []byte // raw bytes to write first
 	frames  [][]byte
+	message bool // frames[0] is a message: WriteDelay may hold the batch
 	ping    bool
 	closing bool
 }
@@ -157,7 +168,7 @@ func (o *outbox) next(dst [][]byte) (work, bool) {
 		<-o.wake
 		o.mu.Lock()
 	}
-	w := work{rest: o.rest, frames: o.frames, ping: o.ping, closing: o.closing}
+	w := work{rest: o.rest, frames: o.frames, message: o.message && len(o.frames) > 0, ping: o.ping, closing: o.closing}
 	o.frames, o.bytes, o.ping, o.rest = dst[:0], 0, false, nil
 	o.mu.Unlock()
 	return w, true

@@ -1,7 +1,6 @@
 package web
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -13,16 +12,19 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/groupcast/groupcast/broker"
+	"github.com/groupcast/groupcast/protocol"
 )
 
 // Close codes the server uses, beyond the standard ones.
 const (
 	// CloseSlowConsumer closes a connection whose outbox overflowed: the
 	// client did not read fast enough and has missed messages.
-	CloseSlowConsumer websocket.StatusCode = 4008
+	CloseSlowConsumer websocket.StatusCode = protocol.CloseSlowConsumer
 	// CloseTokenExpired closes a connection whose token expired without a
 	// refresh: the client needs a new token to reconnect.
-	CloseTokenExpired websocket.StatusCode = 4001
+	CloseTokenExpired websocket.StatusCode = protocol.CloseTokenExpired
 )
 
 // session is one WebSocket connection: a channel in the broker, a reader
@@ -129,8 +131,8 @@ func (s *session) logger() *slog.Logger {
 
 // Receive implements broker.Receiver: it queues the frame without blocking
 // and closes the session as a slow consumer if the outbox is full.
-func (s *session) Receive(frame []byte) {
-	queued, start := s.out.push(frame)
+func (s *session) Receive(d broker.Delivery) {
+	queued, start := s.out.push(d)
 	if start {
 		s.startWriter()
 	}
@@ -148,7 +150,8 @@ func (s *session) Closing() bool { return s.out.isClosing() }
 // goroutine, as much as the socket takes without blocking; a writer is
 // started only for what is left. It declines when there is other writing
 // to do or the socket takes nothing, and always with WriteDelay.
-func (s *session) ReceiveNow(frame []byte) bool {
+func (s *session) ReceiveNow(d broker.Delivery) bool {
+	frame := d.Frame
 	if s.raw == nil || s.raw.rc == nil || s.srv.cfg.WriteDelay > 0 || !s.out.claim() {
 		return false
 	}
@@ -157,13 +160,14 @@ func (s *session) ReceiveNow(frame []byte) bool {
 	*buf = p
 	start := frameHeader(p)
 	n, err := s.raw.tryWrite(p[start:])
-	var rest, unwritten []byte
+	var rest []byte
+	var unwritten broker.Delivery
 	switch {
 	case errors.Is(err, errWouldBlock):
-		unwritten = frame
+		unwritten = d
 	case err != nil:
 		s.srv.buffers.Put(buf)
-		s.out.release(nil, nil)
+		s.out.release(nil, broker.Delivery{})
 		s.close(0, "") // broken: drop it
 		return true
 	default:
@@ -181,8 +185,11 @@ func (s *session) ReceiveNow(frame []byte) bool {
 	return true
 }
 
-// send queues an answer of the session's own; it never blocks either.
-func (s *session) send(frame []byte) { s.Receive(frame) }
+// send queues an answer of the session's own (a control frame); it never
+// blocks either.
+func (s *session) send(frame []byte) {
+	s.Receive(broker.Delivery{Frame: frame, Kind: broker.KindControl})
+}
 
 // close asks the writer to end the connection with code, or with code 0
 // to drop it without a close handshake (the reader saw it end, or the peer
@@ -236,7 +243,7 @@ func (s *session) writeLoop() {
 		if !ok {
 			return
 		}
-		if d := s.srv.cfg.WriteDelay; d > 0 && !w.closing && len(w.frames) > 0 && bytes.HasPrefix(w.frames[0], messagePrefix) {
+		if d := s.srv.cfg.WriteDelay; d > 0 && !w.closing && w.message {
 			time.Sleep(d)
 			w = s.out.more(w)
 		}
@@ -317,9 +324,6 @@ func (s *session) keepalive() error {
 func (s *session) drop() {
 	s.conn.CloseNow()
 }
-
-// messagePrefix starts every delivery frame: what WriteDelay may hold.
-var messagePrefix = []byte(`{"type":"message"`)
 
 // writeRest writes what an immediate write left of its message.
 func (s *session) writeRest(rest []byte) error {
@@ -417,7 +421,7 @@ func (s *session) readLoop() {
 			return
 		}
 		if typ != websocket.MessageText {
-			s.send(errorFrame(nil, CodeInvalidFrame, "frames must be UTF-8 JSON text"))
+			s.send(protocol.AppendError(nil, nil, CodeInvalidFrame, "frames must be UTF-8 JSON text"))
 			continue
 		}
 		s.handleAside(p)
@@ -445,13 +449,13 @@ func (s *session) handle(p []byte) {
 			s.close(websocket.StatusPolicyViolation, "rate limit")
 			return
 		}
-		f, _ := parseFrame(p)
+		f, _ := protocol.ParseClientFrame(p)
 		s.srv.metrics.errors.WithLabelValues(CodeRateLimited).Inc()
-		s.send(errorFrame(f.ID, CodeRateLimited, "too many frames; slow down"))
+		s.send(protocol.AppendError(nil, f.ID, CodeRateLimited, "too many frames; slow down"))
 		return
 	}
 	s.flooded = 0
-	f, err := parseFrame(p)
+	f, err := protocol.ParseClientFrame(p)
 	if err == nil {
 		err = s.dispatch(&f)
 	}
@@ -465,6 +469,6 @@ func (s *session) handle(p []byte) {
 			s.logger().Info("frame refused", "type", f.Type, "code", code, "refusals", s.refused)
 		}
 		s.srv.metrics.errors.WithLabelValues(code).Inc()
-		s.send(errorFrame(f.ID, code, message))
+		s.send(protocol.AppendError(nil, f.ID, code, message))
 	}
 }

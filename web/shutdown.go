@@ -3,10 +3,11 @@ package web
 import (
 	"context"
 	"math/rand/v2"
-	"strconv"
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/groupcast/groupcast/protocol"
 )
 
 // Shutdown closes every WebSocket with 1012 (service restart) so clients
@@ -95,8 +96,8 @@ func (s *Server) drain(ctx context.Context, sessions []*session) {
 }
 
 // planned appends to a close reason how long the client should spread
-// its reconnect over: " reconnect_within_ms=<n>" (PROTOCOL: clients wait
-// a random time up to n ms before reconnecting).
+// its reconnect over (protocol.ReconnectReason: clients wait a random
+// time up to that before reconnecting).
 func planned(reason string, within time.Duration) string {
-	return reason + " reconnect_within_ms=" + strconv.FormatInt(within.Milliseconds(), 10)
+	return protocol.ReconnectReason(reason, within)
 }

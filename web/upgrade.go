@@ -12,6 +12,8 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/labstack/echo/v4"
+
+	"github.com/groupcast/groupcast/protocol"
 )
 
 // Refusals of upgrades that have a reason of their own in metrics and logs
@@ -242,15 +244,5 @@ func (s *Server) run(ss *session, groups []string, remoteIP, userAgent string) {
 }
 
 func (s *Server) welcome(channel, user string) []byte {
-	buf := append([]byte(nil), `{"type":"welcome","channel":"`...)
-	buf = append(buf, channel...)
-	buf = append(buf, `","node":"`...)
-	buf = append(buf, s.broker.Node()...)
-	buf = append(buf, `","region":`...)
-	buf = appendJSONString(buf, s.cfg.Region)
-	if user != "" {
-		buf = append(buf, `,"user":`...)
-		buf = appendJSONString(buf, user)
-	}
-	return append(buf, '}')
+	return protocol.AppendWelcome(nil, channel, s.broker.Node(), s.cfg.Region, user)
 }

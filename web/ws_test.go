@@ -17,6 +17,8 @@ import (
 
 	"github.com/groupcast/groupcast/internal/natstest"
 	"github.com/groupcast/groupcast/internal/wstest"
+
+	"github.com/groupcast/groupcast/broker"
 )
 
 func TestWelcomeJoinPublishLeave(t *testing.T) {
@@ -189,7 +191,7 @@ func TestSlowConsumerCloseCode(t *testing.T) {
 	}
 	e.srv.mu.Unlock()
 	for i := 0; i < 10_000 && !ss.out.isClosing(); i++ {
-		ss.Receive([]byte(`{"type":"message","group":"g","data":1}`))
+		ss.Receive(broker.Delivery{Frame: []byte(`{"type":"message","group":"g","data":1}`), Kind: broker.KindMessage})
 	}
 	var err error
 	for err == nil {

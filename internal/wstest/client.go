@@ -7,10 +7,13 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"strconv"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/groupcast/groupcast/protocol"
 )
 
 // Client is one test connection. Its methods fail the test on error.
@@ -36,7 +39,7 @@ func Dial(t testing.TB, url string, header http.Header) *Client {
 	c := &Client{t: t, Conn: conn}
 	t.Cleanup(func() { conn.CloseNow() })
 	c.Welcome = c.Next()
-	if c.Welcome["type"] != "welcome" {
+	if c.Welcome["type"] != protocol.TypeWelcome {
 		t.Fatalf("first frame %v, want welcome", c.Welcome)
 	}
 	return c
@@ -101,19 +104,21 @@ func (c *Client) Call(frame map[string]any) map[string]any {
 		if err != nil {
 			c.t.Fatalf("read: %v", err)
 		}
-		var m map[string]any
-		if err := json.Unmarshal(p, &m); err != nil {
+		f, err := protocol.Decode(p)
+		if err != nil {
 			c.t.Fatalf("frame %q: %v", p, err)
 		}
-		if id, ok := m["id"].(float64); ok && int(id) == c.nextID {
+		if string(f.ID) == strconv.Itoa(c.nextID) {
 			c.pending = append(skipped, c.pending...)
+			var m map[string]any
+			json.Unmarshal(p, &m) // decoded above
 			return m
 		}
-		switch m["type"] {
-		case "message", "joined", "left", "presence":
+		switch f.Type {
+		case protocol.TypeMessage, protocol.TypeJoined, protocol.TypeLeft, protocol.TypePresence:
 			skipped = append(skipped, p)
 		default:
-			c.t.Fatalf("unexpected frame %v", m)
+			c.t.Fatalf("unexpected frame %s", p)
 		}
 	}
 }

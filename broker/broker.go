@@ -19,6 +19,8 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+
+	"github.com/groupcast/groupcast/broker/presence"
 )
 
 // RegionHeader is the NATS header naming the region a message was
@@ -190,7 +192,7 @@ var (
 
 // CheckID reports why id cannot be a Config.Node or Config.Region, or nil.
 func CheckID(id string) error {
-	if !validID(id) {
+	if !validToken(id) {
 		return errID
 	}
 	return nil
@@ -330,7 +332,7 @@ type Broker struct {
 	history *history // nil without recoverable or latest groups
 	tmpDir  string   // the embedded server's temporary store, removed at Close
 
-	presence *presence // nil: no presence groups
+	presence *presence.Manager // nil: no presence groups
 
 	commands, broadcasts *nats.Subscription
 	onCommand            atomic.Pointer[func(cmd []byte)]
@@ -553,7 +555,7 @@ func (b *Broker) CloseChannel(channel string) {
 	b.mu.Unlock()
 	for _, g := range groups {
 		g.remove(m)
-		b.presence.remove(channel, g.name)
+		b.presence.Remove(channel, g.name)
 	}
 	for _, sub := range subs {
 		b.unsubscribe(sub)
@@ -723,7 +725,7 @@ func (b *Broker) discard(m *member, g *group) {
 	sub := b.releaseLocked(g)
 	b.mu.Unlock()
 	g.remove(m)
-	b.presence.remove(m.name, g.name)
+	b.presence.Remove(m.name, g.name)
 	if sub != nil {
 		b.unsubscribe(sub)
 	}
@@ -935,7 +937,7 @@ func (b *Broker) Close(ctx context.Context) error {
 		for _, name := range names {
 			b.CloseChannel(name)
 		}
-		b.presence.close()
+		b.presence.Close()
 		b.history.close()
 		b.closeErr = closeConn(ctx, b.nc, b.closed, b.ns)
 		if b.tmpDir != "" {

@@ -968,54 +968,6 @@ func (g *group) add(m *member, rec *recovery) {
 	g.mu.Unlock()
 }
 
-// recovered ends m's recovery: the frames held for it that came after
-// offset last go to it, in order, before any live one can. It reports
-// whether frames were lost for want of room.
-func (g *group) recovered(m *member, rec *recovery, last uint64) (lost bool) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.recovering[m] != rec {
-		return false // left meanwhile
-	}
-	rec.mu.Lock()
-	defer rec.mu.Unlock()
-	for _, f := range rec.frames {
-		if f.seq > last {
-			m.recv.Receive(f.frame)
-			last = f.seq
-		}
-	}
-	// It stays among the recovering until a newer live frame passes (see
-	// recovery.offer): one the replay sent may still come live.
-	rec.frames, rec.done, rec.last = nil, true, last
-	return rec.lost
-}
-
-// recovers reports whether m's recovery rec is still going on: m has not
-// left meanwhile.
-func (g *group) recovers(m *member, rec *recovery) bool {
-	g.mu.RLock()
-	defer g.mu.RUnlock()
-	return g.recovering[m] == rec
-}
-
-// forgetRecovered drops the recoveries that are over for good.
-func (g *group) forgetRecovered() {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	for m, rec := range g.recovering {
-		rec.mu.Lock()
-		over := rec.passed
-		rec.mu.Unlock()
-		if over {
-			delete(g.recovering, m)
-		}
-	}
-	if len(g.recovering) == 0 {
-		g.recovering = nil
-	}
-}
-
 func (g *group) remove(m *member) {
 	g.mu.Lock()
 	if delete(g.recovering, m); len(g.recovering) == 0 {

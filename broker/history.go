@@ -447,51 +447,6 @@ func (s *stream) reading() (name, epoch string) {
 	return s.read, s.epoch
 }
 
-// recovery buffers a joining member's live frames while its history is
-// replayed, so that nothing is lost between the two and nothing doubled.
-// Once the replay is over, live frames it already sent (the live
-// consumer may deliver them late) are dropped until a newer one passes.
-type recovery struct {
-	after  uint64 // the group's last offset dispatched before the member was added; later ones are held here
-	mu     sync.Mutex
-	frames []seqFrame
-	lost   bool   // more arrived than the buffer holds
-	done   bool   // the replay is over
-	last   uint64 // when done: the newest offset the member has
-	passed bool   // a live frame newer than last went through: over for good
-}
-
-type seqFrame struct {
-	seq   uint64
-	frame []byte
-}
-
-// maxRecoveryBuffer bounds the live frames held for one recovering member.
-const maxRecoveryBuffer = 10_000
-
-// offer hands a live frame to the recovering member: held while the
-// replay goes on; afterwards dropped when the replay sent it already, and
-// delivered otherwise. It reports whether the recovery is over for good
-// (a newer frame went through), so that it can be forgotten.
-func (r *recovery) offer(seq uint64, frame []byte, recv Receiver) (over bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.done {
-		if seq <= r.last {
-			return false
-		}
-		recv.Receive(frame)
-		r.passed = true
-		return true
-	}
-	if len(r.frames) >= maxRecoveryBuffer {
-		r.lost = true
-		return false
-	}
-	r.frames = append(r.frames, seqFrame{seq, frame})
-	return false
-}
-
 // messageExt encodes the offset and epoch fields of a kept message.
 func messageExt(seq uint64, epoch string) []byte {
 	ext := append([]byte(`,"offset":`), strconv.FormatUint(seq, 10)...)

@@ -1,0 +1,89 @@
+package web
+
+import (
+	"bufio"
+	"errors"
+	"net"
+	"net/http"
+	"sync"
+	"syscall"
+)
+
+// A WebSocket's buffers, smaller than net/http's 4 KiB each: client frames
+// are small, and memory saved here is saved on every idle connection. A
+// delivery that fits the write buffer (with its 2–10 byte frame header)
+// goes out in one write call; a bigger one takes two.
+const (
+	readBufferSize  = 512
+	writeBufferSize = 2048
+)
+
+// hijacker hands the WebSocket library smaller buffers than net/http's
+// when nothing is buffered in them yet, and writes through a frameConn,
+// which it keeps for the session.
+type hijacker struct {
+	http.ResponseWriter
+	conn *frameConn
+}
+
+func (w *hijacker) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func (w *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err != nil {
+		return conn, brw, err
+	}
+	if brw.Reader.Buffered() == 0 {
+		brw.Reader = bufio.NewReaderSize(conn, readBufferSize)
+	}
+	if err := brw.Writer.Flush(); err != nil {
+		return conn, brw, err
+	}
+	w.conn = &frameConn{Conn: conn}
+	if sc, ok := conn.(syscall.Conn); ok {
+		w.conn.rc, _ = sc.SyscallConn()
+	}
+	brw.Writer = bufio.NewWriterSize(w.conn, writeBufferSize)
+	return conn, brw, nil
+}
+
+// frameConn serialises the writes to a connection, so that a session can
+// write whole data frames itself, each in one Write, between the control
+// frames (ping, pong, close) that the WebSocket library writes, each
+// flushed in one Write as well.
+type frameConn struct {
+	net.Conn
+	rc syscall.RawConn // for writes that must not block; nil when not a socket
+	mu sync.Mutex
+}
+
+func (c *frameConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.Conn.Write(p)
+}
+
+// errWouldBlock declines an immediate write: the socket, or the
+// connection's lock, is busy.
+var errWouldBlock = errors.New("write would block")
+
+// tryWrite writes what of p the socket takes at once, without waiting
+// for it or for the lock: errWouldBlock when it takes nothing.
+func (c *frameConn) tryWrite(p []byte) (int, error) {
+	if c.rc == nil || !c.mu.TryLock() {
+		return 0, errWouldBlock
+	}
+	defer c.mu.Unlock()
+	var n int
+	var err error
+	if rerr := c.rc.Write(func(fd uintptr) bool {
+		n, err = syscall.Write(int(fd), p)
+		return true // never wait for the socket
+	}); rerr != nil {
+		return 0, rerr
+	}
+	if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EINTR) || n <= 0 && err == nil {
+		return 0, errWouldBlock
+	}
+	return max(n, 0), err
+}

@@ -1,0 +1,79 @@
+package web
+
+import (
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// watchdog ends WebSocket writes that take longer than allowed, since
+// writes carry no context of their own, and retires writer goroutines that
+// have been idle. It runs until stop is closed.
+func (s *Server) watchdog(stop <-chan struct{}) {
+	defer s.watchdogDone.Done()
+	tick := time.NewTicker(watchdogInterval)
+	defer tick.Stop()
+	var stuck []*session
+	var lostSince time.Time // when the broker stopped being able to deliver
+	for {
+		select {
+		case <-stop:
+			return
+		case now := <-tick.C:
+			stuck = stuck[:0]
+			s.mu.Lock()
+			for ss := range s.sessions {
+				if ss.overdue(now.UnixNano()) {
+					stuck = append(stuck, ss)
+				}
+				ss.out.tick(writerIdleTicks)
+			}
+			s.mu.Unlock()
+			s.shakes.sweep(now)
+			for _, ss := range stuck {
+				ss.logger().Info("write timed out; dropping the connection")
+				ss.conn.CloseNow()
+			}
+			lostSince = s.closeIfLost(now, lostSince)
+		}
+	}
+}
+
+// closeIfLost closes every WebSocket with 1012 once the broker has been
+// unable to deliver for NATSLossGrace, so that clients reconnect to an
+// instance that can (another region, behind a global load balancer)
+// instead of waiting, connected and told nothing. It returns when the
+// loss began (zero while the broker is ready).
+func (s *Server) closeIfLost(now, since time.Time) time.Time {
+	if s.broker.Ready() == nil {
+		return time.Time{}
+	}
+	if since.IsZero() {
+		return now
+	}
+	if now.Sub(since) < s.cfg.NATSLossGrace {
+		return since
+	}
+	s.mu.Lock()
+	n := 0
+	for ss := range s.sessions {
+		if !ss.out.isClosing() {
+			ss.close(websocket.StatusServiceRestart, "messaging unavailable")
+			n++
+		}
+	}
+	s.mu.Unlock()
+	if n > 0 {
+		s.log.Warn("NATS unavailable: closed every WebSocket so clients reconnect elsewhere",
+			"sockets", n, "for", now.Sub(since).Round(time.Second).String())
+	}
+	return since
+}
+
+// watchdogInterval is how often writes are checked: the resolution of
+// WriteTimeout.
+const watchdogInterval = 250 * time.Millisecond
+
+// writerIdleTicks is how many watchdog ticks a parked writer waits for
+// work before it exits: about a second.
+const writerIdleTicks = 4

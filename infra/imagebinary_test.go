@@ -1,18 +1,16 @@
 package infra
 
 import (
-	"fmt"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
+
+	"github.com/groupcast/groupcast/internal/apptest"
 )
 
 var imageBinary struct {
 	once sync.Once
-	path string
-	err  error
+	bin  *apptest.Binary
 }
 
 // buildImageBinary builds ./app as the image's build stage does (static, without
@@ -23,19 +21,8 @@ func buildImageBinary(t *testing.T) string {
 	if !appExists() {
 		t.Skip("app/main.go does not exist yet")
 	}
-	imageBinary.once.Do(func() {
-		out := filepath.Join(scratch, "image", "groupcast")
-		cmd := exec.Command("go", "build", "-trimpath", "-o", out, "./app")
-		cmd.Dir = root
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if b, err := cmd.CombinedOutput(); err != nil {
-			imageBinary.err = fmt.Errorf("%s: %v\n%s", cmd, err, b)
-			return
-		}
-		imageBinary.path = out
+	imageBinary.once.Do(func() { // scratch is set by TestMain
+		imageBinary.bin = &apptest.Binary{Flags: []string{"-trimpath"}, Env: []string{"CGO_ENABLED=0"}, Dir: filepath.Join(scratch, "image")}
 	})
-	if imageBinary.err != nil {
-		t.Fatal(imageBinary.err)
-	}
-	return imageBinary.path
+	return imageBinary.bin.Path(t)
 }

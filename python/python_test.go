@@ -8,9 +8,10 @@ import (
 	"context"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/groupcast/groupcast/internal/apptest"
 )
 
 // python is the interpreter the package supports: Debian's, with Debian's
@@ -29,10 +30,7 @@ func TestPython(t *testing.T) {
 	if out, err := exec.Command(python, "-c", probe).CombinedOutput(); err != nil {
 		t.Skipf("the Python tests need Debian's python3-django python3-django-channels python3-jwt python3-websockets python3-pytest (%v: %s)", err, out)
 	}
-	bin := filepath.Join(t.TempDir(), "groupcast")
-	if out, err := exec.Command("go", "build", "-o", bin, "../app").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := apptest.Build(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	if d, ok := t.Deadline(); ok {
 		ctx, cancel = context.WithDeadline(context.Background(), d.Add(-10*time.Second))

@@ -41,19 +41,13 @@ func (s *Server) handleCommand(raw []byte) {
 		s.log.Warn("too many commands in flight; dropped one", "op", cmd.Op)
 		return
 	}
-	s.mu.Lock()
-	if s.draining { // Shutdown waits for the running ones; no new ones
-		s.mu.Unlock()
-		<-s.commandSlots
-		return
-	}
-	s.commandsRunning.Add(1)
-	s.mu.Unlock()
-	go func() {
-		defer s.commandsRunning.Done()
+	started := s.goroutines.start(func() { // Shutdown waits for the running ones; no new ones
 		defer func() { <-s.commandSlots }()
 		s.runCommand(cmd)
-	}()
+	})
+	if !started {
+		<-s.commandSlots
+	}
 }
 
 func (s *Server) runCommand(cmd command) {

@@ -56,7 +56,7 @@ func (o *outbox) push(frame []byte) (queued, start bool) {
 	}
 	o.frames = append(o.frames, frame)
 	o.bytes += len(frame)
-	return true, o.kick()
+	return true, o.wakeWriter()
 }
 
 // requestPing marks a ping due; it reports whether to start a writer.
@@ -67,7 +67,7 @@ func (o *outbox) requestPing() (start bool) {
 		return false
 	}
 	o.ping = true
-	return o.kick()
+	return o.wakeWriter()
 }
 
 // requestClose stops queueing; it reports whether to start a writer.
@@ -75,12 +75,12 @@ func (o *outbox) requestClose() (start bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.closing = true
-	return o.kick()
+	return o.wakeWriter()
 }
 
-// kick gets a writer going: it wakes a parked one, or reports that one
+// wakeWriter gets a writer going: it wakes a parked one, or reports that one
 // must be started. o.mu must be held.
-func (o *outbox) kick() (start bool) {
+func (o *outbox) wakeWriter() (start bool) {
 	o.idle = 0
 	if o.parked || !o.running {
 		o.bursts++

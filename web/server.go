@@ -56,15 +56,15 @@ type Server struct {
 	sessions  map[*session]struct{}
 	byChannel map[string]*session
 	slots     int // of MaxConnections: sessions plus upgrades being decided
-	draining  bool
-	active    sync.WaitGroup // one per running session
 
-	commandSlots    chan struct{}
-	commandsRunning sync.WaitGroup
+	// goroutines starts every goroutine of the Server (the watchdog,
+	// sessions' readers, commands); closed, it means shutting down.
+	goroutines gate
+	// ended wakes the watchdog when the last session has left during
+	// shutdown, so that it returns without waiting for its next tick.
+	ended chan struct{}
 
-	stopWatchdog chan struct{}
-	watchdogDone sync.WaitGroup
-	stopOnce     sync.Once
+	commandSlots chan struct{}
 }
 
 //go:embed static
@@ -93,8 +93,7 @@ func New(b Broker, cfg Config) (*Server, error) {
 
 		byChannel:    make(map[string]*session),
 		commandSlots: make(chan struct{}, maxCommandsInFlight),
-
-		stopWatchdog: make(chan struct{}),
+		ended:        make(chan struct{}, 1),
 	}
 	if s.metrics == nil {
 		s.metrics = NewMetrics()
@@ -136,8 +135,7 @@ func New(b Broker, cfg Config) (*Server, error) {
 	e.StaticFS("/", sub)
 	s.echo = e
 	b.HandleCommands(s.handleCommand)
-	s.watchdogDone.Add(1)
-	go s.watchdog(s.stopWatchdog)
+	s.goroutines.start(s.watchdog)
 	return s, nil
 }
 
@@ -145,10 +143,7 @@ func New(b Broker, cfg Config) (*Server, error) {
 func (s *Server) Handler() http.Handler { return s.echo }
 
 func (s *Server) readyz(c echo.Context) error {
-	s.mu.Lock()
-	draining := s.draining
-	s.mu.Unlock()
-	if draining {
+	if s.goroutines.closing() {
 		return writeError(c, http.StatusServiceUnavailable, CodeUnavailable, "shutting down")
 	}
 	if err := s.broker.Ready(); err != nil {
@@ -189,11 +184,12 @@ func (s *Server) release() {
 func (s *Server) track(ss *session) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.draining {
+	// Checked under mu: Shutdown closes the gate before it takes mu to
+	// list the sessions, so it lists every session tracked here.
+	if s.goroutines.closing() {
 		return false
 	}
 	s.sessions[ss] = struct{}{}
-	s.active.Add(1)
 	return true
 }
 
@@ -203,6 +199,17 @@ func (s *Server) untrack(ss *session) {
 	if s.byChannel[ss.channel] == ss {
 		delete(s.byChannel, ss.channel)
 	}
+	last := len(s.sessions) == 0
 	s.mu.Unlock()
-	s.active.Done()
+	if last && s.goroutines.closing() {
+		s.wakeWatchdog()
+	}
+}
+
+// wakeWatchdog has the watchdog check at once whether it may return.
+func (s *Server) wakeWatchdog() {
+	select {
+	case s.ended <- struct{}{}:
+	default: // already woken
+	}
 }

@@ -28,7 +28,9 @@ const (
 // session is one WebSocket connection: a channel in the broker, a reader
 // goroutine (Server.run, started by serveWS and awaited by Shutdown) and a
 // writer goroutine that runs while there is something to write, awaited
-// by the reader before it returns.
+// by the reader before it returns. Fields marked reader-owned are used only
+// by the reader and by the frame handler it starts and waits for
+// (handleAside), one at a time, so they need no lock.
 type session struct {
 	srv     *Server
 	conn    *websocket.Conn

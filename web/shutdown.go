@@ -11,30 +11,26 @@ import (
 
 // Shutdown closes every WebSocket with 1012 (service restart) so clients
 // reconnect elsewhere, spread over DrainPeriod, refuses new ones, and
-// waits for the sessions to end, then for the disconnect hook's queued
-// reports. When ctx ends first it drops the remaining connections without
-// a handshake, and the reports not yet sent. /readyz answers 503 from the
-// first call on.
+// waits for every goroutine it started (sessions, commands, the watchdog)
+// to end, then for the disconnect hook's queued reports. When ctx ends
+// first it drops the remaining connections without a handshake, and the
+// reports not yet sent. /readyz answers 503 from the first call on.
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.goroutines.close()
 	s.mu.Lock()
-	s.draining = true
 	open := make([]*session, 0, len(s.sessions))
 	for ss := range s.sessions {
 		open = append(open, ss)
 	}
 	s.mu.Unlock()
+	s.wakeWatchdog() // it returns now if there is no session
 	s.drain(ctx, open)
 	done := make(chan struct{})
-	go func() {
-		s.active.Wait()
+	go func() { // Shutdown's own: it always waits for done
+		s.goroutines.wait()
 		close(done)
 	}()
-	defer s.stopOnce.Do(func() {
-		close(s.stopWatchdog)
-		s.watchdogDone.Wait()
-		s.commandsRunning.Wait()
-		s.auth.close()
-	})
+	defer s.auth.close()
 	select {
 	case <-done:
 	case <-ctx.Done():

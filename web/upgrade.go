@@ -148,31 +148,19 @@ func (s *Server) serveWS(c echo.Context) error {
 	ss.public.s = ss
 	// Timers, not goroutines: an idle connection costs no writer.
 	ss.pinger = time.AfterFunc(s.cfg.PingInterval, ss.ping)
-	if !s.track(ss) {
-		ss.pinger.Stop()
-		conn.Close(websocket.StatusServiceRestart, "server restart")
-		return nil
-	}
-	ss.channel, err = s.broker.NewChannel(ss)
-	if err != nil {
-		ss.pinger.Stop()
-		s.untrack(ss)
-		conn.Close(websocket.StatusTryAgainLater, "messaging unavailable")
-		return nil
-	}
-	s.mu.Lock()
-	s.byChannel[ss.channel] = ss
-	s.mu.Unlock()
 	ss.trace = traceAttrs(c.Request(), s.cfg.TraceProject)
-	ss.logger().Info("websocket connected", "remote_ip", clientIP(r, s.cfg.TrustedProxies), "user", ss.user(), "user_agent", r.UserAgent())
-	// The session reads on a goroutine of its own, awaited by Shutdown,
-	// and this one returns: the HTTP server's goroutine, its deep stack
-	// and the request's state are not kept for the socket's lifetime.
 	if !local {
 		ss.ip = ip
 	}
-	running = true
-	go s.run(ss, cr.Groups)
+	remoteIP, userAgent := clientIP(r, s.cfg.TrustedProxies), r.UserAgent()
+	// The session runs on a goroutine of its own, awaited by Shutdown,
+	// and this one returns: the HTTP server's goroutine, its deep stack
+	// and the request's state are not kept for the socket's lifetime.
+	running = s.goroutines.start(func() { s.run(ss, cr.Groups, remoteIP, userAgent) })
+	if !running {
+		ss.pinger.Stop()
+		conn.Close(websocket.StatusServiceRestart, "server restart")
+	}
 	return nil
 }
 
@@ -204,19 +192,34 @@ func hasToken(h http.Header, name, token string) bool {
 	return false
 }
 
-// run is a session's reader goroutine: it reads until the connection
-// ends, then releases the channel and waits for the writer.
-func (s *Server) run(ss *session, groups []string) {
+// run is a session's reader goroutine: it tracks the session and opens
+// its channel, reads until the connection ends, then releases the channel
+// and waits for the writer. It owns the upgrade's slot and IP count.
+func (s *Server) run(ss *session, groups []string, remoteIP, userAgent string) {
 	defer s.release()
-	defer s.untrack(ss)
 	if ss.ip != "" {
 		defer s.perIP.release(ss.ip)
 	}
+	defer ss.pinger.Stop()
+	if !s.track(ss) {
+		ss.conn.Close(websocket.StatusServiceRestart, "server restart")
+		return
+	}
+	defer s.untrack(ss)
+	var err error
+	ss.channel, err = s.broker.NewChannel(ss)
+	if err != nil {
+		ss.conn.Close(websocket.StatusTryAgainLater, "messaging unavailable")
+		return
+	}
+	s.mu.Lock()
+	s.byChannel[ss.channel] = ss
+	s.mu.Unlock()
+	ss.logger().Info("websocket connected", "remote_ip", remoteIP, "user", ss.user(), "user_agent", userAgent)
 	s.metrics.connects.Inc()
 	s.metrics.connections.Inc()
 	defer s.metrics.connections.Dec()
 
-	defer ss.pinger.Stop()
 	maxAge := s.cfg.MaxConnectionAge - rand.N(s.cfg.MaxConnectionAge/10+1)
 	expire := time.AfterFunc(maxAge, func() { ss.close(websocket.StatusServiceRestart, "max connection age") })
 	defer expire.Stop()

@@ -8,20 +8,26 @@ import (
 
 // watchdog ends WebSocket writes that take longer than allowed, since
 // writes carry no context of their own, and retires writer goroutines that
-// have been idle. It runs until stop is closed.
-func (s *Server) watchdog(stop <-chan struct{}) {
-	defer s.watchdogDone.Done()
+// have been idle. It runs until the Server is shutting down and every
+// session has ended: the sessions being drained still need it.
+func (s *Server) watchdog() {
 	tick := time.NewTicker(watchdogInterval)
 	defer tick.Stop()
 	var stuck []*session
 	var lostSince time.Time // when the broker stopped being able to deliver
 	for {
 		select {
-		case <-stop:
-			return
+		case <-s.ended:
+			if s.finished() {
+				return
+			}
 		case now := <-tick.C:
 			stuck = stuck[:0]
 			s.mu.Lock()
+			if len(s.sessions) == 0 && s.goroutines.closing() {
+				s.mu.Unlock()
+				return
+			}
 			for ss := range s.sessions {
 				if ss.overdue(now.UnixNano()) {
 					stuck = append(stuck, ss)
@@ -37,6 +43,14 @@ func (s *Server) watchdog(stop <-chan struct{}) {
 			lostSince = s.closeIfLost(now, lostSince)
 		}
 	}
+}
+
+// finished reports whether the Server is shutting down with no session
+// left: none can be tracked any more.
+func (s *Server) finished() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions) == 0 && s.goroutines.closing()
 }
 
 // closeIfLost closes every WebSocket with 1012 once the broker has been

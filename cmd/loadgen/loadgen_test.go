@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/groupcast/groupcast/internal/apptest"
 )
 
 func TestPayloadRoundTrip(t *testing.T) {
@@ -270,45 +272,8 @@ func TestFanoutFailsCleanly(t *testing.T) {
 	}
 }
 
-var (
-	buildOnce sync.Once
-	buildBin  string
-	buildErr  error
-)
-
-// groupcastBinary builds ./app once per test binary, or skips the test
-// when there is no ./app or go tool.
-func groupcastBinary(t *testing.T) string {
-	t.Helper()
-	root, err := filepath.Abs("../..")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(filepath.Join(root, "app", "main.go")); err != nil {
-		t.Skip("no ./app yet")
-	}
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		t.Skip("no go tool")
-	}
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "loadgen-test")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		buildBin = filepath.Join(dir, "groupcast")
-		build := exec.Command(goBin, "build", "-o", buildBin, "./app")
-		build.Dir = root
-		if out, err := build.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build ./app: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return buildBin
-}
+// groupcast is ./app, built once per test binary.
+var groupcast apptest.Binary
 
 // instance is a groupcast process a test started.
 type instance struct {
@@ -321,7 +286,7 @@ type instance struct {
 // is ready, and stops it when the test ends.
 func startGroupcast(t *testing.T, env ...string) instance {
 	t.Helper()
-	bin := groupcastBinary(t)
+	bin := groupcast.Path(t)
 	port, err := freePort()
 	if err != nil {
 		t.Fatal(err)
@@ -465,7 +430,7 @@ func TestTwoInstances(t *testing.T) {
 
 func TestColdstart(t *testing.T) {
 	t.Parallel()
-	bin := groupcastBinary(t)
+	bin := groupcast.Path(t)
 	res, err := runColdstart(t.Context(), ColdstartConfig{Bin: bin, N: 2, CPU: 0, Env: []string{"LOG_LEVEL=error"}})
 	if err != nil {
 		t.Fatal(err)
@@ -562,9 +527,7 @@ func waitReady(ctx context.Context, url string, exited <-chan error, d time.Dura
 // goroutine a run starts must be stopped and awaited.
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if buildBin != "" {
-		os.RemoveAll(filepath.Dir(buildBin))
-	}
+	groupcast.Clean()
 	if code == 0 {
 		if err := goleak.Find(); err != nil {
 			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)

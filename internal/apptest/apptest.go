@@ -1,4 +1,4 @@
-// Package apptest runs the real groupcast binary for tests.
+// Package apptest builds and runs the real groupcast binary for tests.
 package apptest
 
 import (
@@ -8,8 +8,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"runtime"
 	"testing"
 	"time"
 )
@@ -31,12 +29,7 @@ func Start(t testing.TB, stderr io.Writer, env ...string) *Process {
 	if testing.Short() {
 		t.Skip("builds and runs the binary")
 	}
-	bin := filepath.Join(t.TempDir(), "groupcast")
-	_, here, _, _ := runtime.Caller(0)
-	app := filepath.Join(filepath.Dir(here), "..", "..", "app")
-	if out, err := exec.Command("go", "build", "-o", bin, app).CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := Build(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -19,6 +19,8 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+
+	"github.com/groupcast/groupcast/broker/presence"
 )
 
 // RegionHeader is the NATS header naming the region a message was
@@ -190,7 +192,7 @@ var (
 
 // CheckID reports why id cannot be a Config.Node or Config.Region, or nil.
 func CheckID(id string) error {
-	if !validID(id) {
+	if !validToken(id) {
 		return errID
 	}
 	return nil
@@ -350,7 +352,7 @@ type Broker struct {
 	history *history // nil without recoverable or latest groups
 	tmpDir  string   // the embedded server's temporary store, removed at Close
 
-	presence *presence // nil: no presence groups
+	presence *presence.Manager // nil: no presence groups
 
 	commands, broadcasts *nats.Subscription
 	onCommand            atomic.Pointer[func(cmd []byte)]
@@ -573,7 +575,7 @@ func (b *Broker) CloseChannel(channel string) {
 	b.mu.Unlock()
 	for _, g := range groups {
 		g.remove(m)
-		b.presence.remove(channel, g.name)
+		b.presence.Remove(channel, g.name)
 	}
 	for _, sub := range subs {
 		b.unsubscribe(sub)
@@ -743,7 +745,7 @@ func (b *Broker) discard(m *member, g *group) {
 	sub := b.releaseLocked(g)
 	b.mu.Unlock()
 	g.remove(m)
-	b.presence.remove(m.name, g.name)
+	b.presence.Remove(m.name, g.name)
 	if sub != nil {
 		b.unsubscribe(sub)
 	}
@@ -955,7 +957,7 @@ func (b *Broker) Close(ctx context.Context) error {
 		for _, name := range names {
 			b.CloseChannel(name)
 		}
-		b.presence.close()
+		b.presence.Close()
 		b.history.close()
 		b.closeErr = closeConn(ctx, b.nc, b.closed, b.ns)
 		if b.tmpDir != "" {
@@ -984,54 +986,6 @@ func (g *group) add(m *member, rec *recovery) {
 		}
 	}
 	g.mu.Unlock()
-}
-
-// recovered ends m's recovery: the frames held for it that came after
-// offset last go to it, in order, before any live one can. It reports
-// whether frames were lost for want of room.
-func (g *group) recovered(m *member, rec *recovery, last uint64) (lost bool) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.recovering[m] != rec {
-		return false // left meanwhile
-	}
-	rec.mu.Lock()
-	defer rec.mu.Unlock()
-	for _, f := range rec.frames {
-		if f.seq > last {
-			m.recv.Receive(Delivery{f.frame, KindMessage})
-			last = f.seq
-		}
-	}
-	// It stays among the recovering until a newer live frame passes (see
-	// recovery.offer): one the replay sent may still come live.
-	rec.frames, rec.done, rec.last = nil, true, last
-	return rec.lost
-}
-
-// recovers reports whether m's recovery rec is still going on: m has not
-// left meanwhile.
-func (g *group) recovers(m *member, rec *recovery) bool {
-	g.mu.RLock()
-	defer g.mu.RUnlock()
-	return g.recovering[m] == rec
-}
-
-// forgetRecovered drops the recoveries that are over for good.
-func (g *group) forgetRecovered() {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	for m, rec := range g.recovering {
-		rec.mu.Lock()
-		over := rec.passed
-		rec.mu.Unlock()
-		if over {
-			delete(g.recovering, m)
-		}
-	}
-	if len(g.recovering) == 0 {
-		g.recovering = nil
-	}
 }
 
 func (g *group) remove(m *member) {

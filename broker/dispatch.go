@@ -143,7 +143,7 @@ func originRegion(msg *nats.Msg) string {
 	if msg.Header == nil {
 		return ""
 	}
-	if r := msg.Header.Get(RegionHeader); validID(r) {
+	if r := msg.Header.Get(RegionHeader); validToken(r) {
 		return r
 	}
 	return ""

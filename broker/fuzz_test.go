@@ -52,7 +52,7 @@ func FuzzValidChannel(f *testing.F) {
 		if !ok {
 			return
 		}
-		if !validID(node) || !validID(conn) || node+"."+conn != name {
+		if !validToken(node) || !validToken(conn) || node+"."+conn != name {
 			t.Fatalf("%q split into %q and %q", name, node, conn)
 		}
 	})

@@ -68,8 +68,9 @@ func splitChannel(name string) (node, conn string, ok bool) {
 	return name[:dot], name[dot+1:], true
 }
 
-// validID reports whether s can be a node id: one subject token.
-func validID(s string) bool {
+// validToken reports whether s is one subject token of ID bytes, as node
+// ids, regions and each part of a prefix are.
+func validToken(s string) bool {
 	if len(s) == 0 || len(s) > maxIDLen {
 		return false
 	}
@@ -89,7 +90,7 @@ func validPrefix(p string) bool {
 	start := 0
 	for i := 0; i <= len(p); i++ {
 		if i == len(p) || p[i] == '.' {
-			if !validID(p[start:i]) {
+			if !validToken(p[start:i]) {
 				return false
 			}
 			start = i + 1

@@ -12,6 +12,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/groupcast/groupcast/internal/natstest"
+
+	"github.com/groupcast/groupcast/broker/presence"
 )
 
 // cpuTime is the process's user and system CPU time so far.
@@ -43,7 +45,7 @@ func fill(b *testing.B, br *Broker, group string, n int, r Receiver) {
 		}
 		join(b, br, group, ch)
 		if br.PresenceEnabled(group) {
-			if err := br.PresenceAdd(group, ch, fmt.Sprintf("u%d", i), []byte(`{"name":"someone"}`), NoEvents); err != nil {
+			if err := br.PresenceAdd(group, ch, fmt.Sprintf("u%d", i), []byte(`{"name":"someone"}`), presence.NoEvents); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -63,8 +65,8 @@ func BenchmarkPresenceQuery(b *testing.B) {
 	waitCount(b, asker, "room.big", 10000, 5*time.Second)
 	for _, q := range []struct {
 		name string
-		q    PresenceQuery
-	}{{"count", PresenceQuery{}}, {"list100", PresenceQuery{Limit: 100}}, {"list100-by-user", PresenceQuery{Limit: 100, ByUser: true}}} {
+		q    presence.Query
+	}{{"count", presence.Query{}}, {"list100", presence.Query{Limit: 100}}, {"list100-by-user", presence.Query{Limit: 100, ByUser: true}}} {
 		b.Run(q.name, func(b *testing.B) {
 			for b.Loop() {
 				p, err := asker.PresenceGet(context.Background(), "room.big", q.q)
@@ -96,7 +98,7 @@ func BenchmarkPresenceJoinLeave(b *testing.B) {
 			if big.PresenceEnabled(group) {
 				ch, _ := big.NewChannel(&discard{})
 				join(b, big, group, ch)
-				big.PresenceAdd(group, ch, "listener", nil, AllEvents)
+				big.PresenceAdd(group, ch, "listener", nil, presence.AllEvents)
 			}
 			keep, _ := br.NewChannel(&discard{}) // keeps the group's subscription
 			join(b, br, group, keep)
@@ -108,7 +110,7 @@ func BenchmarkPresenceJoinLeave(b *testing.B) {
 					b.Fatal(err)
 				}
 				if br.PresenceEnabled(group) {
-					if err := br.PresenceAdd(group, ch, "someone", []byte(`{"name":"someone"}`), NoEvents); err != nil {
+					if err := br.PresenceAdd(group, ch, "someone", []byte(`{"name":"someone"}`), presence.NoEvents); err != nil {
 						b.Fatal(err)
 					}
 				}

@@ -12,6 +12,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/groupcast/groupcast/internal/natstest"
+
+	"github.com/groupcast/groupcast/broker/presence"
 )
 
 // testPresenceInterval is the heartbeat interval of the presence tests:
@@ -32,7 +34,7 @@ func newPresenceBroker(t testing.TB, url, node, region string) *Broker {
 }
 
 // present joins channel to group and makes it present.
-func present(t testing.TB, b *Broker, group, channel, user string, events PresenceEvents) {
+func present(t testing.TB, b *Broker, group, channel, user string, events presence.Events) {
 	t.Helper()
 	join(t, b, group, channel)
 	if err := b.PresenceAdd(group, channel, user, json.RawMessage(`{"name":"`+user+`"}`), events); err != nil {
@@ -40,7 +42,7 @@ func present(t testing.TB, b *Broker, group, channel, user string, events Presen
 	}
 }
 
-func getPresence(t testing.TB, b *Broker, group string, q PresenceQuery) Presence {
+func getPresence(t testing.TB, b *Broker, group string, q presence.Query) presence.Result {
 	t.Helper()
 	p, err := b.PresenceGet(context.Background(), group, q)
 	if err != nil {
@@ -54,7 +56,7 @@ func waitCount(t testing.TB, b *Broker, group string, n int, within time.Duratio
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {
-		p := getPresence(t, b, group, PresenceQuery{})
+		p := getPresence(t, b, group, presence.Query{})
 		if p.Count == n && !p.Partial {
 			return
 		}
@@ -67,7 +69,7 @@ func waitCount(t testing.TB, b *Broker, group string, n int, within time.Duratio
 
 type presenceFrame struct {
 	Type, Group, Event string
-	Member             Member
+	Member             presence.Member
 }
 
 // nextEvent returns the next presence event in r, skipping other frames.
@@ -106,31 +108,31 @@ func TestPresenceThreeNodes(t *testing.T) {
 	const room = "room.1"
 
 	la, ra := open(t, a)
-	present(t, a, room, la, "alice", AllEvents)
+	present(t, a, room, la, "alice", presence.AllEvents)
 	lb, _ := open(t, b)
-	present(t, b, room, lb, "bob", NoEvents)
+	present(t, b, room, lb, "bob", presence.NoEvents)
 	expectEvent(t, ra, "join", lb)
 	lc1, _ := open(t, c)
-	present(t, c, room, lc1, "carol", NoEvents)
+	present(t, c, room, lc1, "carol", presence.NoEvents)
 	f := expectEvent(t, ra, "join", lc1)
 	if f.Group != room || f.Member.User != "carol" || f.Member.Region != "r2" || string(f.Member.Info) != `{"name":"carol"}` {
 		t.Fatalf("join event %+v", f)
 	}
 	lc2, _ := open(t, c)
-	present(t, c, room, lc2, "carol", NoEvents) // a second tab
+	present(t, c, room, lc2, "carol", presence.NoEvents) // a second tab
 	expectEvent(t, ra, "join", lc2)
 
 	for _, n := range []*Broker{a, b, c} {
 		waitCount(t, n, room, 4, 3*time.Second)
-		p := getPresence(t, n, room, PresenceQuery{Limit: 10})
+		p := getPresence(t, n, room, presence.Query{Limit: 10})
 		if len(p.Members) != 4 || p.Members[0].User != "alice" {
 			t.Fatalf("%s: %+v", n.Node(), p)
 		}
-		p = getPresence(t, n, room, PresenceQuery{Limit: 10, ByUser: true})
+		p = getPresence(t, n, room, presence.Query{Limit: 10, ByUser: true})
 		if p.Count != 3 || len(p.Members) != 3 || p.Members[2].User != "carol" || p.Members[2].Channels != 2 {
 			t.Fatalf("%s by user: %+v", n.Node(), p)
 		}
-		if p := getPresence(t, n, room, PresenceQuery{Limit: 2}); p.Count != 4 || len(p.Members) != 2 {
+		if p := getPresence(t, n, room, presence.Query{Limit: 2}); p.Count != 4 || len(p.Members) != 2 {
 			t.Fatalf("%s limit 2: %+v", n.Node(), p)
 		}
 	}
@@ -138,10 +140,10 @@ func TestPresenceThreeNodes(t *testing.T) {
 	// A listener folding by user hears of carol's first join and last
 	// leave only.
 	lu, ru := open(t, b)
-	present(t, b, room, lu, "ursula", UserEvents)
+	present(t, b, room, lu, "ursula", presence.UserEvents)
 	expectEvent(t, ra, "join", lu)
 	lc3, _ := open(t, c)
-	present(t, c, room, lc3, "carol", NoEvents) // a third tab
+	present(t, c, room, lc3, "carol", presence.NoEvents) // a third tab
 	expectEvent(t, ra, "join", lc3)
 
 	if err := b.GroupDiscard(room, lb); err != nil {
@@ -161,19 +163,19 @@ func TestPresenceThreeNodes(t *testing.T) {
 
 	// Groups outside the patterns cost nothing and answer ErrPresenceOff.
 	join(t, a, "plain", la)
-	if err := a.PresenceAdd("plain", la, "alice", nil, AllEvents); err != ErrPresenceOff {
+	if err := a.PresenceAdd("plain", la, "alice", nil, presence.AllEvents); err != ErrPresenceOff {
 		t.Fatalf("PresenceAdd on a plain group: %v", err)
 	}
-	if _, err := a.PresenceGet(context.Background(), "plain", PresenceQuery{}); err != ErrPresenceOff {
+	if _, err := a.PresenceGet(context.Background(), "plain", presence.Query{}); err != ErrPresenceOff {
 		t.Fatalf("PresenceGet on a plain group: %v", err)
 	}
 	if n := subscriptions(t, ns, "groupcast.presence.events.plain"); n != 0 {
 		t.Fatalf("%d presence subscriptions for a plain group", n)
 	}
-	if _, err := a.PresenceGet(context.Background(), room, PresenceQuery{Limit: MaxPresenceLimit + 1}); err == nil {
+	if _, err := a.PresenceGet(context.Background(), room, presence.Query{Limit: presence.MaxLimit + 1}); err == nil {
 		t.Fatal("a limit over the maximum was taken")
 	}
-	if err := a.PresenceAdd(room, la, "alice", json.RawMessage(`{"x":`), AllEvents); err == nil {
+	if err := a.PresenceAdd(room, la, "alice", json.RawMessage(`{"x":`), presence.AllEvents); err == nil {
 		t.Fatal("invalid info was taken")
 	}
 }
@@ -186,9 +188,9 @@ func TestPresenceNodeVanishes(t *testing.T) {
 	a := newPresenceBroker(t, ns.ClientURL(), "na", "r1")
 	b := newPresenceBroker(t, ns.ClientURL(), "nb", "r1")
 	la, ra := open(t, a)
-	present(t, a, "room.x", la, "alice", AllEvents)
+	present(t, a, "room.x", la, "alice", presence.AllEvents)
 	lb, _ := open(t, b)
-	present(t, b, "room.x", lb, "bob", NoEvents)
+	present(t, b, "room.x", lb, "bob", presence.NoEvents)
 	expectEvent(t, ra, "join", lb)
 	waitCount(t, a, "room.x", 2, 3*time.Second)
 
@@ -196,7 +198,7 @@ func TestPresenceNodeVanishes(t *testing.T) {
 	start := time.Now()
 	b.nc.Close()
 	expectEvent(t, ra, "leave", lb)
-	if took := time.Since(start); took > presenceMissed*testPresenceInterval+time.Second {
+	if took := time.Since(start); took > presence.MissedBeats*testPresenceInterval+time.Second {
 		t.Fatalf("leave after %v", took)
 	}
 	waitCount(t, a, "room.x", 1, time.Second)
@@ -264,9 +266,9 @@ func TestPresenceRegionCut(t *testing.T) {
 	a := newPresenceBroker(t, ra.ns.ClientURL(), "na", "A")
 	b := newPresenceBroker(t, rb.ns.ClientURL(), "nb", "B")
 	la, inA := open(t, a)
-	present(t, a, "room.g", la, "alice", AllEvents)
+	present(t, a, "room.g", la, "alice", presence.AllEvents)
 	lb, inB := open(t, b)
-	present(t, b, "room.g", lb, "bob", AllEvents)
+	present(t, b, "room.g", lb, "bob", presence.AllEvents)
 	expectEvent(t, inA, "join", lb)
 	waitCount(t, a, "room.g", 2, 5*time.Second)
 	waitCount(t, b, "room.g", 2, 5*time.Second)
@@ -275,10 +277,10 @@ func TestPresenceRegionCut(t *testing.T) {
 	rb.stop()
 	expectEvent(t, inA, "leave", lb)
 	t.Logf("leave after %v", time.Since(cut))
-	if took := time.Since(cut); took > presenceMissed*testPresenceInterval+1500*time.Millisecond {
+	if took := time.Since(cut); took > presence.MissedBeats*testPresenceInterval+1500*time.Millisecond {
 		t.Fatalf("leave after %v", took)
 	}
-	if p := getPresence(t, a, "room.g", PresenceQuery{Limit: 10}); p.Count != 1 || p.Partial {
+	if p := getPresence(t, a, "room.g", presence.Query{Limit: 10}); p.Count != 1 || p.Partial {
 		t.Fatalf("during the cut: %+v", p)
 	}
 
@@ -302,23 +304,23 @@ func TestPresenceLargeGroup(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		present(t, a, "room.big", ch, fmt.Sprintf("u%d", i%5000), NoEvents)
+		present(t, a, "room.big", ch, fmt.Sprintf("u%d", i%5000), presence.NoEvents)
 	}
 	lb, _ := open(t, b)
-	present(t, b, "room.big", lb, "bob", NoEvents)
+	present(t, b, "room.big", lb, "bob", presence.NoEvents)
 	waitCount(t, b, "room.big", n+1, 3*time.Second)
 
 	start := time.Now()
 	const rounds = 50
 	for range rounds {
-		getPresence(t, b, "room.big", PresenceQuery{})
+		getPresence(t, b, "room.big", presence.Query{})
 	}
 	perCount := time.Since(start) / rounds
-	p := getPresence(t, b, "room.big", PresenceQuery{Limit: MaxPresenceLimit})
-	if p.Count != n+1 || len(p.Members) != MaxPresenceLimit {
+	p := getPresence(t, b, "room.big", presence.Query{Limit: presence.MaxLimit})
+	if p.Count != n+1 || len(p.Members) != presence.MaxLimit {
 		t.Fatalf("count %d, %d listed", p.Count, len(p.Members))
 	}
-	p = getPresence(t, a, "room.big", PresenceQuery{Limit: 100, ByUser: true})
+	p = getPresence(t, a, "room.big", presence.Query{Limit: 100, ByUser: true})
 	if p.Count != 5001 || len(p.Members) != 100 || p.Members[0].User != "bob" || p.Members[1].Channels != 2 {
 		t.Fatalf("by user: count %d, %d listed, %+v", p.Count, len(p.Members), p.Members[0])
 	}

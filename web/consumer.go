@@ -11,6 +11,7 @@ import (
 
 	"github.com/groupcast/groupcast/broker"
 	"github.com/groupcast/groupcast/protocol"
+	"github.com/groupcast/groupcast/broker/presence"
 )
 
 // A Consumer is an application's own code in the life of a connection, in
@@ -231,7 +232,7 @@ func (s *session) join(ctx context.Context, group string, since *broker.Since) (
 	if err != nil {
 		return rec, err
 	}
-	s.presenceJoin(group, broker.NoEvents)
+	s.presenceJoin(group, presence.NoEvents)
 	s.add(group)
 	s.srv.metrics.joins.Inc()
 	return rec, nil

@@ -9,6 +9,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/groupcast/groupcast/broker"
+	"github.com/groupcast/groupcast/broker/presence"
 )
 
 // PresenceBroker is what presence needs from the channel layer;
@@ -16,8 +17,8 @@ import (
 // off for every group.
 type PresenceBroker interface {
 	PresenceEnabled(group string) bool
-	PresenceAdd(group, channel, user string, info json.RawMessage, events broker.PresenceEvents) error
-	PresenceGet(ctx context.Context, group string, q broker.PresenceQuery) (broker.Presence, error)
+	PresenceAdd(group, channel, user string, info json.RawMessage, events presence.Events) error
+	PresenceGet(ctx context.Context, group string, q presence.Query) (presence.Result, error)
 }
 
 // defaultPresenceLimit is how many members a query lists when it does not
@@ -34,12 +35,12 @@ func (s *Server) presenceFor(group string) PresenceBroker {
 }
 
 // presenceInfo checks the info a Consumer's Connect gave: one JSON value
-// of at most broker.MaxPresenceInfo bytes. Anything else is dropped.
+// of at most presence.MaxInfo bytes. Anything else is dropped.
 func (s *Server) presenceInfo(info json.RawMessage) json.RawMessage {
 	if len(info) == 0 {
 		return nil
 	}
-	if len(info) > broker.MaxPresenceInfo || !json.Valid(info) {
+	if len(info) > presence.MaxInfo || !json.Valid(info) {
 		s.log.Warn("presence info dropped: want one JSON value of at most 1 KiB", "bytes", len(info))
 		return nil
 	}
@@ -50,7 +51,7 @@ func (s *Server) presenceInfo(info json.RawMessage) json.RawMessage {
 // when presence is on for the group, receiving the events asked for. A
 // failure leaves the membership as it is, logged: the connection is in
 // the group, only not listed.
-func (s *session) presenceJoin(group string, events broker.PresenceEvents) {
+func (s *session) presenceJoin(group string, events presence.Events) {
 	p := s.srv.presenceFor(group)
 	if p == nil {
 		return
@@ -63,22 +64,22 @@ func (s *session) presenceJoin(group string, events broker.PresenceEvents) {
 // joinEvents is the presence events a join frame asks for: with
 // "presence":true, every join and leave, or with "by":"user" too, only a
 // user's first join and last leave.
-func joinEvents(f *clientFrame) broker.PresenceEvents {
+func joinEvents(f *clientFrame) presence.Events {
 	switch {
 	case !f.Presence:
-		return broker.NoEvents
+		return presence.NoEvents
 	case f.By == "user":
-		return broker.UserEvents
+		return presence.UserEvents
 	}
-	return broker.AllEvents
+	return presence.AllEvents
 }
 
 // presenceQuery is a validated query from a frame or the server API.
-func presenceQuery(limit *int, countOnly bool, by string) (broker.PresenceQuery, error) {
-	q := broker.PresenceQuery{Limit: defaultPresenceLimit}
+func presenceQuery(limit *int, countOnly bool, by string) (presence.Query, error) {
+	q := presence.Query{Limit: defaultPresenceLimit}
 	if limit != nil {
-		if *limit < 0 || *limit > broker.MaxPresenceLimit {
-			return q, refuse(CodeInvalidData, "limit must be 0 to "+strconv.Itoa(broker.MaxPresenceLimit))
+		if *limit < 0 || *limit > presence.MaxLimit {
+			return q, refuse(CodeInvalidData, "limit must be 0 to "+strconv.Itoa(presence.MaxLimit))
 		}
 		q.Limit = *limit
 	}
@@ -100,7 +101,7 @@ type presenceAnswer struct {
 	Type  string          `json:"type"`
 	ID    json.RawMessage `json:"id,omitempty"`
 	Group string          `json:"group"`
-	broker.Presence
+	presence.Result
 }
 
 // presence answers a client's {"type":"presence","group":G} frame, for
@@ -126,7 +127,7 @@ func (s *session) presence(ctx context.Context, f *clientFrame) error {
 	if err != nil {
 		return err
 	}
-	frame, err := json.Marshal(presenceAnswer{Type: "presence", ID: f.ID, Group: f.Group, Presence: res})
+	frame, err := json.Marshal(presenceAnswer{Type: "presence", ID: f.ID, Group: f.Group, Result: res})
 	if err != nil {
 		return err
 	}

@@ -1,4 +1,4 @@
-package broker
+package presence
 
 import (
 	"encoding/json"
@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/groupcast/groupcast/internal/natstest"
 )
 
 // TestPresenceByUserHonoursLimit: each node's answer folded by user lists
@@ -13,27 +15,25 @@ import (
 // with their channel counts, and its counts follow members as they come
 // and go; across two nodes the folded answer is exact.
 func TestPresenceByUserHonoursLimit(t *testing.T) {
-	ns := startNATS(t)
-	a := newPresenceBroker(t, ns.ClientURL(), "a", "")
-	b := newPresenceBroker(t, ns.ClientURL(), "b", "")
+	ns := natstest.Start(t, -1)
+	a := newManager(t, ns.ClientURL(), "a")
+	b := newManager(t, ns.ClientURL(), "b")
 	var chans []string
 	for i := range 30 { // users u00..u09, three tabs each, and two anonymous
-		c, _ := open(t, a)
-		present(t, a, "room.x", c, fmt.Sprintf("u%02d", i%10), NoEvents)
+		c := fmt.Sprintf("a.c%02d", i)
+		add(t, a, "room.x", c, fmt.Sprintf("u%02d", i%10))
 		chans = append(chans, c)
 	}
-	for range 2 {
-		c, _ := open(t, a)
-		present(t, a, "room.x", c, "", NoEvents)
+	for i := range 2 {
+		add(t, a, "room.x", fmt.Sprintf("a.anon%d", i), "")
 	}
-	cb, _ := open(t, b)
-	present(t, b, "room.x", cb, "u00", NoEvents)
+	add(t, b, "room.x", "b.c00", "u00")
 
-	r := a.presence.answer("room.x", presenceRequest{Limit: 0, ByUser: true})
+	r := a.answer("room.x", presenceRequest{Limit: 0, ByUser: true})
 	if r.Count != 12 || len(r.Members) != 0 {
 		t.Fatalf("count only: count %d, %d members; want 12 and none", r.Count, len(r.Members))
 	}
-	r = a.presence.answer("room.x", presenceRequest{Limit: 4, ByUser: true})
+	r = a.answer("room.x", presenceRequest{Limit: 4, ByUser: true})
 	if r.Count != 12 || len(r.Members) != 4 || !r.Truncated {
 		t.Fatalf("limit 4: %+v", r)
 	}
@@ -41,15 +41,15 @@ func TestPresenceByUserHonoursLimit(t *testing.T) {
 		t.Fatalf("limit 4 members: %+v", r.Members)
 	}
 	for _, c := range chans[:10] { // one tab of each user leaves
-		a.CloseChannel(c)
+		a.Remove(c, "room.x")
 	}
-	a.CloseChannel(chans[11]) // and a second one of u01
-	r = a.presence.answer("room.x", presenceRequest{Limit: 3, ByUser: true})
+	a.Remove(chans[11], "room.x") // and a second one of u01
+	r = a.answer("room.x", presenceRequest{Limit: 3, ByUser: true})
 	if r.Count != 12 || r.Members[2].Channels != 2 {
 		t.Fatalf("after leaves: %+v", r)
 	}
-	waitCount(t, b, "room.x", 22, 5*time.Second)
-	p := getPresence(t, b, "room.x", PresenceQuery{Limit: 4, ByUser: true})
+	natstest.WaitFor(t, 5*time.Second, func() bool { return get(t, b, "room.x", Query{}).Count == 22 })
+	p := get(t, b, "room.x", Query{Limit: 4, ByUser: true})
 	if p.Count != 12 || len(p.Members) != 4 || p.Members[2].User != "u00" || p.Members[2].Channels != 3 || p.Members[3].Channels != 1 {
 		t.Fatalf("folded across nodes: %+v", p)
 	}

@@ -1,0 +1,253 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/groupcast/groupcast/protocol"
+	"github.com/nats-io/nats.go"
+)
+
+// replayWait bounds how long a history read waits for a turn.
+const replayWait = time.Second
+
+// replayBatchBytes bounds the bytes one batched direct get asks for (the
+// server sends at least one message, whatever its size).
+const replayBatchBytes = 512 << 10
+
+// turn waits, at most replayWait or until ctx ends, for one of the
+// Config.MaxReplays turns to read history, and returns its release.
+func (h *history) turn(ctx context.Context) (release func(), err error) {
+	t := time.NewTimer(replayWait)
+	defer t.Stop()
+	select {
+	case h.turns <- struct{}{}:
+		return func() { <-h.turns }, nil
+	case <-t.C:
+		return nil, fmt.Errorf("%w: too many history reads at once", ErrUnavailable)
+	case <-ctx.Done():
+		return nil, fmt.Errorf("%w: %v", ErrUnavailable, ctx.Err())
+	}
+}
+
+// replay sends a member the kept messages of g after since (or, for a
+// latest group, the newest one) in chunks of whole frames, and reports
+// the last offset sent. It reads at least up to after, the group's last
+// live offset before the member joined (later ones are held for it). It
+// waits for a turn to read (see history.turn), and stops, with
+// ErrUnavailable, once gone reports that the member left or takes no more
+// frames.
+func (b *Broker) replay(ctx context.Context, s *stream, g *group, r Receiver, since *Since, after uint64, gone func() bool) (Recovery, uint64, error) {
+	h := b.history
+	subject := b.groupPrefix + g.name
+	read, epoch := s.reading()
+	var rec Recovery
+	var start uint64
+	switch {
+	case s.policy == Latest:
+		start = 1
+		rec.Recovered = true
+	case since == nil:
+		return Recovery{}, 0, nil
+	case since.Epoch != epoch:
+		return Recovery{}, 0, nil // history was reset: the client reloads
+	}
+	release, err := h.turn(ctx)
+	if err != nil {
+		return Recovery{}, 0, err
+	}
+	defer release()
+	switch {
+	case s.policy == Latest:
+	case since.Offset == 0:
+		start = 1 // what is kept; not known to be all
+	default:
+		kept, err := h.rjs.GetMsg(read, since.Offset, nats.DirectGet())
+		if err != nil || kept.Subject != subject {
+			// The window no longer holds the offset: something after it
+			// may be gone too.
+			return Recovery{}, 0, nil
+		}
+		start, rec.Recovered = since.Offset+1, true
+	}
+	newest, err := h.newest(read, subject)
+	if err != nil {
+		return Recovery{}, 0, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	until := max(newest, after)
+	if until < start {
+		return rec, start - 1, nil
+	}
+	if s.policy == Latest {
+		start = until
+	}
+	var chunk []byte
+	stopped := false
+	flush := func() bool {
+		if len(chunk) > 0 {
+			if gone() {
+				stopped = true
+				return false
+			}
+			r.Receive(Delivery{chunk, KindMessage})
+			chunk = nil
+		}
+		return true
+	}
+	last := start - 1
+	var frame []byte // reused: each frame is copied into the chunk
+	err = h.readKept(ctx, read, subject, start, until, func(seq uint64, msg *nats.Msg) bool {
+		var ferr error
+		frame, ferr = protocol.AppendMessage(frame[:0], protocol.Message{
+			Group: g.name, Region: originRegion(msg), Kept: true, Offset: seq, Epoch: epoch}, msg.Data)
+		if ferr == nil {
+			if len(chunk)+1+len(frame) > 64<<10 && !flush() {
+				return false
+			}
+			if len(chunk) > 0 {
+				chunk = append(chunk, '\n')
+			}
+			chunk = append(chunk, frame...)
+			rec.Replayed++
+		}
+		last = seq
+		return rec.Replayed < h.size
+	})
+	if err == nil && !stopped {
+		flush()
+	}
+	if stopped {
+		return rec, last, fmt.Errorf("%w: the member takes no more frames", ErrUnavailable)
+	}
+	if err != nil {
+		return rec, last, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	return rec, last, nil
+}
+
+// newest returns the offset of the newest kept message of subject (0:
+// none). It asks the stream's leader, and any copy when the leader cannot
+// answer, as while JetStream has no meta leader.
+func (h *history) newest(stream, subject string) (uint64, error) {
+	m, err := h.rjs.GetLastMsg(stream, subject)
+	if err != nil && !errors.Is(err, nats.ErrMsgNotFound) {
+		m, err = h.rjs.GetLastMsg(stream, subject, nats.DirectGet())
+	}
+	if errors.Is(err, nats.ErrMsgNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	return m.Sequence, nil
+}
+
+// directBatch is the most messages one batched direct get asks for.
+const directBatch = 1024
+
+// readKept calls fn with the kept messages of subject in stream from
+// offset start up to offset until, oldest first, while fn returns true.
+// It reads with batched direct gets, which any server holding the stream
+// answers without a consumer: reads need neither JetStream's meta leader
+// (gone with its region, until another is elected) nor a consumer's
+// creation and removal. Each batch asks for at most replayBatchBytes, and
+// the next is asked for once it is in, so that a read never has more in
+// flight. A server that answers from a copy that is behind is asked
+// again, until until is reached or ctx (2 s without a deadline) runs out.
+func (h *history) readKept(ctx context.Context, stream, subject string, start, until uint64, fn func(seq uint64, msg *nats.Msg) bool) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+	}
+	inbox := h.reads.NewInbox()
+	sub, err := h.reads.SubscribeSync(inbox)
+	if err != nil {
+		return err
+	}
+	defer sub.Unsubscribe()
+	for start <= until {
+		req := fmt.Appendf(nil, `{"seq":%d,"next_by_subj":%q,"batch":%d,"max_bytes":%d}`, start, subject, directBatch, replayBatchBytes)
+		if err := h.reads.PublishRequest("$JS.API.DIRECT.GET."+stream, inbox, req); err != nil {
+			return err
+		}
+		var pending uint64 // messages left after the batch, as its end says
+	batch:
+		for {
+			msg, err := sub.NextMsgWithContext(ctx)
+			if err != nil {
+				return err
+			}
+			switch status := msg.Header.Get("Status"); status {
+			case "":
+				seq, err := strconv.ParseUint(msg.Header.Get(nats.JSSequence), 10, 64)
+				if err != nil || seq < start {
+					return fmt.Errorf("direct get from %s: a message without a valid sequence", stream)
+				}
+				start = seq + 1
+				if seq > until {
+					return nil
+				}
+				if !fn(seq, msg) {
+					return nil
+				}
+			case "204", "404": // the end of the batch, or nothing from start on
+				pending, _ = strconv.ParseUint(msg.Header.Get("Nats-Num-Pending"), 10, 64)
+				break batch
+			default:
+				return fmt.Errorf("direct get from %s: %s %s", stream, status, msg.Header.Get("Description"))
+			}
+		}
+		if start <= until && pending == 0 {
+			// Answered from a copy that has not caught up yet.
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}
+	return nil
+}
+
+// History returns up to limit kept messages of a group after since.
+func (b *Broker) History(ctx context.Context, group string, since uint64, limit int) ([]HistoryMessage, string, error) {
+	if !ValidGroup(group) {
+		return nil, "", ErrInvalidGroup
+	}
+	if err := b.Ready(); err != nil {
+		return nil, "", err
+	}
+	s, err := b.history.streamOf(group)
+	if err != nil {
+		return nil, "", err
+	}
+	if s == nil {
+		return nil, "", ErrNoHistory
+	}
+	release, err := b.history.turn(ctx)
+	if err != nil {
+		return nil, "", err
+	}
+	defer release()
+	read, epoch := s.reading()
+	newest, err := b.history.newest(read, b.groupPrefix+group)
+	if err != nil {
+		return nil, "", fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	if newest <= since || limit == 0 {
+		return nil, epoch, nil
+	}
+	var out []HistoryMessage
+	err = b.history.readKept(ctx, read, b.groupPrefix+group, since+1, newest, func(seq uint64, msg *nats.Msg) bool {
+		out = append(out, HistoryMessage{Offset: seq, Region: originRegion(msg), Data: msg.Data})
+		return len(out) < limit
+	})
+	if err != nil {
+		return nil, "", fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	return out, epoch, nil
+}

@@ -1,0 +1,201 @@
+package broker
+
+import (
+	"errors"
+	"time"
+
+	"github.com/groupcast/groupcast/protocol"
+	"github.com/nats-io/nats.go"
+)
+
+// historyCheckInterval is how often the streams are checked.
+const historyCheckInterval = 2 * time.Second
+
+// watchHistory checks the streams until stop is closed. A stream that cannot be
+// read makes the broker unready; a stream found created anew (a new epoch)
+// or back after an outage may have lost messages, so the members of its
+// groups are told with {"type":"gap","group":G,"epoch":E} and resume
+// from there, reloading state.
+func (b *Broker) watchHistory(stop <-chan struct{}) {
+	defer b.workers.Done()
+	tick := time.NewTicker(historyCheckInterval)
+	defer tick.Stop()
+	alive := make(map[*group]*liveness)
+	for {
+		select {
+		case <-stop:
+			return
+		case <-tick.C:
+		}
+		if !b.nc.IsConnected() {
+			continue
+		}
+		wasDown, down := b.history.down.Load(), false
+		for _, s := range b.history.streams {
+			before := s.currentEpoch()
+			info, err := b.history.js.StreamInfo(s.name)
+			if errors.Is(err, nats.ErrStreamNotFound) {
+				err = b.history.ensure(s) // deleted: make it anew
+			} else {
+				s.mu.Lock()
+				err = b.history.settle(s, info, err)
+				s.mu.Unlock()
+			}
+			if err != nil {
+				if !wasDown {
+					b.log.Warn("history unavailable", "stream", s.name, "error", err)
+				}
+				down = true
+				continue
+			}
+			after := s.currentEpoch()
+			reset := before != "" && after != before
+			renewed, stuck := b.renewConsumers(s, reset, alive)
+			down = down || stuck
+			if before != "" && (reset || renewed || wasDown && !stuck) {
+				b.log.Warn("history may have lost messages; telling members", "stream", s.name, "epoch", after)
+				b.tellGap(s, after)
+			}
+		}
+		b.history.down.Store(down)
+	}
+}
+
+// consumerMisses is how many checks in a row may find no consumer behind
+// an idle kept group's subscription before it is renewed: NATS recreates
+// an ordered consumer by itself, but one lost while JetStream was away
+// (a server restart, no meta leader) may never be, while its subscription
+// stays valid.
+const consumerMisses = 2
+
+// renewWait bounds the making of one renewed consumer, during which the
+// broker's dispatch waits.
+const renewWait = time.Second
+
+// liveness is what the history watch knows of a kept group's consumer.
+type liveness struct {
+	seen   uint64 // the group's last offset at the previous check
+	misses int    // checks in a row that found no consumer behind it
+}
+
+// consumerLost reports whether an idle group's subscription has had no
+// consumer behind it on consumerMisses checks in a row. A group that
+// delivered since the last check is alive without asking; an idle one
+// costs one consumer info request per check.
+func consumerLost(g *group, sub *nats.Subscription, alive map[*group]*liveness) bool {
+	last := g.lastSeq.Load()
+	l := alive[g]
+	if l == nil || l.seen != last {
+		alive[g] = &liveness{seen: last}
+		return false
+	}
+	if _, err := sub.ConsumerInfo(); err != nil {
+		l.misses++
+	} else {
+		l.misses = 0
+	}
+	return l.misses >= consumerMisses
+}
+
+// renewConsumers gives the stream's groups fresh ordered consumers: all of
+// them when the stream was made anew (its offsets start again, and an old
+// consumer would wait for the old ones), otherwise those whose consumer is
+// gone (NATS gave up recreating it, a renewal failed, or no consumer was
+// found behind it on consumerMisses checks, see consumerLost). A group
+// renewed in the same stream resumes after the last offset it dispatched,
+// so its members miss nothing; one made anew, or that had dispatched
+// nothing yet, takes new messages only. It reports whether any group was
+// renewed that way (its members may have missed messages), and whether any
+// is left without a live consumer: then the broker is unready until a
+// later check renews it.
+func (b *Broker) renewConsumers(s *stream, all bool, alive map[*group]*liveness) (gapped, stuck bool) {
+	b.mu.RLock()
+	subs := make(map[*group]*nats.Subscription)
+	for _, g := range b.groups {
+		if g.kept == s && g.sub != nil {
+			subs[g] = g.sub
+		}
+	}
+	b.mu.RUnlock()
+	for g := range alive {
+		if g.kept == s && subs[g] == nil {
+			delete(alive, g) // left
+		}
+	}
+	var stale []*group
+	for g, sub := range subs {
+		if all || !sub.IsValid() || consumerLost(g, sub, alive) {
+			stale = append(stale, g)
+		}
+	}
+	if len(stale) == 0 {
+		return false, false
+	}
+	js, err := b.nc.JetStream(nats.MaxWait(renewWait))
+	if err != nil {
+		b.log.Warn("group consumers not renewed", "error", err)
+		return false, true
+	}
+	for _, g := range stale {
+		read, _ := s.reading()
+		b.mu.Lock()
+		old := g.sub
+		if b.groups[g.name] != g || old == nil { // left meanwhile
+			b.mu.Unlock()
+			continue
+		}
+		delete(b.bySub, old) // nothing more of old reaches the members
+		from := g.lastSeq.Load()
+		if all {
+			from = 0
+			g.lastSeq.Store(0)
+		}
+		deliver := nats.DeliverNew()
+		if from > 0 {
+			deliver = nats.StartSequence(from + 1)
+		}
+		// b.mu is held until the new subscription is in b.bySub: the
+		// consumer sends what follows from at once, and the dispatcher
+		// would drop what it cannot map to the group yet.
+		sub, err := js.ChanSubscribe(b.groupPrefix+g.name, b.shard(g.name),
+			nats.OrderedConsumer(), deliver, nats.BindStream(read))
+		if err == nil {
+			g.sub, b.bySub[sub] = sub, g
+		}
+		b.mu.Unlock()
+		if old.IsValid() {
+			b.unsubscribe(old)
+		}
+		if err != nil {
+			// old, unsubscribed, stays g.sub: tried again from the same
+			// offset at the next check.
+			b.log.Warn("group consumer not renewed", "group", g.name, "error", err)
+			stuck = true
+			continue
+		}
+		delete(alive, g)
+		b.log.Info("group consumer renewed", "group", g.name, "after", from)
+		gapped = gapped || from == 0
+	}
+	return gapped, stuck
+}
+
+// tellGap sends a gap frame to every local member of the stream's groups.
+func (b *Broker) tellGap(s *stream, epoch string) {
+	b.mu.RLock()
+	groups := make([]*group, 0, len(b.groups))
+	for _, g := range b.groups {
+		if g.kept == s {
+			groups = append(groups, g)
+		}
+	}
+	b.mu.RUnlock()
+	for _, g := range groups {
+		d := Delivery{protocol.AppendGap(nil, g.name, epoch), KindControl}
+		g.mu.RLock()
+		for _, m := range g.members {
+			m.recv.Receive(d)
+		}
+		g.mu.RUnlock()
+	}
+}

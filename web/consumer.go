@@ -10,8 +10,8 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/groupcast/groupcast/broker"
-	"github.com/groupcast/groupcast/protocol"
 	"github.com/groupcast/groupcast/broker/presence"
+	"github.com/groupcast/groupcast/protocol"
 )
 
 // A Consumer is an application's own code in the life of a connection, in

@@ -484,6 +484,10 @@ func (d *viewDecoder) str(i int) (end int, plain bool, err error) {
 	plain = true
 	for i++; i < len(p); {
 		c := p[i]
+		if ' ' <= c && c < utf8.RuneSelf && c != '"' && c != '\\' {
+			i++ // the common byte first
+			continue
+		}
 		switch {
 		case c == '"':
 			return i + 1, plain, nil

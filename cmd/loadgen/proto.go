@@ -15,8 +15,6 @@ import (
 const (
 	keySeq  = `"seq"`
 	keyT    = `"t"`
-	keyData = `"data"`
-	keyType = `"type"`
 )
 
 // appendPayload appends the JSON payload {"seq":S,"t":T,"pad":"xxx"} to dst,
@@ -104,41 +102,6 @@ func parsePayload(p []byte) (seq, t int64, ok bool) {
 	}
 	t, ok = parseInt(p, j)
 	return seq, t, ok
-}
-
-// gcLineKind classifies one line (one JSON object) of a groupcast server frame.
-type gcLineKind int
-
-const (
-	gcOther   gcLineKind = iota // welcome, pong, anything unknown: ignored
-	gcMessage                   // a delivery; data holds the published payload
-	gcAck                       // an ack
-	gcError                     // an error frame
-)
-
-// classifyGroupcast looks at the envelope "type" of a groupcast server line and,
-// for deliveries, returns the bytes from the "data" value on. It assumes the
-// envelope's "type" key precedes any nested "type" key (the server writes the
-// envelope fields first); it only checks, never fully parses, the line.
-func classifyGroupcast(line []byte) (gcLineKind, []byte) {
-	i := findValue(line, keyType)
-	if i < 0 || i >= len(line) || line[i] != '"' {
-		return gcOther, nil
-	}
-	v := line[i+1:]
-	switch {
-	case bytes.HasPrefix(v, []byte(`message"`)):
-		d := findValue(line, keyData)
-		if d < 0 {
-			return gcOther, nil
-		}
-		return gcMessage, line[d:]
-	case bytes.HasPrefix(v, []byte(`ack"`)):
-		return gcAck, nil
-	case bytes.HasPrefix(v, []byte(`error"`)):
-		return gcError, nil
-	}
-	return gcOther, nil
 }
 
 // natsHandler receives the operations that natsParser finds in the stream a

@@ -186,22 +186,14 @@ func (d *viewDecoder) space(i int) int {
 // object scans the object at d.p[i] ('{'); top says it is the frame
 // itself, whose known fields are stored.
 func (d *viewDecoder) object(i, depth int, top bool) (int, error) {
-	if depth > maxDepth {
-		return 0, errSyntax
-	}
-	i = d.space(i + 1)
-	if i < len(d.p) && d.p[i] == '}' {
-		return i + 1, nil
-	}
-	for {
+	i, more, err := d.open(i, depth, '}')
+	for more && err == nil {
 		if i == len(d.p) || d.p[i] != '"' {
 			return 0, errSyntax
 		}
 		ks := i
 		var plain bool
-		var err error
-		i, plain, err = d.str(i)
-		if err != nil {
+		if i, plain, err = d.str(i); err != nil {
 			return 0, err
 		}
 		key := d.p[ks+1 : i-1]
@@ -219,22 +211,49 @@ func (d *viewDecoder) object(i, depth int, top bool) (int, error) {
 		} else {
 			i, err = d.store(i, depth, f)
 		}
-		if err != nil {
-			return 0, err
-		}
-		i = d.space(i)
-		if i == len(d.p) {
-			return 0, errSyntax
-		}
-		switch d.p[i] {
-		case ',':
-			i = d.space(i + 1)
-		case '}':
-			return i + 1, nil
-		default:
-			return 0, errSyntax
+		if err == nil {
+			i, more, err = d.next(i, '}')
 		}
 	}
+	return i, err
+}
+
+func (d *viewDecoder) array(i, depth int) (int, error) {
+	i, more, err := d.open(i, depth, ']')
+	for more && err == nil {
+		if i, err = d.value(i, depth); err == nil {
+			i, more, err = d.next(i, ']')
+		}
+	}
+	return i, err
+}
+
+// open scans the start of an object or an array at d.p[i], which end
+// closes: more says a member follows at the index returned, else it was
+// empty and the index is after it.
+func (d *viewDecoder) open(i, depth int, end byte) (int, bool, error) {
+	if depth > maxDepth {
+		return 0, false, errSyntax
+	}
+	i = d.space(i + 1)
+	if i < len(d.p) && d.p[i] == end {
+		return i + 1, false, nil
+	}
+	return i, true, nil
+}
+
+// next scans what follows a member of an object or an array that end
+// closes: a ',' (more members follow), or end.
+func (d *viewDecoder) next(i int, end byte) (int, bool, error) {
+	i = d.space(i)
+	switch {
+	case i == len(d.p):
+	case d.p[i] == ',':
+		return d.space(i + 1), true, nil
+	case d.p[i] == end:
+		return i + 1, false, nil
+	}
+	return 0, false, errSyntax
 }
 
 // lookup returns the index in viewFields of key, the inside of a JSON
@@ -399,35 +418,6 @@ func (d *viewDecoder) value(i, depth int) (int, error) {
 		return d.literal(i, "null")
 	}
 	return 0, errSyntax
-}
-
-func (d *viewDecoder) array(i, depth int) (int, error) {
-	if depth > maxDepth {
-		return 0, errSyntax
-	}
-	i = d.space(i + 1)
-	if i < len(d.p) && d.p[i] == ']' {
-		return i + 1, nil
-	}
-	for {
-		var err error
-		i, err = d.value(i, depth)
-		if err != nil {
-			return 0, err
-		}
-		i = d.space(i)
-		if i == len(d.p) {
-			return 0, errSyntax
-		}
-		switch d.p[i] {
-		case ',':
-			i = d.space(i + 1)
-		case ']':
-			return i + 1, nil
-		default:
-			return 0, errSyntax
-		}
-	}
 }
 
 func (d *viewDecoder) literal(i int, lit string) (int, error) {

@@ -16,18 +16,19 @@
 #           connections: 6,000 groups of 3), with payloads of ROOM_PAYLOADS
 #           bytes (default "64"), CHURN visits a second (default 0: the
 #           figure is the delivery's alone).
-# Every point publishes for DURATION seconds (default 15) at DELIVERIES
-# deliveries a second (default 20000): -rate is DELIVERIES/conns for one
+# Every point publishes for DURATION seconds (default 20) at DELIVERIES
+# deliveries a second (default 10000): -rate is DELIVERIES/conns for one
 # group and DELIVERIES*groups/conns in rooms, so every point does the same
 # work a second and the figures differ only by what the point changes.
-# 20,000/s is well under what one core takes at 16 KiB (groupcast and the
-# floor spend 6-9 µs per 64-byte delivery, and a 16 KiB delivery adds a
-# 16 KiB copy into the socket and its loopback segments, a few µs more:
-# well under half the core) and under what the loader's core takes to read
-# (330 MB/s at 16 KiB), so no point measures a saturated server: a saturated
-# one batches writes and its CPU per delivery would fall as the load grows.
-# Rooms runs keep the loader's per-connection bitsets under 256 MiB, so at
-# 18,000 connections DURATION is cut to what fits (17 s at 20,000/s).
+# 10,000/s keeps every process well under its core at 16 KiB: the servers
+# spend 12-21 µs per 16 KiB delivery (a fifth of the core), and the loader,
+# which reads and checks every delivery on the other core, 50-75 µs (over
+# half of it; at 20,000/s it would be the bottleneck). A saturated process
+# falls behind the schedule and a saturated server batches writes, so its
+# CPU per delivery would no longer be the same load's (scale-report flags
+# such points). Rooms in groups of 3 then take 3,333 publishes/s, a request
+# each. Rooms runs keep the loader's per-connection bitsets under 256 MiB, so
+# at 18,000 connections DURATION is cut to what fits (35 s at 10,000/s).
 #
 # Descriptors: each connection is one descriptor in the server and one in the
 # loader, which both raise their soft limit to the hard one; a point needs
@@ -51,8 +52,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 out=${OUT:-/tmp/groupcast-scale-$(date +%Y%m%d-%H%M%S)}
 targets=${TARGETS:-groupcast floor}
-deliveries=${DELIVERIES:-20000}
-duration=${DURATION:-15}
+deliveries=${DELIVERIES:-10000}
+duration=${DURATION:-20}
 source_ips=${SOURCE_IPS:-8}
 room_size=${ROOM_SIZE:-3}
 churn=${CHURN:-0}

@@ -252,6 +252,9 @@ func scaleCaveats(r *Result) string {
 	if r.PublishErrors > 0 || r.ErrorFrames > 0 || r.Disconnects > 0 {
 		why = append(why, fmt.Sprintf("%d publish errors, %d error frames, %d disconnects", r.PublishErrors, r.ErrorFrames, r.Disconnects))
 	}
+	if r.PublishRate < 0.95*r.Rate {
+		why = append(why, fmt.Sprintf("publishing fell behind, %.4g of %.4g publishes/s (worst lag %.0f ms): the load was not the point's", r.PublishRate, r.Rate, r.PublishLagMax))
+	}
 	if len(r.ServerPIDs) == 0 {
 		why = append(why, "no server pid, so no CPU or RSS figures")
 	}
@@ -353,10 +356,12 @@ func writeScalePlot(w io.Writer, points []*scalePoint) error {
 		}
 	}
 	slices.Sort(conns)
-	xMax := niceCeil(float64(conns[len(conns)-1]))
+	// The axis ends a little past the most connections, at a round number.
+	xMax := 1.05 * float64(conns[len(conns)-1])
+	e := math.Pow(10, math.Floor(math.Log10(xMax)))
+	xMax = math.Ceil(xMax/e) * e
 	yMax = niceCeil(yMax)
 	xOfConns := func(c int) float64 { return float64(left) + float64(c)/xMax*plotW }
-	xOf := func(i int) float64 { return xOfConns(conns[i]) }
 	yOf := func(v float64) float64 { return float64(top+panelH) - v/yMax*float64(panelH) }
 
 	bw := bufio.NewWriter(w)
@@ -378,8 +383,13 @@ func writeScalePlot(w io.Writer, points []*scalePoint) error {
 		pr(`<text x="%d" y="%.1f" text-anchor="end">%g</text>`+"\n", left-6, y+4, v)
 	}
 	yb := top + panelH
+	lastX := math.Inf(-1)
 	for _, c := range append([]int{0}, conns...) {
 		x := xOfConns(c)
+		if x-lastX < 30 {
+			continue // too close to the last label
+		}
+		lastX = x
 		pr(`<line x1="%.1f" x2="%.1f" y1="%d" y2="%d" stroke="#999"/>`+"\n", x, x, yb, yb+4)
 		pr(`<text x="%.1f" y="%d" text-anchor="middle">%s</text>`+"\n", x, yb+16, siLabel(float64(c)))
 	}
@@ -388,38 +398,42 @@ func writeScalePlot(w io.Writer, points []*scalePoint) error {
 
 	legendY := top + 10
 	for _, t := range scaleTargets(points) {
+		// A line per load: its points in the order of their connections.
 		var lines []plotLine
+		var xs [][]int
 		for si, s := range series {
-			l := plotLine{color: scaleColors[si%len(scaleColors)], pts: make([]float64, len(conns))}
-			for i := range l.pts {
-				l.pts[i] = math.NaN()
-			}
+			var on []*scalePoint
 			for _, p := range points {
-				if r := p.res[t]; r != nil && p.series() == s {
-					l.pts[slices.Index(conns, p.conns)] = r.ServerUSPerDeliv
+				if p.res[t] != nil && p.series() == s {
+					on = append(on, p)
 				}
 			}
-			if !slices.ContainsFunc(l.pts, func(v float64) bool { return !math.IsNaN(v) }) {
+			if len(on) == 0 {
 				continue
 			}
-			l.label = t + ", " + s.label()
-			lines = append(lines, l)
+			slices.SortFunc(on, func(a, b *scalePoint) int { return cmp.Compare(a.conns, b.conns) })
+			l := plotLine{label: t + ", " + s.label(), color: scaleColors[si%len(scaleColors)]}
+			var x []int
+			for _, p := range on {
+				l.pts = append(l.pts, p.res[t].ServerUSPerDeliv)
+				x = append(x, p.conns)
+			}
+			lines, xs = append(lines, l), append(xs, x)
 		}
 		dash := ""
 		if d := scaleDash(t); d != "" {
 			dash = fmt.Sprintf(` stroke-dasharray="%s"`, d)
 		}
 		pr(`<g class="%s"%s>`+"\n", html.EscapeString(t), dash)
-		for _, l := range lines {
-			drawLine(bw, l, xOf, yOf, func(v float64) bool { return !math.IsNaN(v) })
+		for i, l := range lines {
+			xOf := func(j int) float64 { return xOfConns(xs[i][j]) }
+			drawLine(bw, l, xOf, yOf, func(float64) bool { return true })
 		}
 		legend(bw, lines, width-right+12, legendY)
 		pr("</g>\n")
-		for _, l := range lines {
-			for i, v := range l.pts {
-				if !math.IsNaN(v) {
-					pr(`<circle cx="%.1f" cy="%.1f" r="3" fill="%s"/>`+"\n", xOf(i), yOf(v), l.color)
-				}
+		for i, l := range lines {
+			for j, v := range l.pts {
+				pr(`<circle cx="%.1f" cy="%.1f" r="3" fill="%s"/>`+"\n", xOfConns(xs[i][j]), yOf(v), l.color)
 			}
 		}
 		legendY += 18*len(lines) + 8

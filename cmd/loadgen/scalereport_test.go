@@ -17,9 +17,10 @@ import (
 func scaleResult(target, mode string, conns, rooms, size int, us, kib, p99ms float64) Result {
 	return Result{
 		Mode: mode, Target: target, Conns: conns, Rooms: rooms, Size: size,
-		Rate: 20000 * float64(rooms) / float64(conns), Duration: 15,
+		Rate: 10000 * float64(rooms) / float64(conns), Duration: 15,
 		ServerPIDs: []int{1}, ServerUSPerDeliv: us, ServerKiBPerConn: kib, Latency: Latency{P99: p99ms},
 		ServerCPUSecs: 3, ServerCPUUtil: 0.2, LoaderCPUUtil: 0.3,
+		PublishRate: 10000 * float64(rooms) / float64(conns),
 	}
 }
 
@@ -45,6 +46,7 @@ func scaleFixture(t *testing.T) string {
 	// A rerun of the floor's first point replaces the first summary; one
 	// run lost deliveries.
 	rs[8].Lost = 7
+	rs[7].PublishRate, rs[7].PublishLagMax = rs[7].Rate/2, 1234
 	stale := rs[1]
 	stale.ServerUSPerDeliv = 99
 	rs = append([]Result{stale}, rs...)
@@ -75,14 +77,16 @@ func TestScaleReport(t *testing.T) {
 	table := stdout.String()
 	t.Log(table)
 	for _, want := range []string{
-		"at 20,000 deliveries/s",
+		"at 10,000 deliveries/s",
 		"| nats-ws CPU per delivery (× floor) |",
 		// ratios are groupcast's over the floor's; the rerun replaced the 99 µs
 		"| one group, 64 B | 5,000 | 8.71 µs | 6.03 µs | 1.44× | 14.2 KiB | 18.9 KiB | 0.75× | 47.3 / 9.9 ms | 12.06 µs (2.00×) |",
-		"| one group, 16 KiB | 18,000 | 16.50 µs | 12.50 µs | 1.32× | 14.1 KiB | 19.0 KiB | 0.74× | 150.0 / 40.0 ms | – |",
+		"| 18,000 | 16.50 µs | 12.50 µs | 1.32× | 14.1 KiB | 19.0 KiB | 0.74× | 150.0 / 40.0 ms | – |",
 		"| rooms: 6,000 groups of 3, 64 B | 18,000 | 13.90 µs | 10.60 µs | 1.31× |",
-		"| rooms: 1,666 groups of 3, 64 B [1] | 5,000 |",
-		"[1] rooms: 1,666 groups of 3, 64 B, 5,000 connections, groupcast: 7 lost, 0 duplicates, 0 malformed",
+		"| one group, 16 KiB [1] | 18,000 | 16.50 µs | 12.50 µs |",
+		"[1] one group, 16 KiB, 18,000 connections, floor: publishing fell behind, 0.2778 of 0.5556 publishes/s (worst lag 1234 ms)",
+		"| rooms: 1,666 groups of 3, 64 B [2] | 5,000 |",
+		"[2] rooms: 1,666 groups of 3, 64 B, 5,000 connections, groupcast: 7 lost, 0 duplicates, 0 malformed",
 		"- one group, 64 B, 5,000 → 18,000 connections: groupcast CPU per delivery 1.10×, RSS per connection 0.99×; floor CPU per delivery 1.01×, RSS per connection 1.01×",
 		"- rooms in groups of 3, 64 B, 5,000 → 18,000 connections: groupcast CPU per delivery 1.04×",
 	} {
@@ -255,26 +259,27 @@ func TestScaleScriptGrid(t *testing.T) {
 	}
 	for i, want := range []string{
 		`TARGETS="groupcast floor" OUT=/o/fanout-s64-c5000 `,
-		"compare.sh fanout -conns 18000 -size 64 -rate 1.11111 -duration 15s -source-ips 8",
-		"compare.sh fanout -conns 5000 -size 1024 -rate 4 -duration 15s",
+		"compare.sh fanout -conns 18000 -size 64 -rate 0.555556 -duration 20s -source-ips 8",
+		"compare.sh fanout -conns 5000 -size 1024 -rate 2 -duration 20s",
 		"", "",
-		"compare.sh fanout -conns 18000 -size 16384 -rate 1.11111 -duration 15s",
+		"compare.sh fanout -conns 18000 -size 16384 -rate 0.555556 -duration 20s",
 		"OUT=/o/rooms-s64-c5000-g3 ",
-		// 6,000 groups of 3: 6,667 publishes/s.
-		"compare.sh rooms -conns 18000 -size 64 -rate 6666.67 -duration 15s -source-ips 8 -rooms 6000 -churn 0",
+		// 6,000 groups of 3: 3,333 publishes/s.
+		"compare.sh rooms -conns 18000 -size 64 -rate 3333.33 -duration 20s -source-ips 8 -rooms 6000 -churn 0",
 	} {
 		if !strings.Contains(lines[i], want) {
 			t.Errorf("point %d: %q lacks %q", i, lines[i], want)
 		}
 	}
-	// 18,000 bitsets of 20 s of 6,667 publishes/s are over 256 MiB.
-	out, errOut, err = script([]string{"DURATION=20"}, "")
-	if err != nil || !strings.Contains(errOut, "rooms at 18000 connections publish for 17s, not 20s") || !strings.Contains(out, "-rooms 1666 -churn 0") {
-		t.Errorf("DURATION=20: %v, %q", err, errOut)
+	// 18,000 bitsets of 40 s of 3,333 publishes/s are over 256 MiB.
+	out, errOut, err = script([]string{"DURATION=40"}, "")
+	if err != nil || !strings.Contains(errOut, "rooms at 18000 connections publish for 35s, not 40s") ||
+		!strings.Contains(out, "-rooms 1666 -churn 0") || !strings.Contains(out, "-conns 18000 -size 64 -rate 3333.33 -duration 35s") {
+		t.Errorf("DURATION=40: %v, %q", err, errOut)
 	}
 	out, errOut, err = script([]string{"SIZES=256", "FANOUT_CONNS=200", "ROOMS_CONNS=", "TARGETS=groupcast nats-ws floor"}, "")
 	if err != nil || strings.TrimSpace(out) != `TARGETS="groupcast nats-ws floor" OUT=/o/fanout-s256-c200 `+filepath.Join(mustAbs(t, "."), "compare.sh")+
-		" fanout -conns 200 -size 256 -rate 100 -duration 15s -source-ips 8" {
+		" fanout -conns 200 -size 256 -rate 50 -duration 20s -source-ips 8" {
 		t.Errorf("one point: %v, %q, %q", err, out, errOut)
 	}
 	_, errOut, err = script(nil, "ulimit -n 5000 2>/dev/null || exit 3; ")

@@ -34,7 +34,8 @@
 # loader, which both raise their soft limit to the hard one; a point needs
 # conns + 500 under `ulimit -Hn` (20,000 here: 18,000 connections fit in one
 # loader, and splitting the loader would not help the server, which holds
-# as many). Every point dials from SOURCE_IPS loopback addresses (default 8,
+# as many), and groupcast runs with MAX_CONNECTIONS=conns+500 (its default
+# is 10,000) unless MAX_CONNECTIONS is set. Every point dials from SOURCE_IPS loopback addresses (default 8,
 # 127.0.0.1-8) so that the ports left in TIME_WAIT by the previous run do
 # not run out.
 #
@@ -119,7 +120,7 @@ if [[ -n ${DRY_RUN:-} ]]; then
 	for p in "${points[@]}"; do
 		read -r name mode conns groups size rate dur <<<"$p"
 		point_args "$mode" "$conns" "$groups" "$size" "$rate" "$dur"
-		echo "TARGETS=\"$targets\" OUT=$out/$name $here/compare.sh ${args[*]} $*"
+		echo "TARGETS=\"$targets\" MAX_CONNECTIONS=${MAX_CONNECTIONS:-$((conns + fd_headroom))} OUT=$out/$name $here/compare.sh ${args[*]} $*"
 	done
 	exit 0
 fi
@@ -142,7 +143,7 @@ for p in "${points[@]}"; do
 	point_args "$mode" "$conns" "$groups" "$size" "$rate" "$dur"
 	echo "=== point $i/${#points[@]} $name: ${args[*]} $* ($((SECONDS - start))s so far)" >&2
 	mkdir -p "$out/$name"
-	if ! TARGETS="$targets" OUT="$out/$name" "$here/compare.sh" "${args[@]}" "$@" >"$out/$name/compare.txt"; then
+	if ! TARGETS="$targets" MAX_CONNECTIONS="${MAX_CONNECTIONS:-$((conns + fd_headroom))}" OUT="$out/$name" "$here/compare.sh" "${args[@]}" "$@" >"$out/$name/compare.txt"; then
 		echo "warning: point $name failed; see $out/$name" >&2
 		failed+=("$name")
 		continue
@@ -157,8 +158,10 @@ for p in "${points[@]}"; do
 		if [[ -s $out/$name/$t.json ]]; then cat "$out/$name/$t.json" >>"$out/results.jsonl"; fi
 	done
 done
-"$BIN_DIR/loadgen" scale-report -in "$out/results.jsonl" -svg "$out/scale.svg" >"$out/table.md"
-cat "$out/table.md"
+if [[ -s $out/results.jsonl ]]; then
+	"$BIN_DIR/loadgen" scale-report -in "$out/results.jsonl" -svg "$out/scale.svg" >"$out/table.md"
+	cat "$out/table.md"
+fi
 echo "grid of ${#points[@]} points in $((SECONDS - start))s; results in $out (results.jsonl, table.md, scale.svg)" >&2
 if ((${#failed[@]} > 0)); then
 	echo "failed points: ${failed[*]}" >&2

@@ -258,7 +258,7 @@ func TestScaleScriptGrid(t *testing.T) {
 		t.Fatalf("%d points, want 8:\n%s", len(lines), out)
 	}
 	for i, want := range []string{
-		`TARGETS="groupcast floor" OUT=/o/fanout-s64-c5000 `,
+		`TARGETS="groupcast floor" MAX_CONNECTIONS=5500 OUT=/o/fanout-s64-c5000 `,
 		"compare.sh fanout -conns 18000 -size 64 -rate 0.555556 -duration 20s -source-ips 8",
 		"compare.sh fanout -conns 5000 -size 1024 -rate 2 -duration 20s",
 		"", "",
@@ -271,6 +271,10 @@ func TestScaleScriptGrid(t *testing.T) {
 			t.Errorf("point %d: %q lacks %q", i, lines[i], want)
 		}
 	}
+	// groupcast takes 10,000 connections unless told otherwise.
+	if !strings.Contains(lines[1], "MAX_CONNECTIONS=18500 OUT=/o/fanout-s64-c18000 ") {
+		t.Errorf("point 1: %q does not raise MAX_CONNECTIONS", lines[1])
+	}
 	// 18,000 bitsets of 40 s of 3,333 publishes/s are over 256 MiB.
 	out, errOut, err = script([]string{"DURATION=40"}, "")
 	if err != nil || !strings.Contains(errOut, "rooms at 18000 connections publish for 35s, not 40s") ||
@@ -278,7 +282,7 @@ func TestScaleScriptGrid(t *testing.T) {
 		t.Errorf("DURATION=40: %v, %q", err, errOut)
 	}
 	out, errOut, err = script([]string{"SIZES=256", "FANOUT_CONNS=200", "ROOMS_CONNS=", "TARGETS=groupcast nats-ws floor"}, "")
-	if err != nil || strings.TrimSpace(out) != `TARGETS="groupcast nats-ws floor" OUT=/o/fanout-s256-c200 `+filepath.Join(mustAbs(t, "."), "compare.sh")+
+	if err != nil || strings.TrimSpace(out) != `TARGETS="groupcast nats-ws floor" MAX_CONNECTIONS=700 OUT=/o/fanout-s256-c200 `+filepath.Join(mustAbs(t, "."), "compare.sh")+
 		" fanout -conns 200 -size 256 -rate 50 -duration 20s -source-ips 8" {
 		t.Errorf("one point: %v, %q, %q", err, out, errOut)
 	}

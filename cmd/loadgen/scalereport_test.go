@@ -310,3 +310,35 @@ func exitCode(err error) int {
 	}
 	return 0
 }
+
+// FuzzScaleReport: whatever the input, readScale either refuses it or the
+// table and a well-formed plot come out of it.
+func FuzzScaleReport(f *testing.F) {
+	for _, r := range []Result{
+		scaleResult(targetGroupcast, modeFanout, 5000, 1, 64, 8.71, 14.2, 47.3),
+		scaleResult(targetFloor, modeRooms, 18000, 6000, 1024, -1, 0, 0),
+	} {
+		b, _ := json.Marshal(r)
+		f.Add(string(b) + "\n" + string(b))
+	}
+	f.Add(`{"mode":"rooms","target":"nats-ws","conns":3,"rooms":3,"rate":1e300,"server_us_per_delivery":1e308}`)
+	f.Fuzz(func(t *testing.T, in string) {
+		points, err := readScale(strings.NewReader(in))
+		if err != nil {
+			return
+		}
+		writeScaleTable(io.Discard, points)
+		var svg bytes.Buffer
+		if err := writeScalePlot(&svg, points); err != nil {
+			t.Fatal(err)
+		}
+		dec := xml.NewDecoder(&svg)
+		for {
+			if _, err := dec.Token(); err == io.EOF {
+				break
+			} else if err != nil {
+				t.Fatalf("not XML: %v", err)
+			}
+		}
+	})
+}

@@ -66,13 +66,11 @@ func (s scaleSeries) label() string {
 	return "one group, " + sizeLabel(s.size)
 }
 
-// deliveriesPS is the point's nominal delivery rate: publishes a second
-// times the members of a group.
+// deliveriesPS is the point's nominal delivery rate, its first target's
+// publishes a second times the members of a group.
 func (p *scalePoint) deliveriesPS() float64 {
-	for _, r := range p.res {
-		return r.Rate * float64(p.conns) / float64(p.rooms)
-	}
-	return 0
+	r := p.res[scaleTargets([]*scalePoint{p})[0]]
+	return r.Rate * float64(p.conns) / float64(p.rooms)
 }
 
 // readScale reads fanout and rooms summaries (loadgen -json lines) into grid
@@ -315,9 +313,6 @@ func sizeLabel(n int) string {
 	return fmt.Sprintf("%d B", n)
 }
 
-// scaleColors tell a plot's lines apart.
-var scaleColors = []string{"#1f77b4", "#ff7f0e", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"}
-
 // scaleDash is each target's line style: groupcast solid, the floor dashed,
 // any other dotted.
 func scaleDash(target string) string {
@@ -340,6 +335,7 @@ func writeScalePlot(w io.Writer, points []*scalePoint) error {
 	)
 	height := top + panelH + 60
 	plotW := float64(width - left - right)
+	colors := []string{"#1f77b4", "#ff7f0e", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"} // one per load
 
 	var conns []int
 	var series []scaleSeries
@@ -412,7 +408,7 @@ func writeScalePlot(w io.Writer, points []*scalePoint) error {
 				continue
 			}
 			slices.SortFunc(on, func(a, b *scalePoint) int { return cmp.Compare(a.conns, b.conns) })
-			l := plotLine{label: t + ", " + s.label(), color: scaleColors[si%len(scaleColors)]}
+			l := plotLine{label: t + ", " + s.label(), color: colors[si%len(colors)]}
 			var x []int
 			for _, p := range on {
 				l.pts = append(l.pts, p.res[t].ServerUSPerDeliv)

@@ -11,9 +11,9 @@
 #   fanout: one group of each of FANOUT_CONNS (default "5000 18000")
 #           connections, with payloads of each of SIZES bytes (default
 #           "64 1024 16384");
-#   rooms:  each of ROOMS_CONNS (default "5000 18000") connections in groups
-#           of ROOM_SIZE (default 3), so conns/ROOM_SIZE groups (18,000
-#           connections: 6,000 groups of 3), with payloads of ROOM_PAYLOADS
+#   rooms:  each of ROOMS_CONNS (default "5000 15000 18000") connections in
+#           groups of ROOM_SIZE (default 3), so conns/ROOM_SIZE groups (1,666,
+#           5,000 and 6,000 groups of 3), with payloads of ROOM_PAYLOADS
 #           bytes (default "64"), CHURN visits a second (default 0: the
 #           figure is the delivery's alone).
 # Every point publishes for DURATION seconds (default 20) at DELIVERIES
@@ -87,7 +87,7 @@ for size in ${SIZES-64 1024 16384}; do
 	done
 done
 for size in ${ROOM_PAYLOADS-64}; do
-	for conns in ${ROOMS_CONNS-5000 18000}; do
+	for conns in ${ROOMS_CONNS-5000 15000 18000}; do
 		check_fds "$conns"
 		groups=$((conns / room_size))
 		if ((groups < 1)); then

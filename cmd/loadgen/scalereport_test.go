@@ -254,8 +254,8 @@ func TestScaleScriptGrid(t *testing.T) {
 		t.Fatalf("%v: %s", err, errOut)
 	}
 	lines := strings.Split(strings.TrimSpace(out), "\n")
-	if len(lines) != 8 {
-		t.Fatalf("%d points, want 8:\n%s", len(lines), out)
+	if len(lines) != 9 {
+		t.Fatalf("%d points, want 9:\n%s", len(lines), out)
 	}
 	for i, want := range []string{
 		`TARGETS="groupcast floor" MAX_CONNECTIONS=5500 OUT=/o/fanout-s64-c5000 `,
@@ -264,6 +264,7 @@ func TestScaleScriptGrid(t *testing.T) {
 		"", "",
 		"compare.sh fanout -conns 18000 -size 16384 -rate 0.555556 -duration 20s",
 		"OUT=/o/rooms-s64-c5000-g3 ",
+		"compare.sh rooms -conns 15000 -size 64 -rate 3333.33 -duration 20s -source-ips 8 -rooms 5000 -churn 0",
 		// 6,000 groups of 3: 3,333 publishes/s.
 		"compare.sh rooms -conns 18000 -size 64 -rate 3333.33 -duration 20s -source-ips 8 -rooms 6000 -churn 0",
 	} {

@@ -5,6 +5,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"unicode"
+	"unicode/utf8"
 )
 
 // viewSeeds are objects that take every path of View.Decode: each field
@@ -131,4 +133,23 @@ func BenchmarkDecodeView(b *testing.B) {
 			}
 		})
 	}
+}
+
+// TestViewFolding: encoding/json matches a key to a field when they are
+// equal under Unicode simple folding; the only non-ASCII runes that fold
+// to a letter of a field's name are those foldEqual knows.
+func TestViewFolding(t *testing.T) {
+	var letters string
+	for _, f := range viewFields {
+		letters += f.name
+	}
+	for r := rune(utf8.RuneSelf); r <= unicode.MaxRune; r++ {
+		for f := unicode.SimpleFold(r); f != r; f = unicode.SimpleFold(f) {
+			if f < utf8.RuneSelf && strings.ContainsRune(letters, unicode.ToLower(f)) && r != 'ſ' {
+				t.Errorf("%U folds to %c, which foldEqual does not know", r, f)
+			}
+		}
+	}
+	var v View
+	checkAgrees(t, &v, []byte(`{"meſſage":"m","uſer":"u","CODE":"c"}`))
 }

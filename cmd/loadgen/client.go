@@ -28,8 +28,8 @@ type client struct {
 	lastSeq int64    // highest seq received (without bitset)
 	buf     []byte
 	view    protocol.View // decodes groupcast frames, reused
-	release func() // called once: joined or failed
-	dialed  int64  // unix ns when the dial started
+	release func()        // called once: joined or failed
+	dialed  int64         // unix ns when the dial started
 
 	visits []*visit              // churn-owned: every visit, in order
 	cur    atomic.Pointer[visit] // the visit under way; nil: none

@@ -13,8 +13,8 @@ import (
 
 // Quoted JSON keys the scanners look for.
 const (
-	keySeq  = `"seq"`
-	keyT    = `"t"`
+	keySeq = `"seq"`
+	keyT   = `"t"`
 )
 
 // appendPayload appends the JSON payload {"seq":S,"t":T,"pad":"xxx"} to dst,

@@ -12,8 +12,8 @@ import (
 // (broker.Config.OnFanout = m.ObserveFanout), then pass them in Config.
 type Metrics struct {
 	registry        *prometheus.Registry
-	connections     prometheus.Gauge
-	connects        prometheus.Counter
+	connections     *prometheus.GaugeVec   // by transport (ws, sse)
+	connects        *prometheus.CounterVec // by transport
 	joins           prometheus.Counter
 	published       *prometheus.CounterVec
 	framesWritten   prometheus.Counter
@@ -29,12 +29,12 @@ type Metrics struct {
 func NewMetrics() *Metrics {
 	m := &Metrics{
 		registry: prometheus.NewRegistry(),
-		connections: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "groupcast_connections", Help: "Open WebSocket connections.",
-		}),
-		connects: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "groupcast_connects_total", Help: "WebSocket connections accepted.",
-		}),
+		connections: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "groupcast_connections", Help: "Open connections, by transport (ws: WebSocket, sse: Server-Sent Events).",
+		}, []string{"transport"}),
+		connects: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "groupcast_connects_total", Help: "Connections accepted, by transport (ws, sse).",
+		}, []string{"transport"}),
 		joins: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "groupcast_joins_total", Help: "Successful group joins.",
 		}),
@@ -64,6 +64,10 @@ func NewMetrics() *Metrics {
 			Help:    "Time to hand one group message to every member on this instance.",
 			Buckets: prometheus.ExponentialBuckets(1e-6, 4, 11), // 1µs to 1s
 		}),
+	}
+	for _, t := range []string{transportWS, transportSSE} { // shown at 0 before the first
+		m.connections.WithLabelValues(t)
+		m.connects.WithLabelValues(t)
 	}
 	m.registry.MustRegister(m.connections, m.connects, m.joins, m.published, m.framesWritten, m.writes,
 		m.bytesWritten, m.slowConsumers, m.errors, m.upgradesRefused, m.fanout,

@@ -42,13 +42,13 @@ func NewMetrics() *Metrics {
 			Name: "groupcast_published_total", Help: "Messages published, by source (api, client).",
 		}, []string{"source"}),
 		framesWritten: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "groupcast_frames_written_total", Help: "Server frames (JSON objects) written to WebSockets.",
+			Name: "groupcast_frames_written_total", Help: "Server frames (JSON objects) written to connections.",
 		}),
 		writes: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "groupcast_writes_total", Help: "WebSocket messages written; frames_written/writes is the batching factor.",
+			Name: "groupcast_writes_total", Help: "Writes to connections (WebSocket messages, batches of SSE events); frames_written/writes is the batching factor.",
 		}),
 		bytesWritten: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "groupcast_bytes_written_total", Help: "Payload bytes written to WebSockets.",
+			Name: "groupcast_bytes_written_total", Help: "Payload bytes written to connections.",
 		}),
 		slowConsumers: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "groupcast_slow_consumer_closes_total", Help: "Connections closed because their outbox overflowed.",

@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -30,7 +31,8 @@ type sseStream struct {
 	rc     *http.ResponseController
 	secret string
 	ctx    context.Context // the request's: done once the client has gone
-	inbox  chan [][]byte   // each posted body's frames, in order, for the reader
+	inbox  chan posted     // the posted bodies, in order, for the reader
+	queued atomic.Int64    // the bytes of the bodies in inbox and being handled
 	ended  chan struct{}   // closed once the stream has ended
 	once   sync.Once       // closes ended
 
@@ -40,10 +42,16 @@ type sseStream struct {
 	dropped    bool // the write deadline has passed for good
 }
 
-// sseInbox bounds the posted bodies waiting for a stream's reader; a POST
-// beyond it gets 429 (a client waits for each POST's answer before the
-// next, so it never meets this).
+// sseInbox bounds the posted bodies waiting for a stream's reader, and
+// MaxBodyBytes their bytes; a POST beyond either gets 429 (a client that
+// waits for each POST's answer before the next never meets them).
 const sseInbox = 4
+
+// posted is the body of one POST, split into its frames.
+type posted struct {
+	frames [][]byte
+	size   int64
+}
 
 // The stream's events: a heartbeat comment, and the head of the close event.
 var (
@@ -83,7 +91,7 @@ func (s *Server) serveSSE(c echo.Context) error {
 		rc:     rc,
 		secret: newSecret(),
 		ctx:    r.Context(),
-		inbox:  make(chan [][]byte, sseInbox),
+		inbox:  make(chan posted, sseInbox),
 		ended:  make(chan struct{}),
 	}
 	done := make(chan struct{})
@@ -126,10 +134,11 @@ func (s *session) readPosts() {
 			return
 		case <-st.ctx.Done():
 			return
-		case frames := <-st.inbox:
-			for _, f := range frames {
+		case p := <-st.inbox:
+			for _, f := range p.frames {
 				s.handleAside(f)
 			}
+			st.queued.Add(-p.size)
 		}
 	}
 }

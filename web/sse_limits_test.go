@@ -370,3 +370,29 @@ func TestSSEResume(t *testing.T) {
 		t.Fatalf("live after the replay: %v", f)
 	}
 }
+
+// TestSSEInboxBytes: the bodies waiting for a stream's reader are bounded
+// in bytes too, by MAX_BODY_BYTES.
+func TestSSEInboxBytes(t *testing.T) {
+	release := make(chan struct{})
+	e := newEnv(t, "", &Config{ClientSend: true, MaxBodyBytes: 2048, MaxFrameBytes: 2048, Consumer: stuckFrames{release: release}})
+	c := e.openSSE("")
+	pad := func(n int) string { return `{"type":"ping","pad":"` + strings.Repeat("x", n) + `"}` }
+	if status, _ := c.post(e, `{"type":"stuck"}`); status != http.StatusAccepted {
+		t.Fatalf("POST: %d", status)
+	}
+	if status, body := c.post(e, pad(1500)); status != http.StatusAccepted {
+		t.Fatalf("POST within the bytes: %d %s", status, body)
+	}
+	if status, body := c.post(e, pad(600)); status != http.StatusTooManyRequests {
+		t.Fatalf("POST past the bytes waiting: %d %s, want 429", status, body)
+	}
+	close(release)
+	c.frame() // the reply
+	if f := c.frame(); f["type"] != "pong" {
+		t.Fatalf("got %v, want the pong", f)
+	}
+	if f := c.call(e, pad(1500)); f["type"] != "pong" {
+		t.Fatalf("once handled, the bytes are free again: %v", f)
+	}
+}

@@ -120,10 +120,16 @@ func (s *Server) handPost(channel, secret string, body []byte) error {
 	if err != nil {
 		return err
 	}
+	st, size := ss.sse, int64(len(body))
+	if st.queued.Add(size) > s.cfg.MaxBodyBytes {
+		st.queued.Add(-size)
+		return errPostsQueued
+	}
 	select {
-	case ss.sse.inbox <- frames:
+	case st.inbox <- posted{frames, size}:
 		return nil
 	default:
+		st.queued.Add(-size)
 		return errPostsQueued
 	}
 }

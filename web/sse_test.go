@@ -136,3 +136,21 @@ func TestSSEPostForwarded(t *testing.T) {
 		t.Errorf("POST for a WebSocket's channel: %d, want 404", status)
 	}
 }
+
+// TestSSEPostUnavailable: with NATS down, a POST that must be forwarded
+// is refused as unavailable (retry), while one for a stream of the same
+// instance still reaches it.
+func TestSSEPostUnavailable(t *testing.T) {
+	ns := natstest.Start(t, -1)
+	a, b := newEnv(t, ns.ClientURL(), nil), newEnv(t, ns.ClientURL(), nil)
+	c := a.openSSE("")
+	ns.Shutdown()
+	waitFor(t, 5*time.Second, func() bool { return b.broker.Ready() != nil })
+	status, body := c.post(b, `{"type":"ping"}`)
+	if status != http.StatusServiceUnavailable || !strings.Contains(body, `"code":"unavailable"`) {
+		t.Fatalf("forwarded POST with NATS down: %d %s, want 503 unavailable", status, body)
+	}
+	if f := c.call(a, `{"type":"ping","id":"here"}`); f["type"] != "pong" {
+		t.Fatalf("local POST with NATS down: %v", f)
+	}
+}

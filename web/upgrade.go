@@ -51,7 +51,7 @@ func (s *Server) countRefusals(next echo.HandlerFunc) echo.HandlerFunc {
 func (s *Server) refused(r *http.Request, reason string, status int, message string) {
 	s.metrics.upgradesRefused.WithLabelValues(reason).Inc()
 	if s.refusalLogs.Allow() {
-		s.log.Info("websocket refused", "reason", reason, "status", status, "message", message,
+		s.log.Info("websocket refused", "path", r.URL.Path, "reason", reason, "status", status, "message", message,
 			"remote_ip", clientIP(r, s.cfg.TrustedProxies), "origin", r.Header.Get("Origin"), "user_agent", r.UserAgent())
 	}
 }

@@ -24,6 +24,7 @@ type client struct {
 	room    int // home room: joined in the ramp, left never
 	inst    int // index of the instance (-url) it dials
 	ws      *websocket.Conn
+	sse     *sseConn // instead of ws with -transport sse
 	seen    []uint64 // bitset of received seqs (when r.bitset)
 	lastSeq int64    // highest seq received (without bitset)
 	buf     []byte
@@ -65,13 +66,13 @@ func (c *client) run(sem chan struct{}) {
 		c.fail(err)
 		return
 	}
-	defer c.ws.CloseNow()
-	stop := context.AfterFunc(r.ctx, func() { c.ws.CloseNow() })
+	defer c.closeNow()
+	stop := context.AfterFunc(r.ctx, c.closeNow)
 	defer stop()
 	timer := time.AfterFunc(joinTimeout, func() {
 		if !c.isJoined.Load() {
 			r.noteErr(fmt.Errorf("conn %d: no join answer within %s", c.id, joinTimeout))
-			c.ws.CloseNow()
+			c.closeNow()
 		}
 	})
 	defer timer.Stop()
@@ -106,10 +107,22 @@ func (c *client) joined() {
 	c.release()
 }
 
+// closeNow drops the connection.
+func (c *client) closeNow() {
+	if c.sse != nil {
+		c.sse.close()
+		return
+	}
+	c.ws.CloseNow()
+}
+
 // connect dials and sends the join request.
 func (c *client) connect() error {
 	r := c.r
 	c.dialed = time.Now().UnixNano()
+	if r.cfg.Transport == transportSSE {
+		return c.connectSSE()
+	}
 	ctx, cancel := context.WithTimeout(r.ctx, joinTimeout)
 	defer cancel()
 	ws, _, err := websocket.Dial(ctx, r.cfg.URLs[c.inst], &websocket.DialOptions{
@@ -154,6 +167,9 @@ func appendGroupcastOp(dst []byte, typ, group string, id int) []byte {
 // without Done, which coder/websocket serves without per-read timers; the
 // connection is closed from outside (run's end, join timeout) instead.
 func (c *client) readLoop() error {
+	if c.sse != nil {
+		return c.readSSE()
+	}
 	nats := c.r.cfg.Target == targetNATSWS
 	for {
 		_, rd, err := c.ws.Reader(context.Background())

@@ -2,7 +2,10 @@ package web
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
+	"io/fs"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -11,6 +14,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/groupcast/groupcast/broker"
 	"github.com/groupcast/groupcast/internal/natstest"
@@ -27,6 +32,8 @@ func TestBrowserSSE(t *testing.T) {
 	t.Run("Chat", func(t *testing.T) { testSSEChat(t, browser) })
 	t.Run("Presence", func(t *testing.T) { testSSEPresence(t, browser) })
 	t.Run("Resume", func(t *testing.T) { testSSEResume(t, browser) })
+	t.Run("Tokens", func(t *testing.T) { testSSETokens(t, browser) })
+	t.Run("CrossOrigin", func(t *testing.T) { testSSECrossOrigin(t, browser) })
 	t.Run("PlannedClose", func(t *testing.T) { testSSEPlannedClose(t, browser) })
 	t.Run("Stalled", func(t *testing.T) { testSSEStalled(t, browser) })
 	t.Run("KeepsWebSocket", func(t *testing.T) { testSSEKeepsWebSocket(t, browser) })
@@ -321,6 +328,84 @@ func testSSEResume(t *testing.T, browser context.Context) {
 	if n := px.upgrades.Load(); n != upgrades {
 		t.Fatalf("%d more upgrade tries after the restart: the page forgot that SSE works", n-upgrades)
 	}
+}
+
+// With tokens required, over SSE: the token goes in ?token= (EventSource
+// sends no custom headers), a refresh in a POST keeps the stream past the
+// first token's exp, and a per-group token opens a private group.
+func testSSETokens(t *testing.T, browser context.Context) {
+	s := startLive(t, "", Config{ClientSend: true, Auth: AuthConfig{Secret: []byte(testSecret), Leeway: time.Millisecond}})
+	requireSSE(t, s)
+	px := startProxy(t, s.addr, refuseUpgrades)
+	// Tokens of 2 s (JWTs count whole seconds): the first runs out while
+	// the test waits, so the stream lives on only if the refresh worked.
+	exp := time.Now().Add(2 * time.Second).Truncate(time.Second)
+	var tokens []string
+	for i := range 4 {
+		tokens = append(tokens, sign(t, jwt.MapClaims{"sub": "ada", "exp": exp.Add(time.Duration(i) * 2 * time.Second).Unix(), "join": []string{"room.*"}}))
+	}
+	list, _ := json.Marshal(tokens)
+	group := sign(t, jwt.MapClaims{"sub": "ada", "group": "private.7", "exp": time.Now().Add(time.Hour).Unix()})
+	p := openPage(t, browser, px.URL+"/healthz")
+	got := eval[string](p, fmt.Sprintf(`(async () => {
+		const { connect } = await import("/client.js");
+		const tokens = %s;
+		window.t = { welcomes: 0, got: [], fetched: 0 };
+		const c = connect(undefined, { getToken: async () => (t.fetched++, tokens.shift()) });
+		t.c = c;
+		c.addEventListener("welcome", () => t.welcomes++);
+		const refused = await c.join("private.7").then(() => "joined", (e) => e.code);
+		await c.join("private.7", (data) => t.got.push(data), { token: %q });
+		return [c.transport, c.welcome.user, refused].join() })()`, list, group))
+	if got != "sse,ada,forbidden" {
+		t.Fatalf("got %s", got)
+	}
+	s.publish("private.7", `"for ada"`)
+	p.wait(`t.got[0] === "for ada"`)
+	time.Sleep(time.Until(exp) + 700*time.Millisecond)
+	if n := eval[int](p, `t.c.ping().then(() => t.welcomes)`); n != 1 {
+		t.Fatalf("%d connections: the token was not refreshed before it expired", n)
+	}
+	if n := eval[int](p, `t.fetched`); n < 2 {
+		t.Fatalf("getToken called %d times", n)
+	}
+	if got := px.counts(); got[1] != 1 {
+		t.Fatalf("%d streams, want 1", got[1])
+	}
+}
+
+// A page of another origin (an application's own site) that the server
+// allows: over SSE it joins, receives and sends, its POSTs answered
+// preflights and all.
+func testSSECrossOrigin(t *testing.T, browser context.Context) {
+	s := startLive(t, "", Config{ClientSend: true, AllowedOrigins: []string{"http://127.0.0.1:*"}})
+	requireSSE(t, s)
+	px := startProxy(t, s.addr, refuseUpgrades)
+	sub, _ := fs.Sub(static, "static")
+	mux := http.NewServeMux()
+	mux.Handle("/client.js", http.FileServerFS(sub))
+	mux.HandleFunc("/{$}", func(w http.ResponseWriter, _ *http.Request) {
+		io.WriteString(w, "<!doctype html><title>an application</title>")
+	})
+	site := httptest.NewServer(mux)
+	t.Cleanup(site.Close)
+	p := openPage(t, browser, site.URL+"/")
+	got := eval[string](p, fmt.Sprintf(`(async () => {
+		const { connect } = await import("/client.js");
+		const c = connect(%q);
+		window.t = { c, got: [] };
+		await c.join("news", (data) => t.got.push(data));
+		await c.send("news", "from the page");
+		return c.transport })()`, px.URL+"/ws"))
+	if got != "sse" {
+		t.Fatalf("transport %q, want sse", got)
+	}
+	s.publish("news", `"from a backend"`)
+	p.wait(`t.got.length === 2`)
+	if got := eval[string](p, `t.got.join()`); got != "from the page,from a backend" {
+		t.Fatalf("got %s", got)
+	}
+	eval[bool](p, `(t.c.close(), true)`)
 }
 
 // A planned close (1012, here at MAX_CONNECTION_AGE) brings the client

@@ -32,6 +32,7 @@ func TestBrowserSSE(t *testing.T) {
 	t.Run("Chat", func(t *testing.T) { testSSEChat(t, browser) })
 	t.Run("Presence", func(t *testing.T) { testSSEPresence(t, browser) })
 	t.Run("Resume", func(t *testing.T) { testSSEResume(t, browser) })
+	t.Run("Cut", func(t *testing.T) { testSSECut(t, browser) })
 	t.Run("Tokens", func(t *testing.T) { testSSETokens(t, browser) })
 	t.Run("CrossOrigin", func(t *testing.T) { testSSECrossOrigin(t, browser) })
 	t.Run("PlannedClose", func(t *testing.T) { testSSEPlannedClose(t, browser) })
@@ -51,9 +52,10 @@ const (
 type proxy struct {
 	URL string
 
+	hs       *httptest.Server
 	upgrades atomic.Int64 // WebSocket upgrade requests, whatever came of them
-	streams  atomic.Int64 // GET /sse
-	posts    atomic.Int64 // POST /sse/{channel}
+	streams  atomic.Int64 // GET /sse passed on
+	posts    atomic.Int64 // POST /sse/{channel} passed on
 }
 
 // startProxy serves a proxy to addr (host:port) until the test ends. The
@@ -100,9 +102,13 @@ func startProxy(t *testing.T, addr string, upgrades int) *proxy {
 		hs.Close()
 		transport.CloseIdleConnections()
 	})
-	p.URL = hs.URL
+	p.URL, p.hs = hs.URL, hs
 	return p
 }
+
+// cut breaks every connection through the proxy, streams included,
+// without a word to either end.
+func (p *proxy) cut() { p.hs.CloseClientConnections() }
 
 // requireSSE skips a test of the fallback on a server without GET /sse.
 // TODO: remove once the server's /sse has landed.
@@ -327,6 +333,53 @@ func testSSEResume(t *testing.T, browser context.Context) {
 	}
 	if n := px.upgrades.Load(); n != upgrades {
 		t.Fatalf("%d more upgrade tries after the restart: the page forgot that SSE works", n-upgrades)
+	}
+}
+
+// A stream cut by the network (no close event) is reconnected by the
+// client alone, after its backoff and with since, not by EventSource's own
+// retry as well: one new stream, one connection on the server, and what
+// was published in a recoverable room meanwhile arrives once.
+func testSSECut(t *testing.T, browser context.Context) {
+	ns := natstest.StartJetStream(t)
+	s := &liveServer{t: t, cfg: Config{Region: "test-region"}, addr: "127.0.0.1:0", natsURL: ns.ClientURL(),
+		policies: []broker.PolicyRule{{Pattern: "room.*", Policy: broker.Recoverable}}}
+	s.start()
+	t.Cleanup(s.stop)
+	requireSSE(t, s)
+	px := startProxy(t, s.addr, refuseUpgrades)
+	p := openPage(t, browser, px.URL+"/healthz")
+	// A backoff of 1 to 2 s: the publishes below happen while it is away.
+	eval[bool](p, `(async () => {
+		const { connect } = await import("/client.js");
+		const c = connect(undefined, { minDelay: 2000, maxDelay: 2000 });
+		window.t = { c, got: [], welcomes: 0 };
+		c.addEventListener("welcome", () => t.welcomes++);
+		await c.join("room.7", (data) => t.got.push(data));
+		return true })()`)
+	s.publish("room.7", `1`)
+	p.wait(`t.got.length === 1`)
+	streams := px.streams.Load()
+
+	px.cut()
+	p.wait(`t.c.state === "reconnecting"`)
+	s.publish("room.7", `2`)
+	s.publish("room.7", `3`)
+	if n := eval[int](p, `t.welcomes`); n != 1 {
+		t.Fatalf("%d welcomes right after the cut: back sooner than the client's backoff allows (EventSource's own retry?)", n)
+	}
+	p.wait(`t.c.state === "connected" && t.welcomes === 2 && t.got.length === 3`)
+	// Longer than EventSource's own retry (3 s): had it reconnected too,
+	// another stream would be open by now.
+	time.Sleep(3500 * time.Millisecond)
+	if got := eval[string](p, `[t.got.join(), t.welcomes, t.c.transport].join(" ")`); got != "1,2,3 2 sse" {
+		t.Fatalf("got %s, want 1,2,3 over two connections", got)
+	}
+	if n := px.streams.Load() - streams; n != 1 {
+		t.Fatalf("%d new streams after the cut, want 1", n)
+	}
+	if n := s.b.Stats().Channels; n != 1 {
+		t.Fatalf("%d connections on the server, want 1", n)
 	}
 }
 

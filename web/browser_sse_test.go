@@ -533,4 +533,21 @@ func testSSEKeepsWebSocket(t *testing.T, browser context.Context) {
 	if got := px.counts(); got[0] != 1 || got[1] != 0 || got[2] != 0 {
 		t.Fatalf("proxy saw %d upgrades, %d streams, %d posts; want 1, 0, 0", got[0], got[1], got[2])
 	}
+	if got := eval[string](p, `import("/client.js").then((m) => {
+		try { m.connect(undefined, { transports: ["websocket", "carrier-pigeon"] }); return "accepted" } catch (e) { return e.name + ": " + e.message } })`); got != `TypeError: transports: unknown ["carrier-pigeon"]; known: websocket, sse` {
+		t.Fatalf("an unknown transport: %s", got)
+	}
+
+	// The order is the application's: SSE first where it comes first.
+	requireSSE(t, s)
+	if got := eval[string](p, `import("/client.js").then(async (m) => {
+		const c = m.connect(undefined, { transports: ["sse", "websocket"] });
+		await c.ping();
+		c.close();
+		return c.transport })`); got != "sse" {
+		t.Fatalf("transports sse, websocket: on %q", got)
+	}
+	if got := px.counts(); got[0] != 1 || got[1] != 1 {
+		t.Fatalf("proxy saw %d upgrades and %d streams; want 1 and 1", got[0], got[1])
+	}
 }

@@ -62,7 +62,8 @@ const maxPost = 64 << 10;
 const maxQueued = 256;
 
 // working remembers, for the page's life, the transport that opened for
-// a server (its /ws URL without the query): later connections use it alone.
+// a server (its /ws URL without the query) and an order of transports:
+// later connections with both use it alone.
 const working = new Map();
 
 /**
@@ -95,7 +96,7 @@ export class Client extends EventTarget {
     super();
     this.url = wsURL(url).href;
     this.options = { ...DEFAULTS, ...options };
-    const unknown = [...this.options.transports].filter((name) => !Object.hasOwn(TRANSPORTS, name));
+    const unknown = [...this.options.transports].filter((name) => !Object.keys(TRANSPORTS).includes(name));
     if (unknown.length) {
       throw new TypeError(`transports: unknown ${JSON.stringify(unknown)}; known: ${Object.keys(TRANSPORTS).join(", ")}`);
     }
@@ -130,10 +131,10 @@ export class Client extends EventTarget {
     return new Set(this.memberships.keys());
   }
 
-  // server names this client's server in working.
+  // server names this client's server and order of transports in working.
   get server() {
     const u = new URL(this.url);
-    return u.origin + u.pathname;
+    return `${u.origin}${u.pathname} ${this.transports.join()}`;
   }
 
   async open() {

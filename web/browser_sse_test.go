@@ -36,6 +36,7 @@ func TestBrowserSSE(t *testing.T) {
 	t.Run("Tokens", func(t *testing.T) { testSSETokens(t, browser) })
 	t.Run("CrossOrigin", func(t *testing.T) { testSSECrossOrigin(t, browser) })
 	t.Run("PlannedClose", func(t *testing.T) { testSSEPlannedClose(t, browser) })
+	t.Run("Burst", func(t *testing.T) { testSSEBurst(t, browser) })
 	t.Run("Stalled", func(t *testing.T) { testSSEStalled(t, browser) })
 	t.Run("KeepsWebSocket", func(t *testing.T) { testSSEKeepsWebSocket(t, browser) })
 }
@@ -110,23 +111,6 @@ func startProxy(t *testing.T, addr string, upgrades int) *proxy {
 // without a word to either end.
 func (p *proxy) cut() { p.hs.CloseClientConnections() }
 
-// requireSSE skips a test of the fallback on a server without GET /sse.
-// TODO: remove once the server's /sse has landed.
-func requireSSE(t *testing.T, s *liveServer) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.url()+"/sse", nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode == http.StatusNotFound {
-		t.Skip("this server has no GET /sse yet")
-	}
-}
-
 // counts is what the proxy has seen: upgrades, streams, posts.
 func (p *proxy) counts() [3]int64 {
 	return [3]int64{p.upgrades.Load(), p.streams.Load(), p.posts.Load()}
@@ -139,7 +123,6 @@ func (p *proxy) counts() [3]int64 {
 // client in the page goes straight to SSE.
 func testSSEJoinLeave(t *testing.T, browser context.Context) {
 	s := startLive(t, "", Config{ClientSend: true})
-	requireSSE(t, s)
 	px := startProxy(t, s.addr, refuseUpgrades)
 	p := openPage(t, browser, px.URL+"/healthz")
 	// openTimeout 20 s: only the refused upgrade, not the timeout, can
@@ -192,28 +175,31 @@ func testSSEJoinLeave(t *testing.T, browser context.Context) {
 	// Refusals: in an error frame over the stream (a bad name), and in the
 	// answer to a POST (a body over the server's limit); the connection
 	// stays usable after both.
+	// A frame over the server's limit, sent between two others, is
+	// refused alone.
 	codes := eval[string](p, `(async () => {
 		const code = (promise) => promise.then(() => "resolved", (e) => e.code);
 		const bad = await code(t.c.join("bad..name"));
-		const big = await code(t.c.send("fence", "x".repeat(2 << 20)));
+		const sends = await Promise.all([t.c.send("fence", "a"), t.c.send("fence", "x".repeat(100 << 10)), t.c.send("fence", "b")].map(code));
 		const ping = typeof (await t.c.ping());
-		return [bad, big, ping, t.c.state].join() })()`)
-	if codes != "invalid_group,too_large,number,connected" {
+		return [bad, ...sends, ping, t.c.state].join() })()`)
+	if codes != "invalid_group,resolved,too_large,resolved,number,connected" {
 		t.Fatalf("got %s", codes)
 	}
+	p.wait(`t.fence.length === 32 && t.fence[30] === "a" && t.fence[31] === "b"`)
 
 	// Leave: nothing more for the group (a message to another group,
 	// published after it, is the fence).
 	eval[bool](p, `t.c.leave("news").then(() => true)`)
 	s.publish("news", `{"n":2}`)
 	s.publish("fence", `"after"`)
-	p.wait(`t.fence.length === 31`)
+	p.wait(`t.fence.length === 33`)
 	if n := eval[int](p, `t.got.length`); n != 1 {
 		t.Fatalf("%d deliveries after leave, want none", n-1)
 	}
 	eval[bool](p, `t.c.send("fence", {from: "quiet"}, {echo: false}).then(() => true)`)
 	eval[bool](p, `t.c.send("fence", {from: "page"}).then(() => true)`)
-	p.wait(`t.fence.length === 32 && t.fence[31].from === "page"`)
+	p.wait(`t.fence.length === 34 && t.fence[33].from === "page"`)
 
 	// The page remembers SSE: a second client does not try the upgrade.
 	if got := eval[string](p, `(async () => {
@@ -240,7 +226,6 @@ func testSSEJoinLeave(t *testing.T, browser context.Context) {
 // Two demo pages chat through the proxy, as over WebSockets.
 func testSSEChat(t *testing.T, browser context.Context) {
 	s := startLive(t, "", Config{ClientSend: true, Region: "europe-west1"})
-	requireSSE(t, s)
 	px := startProxy(t, s.addr, refuseUpgrades)
 	a := openPage(t, browser, px.URL+"/")
 	b := openPage(t, browser, px.URL+"/")
@@ -276,7 +261,6 @@ func testSSEPresence(t *testing.T, browser context.Context) {
 	s := &liveServer{t: t, cfg: Config{Region: "test-region"}, addr: "127.0.0.1:0", presence: []string{"room.*"}}
 	s.start()
 	t.Cleanup(s.stop)
-	requireSSE(t, s)
 	px := startProxy(t, s.addr, refuseUpgrades)
 	a := openPage(t, browser, px.URL+"/")
 	a.waitJoined("room.lobby")
@@ -304,7 +288,6 @@ func testSSEResume(t *testing.T, browser context.Context) {
 	other := &liveServer{t: t, cfg: Config{Region: "test-region"}, addr: "127.0.0.1:0", natsURL: ns.ClientURL(), policies: keep}
 	other.start()
 	t.Cleanup(other.stop)
-	requireSSE(t, s)
 	px := startProxy(t, s.addr, refuseUpgrades)
 
 	p := openPage(t, browser, px.URL+"/")
@@ -346,7 +329,6 @@ func testSSECut(t *testing.T, browser context.Context) {
 		policies: []broker.PolicyRule{{Pattern: "room.*", Policy: broker.Recoverable}}}
 	s.start()
 	t.Cleanup(s.stop)
-	requireSSE(t, s)
 	px := startProxy(t, s.addr, refuseUpgrades)
 	p := openPage(t, browser, px.URL+"/healthz")
 	// A backoff of 1 to 2 s: the publishes below happen while it is away.
@@ -388,18 +370,18 @@ func testSSECut(t *testing.T, browser context.Context) {
 // first token's exp, and a per-group token opens a private group.
 func testSSETokens(t *testing.T, browser context.Context) {
 	s := startLive(t, "", Config{ClientSend: true, Auth: AuthConfig{Secret: []byte(testSecret), Leeway: time.Millisecond}})
-	requireSSE(t, s)
 	px := startProxy(t, s.addr, refuseUpgrades)
-	// Tokens of 2 s (JWTs count whole seconds): the first runs out while
-	// the test waits, so the stream lives on only if the refresh worked.
-	exp := time.Now().Add(2 * time.Second).Truncate(time.Second)
+	p := openPage(t, browser, px.URL+"/healthz")
+	// Tokens of 3 s (JWTs count whole seconds), minted once the page is
+	// up: the first runs out while the test waits, so the stream lives on
+	// only if the refresh worked.
+	exp := time.Now().Add(3 * time.Second).Truncate(time.Second)
 	var tokens []string
 	for i := range 4 {
-		tokens = append(tokens, sign(t, jwt.MapClaims{"sub": "ada", "exp": exp.Add(time.Duration(i) * 2 * time.Second).Unix(), "join": []string{"room.*"}}))
+		tokens = append(tokens, sign(t, jwt.MapClaims{"sub": "ada", "exp": exp.Add(time.Duration(i) * 3 * time.Second).Unix(), "join": []string{"room.*"}}))
 	}
 	list, _ := json.Marshal(tokens)
 	group := sign(t, jwt.MapClaims{"sub": "ada", "group": "private.7", "exp": time.Now().Add(time.Hour).Unix()})
-	p := openPage(t, browser, px.URL+"/healthz")
 	got := eval[string](p, fmt.Sprintf(`(async () => {
 		const { connect } = await import("/client.js");
 		const tokens = %s;
@@ -432,7 +414,6 @@ func testSSETokens(t *testing.T, browser context.Context) {
 // preflights and all.
 func testSSECrossOrigin(t *testing.T, browser context.Context) {
 	s := startLive(t, "", Config{ClientSend: true, AllowedOrigins: []string{"http://127.0.0.1:*"}})
-	requireSSE(t, s)
 	px := startProxy(t, s.addr, refuseUpgrades)
 	sub, _ := fs.Sub(static, "static")
 	mux := http.NewServeMux()
@@ -466,7 +447,6 @@ func testSSECrossOrigin(t *testing.T, browser context.Context) {
 // close event means what the WebSocket close frame means.
 func testSSEPlannedClose(t *testing.T, browser context.Context) {
 	s := startLive(t, "", Config{MaxConnectionAge: 1500 * time.Millisecond})
-	requireSSE(t, s)
 	for _, tc := range []struct {
 		name     string
 		upgrades int
@@ -494,11 +474,40 @@ func testSSEPlannedClose(t *testing.T, browser context.Context) {
 	}
 }
 
+// Fifty sends at once meet the server's frame rate (a burst of 40) alike
+// on either transport: about forty acknowledged, the rest refused one by
+// one with rate_limited, never a whole POST's worth at once.
+func testSSEBurst(t *testing.T, browser context.Context) {
+	s := startLive(t, "", Config{ClientSend: true})
+	for _, tc := range []struct {
+		name     string
+		upgrades int
+	}{{"websocket", passUpgrades}, {"sse", refuseUpgrades}} {
+		px := startProxy(t, s.addr, tc.upgrades)
+		p := openPage(t, browser, px.URL+"/healthz")
+		got := eval[map[string]any](p, `(async () => {
+			const { connect } = await import("/client.js");
+			const c = connect();
+			await c.ready();
+			const codes = await Promise.all(Array.from({ length: 50 }, (_, i) =>
+				c.send("burst", i).then(() => "ok", (e) => e.code)));
+			const out = { transport: c.transport, state: c.state };
+			for (const code of codes) out[code] = (out[code] || 0) + 1;
+			c.close();
+			return out })()`)
+		t.Logf("%s: %v", tc.name, got)
+		ok, _ := got["ok"].(float64)
+		limited, _ := got["rate_limited"].(float64)
+		if got["transport"] != tc.name || got["state"] != "connected" || ok < 40 || ok+limited != 50 {
+			t.Fatalf("%s: %v, want 40 or a few more ok, the rest rate_limited", tc.name, got)
+		}
+	}
+}
+
 // A proxy that swallows the upgrade, never answering it: the client gives
 // up on the WebSocket after its open timeout (3 s) and goes on over SSE.
 func testSSEStalled(t *testing.T, browser context.Context) {
 	s := startLive(t, "", Config{ClientSend: true})
-	requireSSE(t, s)
 	px := startProxy(t, s.addr, stallUpgrades)
 	p := openPage(t, browser, px.URL+"/healthz")
 	got := eval[map[string]any](p, `(async () => {
@@ -539,7 +548,6 @@ func testSSEKeepsWebSocket(t *testing.T, browser context.Context) {
 	}
 
 	// The order is the application's: SSE first where it comes first.
-	requireSSE(t, s)
 	if got := eval[string](p, `import("/client.js").then(async (m) => {
 		const c = m.connect(undefined, { transports: ["sse", "websocket"] });
 		await c.ping();

@@ -56,10 +56,15 @@ const DEFAULTS = {
   openTimeout: 3000, // a transport not open by then gives way to the next one (ms)
 };
 
-// maxPost bounds the frames one POST carries (characters); a larger
-// frame goes alone. maxQueued bounds the frames waiting for a POST.
-const maxPost = 64 << 10;
+// A POST carries at most postFrames frames (the server refuses a whole
+// body of as many as its frames-per-second burst, 40 by default), and a
+// frame over aloneBytes goes alone, so that one over the server's frame
+// limit is the only one its refusal rejects. maxQueued bounds the frames
+// waiting for a POST.
+const postFrames = 20;
+const aloneBytes = 4 << 10;
 const maxQueued = 256;
+const utf8 = new TextEncoder();
 
 // working remembers, for the page's life, the transport that opened for
 // a server (its /ws URL without the query) and an order of transports:
@@ -674,7 +679,7 @@ class EventSourceConn {
     if (this.queue.length >= maxQueued) {
       return this.client.handle(this, { type: "error", id, code: "rate_limited", message: "too many frames waiting to be sent" });
     }
-    this.queue.push({ text, id });
+    this.queue.push({ text, id, alone: text.length > aloneBytes || utf8.encode(text).length > aloneBytes });
     if (!this.posting) this.post();
   }
 
@@ -686,11 +691,9 @@ class EventSourceConn {
   async post() {
     this.posting = true;
     while (this.queue.length && !this.done) {
-      let n = 0;
-      let size = 0;
-      while (n < this.queue.length && (n === 0 || size + this.queue[n].text.length < maxPost)) {
-        size += this.queue[n].text.length + 1;
-        n++;
+      let n = 1;
+      if (!this.queue[0].alone) {
+        while (n < this.queue.length && n < postFrames && !this.queue[n].alone) n++;
       }
       const batch = this.queue.splice(0, n);
       let res;

@@ -622,7 +622,7 @@ class EventSourceConn {
     this.opened = false;
     this.done = false;
     this.secret = null;
-    this.queue = []; // {text, id} waiting for a POST
+    this.queue = []; // {text, id, alone} waiting for a POST
     this.posting = false;
     // withCredentials: a cross-site page's cookies go along, as on a
     // WebSocket (the server answers such an Origin with CORS headers).

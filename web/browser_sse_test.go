@@ -36,6 +36,7 @@ func TestBrowserSSE(t *testing.T) {
 	t.Run("Tokens", func(t *testing.T) { testSSETokens(t, browser) })
 	t.Run("CrossOrigin", func(t *testing.T) { testSSECrossOrigin(t, browser) })
 	t.Run("PlannedClose", func(t *testing.T) { testSSEPlannedClose(t, browser) })
+	t.Run("Drain", func(t *testing.T) { testSSEDrain(t, browser) })
 	t.Run("Burst", func(t *testing.T) { testSSEBurst(t, browser) })
 	t.Run("Stalled", func(t *testing.T) { testSSEStalled(t, browser) })
 	t.Run("KeepsWebSocket", func(t *testing.T) { testSSEKeepsWebSocket(t, browser) })
@@ -471,6 +472,42 @@ func testSSEPlannedClose(t *testing.T, browser context.Context) {
 		if got["transport"] != name || got["renewed"] != true || got["gap"].(float64) > 2000 {
 			t.Fatalf("%s: %v", name, got)
 		}
+	}
+}
+
+// A drain's close events ask for reconnects spread over DRAIN_PERIOD:
+// each client of a page waits a random time within it before its next
+// try, neither at once nor after its (here 5 s) backoff.
+func testSSEDrain(t *testing.T, browser context.Context) {
+	const drain = time.Second
+	s := startLive(t, "", Config{DrainPeriod: drain})
+	px := startProxy(t, s.addr, refuseUpgrades)
+	p := openPage(t, browser, px.URL+"/healthz")
+	// Five clients (six connections per host is the browser's limit);
+	// each notes when it lost its stream and when it tried again.
+	eval[bool](p, `(async () => {
+		const { connect } = await import("/client.js");
+		window.cs = Array.from({ length: 5 }, () => connect(undefined, { minDelay: 5000, maxDelay: 5000 }));
+		await Promise.all(cs.map((c) => c.ready()));
+		for (const c of cs) {
+			c.addEventListener("state", (e) => { if (e.detail === "reconnecting") c.lostAt ??= performance.now(); });
+			const open = c.open.bind(c);
+			c.open = () => { if (c.lostAt !== undefined) c.retryAt ??= performance.now(); return open(); };
+		}
+		return cs.every((c) => c.transport === "sse") })()`)
+	s.stop()
+	p.wait(`cs.every((c) => c.retryAt !== undefined)`)
+	waits := eval[[]float64](p, `cs.map((c) => Math.round(c.retryAt - c.lostAt))`)
+	t.Logf("tried again %v ms after the close", waits)
+	longest := 0.0
+	for _, w := range waits {
+		if w < 0 || w > float64(drain.Milliseconds())+200 {
+			t.Fatalf("waits %v ms: each should be within the %v the close event asks for", waits, drain)
+		}
+		longest = max(longest, w)
+	}
+	if longest < 150 { // five waits at random over 1 s: all under 150 ms once in 10^4 runs
+		t.Fatalf("waits %v ms: the reconnects were not spread", waits)
 	}
 }
 

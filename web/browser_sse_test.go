@@ -42,11 +42,13 @@ func TestBrowserSSE(t *testing.T) {
 	t.Run("KeepsWebSocket", func(t *testing.T) { testSSEKeepsWebSocket(t, browser) })
 }
 
-// What a proxy does with a WebSocket upgrade.
+// upgradeRule is what a proxy does with a WebSocket upgrade.
+type upgradeRule int
+
 const (
-	refuseUpgrades = iota // 403, as a corporate proxy does
-	passUpgrades          // proxied like any request
-	stallUpgrades         // never answered, as a middlebox that swallows it
+	refuseUpgrades upgradeRule = iota // 403, as a corporate proxy does
+	passUpgrades                      // proxied like any request
+	stallUpgrades                     // never answered, as a middlebox that swallows it
 )
 
 // proxy is a loopback reverse proxy in front of one server address that
@@ -63,7 +65,7 @@ type proxy struct {
 // startProxy serves a proxy to addr (host:port) until the test ends. The
 // Host header passes unchanged, so the page's origin is the proxy's and
 // the server sees same-origin requests.
-func startProxy(t *testing.T, addr string, upgrades int) *proxy {
+func startProxy(t *testing.T, addr string, upgrades upgradeRule) *proxy {
 	t.Helper()
 	target := &url.URL{Scheme: "http", Host: addr}
 	transport := &http.Transport{}
@@ -450,7 +452,7 @@ func testSSEPlannedClose(t *testing.T, browser context.Context) {
 	s := startLive(t, "", Config{MaxConnectionAge: 1500 * time.Millisecond})
 	for _, tc := range []struct {
 		name     string
-		upgrades int
+		upgrades upgradeRule
 	}{{"websocket", passUpgrades}, {"sse", refuseUpgrades}} {
 		name := tc.name
 		px := startProxy(t, s.addr, tc.upgrades)
@@ -518,7 +520,7 @@ func testSSEBurst(t *testing.T, browser context.Context) {
 	s := startLive(t, "", Config{ClientSend: true})
 	for _, tc := range []struct {
 		name     string
-		upgrades int
+		upgrades upgradeRule
 	}{{"websocket", passUpgrades}, {"sse", refuseUpgrades}} {
 		px := startProxy(t, s.addr, tc.upgrades)
 		p := openPage(t, browser, px.URL+"/healthz")

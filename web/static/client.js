@@ -679,7 +679,9 @@ class EventSourceConn {
     if (this.queue.length >= maxQueued) {
       return this.client.handle(this, { type: "error", id, code: "rate_limited", message: "too many frames waiting to be sent" });
     }
-    this.queue.push({ text, id, alone: text.length > aloneBytes || utf8.encode(text).length > aloneBytes });
+    // A UTF-16 unit takes at most 3 bytes in UTF-8: most frames need no encoding to tell.
+    const alone = text.length > aloneBytes || (3 * text.length > aloneBytes && utf8.encode(text).length > aloneBytes);
+    this.queue.push({ text, id, alone });
     if (!this.posting) this.post();
   }
 

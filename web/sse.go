@@ -27,7 +27,7 @@ import (
 // Events: the response it writes to, the secret that proves a POST comes
 // from its client, and the posted frames waiting for the session's reader.
 type sseStream struct {
-	w      http.ResponseWriter // the response, written by the session's writer only
+	w      http.ResponseWriter // the response, written under mu
 	rc     *http.ResponseController
 	secret string
 	ctx    context.Context // the request's: done once the client has gone

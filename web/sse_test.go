@@ -3,6 +3,7 @@ package web
 import (
 	"encoding/base64"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -24,6 +25,9 @@ func TestSSEStream(t *testing.T) {
 		if got := h.Get(name); got != want {
 			t.Errorf("%s: %q, want %q", name, got, want)
 		}
+	}
+	if !c.resp.Close {
+		t.Error("over HTTP/1.1 the stream should end with its connection (Connection: close)")
 	}
 	if c.Welcome["node"] != e.broker.Node() || c.Welcome["region"] != "test-region" {
 		t.Errorf("welcome %v", c.Welcome)
@@ -153,4 +157,45 @@ func TestSSEPostUnavailable(t *testing.T) {
 	if f := c.call(a, `{"type":"ping","id":"here"}`); f["type"] != "pong" {
 		t.Fatalf("local POST with NATS down: %v", f)
 	}
+}
+
+// TestSSEOverHTTP2: where the connection cannot be taken over (HTTP/2),
+// the stream goes through the response, flushed event by event, with the
+// same frames, close event and end.
+func TestSSEOverHTTP2(t *testing.T) {
+	e := newEnv(t, "", nil)
+	h2 := httptest.NewUnstartedServer(e.srv.Handler())
+	h2.EnableHTTP2 = true
+	h2.StartTLS()
+	defer h2.Close()
+	c, status, body := e.trySSEVia(h2.Client(), h2.URL, "")
+	if c == nil {
+		t.Fatalf("GET /sse over HTTP/2: %d %s", status, body)
+	}
+	if c.resp.ProtoMajor != 2 || c.resp.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("%s, %v", c.resp.Proto, c.resp.Header)
+	}
+	c.readWelcome()
+	if f := c.call(e, `{"type":"join","group":"h2","id":1}`); f["type"] != "ack" {
+		t.Fatalf("join: %v", f)
+	}
+	if status, _ := e.post("/api/groups/h2/messages", `"x"`); status != http.StatusAccepted {
+		t.Fatalf("publish: %d", status)
+	}
+	if f := c.frame(); f["data"] != "x" {
+		t.Fatalf("delivery %v", f)
+	}
+	if status, _ := e.post("/api/channels/"+c.channel()+"/disconnect", ""); status != http.StatusAccepted {
+		t.Fatalf("disconnect: %d", status)
+	}
+	if f := c.closeEvent(); f["code"] != float64(CloseDisconnected) {
+		t.Fatalf("close event %v", f)
+	}
+	waitFor(t, 5*time.Second, func() bool { return e.srv.openSessions() == 0 })
+
+	// A client that goes ends its session.
+	gone, _, _ := e.trySSEVia(h2.Client(), h2.URL, "")
+	gone.readWelcome()
+	gone.close()
+	waitFor(t, 5*time.Second, func() bool { return e.srv.openSessions() == 0 })
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"net/http"
 	"net/http/httptest"
+	"runtime/pprof"
 	"strings"
 	"testing"
 	"time"
@@ -198,4 +199,27 @@ func TestSSEOverHTTP2(t *testing.T) {
 	gone.readWelcome()
 	gone.close()
 	waitFor(t, 5*time.Second, func() bool { return e.srv.openSessions() == 0 })
+}
+
+// TestSSEIdleStreamGoroutines: over HTTP/1.1 an idle stream keeps one
+// goroutine, its session's reader: no request goroutine waits, no
+// handler of posted frames stays once they are handled.
+func TestSSEIdleStreamGoroutines(t *testing.T) {
+	e := newEnv(t, "", nil)
+	const n = 5
+	for range n {
+		c := e.openSSE("")
+		c.call(e, `{"type":"ping"}`)
+	}
+	count := func(fn string) int {
+		var b strings.Builder
+		pprof.Lookup("goroutine").WriteTo(&b, 2) // one stack per goroutine
+		return strings.Count(b.String(), fn)
+	}
+	waitFor(t, 5*time.Second, func() bool {
+		return count("web.(*Server).serveSSE") == 0 && count("web.(*postQueue).handle") == 0
+	})
+	if got := count("web.(*session).awaitStream"); got != n {
+		t.Fatalf("%d readers for %d streams", got, n)
+	}
 }

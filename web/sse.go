@@ -8,6 +8,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -29,8 +30,9 @@ import (
 // its client, and the posted frames waiting to be handled (sse_post.go).
 //
 // Over HTTP/1.x the stream takes the connection over (a hijack, as a
-// WebSocket does), writes the response's head itself and ends the body by
-// closing it: no net/http buffers or goroutines stay with an idle stream,
+// WebSocket does) and writes the response itself, chunked as net/http
+// would (a stream that breaks then shows as a truncated body), then closes
+// the connection: no net/http buffers or goroutines stay with an idle stream,
 // only the session's reader, parked in a read that tells when the client
 // goes. Where the connection cannot be taken (HTTP/2), events go through
 // the response, flushed, and the request's goroutine waits for the
@@ -38,8 +40,9 @@ import (
 type sseStream struct {
 	secret string
 
-	conn net.Conn   // the hijacked connection; nil: the response's, below
-	wmu  sync.Mutex // serialises writes
+	conn    net.Conn   // the hijacked connection; nil: the response's, below
+	chunked bool       // conn's body is chunked (HTTP/1.1), else it ends with conn (HTTP/1.0)
+	wmu     sync.Mutex // serialises writes
 
 	w   http.ResponseWriter
 	rc  *http.ResponseController
@@ -57,6 +60,7 @@ type sseStream struct {
 var (
 	sseHeartbeat  = []byte(":\n\n")
 	sseCloseEvent = []byte("event: close\ndata: ")
+	crlf          = []byte("\r\n")
 )
 
 // serveSSE is GET /sse: the same checks as /ws (admit), and a refusal
@@ -107,11 +111,14 @@ func (st *sseStream) open(c echo.Context) error {
 			// Deadlines of the request's reading stay on a hijacked
 			// connection: cleared, the stream lives on.
 			conn.SetDeadline(time.Time{})
-			h.Set(echo.HeaderConnection, "close") // the body ends when the connection does
+			h.Set(echo.HeaderConnection, "close") // the stream ends with the connection
+			if st.chunked = c.Request().ProtoAtLeast(1, 1); st.chunked {
+				h.Set("Transfer-Encoding", "chunked")
+			}
 			head := bytes.NewBufferString("HTTP/1.1 200 OK\r\n")
 			h.Write(head)
 			head.WriteString("\r\n")
-			if err := st.send(head.Bytes()); err != nil {
+			if _, err := conn.Write(head.Bytes()); err != nil {
 				conn.Close()
 				return err
 			}
@@ -245,6 +252,9 @@ func (s *session) endStream(code websocket.StatusCode, reason string) {
 		s.writeStart.Store(0)
 	}
 	if st.conn != nil {
+		if code != 0 && st.chunked {
+			st.send(nil) // the last chunk: the body is whole
+		}
 		st.conn.Close()
 		return
 	}
@@ -271,11 +281,20 @@ func (s *session) dropStream() {
 	st.once.Do(func() { close(st.ended) })
 }
 
-// send writes p to the stream, at once.
+// send writes p to the stream, at once: a chunk of its own on a chunked
+// connection (nil p: the last chunk).
 func (st *sseStream) send(p []byte) error {
 	st.wmu.Lock()
 	defer st.wmu.Unlock()
-	if st.conn != nil {
+	switch {
+	case p != nil && len(p) == 0:
+		return nil // not the last chunk
+	case st.conn != nil && st.chunked:
+		var head [18]byte
+		chunk := net.Buffers{append(strconv.AppendInt(head[:0], int64(len(p)), 16), "\r\n"...), p, crlf}
+		_, err := chunk.WriteTo(st.conn) // one writev
+		return err
+	case st.conn != nil:
 		_, err := st.conn.Write(p)
 		return err
 	}

@@ -280,10 +280,10 @@ func TestSSERefusalsAsWebSocket(t *testing.T) {
 // a token's expiry (4001), a backend's disconnect (4003), the age cap
 // (1012).
 func TestSSEClosesAsWebSocket(t *testing.T) {
-	e := authEnv(t, &Config{Auth: AuthConfig{Leeway: time.Millisecond}, MaxConnectionAge: 1500 * time.Millisecond})
+	e := authEnv(t, &Config{Auth: AuthConfig{Leeway: time.Millisecond}, MaxConnectionAge: 2500 * time.Millisecond})
 	token := func(ttl time.Duration) string { return "?token=" + sign(t, claims("u", []string{"*"}, nil, ttl)) }
 
-	expiring, disconnected, aged := e.openSSE(token(700*time.Millisecond)), e.openSSE(token(time.Hour)), e.openSSE(token(time.Hour))
+	expiring, disconnected, aged := e.openSSE(token(1500*time.Millisecond)), e.openSSE(token(time.Hour)), e.openSSE(token(time.Hour))
 	if status, body := e.post("/api/channels/"+disconnected.channel()+"/disconnect", ""); status != http.StatusAccepted {
 		t.Fatalf("disconnect: %d %s", status, body)
 	}

@@ -27,8 +27,8 @@ func TestSSEStream(t *testing.T) {
 			t.Errorf("%s: %q, want %q", name, got, want)
 		}
 	}
-	if !c.resp.Close {
-		t.Error("over HTTP/1.1 the stream should end with its connection (Connection: close)")
+	if !c.resp.Close || len(c.resp.TransferEncoding) != 1 || c.resp.TransferEncoding[0] != "chunked" {
+		t.Errorf("over HTTP/1.1 the stream is chunked and ends with its connection: close %v, %v", c.resp.Close, c.resp.TransferEncoding)
 	}
 	if c.Welcome["node"] != e.broker.Node() || c.Welcome["region"] != "test-region" {
 		t.Errorf("welcome %v", c.Welcome)

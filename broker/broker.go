@@ -652,8 +652,13 @@ func (b *Broker) GroupJoin(ctx context.Context, groupName, channel string, since
 	// then those after the replay's last offset follow it.
 	gone := func() bool { return !g.recovers(m, rec) || closing(m.recv) }
 	got, last, err := b.replay(ctx, g.kept, g, m.recv, since, rec.after, gone)
-	if lost := g.recovered(m, rec, last); lost {
+	lost := g.recovered(m, rec, last)
+	if lost {
 		got.Recovered = false
+	}
+	if since != nil {
+		b.log.Debug("resume", "group", groupName, "channel", channel, "since", since.Offset, "after", rec.after,
+			"last", last, "replayed", got.Replayed, "recovered", got.Recovered, "held_lost", lost, "error", err)
 	}
 	if err != nil {
 		b.discard(m, g)

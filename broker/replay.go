@@ -53,6 +53,7 @@ func (b *Broker) replay(ctx context.Context, s *stream, g *group, r Receiver, si
 	case since == nil:
 		return Recovery{}, 0, nil
 	case since.Epoch != epoch:
+		b.log.Debug("resume from another epoch", "group", g.name, "since", since.Offset, "since_epoch", since.Epoch, "epoch", epoch)
 		return Recovery{}, 0, nil // history was reset: the client reloads
 	}
 	release, err := h.turn(ctx)
@@ -69,6 +70,7 @@ func (b *Broker) replay(ctx context.Context, s *stream, g *group, r Receiver, si
 		if err != nil || kept.Subject != subject {
 			// The window no longer holds the offset: something after it
 			// may be gone too.
+			b.log.Debug("resume offset not kept", "group", g.name, "since", since.Offset, "error", err)
 			return Recovery{}, 0, nil
 		}
 		start, rec.Recovered = since.Offset+1, true

@@ -61,30 +61,42 @@ func (b *Broker) replay(ctx context.Context, s *stream, g *group, r Receiver, si
 		return Recovery{}, 0, err
 	}
 	defer release()
+	// probe is the offset resumed after: read first, with the rest, to
+	// see that the window still holds it. A copy that is behind (a
+	// server catching up after a restart answers for its local clients)
+	// is asked again, and a read that fails makes the join unavailable:
+	// neither may pass for an offset that left the window, which would
+	// skip what the member missed.
+	var probe uint64
 	switch {
 	case s.policy == Latest:
 	case since.Offset == 0:
 		start = 1 // what is kept; not known to be all
 	default:
-		kept, err := h.rjs.GetMsg(read, since.Offset, nats.DirectGet())
-		if err != nil || kept.Subject != subject {
-			// The window no longer holds the offset: something after it
-			// may be gone too.
-			b.log.Debug("resume offset not kept", "group", g.name, "since", since.Offset, "error", err)
-			return Recovery{}, 0, nil
-		}
-		start, rec.Recovered = since.Offset+1, true
+		start, probe = since.Offset+1, since.Offset
 	}
-	newest, err := h.newest(read, subject)
+	newest, current, err := h.newest(read, subject)
 	if err != nil {
 		return Recovery{}, 0, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
 	until := max(newest, after)
-	if until < start {
+	if probe > until {
+		if current {
+			// Past the group's newest message: not an offset of its.
+			b.log.Debug("resume offset past the newest", "group", g.name, "since", since.Offset, "newest", newest)
+			return Recovery{}, 0, nil
+		}
+		until = probe // the copy that answered is behind: wait for it
+	}
+	from := start
+	if probe > 0 {
+		from = probe
+	}
+	if until < from {
 		return rec, start - 1, nil
 	}
 	if s.policy == Latest {
-		start = until
+		start, from = until, until
 	}
 	var chunk []byte
 	stopped := false
@@ -101,7 +113,15 @@ func (b *Broker) replay(ctx context.Context, s *stream, g *group, r Receiver, si
 	}
 	last := start - 1
 	var frame []byte // reused: each frame is copied into the chunk
-	err = h.readKept(ctx, read, subject, start, until, func(seq uint64, msg *nats.Msg) bool {
+	moved := false   // the window no longer holds probe
+	err = h.readKept(ctx, read, subject, from, until, func(seq uint64, msg *nats.Msg) bool {
+		if probe > 0 {
+			// The first message from probe on is probe itself, or a
+			// later one when probe is gone (or not of this group).
+			moved = seq != probe
+			probe, rec.Recovered = 0, !moved
+			return !moved
+		}
 		var ferr error
 		frame, ferr = protocol.AppendMessage(frame[:0], protocol.Message{
 			Group: g.name, Region: originRegion(msg), Kept: true, Offset: seq, Epoch: epoch}, msg.Data)
@@ -118,6 +138,13 @@ func (b *Broker) replay(ctx context.Context, s *stream, g *group, r Receiver, si
 		last = seq
 		return rec.Replayed < h.size
 	})
+	if err == nil && probe > 0 {
+		moved = true // nothing from probe on up to until: gone with its window
+	}
+	if moved {
+		b.log.Debug("resume offset not kept", "group", g.name, "since", since.Offset)
+		return Recovery{}, 0, nil
+	}
 	if err == nil && !stopped {
 		flush()
 	}
@@ -132,19 +159,21 @@ func (b *Broker) replay(ctx context.Context, s *stream, g *group, r Receiver, si
 
 // newest returns the offset of the newest kept message of subject (0:
 // none). It asks the stream's leader, and any copy when the leader cannot
-// answer, as while JetStream has no meta leader.
-func (h *history) newest(stream, subject string) (uint64, error) {
+// answer, as while JetStream has no meta leader; current says the leader
+// answered (a copy may be behind).
+func (h *history) newest(stream, subject string) (seq uint64, current bool, err error) {
 	m, err := h.rjs.GetLastMsg(stream, subject)
-	if err != nil && !errors.Is(err, nats.ErrMsgNotFound) {
+	current = err == nil || errors.Is(err, nats.ErrMsgNotFound)
+	if !current {
 		m, err = h.rjs.GetLastMsg(stream, subject, nats.DirectGet())
 	}
 	if errors.Is(err, nats.ErrMsgNotFound) {
-		return 0, nil
+		return 0, current, nil
 	}
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
-	return m.Sequence, nil
+	return m.Sequence, current, nil
 }
 
 // directBatch is the most messages one batched direct get asks for.
@@ -236,7 +265,7 @@ func (b *Broker) History(ctx context.Context, group string, since uint64, limit 
 	}
 	defer release()
 	read, epoch := s.reading()
-	newest, err := b.history.newest(read, b.groupPrefix+group)
+	newest, _, err := b.history.newest(read, b.groupPrefix+group)
 	if err != nil {
 		return nil, "", fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}

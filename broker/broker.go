@@ -651,6 +651,7 @@ func (b *Broker) GroupJoin(ctx context.Context, groupName, channel string, since
 	// Live messages for m are held in rec while the history is replayed,
 	// then those after the replay's last offset follow it.
 	gone := func() bool { return !g.recovers(m, rec) || closing(m.recv) }
+	began := time.Now()
 	got, last, err := b.replay(ctx, g.kept, g, m.recv, since, rec.after, gone)
 	lost := g.recovered(m, rec, last)
 	if lost {
@@ -658,7 +659,7 @@ func (b *Broker) GroupJoin(ctx context.Context, groupName, channel string, since
 	}
 	if since != nil {
 		b.log.Debug("resume", "group", groupName, "channel", channel, "since", since.Offset, "after", rec.after,
-			"last", last, "replayed", got.Replayed, "recovered", got.Recovered, "held_lost", lost, "error", err)
+			"last", last, "replayed", got.Replayed, "recovered", got.Recovered, "held_lost", lost, "took", time.Since(began), "error", err)
 	}
 	if err != nil {
 		b.discard(m, g)

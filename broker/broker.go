@@ -653,8 +653,13 @@ func (b *Broker) GroupJoin(ctx context.Context, groupName, channel string, since
 	gone := func() bool { return !g.recovers(m, rec) || closing(m.recv) }
 	began := time.Now()
 	got, last, err := b.replay(ctx, g.kept, g, m.recv, since, rec.after, gone)
-	lost := g.recovered(m, rec, last)
-	if lost {
+	lost := false
+	if err != nil {
+		// The live frames held for m came after what it missed, which it
+		// was not all sent: they are dropped with its membership, so that
+		// it resumes from the last offset replayed when it tries again.
+		b.discard(m, g)
+	} else if lost = g.recovered(m, rec, last); lost {
 		got.Recovered = false
 	}
 	if since != nil {
@@ -662,7 +667,6 @@ func (b *Broker) GroupJoin(ctx context.Context, groupName, channel string, since
 			"last", last, "replayed", got.Replayed, "recovered", got.Recovered, "held_lost", lost, "took", time.Since(began), "error", err)
 	}
 	if err != nil {
-		b.discard(m, g)
 		return Recovery{}, err
 	}
 	return got, nil

@@ -55,3 +55,47 @@ func TestResumeWhileHistoryUnreadable(t *testing.T) {
 		}
 	}
 }
+
+// TestFailedResumeSendsNoLiveFrames: a resume that fails (here: no replay
+// turn came in time) sends the member none of the live messages held for
+// it meanwhile. They came after the messages it missed, which it was not
+// sent: a client that got them would resume after them on its next try,
+// and skip the rest.
+func TestFailedResumeSendsNoLiveFrames(t *testing.T) {
+	b := historyBroker(t, "", 100, PolicyRule{"*", Recoverable})
+	c1, r1 := open(t, b)
+	join(t, b, "g", c1)
+	sent := publishN(t, b, "g", 0, 3)
+	r1.deliveries(t, 3)
+
+	// Every replay turn is taken, as by as many long replays.
+	turns := b.history.turns
+	for range cap(turns) {
+		turns <- struct{}{}
+	}
+	defer func() {
+		for range cap(turns) {
+			<-turns
+		}
+	}()
+	c2, r2 := open(t, b)
+	done := make(chan error, 1)
+	go func() {
+		_, err := b.GroupJoin(context.Background(), "g", c2, &Since{Offset: sent[0].Offset, Epoch: sent[0].Epoch})
+		done <- err
+	}()
+	var err error
+	for i := 3; ; i++ {
+		publishN(t, b, "g", i, 1) // live while the resume waits
+		select {
+		case err = <-done:
+		case <-time.After(20 * time.Millisecond):
+			continue
+		}
+		break
+	}
+	if !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("resume without a turn: %v, want unavailable", err)
+	}
+	r2.none(t, 100*time.Millisecond)
+}

@@ -34,6 +34,7 @@ const usage = `usage:
   loadgen connect -target T [same] [-conns 5000] [-rounds 6] [-max-inflight 0] [-verify 3]
   T is groupcast, nats-ws, floor (serve-floor) or channels (cmd/loadgen/seed).
   loadgen coldstart -bin ./groupcast [-n 20] [-cpu 0] [-env K=V]...
+  loadgen scale-report -in results.jsonl [-svg plot.svg]   (cmd/loadgen/scale.sh's table and plot)
 run "loadgen <subcommand> -h" for every flag.
 `
 
@@ -58,6 +59,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return cmdRun(ctx, args[0], args[1:], stdout, stderr)
 	case "coldstart":
 		return cmdColdstart(ctx, args[1:], stdout, stderr)
+	case "scale-report":
+		return cmdScaleReport(args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

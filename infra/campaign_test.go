@@ -25,6 +25,7 @@ var (
 	campaignSeed     = flag.Uint64("campaign.seed", passingSeed, "seed of the fault campaign's schedule (0: from the clock, printed)")
 	campaignDuration = flag.Duration("campaign.duration", 15*time.Second, "how long the fault campaign injects faults")
 	campaignLogs     = flag.String("campaign.logs", "", "a directory to write each instance's output to (default: logged when the test fails)")
+	campaignReaders  = flag.Int("campaign.readers", 0, "history API readers per instance, reading the recoverable group's history in a loop, with MAX_REPLAYS=1: resumes then wait for their turn and some are refused")
 	campaignFaults   = flag.String("campaign.faults", "", "the kinds of fault the campaign draws from, comma-separated (empty: all): "+strings.Join(faultKinds, ", "))
 )
 
@@ -101,7 +102,9 @@ func TestCampaign(t *testing.T) {
 		cl.startPublisher("other1", campaignOther, 1, false),
 	}
 
+	stopReaders := cl.startHistoryReaders(*campaignReaders)
 	faults := cl.runSchedule(ctx, t, rng, kinds, members, *campaignDuration)
+	stopReaders()
 
 	for _, p := range pubs {
 		p.stop()
@@ -188,6 +191,9 @@ func startCampaignCluster(t *testing.T, bin string) *campaignCluster {
 		"HISTORY_STORE":    "file",
 		"HISTORY_REPLICAS": "3",
 		"LOG_LEVEL":        "debug", // each resume's offsets, for a run that loses messages
+	}
+	if *campaignReaders > 0 {
+		settings["MAX_REPLAYS"] = "1"
 	}
 	for i, port := range ports {
 		inst := &campaignInstance{name: fmt.Sprintf("gc%d", i), bin: bin, port: port, settings: settings, logs: &apptest.Buffer{}}

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"slices"
@@ -315,6 +316,43 @@ func parseFaultKinds(list string) ([]int, error) {
 		}
 	}
 	return kinds, nil
+}
+
+// startHistoryReaders starts n readers per instance that read the whole kept
+// history of the recoverable group through the server API, over and over,
+// taking replay turns from the resumes; the function returned stops them.
+func (cl *campaignCluster) startHistoryReaders(n int) (stop func()) {
+	stopc := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, inst := range cl.instances {
+		for range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					select {
+					case <-stopc:
+						return
+					default:
+					}
+					ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+					req, _ := http.NewRequestWithContext(ctx, http.MethodGet, inst.url()+"/api/groups/"+campaignRec+"/history?since=0&limit=1000", nil)
+					req.Header.Set("Authorization", "Bearer "+cl.apiKey)
+					if resp, err := cl.http.Do(req); err == nil {
+						_, _ = io.Copy(io.Discard, resp.Body)
+						resp.Body.Close()
+					} else {
+						time.Sleep(50 * time.Millisecond) // the instance is down
+					}
+					cancel()
+				}
+			}()
+		}
+	}
+	return func() {
+		close(stopc)
+		wg.Wait()
+	}
 }
 
 // runSchedule injects random faults of the given kinds, one at a time, for

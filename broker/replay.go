@@ -14,6 +14,10 @@ import (
 // replayWait bounds how long a history read waits for a turn.
 const replayWait = time.Second
 
+// copyBehindWait bounds the wait for a copy of the history that is behind
+// the offset a member resumes after.
+const copyBehindWait = time.Second
+
 // replayBatchBytes bounds the bytes one batched direct get asks for (the
 // server sends at least one message, whatever its size).
 const replayBatchBytes = 512 << 10
@@ -80,13 +84,20 @@ func (b *Broker) replay(ctx context.Context, s *stream, g *group, r Receiver, si
 		return Recovery{}, 0, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
 	until := max(newest, after)
+	readCtx := ctx
 	if probe > until {
 		if current {
 			// Past the group's newest message: not an offset of its.
 			b.log.Debug("resume offset past the newest", "group", g.name, "since", since.Offset, "newest", newest)
 			return Recovery{}, 0, nil
 		}
-		until = probe // the copy that answered is behind: wait for it
+		// The copy that answered is behind: wait a moment for it, as it
+		// catches up after a restart. One that stays behind (a mirror
+		// whose stream's region is lost) may never hold the offset.
+		until = probe
+		var cancel context.CancelFunc
+		readCtx, cancel = context.WithTimeout(ctx, copyBehindWait)
+		defer cancel()
 	}
 	from := start
 	if probe > 0 {
@@ -114,7 +125,7 @@ func (b *Broker) replay(ctx context.Context, s *stream, g *group, r Receiver, si
 	last := start - 1
 	var frame []byte // reused: each frame is copied into the chunk
 	moved := false   // the window no longer holds probe
-	err = h.readKept(ctx, read, subject, from, until, func(seq uint64, msg *nats.Msg) bool {
+	err = h.readKept(readCtx, read, subject, from, until, func(seq uint64, msg *nats.Msg) bool {
 		if probe > 0 {
 			// The first message from probe on is probe itself, or a
 			// later one when probe is gone (or not of this group).
@@ -138,8 +149,10 @@ func (b *Broker) replay(ctx context.Context, s *stream, g *group, r Receiver, si
 		last = seq
 		return rec.Replayed < h.size
 	})
-	if err == nil && probe > 0 {
-		moved = true // nothing from probe on up to until: gone with its window
+	if probe > 0 && (err == nil || readCtx != ctx && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded)) {
+		// Nothing from probe on up to until: gone with its window, or
+		// never reached by the copy behind.
+		moved = true
 	}
 	if moved {
 		b.log.Debug("resume offset not kept", "group", g.name, "since", since.Offset)

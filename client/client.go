@@ -191,8 +191,8 @@ type Options struct {
 	// last offset seen (its ack says "recovered":false: the offset left
 	// the window, or the history was reset), or a gap frame. The
 	// application reloads that group's state (say from the history API).
-	// It is called from the client's own goroutines and must not block
-	// on the client.
+	// It is called from the client's own goroutines, maybe two at once,
+	// and must not block on the client.
 	OnGap func(group string)
 }
 

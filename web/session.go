@@ -187,10 +187,14 @@ func (s *session) ReceiveNow(d broker.Delivery) bool {
 	return true
 }
 
-// send queues an answer of the session's own (a control frame); it never
-// blocks either.
+// send writes an answer of the session's own (a control frame) at once
+// when nothing is queued before it, as ReceiveNow does, and queues it
+// otherwise; it never blocks either.
 func (s *session) send(frame []byte) {
-	s.Receive(broker.Delivery{Frame: frame, Kind: broker.KindControl})
+	d := broker.Delivery{Frame: frame, Kind: broker.KindControl}
+	if !s.ReceiveNow(d) {
+		s.Receive(d)
+	}
 }
 
 // close asks the writer to end the connection with code, or with code 0

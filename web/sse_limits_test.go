@@ -276,10 +276,12 @@ func TestSSERefusalsAsWebSocket(t *testing.T) {
 // a token's expiry (4001), a backend's disconnect (4003), the age cap
 // (1012).
 func TestSSEClosesAsWebSocket(t *testing.T) {
-	e := authEnv(t, &Config{Auth: AuthConfig{Leeway: time.Millisecond}, MaxConnectionAge: 1500 * time.Millisecond})
+	// A token's exp is in whole seconds: one made to last 2 s ends 1–2 s
+	// from now, before the age cap (2.7–3 s) ends its stream.
+	e := authEnv(t, &Config{Auth: AuthConfig{Leeway: time.Millisecond}, MaxConnectionAge: 3 * time.Second})
 	token := func(ttl time.Duration) string { return "?token=" + sign(t, claims("u", []string{"*"}, nil, ttl)) }
 
-	expiring, disconnected, aged := e.openSSE(token(700*time.Millisecond)), e.openSSE(token(time.Hour)), e.openSSE(token(time.Hour))
+	expiring, disconnected, aged := e.openSSE(token(2*time.Second)), e.openSSE(token(time.Hour)), e.openSSE(token(time.Hour))
 	if status, body := e.post("/api/channels/"+disconnected.channel()+"/disconnect", ""); status != http.StatusAccepted {
 		t.Fatalf("disconnect: %d %s", status, body)
 	}

@@ -33,7 +33,8 @@ const (
 // writer goroutine that runs while there is something to write, awaited
 // by the reader before it returns. Fields marked reader-owned are used only
 // by the reader and by the frame handler it starts and waits for
-// (handleAside), one at a time, so they need no lock.
+// (handleAside), or by an SSE stream's handler of posted frames while its
+// reader waits (postQueue), one at a time, so they need no lock.
 type session struct {
 	srv     *Server
 	conn    *websocket.Conn

@@ -116,9 +116,13 @@ func TestSSEInboxBound(t *testing.T) {
 	if status, _ := c.post(e, `{"type":"stuck","id":"s"}`); status != http.StatusAccepted {
 		t.Fatalf("POST: %d", status)
 	}
-	ss := e.sessionOf(c.channel())
-	waitFor(t, 5*time.Second, func() bool { return len(ss.sse.inbox) == 0 }) // the reader holds it
-	for i := range sseInbox {
+	q := &e.sessionOf(c.channel()).sse.posts
+	waitFor(t, 5*time.Second, func() bool { // it is being handled
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		return q.handling && len(q.bodies) == 0
+	})
+	for i := range sseQueued {
 		if status, body := c.post(e, fmt.Sprintf(`{"type":"ping","id":%d}`, i)); status != http.StatusAccepted {
 			t.Fatalf("POST %d within the bound: %d %s", i, status, body)
 		}
@@ -130,7 +134,7 @@ func TestSSEInboxBound(t *testing.T) {
 	if f := c.frame(); f["type"] != "reply" || f["id"] != "s" {
 		t.Fatalf("got %v, want the reply", f)
 	}
-	for i := range sseInbox {
+	for i := range sseQueued {
 		if f := c.frame(); f["type"] != "pong" || f["id"] != float64(i) {
 			t.Fatalf("got %v, want pong %d", f, i)
 		}
@@ -394,6 +398,12 @@ func TestSSEInboxBytes(t *testing.T) {
 	if f := c.frame(); f["type"] != "pong" {
 		t.Fatalf("got %v, want the pong", f)
 	}
+	q := &e.sessionOf(c.channel()).sse.posts
+	waitFor(t, 5*time.Second, func() bool { // the pong goes out before the body is done
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		return q.bytes == 0
+	})
 	if f := c.call(e, pad(1500)); f["type"] != "pong" {
 		t.Fatalf("once handled, the bytes are free again: %v", f)
 	}

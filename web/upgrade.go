@@ -291,7 +291,7 @@ func (s *Server) run(ss *session, groups []string, remoteIP, userAgent string) {
 		}
 	}
 	if ss.sse != nil {
-		ss.readPosts()
+		ss.awaitStream()
 	} else {
 		ss.readLoop()
 	}

@@ -80,7 +80,17 @@ export interface Options {
   timeout?: number;
   /** How often the connection is pinged, in ms; a missing pong drops it. Default 25000. */
   pingInterval?: number;
+  /**
+   * The transports to try, in order, until one opens; the one that opens is kept for the
+   * page's life. Default ["websocket", "sse"]: Server-Sent Events where the upgrade is refused.
+   */
+  transports?: Transport[];
+  /** How long a transport may take to open before the next one is tried, in ms. Default 3000. */
+  openTimeout?: number;
 }
+
+/** How the client reaches the server: a WebSocket on /ws, or Server-Sent Events on /sse with POSTs. */
+export type Transport = "websocket" | "sse";
 
 /**
  * An error from the server (code: its stable error code, such as
@@ -108,8 +118,8 @@ export interface ClientEventMap {
   joined: CustomEvent<{ type: "joined"; group: string }>;
   /** detail: the server removed this connection from a group. */
   left: CustomEvent<{ type: "left"; group: string }>;
-  /** detail: a recoverable group's history was reset or may have lost messages: reload its state. */
-  gap: CustomEvent<{ type: "gap"; group: string; epoch: string }>;
+  /** detail: a recoverable group's history was reset or may have lost messages (a gap frame, with its epoch, or a rejoin answered `recovered: false`): reload its state. */
+  gap: CustomEvent<{ type: "gap"; group: string; epoch?: string; recovered?: false }>;
 }
 
 export class Client extends EventTarget {
@@ -119,6 +129,8 @@ export class Client extends EventTarget {
   readonly state: State;
   /** The current connection's welcome, null before the first. */
   readonly welcome: Welcome | null;
+  /** The transport of the last connection that opened, null before the first. */
+  readonly transport: Transport | null;
   /** The groups joined, rejoined after every reconnection. */
   readonly groups: Set<string>;
 

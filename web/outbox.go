@@ -119,20 +119,23 @@ func (o *outbox) claim() bool {
 }
 
 // release gives back the duty claim took: rest is what the immediate
-// write left of its frame, unwritten a delivery it could not write at all
-// (none when its Frame is nil); both go before anything queued meanwhile.
-// It reports whether a writer must start for them, or for what was
-// queued, or for a ping or close.
-func (o *outbox) release(rest []byte, unwritten broker.Delivery) (start bool) {
+// write left of its message, unwritten the deliveries it could not write
+// at all; both go before anything queued meanwhile. It reports whether a
+// writer must start for them, or for what was queued, or for a ping or
+// close.
+func (o *outbox) release(rest []byte, unwritten []broker.Delivery) (start bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.rest = rest
-	if unwritten.Frame != nil {
-		o.frames = append(o.frames, nil)
-		copy(o.frames[1:], o.frames)
-		o.frames[0] = unwritten.Frame
-		o.message = unwritten.Kind == broker.KindMessage
-		o.bytes += len(unwritten.Frame)
+	if len(unwritten) > 0 {
+		n := len(o.frames)
+		o.frames = append(o.frames, make([][]byte, len(unwritten))...)
+		copy(o.frames[len(unwritten):], o.frames[:n])
+		for i, d := range unwritten {
+			o.frames[i] = d.Frame
+			o.bytes += len(d.Frame)
+		}
+		o.message = unwritten[0].Kind == broker.KindMessage
 	}
 	if o.rest == nil && len(o.frames) == 0 && !o.ping && !o.closing {
 		o.running = false

@@ -21,12 +21,13 @@ func TestOutboxImmediateWrite(t *testing.T) {
 	if queued, start := o.push(broker.Delivery{Frame: []byte("later"), Kind: broker.KindControl}); !queued || start {
 		t.Fatalf("push while claimed: queued %v, start %v; want queued, no writer", queued, start)
 	}
-	if !o.release([]byte("end of msg"), broker.Delivery{Frame: []byte("unwritten"), Kind: broker.KindMessage}) {
+	unwritten := []broker.Delivery{{Frame: []byte("unwritten"), Kind: broker.KindMessage}, {Frame: []byte("too"), Kind: broker.KindMessage}}
+	if !o.release([]byte("end of msg"), unwritten) {
 		t.Fatal("release with work left asked for no writer")
 	}
 	w, ok := o.next(nil)
-	if got := fmt.Sprintf("%s %q", w.rest, w.frames); !ok || got != `end of msg ["unwritten" "later"]` {
-		t.Fatalf("writer got %s, want the rest, then the unwritten frame, then the later one", got)
+	if got := fmt.Sprintf("%s %q", w.rest, w.frames); !ok || got != `end of msg ["unwritten" "too" "later"]` {
+		t.Fatalf("writer got %s, want the rest, then the unwritten frames in order, then the later one", got)
 	}
 	if !w.message {
 		t.Fatal("a batch led by a message is not marked as one")
@@ -38,10 +39,10 @@ func TestOutboxImmediateWrite(t *testing.T) {
 	}
 
 	o = newOutbox(10, 1<<20)
-	if !o.claim() || o.release(nil, broker.Delivery{}) || !o.claim() {
+	if !o.claim() || o.release(nil, nil) || !o.claim() {
 		t.Fatal("a clean immediate write did not leave the outbox idle")
 	}
-	o.release(nil, broker.Delivery{})
+	o.release(nil, nil)
 	if start := o.requestPing(); !start || o.claim() {
 		t.Fatal("a due ping did not take the duty")
 	}

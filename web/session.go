@@ -146,28 +146,34 @@ func (s *session) Receive(d broker.Delivery) {
 func (s *session) Closing() bool { return s.out.isClosing() }
 
 // ReceiveNow implements broker.ImmediateReceiver: when the connection has
-// nothing queued and no writer, it writes the frame on the caller's
-// goroutine, as much as the socket takes without blocking; a writer is
-// started only for what is left. It declines when there is other writing
-// to do or the socket takes nothing, and always with WriteDelay.
-func (s *session) ReceiveNow(d broker.Delivery) bool {
-	frame := d.Frame
+// nothing queued and no writer, it writes the frames, as one WebSocket
+// message, on the caller's goroutine, as much as the socket takes without
+// blocking; a writer is started only for what is left. It declines when
+// there is other writing to do or the socket takes nothing, and always
+// with WriteDelay.
+func (s *session) ReceiveNow(ds []broker.Delivery) bool {
 	if s.raw == nil || s.raw.rc == nil || s.srv.cfg.WriteDelay > 0 || !s.out.claim() {
 		return false
 	}
 	buf := s.srv.buffers.Get().(*[]byte)
-	p := append(append((*buf)[:0], make([]byte, maxFrameHeader)...), frame...)
+	p := append((*buf)[:0], make([]byte, maxFrameHeader)...)
+	for i, d := range ds {
+		if i > 0 {
+			p = append(p, '\n')
+		}
+		p = append(p, d.Frame...)
+	}
 	*buf = p
 	start := frameHeader(p)
 	n, err := s.raw.tryWrite(p[start:])
 	var rest []byte
-	var unwritten broker.Delivery
+	var unwritten []broker.Delivery
 	switch {
 	case errors.Is(err, errWouldBlock):
-		unwritten = d
+		unwritten = ds
 	case err != nil:
 		s.srv.buffers.Put(buf)
-		s.out.release(nil, broker.Delivery{})
+		s.out.release(nil, nil)
 		s.close(0, "") // broken: drop it
 		return true
 	default:
@@ -175,8 +181,8 @@ func (s *session) ReceiveNow(d broker.Delivery) bool {
 			rest = append([]byte(nil), p[start+n:]...)
 		}
 		s.srv.metrics.writes.Inc()
-		s.srv.metrics.framesWritten.Inc()
-		s.srv.metrics.bytesWritten.Add(float64(len(frame)))
+		s.srv.metrics.framesWritten.Add(float64(len(ds)))
+		s.srv.metrics.bytesWritten.Add(float64(len(p) - maxFrameHeader))
 	}
 	s.srv.buffers.Put(buf)
 	if s.out.release(rest, unwritten) {

@@ -143,7 +143,7 @@ func TestHealthReadyPageMetrics(t *testing.T) {
 		"/healthz":   "ok",
 		"/readyz":    "ready",
 		"/":          "<html",
-		"/metrics":   "groupcast_connections 1",
+		"/metrics":   `groupcast_connections{transport="ws"} 1`,
 		"/client.js": "export function connect",
 	} {
 		resp, err := http.Get(e.http.URL + path)

@@ -12,8 +12,8 @@ import (
 // (broker.Config.OnFanout = m.ObserveFanout), then pass them in Config.
 type Metrics struct {
 	registry        *prometheus.Registry
-	connections     prometheus.Gauge
-	connects        prometheus.Counter
+	connections     *prometheus.GaugeVec   // by transport (ws, sse)
+	connects        *prometheus.CounterVec // by transport
 	joins           prometheus.Counter
 	published       *prometheus.CounterVec
 	framesWritten   prometheus.Counter
@@ -29,12 +29,12 @@ type Metrics struct {
 func NewMetrics() *Metrics {
 	m := &Metrics{
 		registry: prometheus.NewRegistry(),
-		connections: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "groupcast_connections", Help: "Open WebSocket connections.",
-		}),
-		connects: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "groupcast_connects_total", Help: "WebSocket connections accepted.",
-		}),
+		connections: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "groupcast_connections", Help: "Open connections, by transport (ws: WebSocket, sse: Server-Sent Events).",
+		}, []string{"transport"}),
+		connects: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "groupcast_connects_total", Help: "Connections accepted, by transport (ws, sse).",
+		}, []string{"transport"}),
 		joins: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "groupcast_joins_total", Help: "Successful group joins.",
 		}),
@@ -42,13 +42,13 @@ func NewMetrics() *Metrics {
 			Name: "groupcast_published_total", Help: "Messages published, by source (api, client).",
 		}, []string{"source"}),
 		framesWritten: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "groupcast_frames_written_total", Help: "Server frames (JSON objects) written to WebSockets.",
+			Name: "groupcast_frames_written_total", Help: "Server frames (JSON objects) written to connections.",
 		}),
 		writes: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "groupcast_writes_total", Help: "WebSocket messages written; frames_written/writes is the batching factor.",
+			Name: "groupcast_writes_total", Help: "Writes to connections (WebSocket messages, batches of SSE events); frames_written/writes is the batching factor.",
 		}),
 		bytesWritten: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "groupcast_bytes_written_total", Help: "Payload bytes written to WebSockets.",
+			Name: "groupcast_bytes_written_total", Help: "Payload bytes written to connections.",
 		}),
 		slowConsumers: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "groupcast_slow_consumer_closes_total", Help: "Connections closed because their outbox overflowed.",
@@ -64,6 +64,10 @@ func NewMetrics() *Metrics {
 			Help:    "Time to hand one group message to every member on this instance.",
 			Buckets: prometheus.ExponentialBuckets(1e-6, 4, 11), // 1µs to 1s
 		}),
+	}
+	for _, t := range []string{transportWS, transportSSE} { // shown at 0 before the first
+		m.connections.WithLabelValues(t)
+		m.connects.WithLabelValues(t)
 	}
 	m.registry.MustRegister(m.connections, m.connects, m.joins, m.published, m.framesWritten, m.writes,
 		m.bytesWritten, m.slowConsumers, m.errors, m.upgradesRefused, m.fanout,

@@ -102,7 +102,7 @@ func TestMetricsExposed(t *testing.T) {
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	for _, want := range []string{
-		"groupcast_connections 1", "groupcast_joins_total 1", `groupcast_published_total{source="api"} 1`,
+		`groupcast_connections{transport="ws"} 1`, "groupcast_joins_total 1", `groupcast_published_total{source="api"} 1`,
 		"groupcast_groups 1", "groupcast_deliveries_total 1", "groupcast_nats_connected 1",
 		"groupcast_fanout_seconds_count 1", `groupcast_errors_total{code="invalid_json"} 1`,
 		"groupcast_frames_written_total 4", // welcome, ack, message, error

@@ -27,6 +27,8 @@ type Broker interface {
 	GroupPublishWith(group string, data []byte, o broker.PublishOptions) (broker.Receipt, error)
 	History(ctx context.Context, group string, since uint64, limit int) ([]broker.HistoryMessage, string, error)
 	GroupDiscard(group, channel string) error
+	HandleForwards(func(channel string, msg []byte) []byte) error
+	Forward(ctx context.Context, channel string, msg []byte) ([]byte, error)
 	Send(channel string, data []byte) error
 	Stats() broker.Stats
 	HandleCommands(func(cmd []byte))
@@ -121,6 +123,9 @@ func New(b Broker, cfg Config) (*Server, error) {
 	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{})))
 	e.GET("/stats", s.stats)
 	e.GET("/ws", s.countRefusals(s.serveWS))
+	e.GET("/sse", s.countRefusals(s.serveSSE))
+	e.POST("/sse/:channel", s.postSSE)
+	e.OPTIONS("/sse/:channel", s.preflightSSE)
 	api := e.Group("/api", s.authorize)
 	api.POST("/groups/:group/messages", s.publishGroup)
 	api.POST("/messages", s.publishBatch)
@@ -135,6 +140,9 @@ func New(b Broker, cfg Config) (*Server, error) {
 	e.StaticFS("/", sub)
 	s.echo = e
 	b.HandleCommands(s.handleCommand)
+	if err := b.HandleForwards(s.takeForward); err != nil {
+		return nil, err
+	}
 	s.goroutines.start(s.watchdog)
 	return s, nil
 }

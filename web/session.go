@@ -27,8 +27,9 @@ const (
 	CloseTokenExpired websocket.StatusCode = protocol.CloseTokenExpired
 )
 
-// session is one WebSocket connection: a channel in the broker, a reader
-// goroutine (Server.run, started by serveWS and awaited by Shutdown) and a
+// session is one connection, a WebSocket or an SSE stream (sse.go): a
+// channel in the broker, a reader goroutine (Server.run, started by
+// serveWS or serveSSE and awaited by Shutdown) and a
 // writer goroutine that runs while there is something to write, awaited
 // by the reader before it returns. Fields marked reader-owned are used only
 // by the reader and by the frame handler it starts and waits for
@@ -37,6 +38,7 @@ type session struct {
 	srv     *Server
 	conn    *websocket.Conn
 	raw     *frameConn // conn's connection: data frames are written here
+	sse     *sseStream // set for an SSE stream, which takes the writes instead of conn
 	trace   []any      // the upgrade request's trace fields, for logs
 	channel string
 	out     *outbox
@@ -275,11 +277,7 @@ func (s *session) writeLoop() {
 		}
 		if w.closing {
 			s.pinger.Stop()
-			if s.code == 0 {
-				s.conn.CloseNow()
-			} else {
-				s.conn.Close(s.code, s.reason)
-			}
+			s.end(s.code, s.reason)
 			return // writer duty is never released: nothing more is written
 		}
 	}
@@ -294,6 +292,9 @@ func (s *session) writeLoop() {
 func (s *session) write(batch [][]byte) error {
 	if len(batch) == 0 {
 		return nil
+	}
+	if s.sse != nil {
+		return s.writeEvents(batch)
 	}
 	s.writeStart.Store(time.Now().UnixNano())
 	defer s.writeStart.Store(0)
@@ -320,6 +321,9 @@ func (s *session) write(batch [][]byte) error {
 
 // keepalive pings the client, within WriteTimeout.
 func (s *session) keepalive() error {
+	if s.sse != nil {
+		return s.heartbeat()
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.WriteTimeout)
 	defer cancel()
 	return s.conn.Ping(ctx)
@@ -328,8 +332,39 @@ func (s *session) keepalive() error {
 // drop ends the connection at once, without a close handshake; a write
 // in flight fails.
 func (s *session) drop() {
+	if s.sse != nil {
+		s.dropStream()
+		return
+	}
 	s.conn.CloseNow()
 }
+
+// end closes the connection with code and reason, or drops it when code
+// is 0. A WebSocket sends its close frame; an SSE stream its close event.
+func (s *session) end(code websocket.StatusCode, reason string) {
+	switch {
+	case s.sse != nil:
+		s.endStream(code, reason)
+	case code == 0:
+		s.conn.CloseNow()
+	default:
+		s.conn.Close(code, reason)
+	}
+}
+
+// transport names the session's transport in metrics and logs.
+func (s *session) transport() string {
+	if s.sse != nil {
+		return transportSSE
+	}
+	return transportWS
+}
+
+// Transports, as metrics and logs name them.
+const (
+	transportWS  = "ws"
+	transportSSE = "sse"
+)
 
 // writeRest writes what an immediate write left of its message.
 func (s *session) writeRest(rest []byte) error {

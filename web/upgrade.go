@@ -51,13 +51,13 @@ func (s *Server) countRefusals(next echo.HandlerFunc) echo.HandlerFunc {
 func (s *Server) refused(r *http.Request, reason string, status int, message string) {
 	s.metrics.upgradesRefused.WithLabelValues(reason).Inc()
 	if s.refusalLogs.Allow() {
-		s.log.Info("websocket refused", "reason", reason, "status", status, "message", message,
+		s.log.Info("websocket refused", "path", r.URL.Path, "reason", reason, "status", status, "message", message,
 			"remote_ip", clientIP(r, s.cfg.TrustedProxies), "origin", r.Header.Get("Origin"), "user_agent", r.UserAgent())
 	}
 }
 
-// serveWS upgrades to a WebSocket and starts its session. The checks run
-// cheapest first, the connect decision (Consumer and hook) last.
+// serveWS upgrades to a WebSocket and starts its session, once it is a
+// valid upgrade and admit allows it.
 func (s *Server) serveWS(c echo.Context) error {
 	r := c.Request()
 	opts := &websocket.AcceptOptions{
@@ -73,97 +73,147 @@ func (s *Server) serveWS(c echo.Context) error {
 		s.refused(r, "handshake", c.Response().Status, "not a valid WebSocket upgrade")
 		return nil
 	}
-	ip := clientIP(r, s.cfg.TrustedProxies)
-	local := isLoopbackIP(ip)
-	if !local && !s.shakes.allow(ip, time.Now()) {
-		return errHandshakeRate
-	}
-	if err := s.checkOrigin(r); err != nil {
-		return err
-	}
-	running := false // from then on the session's run releases the IP's count and the slot
-	if !local {
-		if !s.perIP.acquire(ip) {
-			return errIPConnections
-		}
-		defer func() {
-			if !running {
-				s.perIP.release(ip)
-			}
-		}()
-	}
-	if err := s.broker.Ready(); err != nil {
-		return refuse(CodeUnavailable, "messaging is unavailable here; retry, elsewhere if need be")
-	}
-	if !s.reserve() {
-		return refuse(CodeUnavailable, "this instance has as many connections as allowed; retry elsewhere")
-	}
-	defer func() {
-		if !running {
-			s.release()
-		}
-	}()
-	cr := &ConnectRequest{Request: r}
-	if s.hooks != nil {
-		var err error
-		if cr.hookHeaders, err = s.hooks.forwarded(r.Header); err != nil {
-			return err
-		}
-	}
-	var expires time.Time
-	var token Permissions // the token's, to tell whether Connect set its own
-	var tokenUser string
-	if s.auth != nil {
-		cr.Token = requestToken(r)
-		id, err := s.auth.connection(cr.Token)
-		if err != nil {
-			return err
-		}
-		cr.User, cr.Permissions, cr.Info, expires = id.user, &Permissions{Join: id.join, Send: id.send}, id.info, id.expires
-		token, tokenUser = Permissions{Join: slices.Clone(id.join), Send: slices.Clone(id.send)}, id.user
-	}
-	if err := s.consumer.Connect(r.Context(), cr); err != nil {
+	a, err := s.admit(r)
+	if err != nil {
 		return err
 	}
 	hj := &hijacker{ResponseWriter: c.Response()}
 	conn, err := websocket.Accept(hj, c.Request(), opts)
 	if err != nil {
+		a.release()
 		s.refused(r, "handshake", c.Response().Status, err.Error())
 		return nil // Accept has answered the request
 	}
 	conn.SetReadLimit(s.cfg.MaxFrameBytes)
+	ss := s.newSession(a)
+	ss.conn, ss.raw = conn, hj.conn
+	if !s.start(ss, a, nil) {
+		conn.Close(websocket.StatusServiceRestart, "server restart")
+	}
+	return nil
+}
+
+// admission is a connection that passed admit's checks, before its
+// transport starts: who it is, and the MAX_CONNECTIONS slot and per-IP
+// count it holds until its session's run takes them over, or release
+// gives them back.
+type admission struct {
+	srv       *Server
+	r         *http.Request
+	ip        string // the client IP, holding one of its connections; "" for loopback
+	slot      bool   // a slot is held
+	cr        *ConnectRequest
+	expires   time.Time
+	token     Permissions // the token's, to tell whether Connect set its own
+	tokenUser string
+}
+
+// admit runs the checks of a new connection, WebSocket or SSE stream
+// alike, cheapest first: the handshake rate, the Origin, the per-IP
+// count, the broker's readiness and a MAX_CONNECTIONS slot, then the
+// token and last the connect decision (Consumer and hook).
+func (s *Server) admit(r *http.Request) (_ *admission, err error) {
+	ip := clientIP(r, s.cfg.TrustedProxies)
+	local := isLoopbackIP(ip)
+	if !local && !s.shakes.allow(ip, time.Now()) {
+		return nil, errHandshakeRate
+	}
+	if err := s.checkOrigin(r); err != nil {
+		return nil, err
+	}
+	a := &admission{srv: s, r: r, cr: &ConnectRequest{Request: r}}
+	if !local {
+		if !s.perIP.acquire(ip) {
+			return nil, errIPConnections
+		}
+		a.ip = ip
+	}
+	defer func() {
+		if err != nil {
+			a.release()
+		}
+	}()
+	if err := s.broker.Ready(); err != nil {
+		return nil, refuse(CodeUnavailable, "messaging is unavailable here; retry, elsewhere if need be")
+	}
+	if a.slot = s.reserve(); !a.slot {
+		return nil, refuse(CodeUnavailable, "this instance has as many connections as allowed; retry elsewhere")
+	}
+	cr := a.cr
+	if s.hooks != nil {
+		if cr.hookHeaders, err = s.hooks.forwarded(r.Header); err != nil {
+			return nil, err
+		}
+	}
+	if s.auth != nil {
+		cr.Token = requestToken(r)
+		id, err := s.auth.connection(cr.Token)
+		if err != nil {
+			return nil, err
+		}
+		cr.User, cr.Permissions, cr.Info, a.expires = id.user, &Permissions{Join: id.join, Send: id.send}, id.info, id.expires
+		a.token, a.tokenUser = Permissions{Join: slices.Clone(id.join), Send: slices.Clone(id.send)}, id.user
+	}
+	if err := s.consumer.Connect(r.Context(), cr); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// release gives back the slot and the IP's count when no session takes
+// them over.
+func (a *admission) release() {
+	if a.slot {
+		a.srv.release()
+	}
+	if a.ip != "" {
+		a.srv.perIP.release(a.ip)
+	}
+}
+
+// newSession makes the session of an admitted connection, its transport
+// left for the caller to set.
+func (s *Server) newSession(a *admission) *session {
+	cr := a.cr
 	ss := &session{
 		srv:         s,
-		conn:        conn,
-		raw:         hj.conn,
 		out:         newOutbox(s.cfg.OutboxFrames, s.cfg.OutboxBytes),
 		uid:         cr.User,
 		info:        s.presenceInfo(cr.Info),
 		hookHeaders: cr.hookHeaders,
 		opened:      time.Now(),
 		perms:       cr.Permissions,
-		expires:     expires,
-		tokenUser:   tokenUser,
-		bound:       connectBound(token, cr.Permissions),
+		expires:     a.expires,
+		tokenUser:   a.tokenUser,
+		bound:       connectBound(a.token, cr.Permissions),
 		frames:      bucket{tokens: 2 * s.cfg.FramesPerSecond, filled: time.Now()},
+		ip:          a.ip,
 	}
 	ss.public.s = ss
 	// Timers, not goroutines: an idle connection costs no writer.
 	ss.pinger = time.AfterFunc(s.cfg.PingInterval, ss.ping)
-	ss.trace = traceAttrs(c.Request(), s.cfg.TraceProject)
-	if !local {
-		ss.ip = ip
-	}
-	remoteIP, userAgent := clientIP(r, s.cfg.TrustedProxies), r.UserAgent()
-	// The session runs on a goroutine of its own, awaited by Shutdown,
-	// and this one returns: the HTTP server's goroutine, its deep stack
-	// and the request's state are not kept for the socket's lifetime.
-	running = s.goroutines.start(func() { s.run(ss, cr.Groups, remoteIP, userAgent) })
-	if !running {
+	ss.trace = traceAttrs(a.r, s.cfg.TraceProject)
+	return ss
+}
+
+// start runs the session on a goroutine of its own, awaited by Shutdown,
+// which then owns a's slot and IP count, and closes done (when not nil)
+// once it has ended. When shutting down it starts nothing, releases a
+// and reports false: the caller ends the connection.
+func (s *Server) start(ss *session, a *admission, done chan<- struct{}) bool {
+	remoteIP, userAgent := clientIP(a.r, s.cfg.TrustedProxies), a.r.UserAgent()
+	groups := a.cr.Groups
+	ok := s.goroutines.start(func() {
+		if done != nil {
+			defer close(done)
+		}
+		s.run(ss, groups, remoteIP, userAgent)
+	})
+	if !ok {
 		ss.pinger.Stop()
-		conn.Close(websocket.StatusServiceRestart, "server restart")
+		a.release()
 	}
-	return nil
+	return ok
 }
 
 // isUpgrade reports whether r is a WebSocket upgrade that the WebSocket
@@ -204,23 +254,24 @@ func (s *Server) run(ss *session, groups []string, remoteIP, userAgent string) {
 	}
 	defer ss.pinger.Stop()
 	if !s.track(ss) {
-		ss.conn.Close(websocket.StatusServiceRestart, "server restart")
+		ss.end(websocket.StatusServiceRestart, "server restart")
 		return
 	}
 	defer s.untrack(ss)
 	var err error
 	ss.channel, err = s.broker.NewChannel(ss)
 	if err != nil {
-		ss.conn.Close(websocket.StatusTryAgainLater, "messaging unavailable")
+		ss.end(websocket.StatusTryAgainLater, "messaging unavailable")
 		return
 	}
 	s.mu.Lock()
 	s.byChannel[ss.channel] = ss
 	s.mu.Unlock()
-	ss.logger().Info("websocket connected", "remote_ip", remoteIP, "user", ss.user(), "user_agent", userAgent)
-	s.metrics.connects.Inc()
-	s.metrics.connections.Inc()
-	defer s.metrics.connections.Dec()
+	transport := ss.transport()
+	ss.logger().Info("websocket connected", "transport", transport, "remote_ip", remoteIP, "user", ss.user(), "user_agent", userAgent)
+	s.metrics.connects.WithLabelValues(transport).Inc()
+	s.metrics.connections.WithLabelValues(transport).Inc()
+	defer s.metrics.connections.WithLabelValues(transport).Dec()
 
 	maxAge := s.cfg.MaxConnectionAge - rand.N(s.cfg.MaxConnectionAge/10+1)
 	expire := time.AfterFunc(maxAge, func() { ss.close(websocket.StatusServiceRestart, "max connection age") })
@@ -228,21 +279,29 @@ func (s *Server) run(ss *session, groups []string, remoteIP, userAgent string) {
 
 	ss.armExpiry()
 	defer ss.stopExpiry()
-	ss.send(s.welcome(ss.channel, ss.user()))
+	ss.send(ss.welcome())
 	for _, g := range groups {
 		if err := ss.serverJoin(context.Background(), g); err != nil {
 			ss.logger().Warn("joining a group chosen at connect failed", "group", g, "error", err)
 		}
 	}
-	ss.readLoop()
+	if ss.sse != nil {
+		ss.readPosts()
+	} else {
+		ss.readLoop()
+	}
 	s.broker.CloseChannel(ss.channel)
 	ss.close(0, "")
 	ss.writers.Wait()
 	s.consumer.Disconnect(&ss.public)
-	ss.logger().Info("websocket closed", "code", int(ss.code), "reason", ss.reason,
+	ss.logger().Info("websocket closed", "transport", transport, "code", int(ss.code), "reason", ss.reason,
 		"seconds", time.Since(ss.opened).Round(time.Millisecond).Seconds(), "groups", ss.count())
 }
 
-func (s *Server) welcome(channel, user string) []byte {
-	return protocol.AppendWelcome(nil, channel, s.broker.Node(), s.cfg.Region, user)
+// welcome is the session's first frame; an SSE stream's carries its secret.
+func (s *session) welcome() []byte {
+	if s.sse != nil {
+		return protocol.AppendStreamWelcome(nil, s.channel, s.srv.broker.Node(), s.srv.cfg.Region, s.user(), s.sse.secret)
+	}
+	return protocol.AppendWelcome(nil, s.channel, s.srv.broker.Node(), s.srv.cfg.Region, s.user())
 }

@@ -22,6 +22,7 @@ type client struct {
 	room    int // home room: joined in the ramp, left never
 	inst    int // index of the instance (-url) it dials
 	ws      *websocket.Conn
+	sse     *sseConn // instead of ws with -transport sse
 	seen    []uint64 // bitset of received seqs (when r.bitset)
 	lastSeq int64    // highest seq received (without bitset)
 	buf     []byte
@@ -62,13 +63,13 @@ func (c *client) run(sem chan struct{}) {
 		c.fail(err)
 		return
 	}
-	defer c.ws.CloseNow()
-	stop := context.AfterFunc(r.ctx, func() { c.ws.CloseNow() })
+	defer c.closeNow()
+	stop := context.AfterFunc(r.ctx, c.closeNow)
 	defer stop()
 	timer := time.AfterFunc(joinTimeout, func() {
 		if !c.isJoined.Load() {
 			r.noteErr(fmt.Errorf("conn %d: no join answer within %s", c.id, joinTimeout))
-			c.ws.CloseNow()
+			c.closeNow()
 		}
 	})
 	defer timer.Stop()
@@ -103,10 +104,22 @@ func (c *client) joined() {
 	c.release()
 }
 
+// closeNow drops the connection.
+func (c *client) closeNow() {
+	if c.sse != nil {
+		c.sse.close()
+		return
+	}
+	c.ws.CloseNow()
+}
+
 // connect dials and sends the join request.
 func (c *client) connect() error {
 	r := c.r
 	c.dialed = time.Now().UnixNano()
+	if r.cfg.Transport == transportSSE {
+		return c.connectSSE()
+	}
 	ctx, cancel := context.WithTimeout(r.ctx, joinTimeout)
 	defer cancel()
 	ws, _, err := websocket.Dial(ctx, r.cfg.URLs[c.inst], &websocket.DialOptions{
@@ -151,6 +164,9 @@ func appendGroupcastOp(dst []byte, typ, group string, id int) []byte {
 // without Done, which coder/websocket serves without per-read timers; the
 // connection is closed from outside (run's end, join timeout) instead.
 func (c *client) readLoop() error {
+	if c.sse != nil {
+		return c.readSSE()
+	}
 	nats := c.r.cfg.Target == targetNATSWS
 	for {
 		_, rd, err := c.ws.Reader(context.Background())
@@ -259,31 +275,39 @@ func (c *client) readGroupcast(rd io.Reader) error {
 		} else {
 			buf = nil
 		}
-		kind, data := classifyGroupcast(line)
-		switch kind {
-		case gcMessage:
-			if e := objectEnd(data); e > 0 {
-				data = data[:e]
-			}
-			c.deliver(data)
-		case gcAck:
-			var a struct {
-				ID int `json:"id"`
-			}
-			if json.Unmarshal(line, &a) != nil {
-				break
-			}
-			if a.ID == 1 {
-				c.joined()
-			} else {
-				c.visitAck(a.ID)
-			}
-		case gcError:
-			c.errFrames.Add(1)
-			c.r.noteErr(fmt.Errorf("conn %d: error frame %s", c.id, truncate(line, 200)))
-			if !c.isJoined.Load() {
-				return fmt.Errorf("join refused: %s", truncate(line, 200))
-			}
+		if err := c.groupcastObject(line); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// groupcastObject accounts for one JSON object from the server.
+func (c *client) groupcastObject(line []byte) error {
+	kind, data := classifyGroupcast(line)
+	switch kind {
+	case gcMessage:
+		if e := objectEnd(data); e > 0 {
+			data = data[:e]
+		}
+		c.deliver(data)
+	case gcAck:
+		var a struct {
+			ID int `json:"id"`
+		}
+		if json.Unmarshal(line, &a) != nil {
+			break
+		}
+		if a.ID == 1 {
+			c.joined()
+		} else {
+			c.visitAck(a.ID)
+		}
+	case gcError:
+		c.errFrames.Add(1)
+		c.r.noteErr(fmt.Errorf("conn %d: error frame %s", c.id, truncate(line, 200)))
+		if !c.isJoined.Load() {
+			return fmt.Errorf("join refused: %s", truncate(line, 200))
 		}
 	}
 	return nil

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -53,6 +54,7 @@ type ConnectRound struct {
 type ConnectResult struct {
 	Mode               string         `json:"mode"`
 	Target             string         `json:"target"`
+	Transport          string         `json:"transport"`
 	URL                string         `json:"url"`
 	Conns              int            `json:"conns"`
 	MaxInflight        int            `json:"max_inflight"`
@@ -96,6 +98,7 @@ func runConnect(ctx context.Context, cc ConnectConfig) (*ConnectResult, error) {
 	base.Drain = 5 * time.Second
 	base.Profile, base.ProfileOut, base.HeapOut = "", "", ""
 	res := &ConnectResult{Mode: modeConnect, Target: base.Target, Conns: base.Conns, MaxInflight: base.MaxInflight, AllRejoined: true}
+	res.Transport = cmp.Or(base.Transport, transportWS)
 
 	for round := 1; round <= cc.Rounds; round++ {
 		cfg := base

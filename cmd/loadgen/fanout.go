@@ -49,11 +49,14 @@ const (
 // Config describes one run. Zero values of optional fields take the
 // defaults noted.
 type Config struct {
-	Mode   string   // modeFanout (default) or modeRooms
-	Target string   // targetGroupcast, targetNATSWS, targetFloor or targetChannels
-	URLs   []string // WebSocket URLs, one per instance: connection i dials URLs[i % len(URLs)]
-	APIs   []string // HTTP base URLs (publishing), one per instance; all targets but nats-ws
-	PIDs   []int    // server processes to measure, one per URL, or none
+	Mode   string // modeFanout (default) or modeRooms
+	Target string // targetGroupcast, targetNATSWS, targetFloor or targetChannels
+	// Transport is transportWS (default) or, with groupcast in the fanout
+	// and connect modes, transportSSE: streams and POSTs instead of sockets.
+	Transport string
+	URLs      []string // WebSocket URLs, one per instance: connection i dials URLs[i % len(URLs)]
+	APIs      []string // HTTP base URLs (publishing), one per instance; all targets but nats-ws
+	PIDs      []int    // server processes to measure, one per URL, or none
 
 	// WithPIDs are processes that serve beside PIDs[0] (the seed system's
 	// redis-server): their CPU and RSS count as the first instance's.
@@ -110,6 +113,9 @@ func (c *Config) setDefaults() error {
 		}
 	default:
 		return fmt.Errorf("mode %q: not %s or %s", c.Mode, modeFanout, modeRooms)
+	}
+	if err := checkTransport(c); err != nil {
+		return err
 	}
 	if len(c.URLs) == 0 || len(c.URLs) > maxInstances {
 		return fmt.Errorf("1 to %d -url needed", maxInstances)
@@ -224,15 +230,16 @@ type Instance struct {
 // Result is what a run measured. Server figures are zero without PIDs;
 // with several instances they are sums, and Instances has each one.
 type Result struct {
-	Mode     string  `json:"mode"`
-	Target   string  `json:"target"`
-	URL      string  `json:"url"` // the -url values, comma-separated
-	Conns    int     `json:"conns"`
-	Group    string  `json:"group"`
-	Rooms    int     `json:"rooms"`
-	Rate     float64 `json:"rate"`
-	Duration float64 `json:"duration_s"`
-	Size     int     `json:"size"`
+	Mode      string  `json:"mode"`
+	Target    string  `json:"target"`
+	Transport string  `json:"transport"`
+	URL       string  `json:"url"` // the -url values, comma-separated
+	Conns     int     `json:"conns"`
+	Group     string  `json:"group"`
+	Rooms     int     `json:"rooms"`
+	Rate      float64 `json:"rate"`
+	Duration  float64 `json:"duration_s"`
+	Size      int     `json:"size"`
 
 	// The ramp: dialing, upgrading and joining every connection.
 	RampSecs           float64 `json:"ramp_s"`
@@ -480,7 +487,7 @@ func runFanout(ctx context.Context, cfg Config) (_ *Result, err error) {
 	}()
 
 	res := &Result{
-		Mode: cfg.Mode, Target: cfg.Target, URL: strings.Join(cfg.URLs, ","), Conns: cfg.Conns,
+		Mode: cfg.Mode, Target: cfg.Target, Transport: cfg.Transport, URL: strings.Join(cfg.URLs, ","), Conns: cfg.Conns,
 		Group: cfg.Group, Rooms: len(r.groups), Rate: cfg.Rate, Duration: cfg.Duration.Seconds(),
 		Size: cfg.Size, ServerPIDs: cfg.PIDs, WithPIDs: cfg.WithPIDs,
 	}

@@ -28,12 +28,13 @@ const usage = `usage:
   loadgen serve-nats-ws [-addr 127.0.0.1:8090] [-log]
   loadgen serve-nats [-addr 127.0.0.1:4222] [-http 127.0.0.1:8222] [-log]
   loadgen serve-floor [-addr 127.0.0.1:8091]
-  loadgen fanout  -target T [-url ws://...]... [-api http://...]... [-pid N]... [-with-pid N]...
+  loadgen fanout  -target T [-transport ws|sse] [-url ws://...]... [-api http://...]... [-pid N]... [-with-pid N]...
                   [-conns 5000] [-group bench] [-rate 10] [-duration 20s] [-size 64] [-plot f.svg] [-json] ...
   loadgen rooms   -target T [same] [-rooms 500] [-rate 2000] [-churn 100] [-churn-stay 1s]
   loadgen connect -target T [same] [-conns 5000] [-rounds 6] [-max-inflight 0] [-verify 3]
   T is groupcast, nats-ws, floor (serve-floor) or channels (cmd/loadgen/seed).
   loadgen coldstart -bin ./groupcast [-n 20] [-cpu 0] [-env K=V]...
+  loadgen scale-report -in results.jsonl [-svg plot.svg]   (cmd/loadgen/scale.sh's table and plot)
 run "loadgen <subcommand> -h" for every flag.
 `
 
@@ -58,6 +59,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return cmdRun(ctx, args[0], args[1:], stdout, stderr)
 	case "coldstart":
 		return cmdColdstart(ctx, args[1:], stdout, stderr)
+	case "scale-report":
+		return cmdScaleReport(args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -176,6 +179,9 @@ func cmdRun(ctx context.Context, mode string, args []string, stdout, stderr io.W
 		defRate, defGroup = 2000, "room"
 	}
 	fs.StringVar(&cfg.Target, "target", targetGroupcast, "server kind: groupcast, nats-ws, floor (serve-floor) or channels (the seed system)")
+	if mode != modeRooms {
+		fs.StringVar(&cfg.Transport, "transport", transportWS, "groupcast: ws (WebSockets) or sse (Server-Sent Events streams, frames POSTed)")
+	}
 	fs.Var(&urls, "url", "WebSocket URL of an instance; repeat for several (default ws://127.0.0.1:8080/ws for groupcast, ws://127.0.0.1:8090 for nats-ws, :8091/ws for floor, :8092/ws for channels)")
 	fs.Var(&apis, "api", "HTTP base URL, for publishing (all targets but nats-ws); repeat, in -url order (default http://127.0.0.1:8080, :8091 for floor, :8092 for channels)")
 	fs.Var(&pids, "pid", "server process id, for CPU and RSS figures; repeat, in -url order")
@@ -387,7 +393,7 @@ func cmdColdstart(ctx context.Context, args []string, stdout, stderr io.Writer) 
 
 // writeSummary prints a fanout or rooms result for people.
 func writeSummary(w io.Writer, r *Result) {
-	fmt.Fprintf(w, "target       %s %s %s (%d group(s) from %q)\n", r.Target, r.Mode, r.URL, r.Rooms, r.Group)
+	fmt.Fprintf(w, "target       %s %s over %s, %s (%d group(s) from %q)\n", r.Target, r.Mode, r.Transport, r.URL, r.Rooms, r.Group)
 	fmt.Fprintf(w, "connections  %d joined in %.2fs; connect+join p50 %.1f ms, p99 %.1f ms; server %.1f µs/connect\n",
 		r.Conns, r.RampSecs, r.ConnectLatency.P50, r.ConnectLatency.P99, r.ServerUSPerConnect)
 	fmt.Fprintf(w, "publishes    %d in %.1fs (%.1f/s), %d errors, %d-byte payloads, worst start lag %.1f ms\n",
@@ -434,7 +440,7 @@ func writeSummary(w io.Writer, r *Result) {
 
 // writeConnectSummary prints a connect result for people.
 func writeConnectSummary(w io.Writer, r *ConnectResult) {
-	fmt.Fprintf(w, "target       %s connect %s: %d clients, %d at once, %d rounds\n", r.Target, r.URL, r.Conns, r.MaxInflight, len(r.Rounds))
+	fmt.Fprintf(w, "target       %s connect over %s, %s: %d clients, %d at once, %d rounds\n", r.Target, r.Transport, r.URL, r.Conns, r.MaxInflight, len(r.Rounds))
 	for _, rd := range r.Rounds {
 		fmt.Fprintf(w, "round %-2d     %.2fs, server %.2fs CPU = %.1f µs/connect, loader %.2fs, other %.2fs; connect+join p50 %.0f ms p99 %.0f ms p99.9 %.0f ms; rejoined %v\n",
 			rd.Round, rd.Secs, rd.ServerCPUSecs, rd.ServerUSPerConnect, rd.LoaderCPUSecs, rd.OtherCPUSecs,

@@ -52,6 +52,12 @@ func (s *share) run() {
 // to delivers f to members: the number reached, and whether a recovery
 // went over for good (see recovery.offer).
 func (f *fanout) to(members []*member) (n int, over bool) {
+	if f.except == "" && f.recovering == nil {
+		for _, m := range members {
+			deliver(m, f.ds)
+		}
+		return len(members), false
+	}
 	for _, m := range members {
 		if m.name == f.except {
 			continue
@@ -73,11 +79,14 @@ func (f *fanout) to(members []*member) (n int, over bool) {
 // deliver hands ds to m's receiver at once when it takes them so, else
 // queues them one by one.
 func deliver(m *member, ds []Delivery) {
-	if m.now != nil && m.now.ReceiveNow(ds) {
-		return
+	if m.now == nil || !m.now.ReceiveNow(ds) {
+		queue(m.recv, ds)
 	}
+}
+
+func queue(r Receiver, ds []Delivery) {
 	for _, d := range ds {
-		m.recv.Receive(d)
+		r.Receive(d)
 	}
 }
 

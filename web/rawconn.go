@@ -42,6 +42,7 @@ func (w *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	w.conn = &frameConn{Conn: conn}
 	if sc, ok := conn.(syscall.Conn); ok {
 		w.conn.rc, _ = sc.SyscallConn()
+		w.conn.write = w.conn.rawWrite
 	}
 	brw.Writer = bufio.NewWriterSize(w.conn, writeBufferSize)
 	return conn, brw, nil
@@ -55,6 +56,14 @@ type frameConn struct {
 	net.Conn
 	rc syscall.RawConn // for writes that must not block; nil when not a socket
 	mu sync.Mutex
+
+	// The write tryWrite has in flight, under mu: its bytes and result,
+	// for rawWrite, which rc.Write calls through write (a method value
+	// made once: a closure per write would cost three allocations).
+	p     []byte
+	n     int
+	err   error
+	write func(fd uintptr) bool
 }
 
 func (c *frameConn) Write(p []byte) (int, error) {
@@ -74,16 +83,22 @@ func (c *frameConn) tryWrite(p []byte) (int, error) {
 		return 0, errWouldBlock
 	}
 	defer c.mu.Unlock()
-	var n int
-	var err error
-	if rerr := c.rc.Write(func(fd uintptr) bool {
-		n, err = syscall.Write(int(fd), p)
-		return true // never wait for the socket
-	}); rerr != nil {
+	c.p = p
+	rerr := c.rc.Write(c.write)
+	n, err := c.n, c.err
+	c.p, c.err = nil, nil
+	if rerr != nil {
 		return 0, rerr
 	}
 	if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EINTR) || n <= 0 && err == nil {
 		return 0, errWouldBlock
 	}
 	return max(n, 0), err
+}
+
+// rawWrite is tryWrite's one write system call; it never waits for the
+// socket.
+func (c *frameConn) rawWrite(fd uintptr) bool {
+	c.n, c.err = syscall.Write(int(fd), c.p)
+	return true
 }

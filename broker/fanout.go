@@ -54,7 +54,9 @@ func (s *share) run() {
 func (f *fanout) to(members []*member) (n int, over bool) {
 	if f.except == "" && f.recovering == nil {
 		for _, m := range members {
-			deliver(m, f.ds)
+			if m.now == nil || !m.now.ReceiveNow(f.ds) { // deliver, inlined
+				queue(m.recv, f.ds)
+			}
 		}
 		return len(members), false
 	}

@@ -44,7 +44,11 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer, list
 		return err
 	}
 	log := newLogger(stderr, cfg.LogFormat, cfg.LogLevel)
-	ln, err := net.Listen("tcp", ":"+strconv.Itoa(cfg.Port))
+	// No TCP keep-alive probes: WebSockets and streams are pinged
+	// (PING_INTERVAL) and idle HTTP connections end (HTTP_IDLE_TIMEOUT),
+	// and the four socket options per connection are a connect's cost.
+	lc := net.ListenConfig{KeepAlive: -1}
+	ln, err := lc.Listen(ctx, "tcp", ":"+strconv.Itoa(cfg.Port))
 	if err != nil {
 		return fmt.Errorf("PORT=%d: %v", cfg.Port, err)
 	}

@@ -111,7 +111,7 @@ var settingsTable = []setting{
 	{"HOOK_SECRET", "sent to the hook backend as Authorization: Bearer, so it can trust the calls", secret(text(func(s *settings) *string { return &s.Web.Hooks.Secret }, nil))},
 	{"HOOK_TIMEOUT", "bound on one hook call; past it the decision is refused as unavailable", duration(func(s *settings) *time.Duration { return &s.Web.Hooks.Timeout }, 1, 0)},
 	{"HOOK_CONCURRENCY", "hook calls in flight at once; past it decisions are refused as unavailable at once", integer(func(s *settings) *int { return &s.Web.Hooks.MaxConcurrent }, 1, 100_000)},
-	{"MAX_CONNECTIONS", "WebSockets this instance takes; more get 503", integer(func(s *settings) *int { return &s.Web.MaxConnections }, 1, 10_000_000)},
+	{"MAX_CONNECTIONS", "connections (WebSockets and SSE streams) this instance takes; more get 503", integer(func(s *settings) *int { return &s.Web.MaxConnections }, 1, 10_000_000)},
 	{"MAX_CONNECTIONS_PER_IP", "WebSockets one client IP (as TRUSTED_PROXIES sees it) may hold open; more get 429; loopback is not limited", integer(func(s *settings) *int { return &s.Web.MaxConnectionsPerIP }, 1, 10_000_000)},
 	{"FRAMES_PER_SECOND", "client frames a connection may send per second (burst twice as many); over it: rate_limited, then close 1008", integer(func(s *settings) *float64 { return &s.Web.FramesPerSecond }, 1, 1_000_000)},
 	{"HANDSHAKES_PER_SECOND", "new WebSockets per client IP per second (burst twice as many); more get 429", integer(func(s *settings) *float64 { return &s.Web.HandshakesPerSecond }, 1, 1_000_000)},

@@ -14,6 +14,10 @@ import (
 // replayWait bounds how long a history read waits for a turn.
 const replayWait = time.Second
 
+// copyBehindWait bounds the wait for a copy of the history that is behind
+// the offset a member resumes after.
+const copyBehindWait = time.Second
+
 // replayBatchBytes bounds the bytes one batched direct get asks for (the
 // server sends at least one message, whatever its size).
 const replayBatchBytes = 512 << 10
@@ -53,6 +57,7 @@ func (b *Broker) replay(ctx context.Context, s *stream, g *group, r Receiver, si
 	case since == nil:
 		return Recovery{}, 0, nil
 	case since.Epoch != epoch:
+		b.log.Debug("resume from another epoch", "group", g.name, "since", since.Offset, "since_epoch", since.Epoch, "epoch", epoch)
 		return Recovery{}, 0, nil // history was reset: the client reloads
 	}
 	release, err := h.turn(ctx)
@@ -60,29 +65,49 @@ func (b *Broker) replay(ctx context.Context, s *stream, g *group, r Receiver, si
 		return Recovery{}, 0, err
 	}
 	defer release()
+	// probe is the offset resumed after: read first, with the rest, to
+	// see that the window still holds it. A copy that is behind (a
+	// server catching up after a restart answers for its local clients)
+	// is asked again, and a read that fails makes the join unavailable:
+	// neither may pass for an offset that left the window, which would
+	// skip what the member missed.
+	var probe uint64
 	switch {
 	case s.policy == Latest:
 	case since.Offset == 0:
 		start = 1 // what is kept; not known to be all
 	default:
-		kept, err := h.rjs.GetMsg(read, since.Offset, nats.DirectGet())
-		if err != nil || kept.Subject != subject {
-			// The window no longer holds the offset: something after it
-			// may be gone too.
-			return Recovery{}, 0, nil
-		}
-		start, rec.Recovered = since.Offset+1, true
+		start, probe = since.Offset+1, since.Offset
 	}
-	newest, err := h.newest(read, subject)
+	newest, current, err := h.newest(read, subject)
 	if err != nil {
 		return Recovery{}, 0, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
 	until := max(newest, after)
-	if until < start {
+	readCtx := ctx
+	if probe > until {
+		if current {
+			// Past the group's newest message: not an offset of its.
+			b.log.Debug("resume offset past the newest", "group", g.name, "since", since.Offset, "newest", newest)
+			return Recovery{}, 0, nil
+		}
+		// The copy that answered is behind: wait a moment for it, as it
+		// catches up after a restart. One that stays behind (a mirror
+		// whose stream's region is lost) may never hold the offset.
+		until = probe
+		var cancel context.CancelFunc
+		readCtx, cancel = context.WithTimeout(ctx, copyBehindWait)
+		defer cancel()
+	}
+	from := start
+	if probe > 0 {
+		from = probe
+	}
+	if until < from {
 		return rec, start - 1, nil
 	}
 	if s.policy == Latest {
-		start = until
+		start, from = until, until
 	}
 	var chunk []byte
 	stopped := false
@@ -99,7 +124,15 @@ func (b *Broker) replay(ctx context.Context, s *stream, g *group, r Receiver, si
 	}
 	last := start - 1
 	var frame []byte // reused: each frame is copied into the chunk
-	err = h.readKept(ctx, read, subject, start, until, func(seq uint64, msg *nats.Msg) bool {
+	moved := false   // the window no longer holds probe
+	err = h.readKept(readCtx, read, subject, from, until, func(seq uint64, msg *nats.Msg) bool {
+		if probe > 0 {
+			// The first message from probe on is probe itself, or a
+			// later one when probe is gone (or not of this group).
+			moved = seq != probe
+			probe, rec.Recovered = 0, !moved
+			return !moved
+		}
 		var ferr error
 		frame, ferr = protocol.AppendMessage(frame[:0], protocol.Message{
 			Group: g.name, Region: originRegion(msg), Kept: true, Offset: seq, Epoch: epoch}, msg.Data)
@@ -116,6 +149,15 @@ func (b *Broker) replay(ctx context.Context, s *stream, g *group, r Receiver, si
 		last = seq
 		return rec.Replayed < h.size
 	})
+	if probe > 0 && (err == nil || readCtx != ctx && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded)) {
+		// Nothing from probe on up to until: gone with its window, or
+		// never reached by the copy behind.
+		moved = true
+	}
+	if moved {
+		b.log.Debug("resume offset not kept", "group", g.name, "since", since.Offset)
+		return Recovery{}, 0, nil
+	}
 	if err == nil && !stopped {
 		flush()
 	}
@@ -130,19 +172,21 @@ func (b *Broker) replay(ctx context.Context, s *stream, g *group, r Receiver, si
 
 // newest returns the offset of the newest kept message of subject (0:
 // none). It asks the stream's leader, and any copy when the leader cannot
-// answer, as while JetStream has no meta leader.
-func (h *history) newest(stream, subject string) (uint64, error) {
+// answer, as while JetStream has no meta leader; current says the leader
+// answered (a copy may be behind).
+func (h *history) newest(stream, subject string) (seq uint64, current bool, err error) {
 	m, err := h.rjs.GetLastMsg(stream, subject)
-	if err != nil && !errors.Is(err, nats.ErrMsgNotFound) {
+	current = err == nil || errors.Is(err, nats.ErrMsgNotFound)
+	if !current {
 		m, err = h.rjs.GetLastMsg(stream, subject, nats.DirectGet())
 	}
 	if errors.Is(err, nats.ErrMsgNotFound) {
-		return 0, nil
+		return 0, current, nil
 	}
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
-	return m.Sequence, nil
+	return m.Sequence, current, nil
 }
 
 // directBatch is the most messages one batched direct get asks for.
@@ -234,7 +278,7 @@ func (b *Broker) History(ctx context.Context, group string, since uint64, limit 
 	}
 	defer release()
 	read, epoch := s.reading()
-	newest, err := b.history.newest(read, b.groupPrefix+group)
+	newest, _, err := b.history.newest(read, b.groupPrefix+group)
 	if err != nil {
 		return nil, "", fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}

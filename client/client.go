@@ -186,6 +186,14 @@ type Options struct {
 	// connection attempt, a group that could not be rejoined, an error
 	// frame answering nothing.
 	OnError func(error)
+	// OnGap, when set, is told that messages of a recoverable group may
+	// have been missed: a rejoin the server could not resume from the
+	// last offset seen (its ack says "recovered":false: the offset left
+	// the window, or the history was reset), or a gap frame. The
+	// application reloads that group's state (say from the history API).
+	// It is called from the client's own goroutines, maybe two at once,
+	// and must not block on the client.
+	OnGap func(group string)
 }
 
 func (o *Options) withDefaults() Options {
@@ -742,10 +750,13 @@ func (c *Client) rejoin(ctx context.Context, l *link) bool {
 	}
 	ok := true
 	for i, r := range answers {
-		err := l.wait(ctx, r)
+		ack, err := l.answer(ctx, r)
 		var refusal *Error
 		switch {
 		case err == nil:
+			if frames[i].Since != nil && ack.Recovered != nil && !*ack.Recovered {
+				c.gap(frames[i].Group)
+			}
 		case errors.As(err, &refusal) && refusal.Code != "unavailable":
 			c.mu.Lock()
 			if c.groups[frames[i].Group] == joined[i] {
@@ -821,6 +832,13 @@ func (c *Client) dispatch(l *link, obj []byte) {
 		c.mu.Unlock()
 		if h != nil {
 			h(msg)
+		}
+	case protocol.TypeGap:
+		c.mu.Lock()
+		joined := c.groups[f.Group] != nil
+		c.mu.Unlock()
+		if joined {
+			c.gap(f.Group)
 		}
 	case protocol.TypeAck, protocol.TypePong, protocol.TypeError:
 		l.mu.Lock()
@@ -955,6 +973,12 @@ func (l *link) start(c *Client, f clientFrame) (request, error) {
 
 // wait waits for an answer: nil for ack or pong, *Error for an error.
 func (l *link) wait(ctx context.Context, r request) error {
+	_, err := l.answer(ctx, r)
+	return err
+}
+
+// answer is wait that also returns the ack or pong.
+func (l *link) answer(ctx context.Context, r request) (protocol.Frame, error) {
 	var f protocol.Frame
 	select {
 	case f = <-r.answer:
@@ -962,16 +986,16 @@ func (l *link) wait(ctx context.Context, r request) error {
 		select {
 		case f = <-r.answer: // answered just before the end
 		default:
-			return ErrDisconnected
+			return f, ErrDisconnected
 		}
 	case <-ctx.Done():
 		l.forget(r)
-		return ctx.Err()
+		return f, ctx.Err()
 	}
 	if f.Type == protocol.TypeError {
-		return &Error{Code: f.Code, Message: f.Message}
+		return f, &Error{Code: f.Code, Message: f.Message}
 	}
-	return nil
+	return f, nil
 }
 
 func (l *link) forget(r request) {
@@ -987,6 +1011,13 @@ func (c *Client) notifyState(s State) {
 	c.mu.Unlock()
 	if changed && c.opts.OnState != nil {
 		c.opts.OnState(s)
+	}
+}
+
+// gap tells OnGap that group may have missed messages.
+func (c *Client) gap(group string) {
+	if c.opts.OnGap != nil {
+		c.opts.OnGap(group)
 	}
 }
 

@@ -22,6 +22,7 @@ type server struct {
 	addr    string
 	natsURL string
 	cfg     web.Config
+	kept    int // history size of every group, recoverable; 0: none kept
 
 	b    *broker.Broker
 	web  *web.Server
@@ -43,6 +44,16 @@ func startServer(t testing.TB, natsURL string, cfg web.Config) *server {
 	return s
 }
 
+// startKeptServer is startServer with every group recoverable, keeping
+// size messages, on the JetStream server at natsURL.
+func startKeptServer(t testing.TB, natsURL string, size int) *server {
+	t.Helper()
+	s := &server{t: t, natsURL: natsURL, cfg: web.Config{Region: "test-region"}, addr: "127.0.0.1:0", kept: size}
+	s.start()
+	t.Cleanup(s.stop)
+	return s
+}
+
 // start (re)starts the instance on its address, with a new node id.
 func (s *server) start() {
 	s.t.Helper()
@@ -56,7 +67,11 @@ func (s *server) start() {
 	}
 	s.addr = ln.Addr().String()
 	log := apptest.Logger(s.t)
-	s.b, err = broker.New(broker.Config{URL: s.natsURL, Region: s.cfg.Region, Logger: log, ReconnectWait: 50 * time.Millisecond})
+	bcfg := broker.Config{URL: s.natsURL, Region: s.cfg.Region, Logger: log, ReconnectWait: 50 * time.Millisecond}
+	if s.kept > 0 {
+		bcfg.Policies, bcfg.HistorySize = []broker.PolicyRule{{Pattern: "*", Policy: broker.Recoverable}}, s.kept
+	}
+	s.b, err = broker.New(bcfg)
 	if err != nil {
 		ln.Close()
 		s.t.Fatal(err)

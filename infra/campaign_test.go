@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -22,6 +24,9 @@ const passingSeed = 1796287941538381207
 var (
 	campaignSeed     = flag.Uint64("campaign.seed", passingSeed, "seed of the fault campaign's schedule (0: from the clock, printed)")
 	campaignDuration = flag.Duration("campaign.duration", 15*time.Second, "how long the fault campaign injects faults")
+	campaignLogs     = flag.String("campaign.logs", "", "a directory to write each instance's output to (default: logged when the test fails)")
+	campaignReaders  = flag.Int("campaign.readers", 0, "history API readers per instance, reading the recoverable group's history in a loop, with MAX_REPLAYS=1: resumes then wait for their turn and some are refused")
+	campaignFaults   = flag.String("campaign.faults", "", "the kinds of fault the campaign draws from, comma-separated (empty: all): "+strings.Join(faultKinds, ", "))
 )
 
 // The campaign's groups: one keeps its messages, two do not. A message delivered
@@ -57,6 +62,10 @@ func TestCampaign(t *testing.T) {
 	}
 	t.Logf("campaign seed %d (replay with -campaign.seed=%d), duration %v", seed, seed, *campaignDuration)
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	kinds, err := parseFaultKinds(*campaignFaults)
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	cl := startCampaignCluster(t, bin)
 	ctx, cancel := context.WithTimeout(context.Background(), *campaignDuration+3*time.Minute)
@@ -93,7 +102,9 @@ func TestCampaign(t *testing.T) {
 		cl.startPublisher("other1", campaignOther, 1, false),
 	}
 
-	faults := cl.runSchedule(ctx, t, rng, members, *campaignDuration)
+	stopReaders := cl.startHistoryReaders(*campaignReaders)
+	faults := cl.runSchedule(ctx, t, rng, kinds, members, *campaignDuration)
+	stopReaders()
 
 	for _, p := range pubs {
 		p.stop()
@@ -179,6 +190,10 @@ func startCampaignCluster(t *testing.T, bin string) *campaignCluster {
 		"HISTORY_REGION":   regions[0],
 		"HISTORY_STORE":    "file",
 		"HISTORY_REPLICAS": "3",
+		"LOG_LEVEL":        "debug", // each resume's offsets, for a run that loses messages
+	}
+	if *campaignReaders > 0 {
+		settings["MAX_REPLAYS"] = "1"
 	}
 	for i, port := range ports {
 		inst := &campaignInstance{name: fmt.Sprintf("gc%d", i), bin: bin, port: port, settings: settings, logs: &apptest.Buffer{}}
@@ -189,7 +204,12 @@ func startCampaignCluster(t *testing.T, bin string) *campaignCluster {
 			if err := inst.stop(); err != nil {
 				t.Errorf("%s: %v", inst.name, err)
 			}
-			if t.Failed() {
+			if *campaignLogs != "" {
+				path := filepath.Join(*campaignLogs, inst.name+".log")
+				if err := os.WriteFile(path, []byte(inst.logs.String()), 0o644); err != nil {
+					t.Error(err)
+				}
+			} else if t.Failed() {
 				t.Logf("%s output:\n%s", inst.name, inst.logs.String())
 			}
 		})
@@ -239,6 +259,8 @@ func dialCampaignMember(ctx context.Context, t *testing.T, name string, inst *ca
 		MinBackoff: 100 * time.Millisecond,
 		MaxBackoff: time.Second,
 		OnError:    m.noteError,
+		OnState:    func(s gcclient.State) { m.note("state " + s.String()) },
+		OnGap:      func(g string) { m.note("gap " + g); m.gaps.Add(1) },
 	})
 	if err != nil {
 		t.Fatalf("%s: %v", name, err)

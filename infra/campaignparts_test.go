@@ -7,8 +7,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -94,6 +96,7 @@ type campaignDelivery struct {
 	campaignPayload
 	offset uint64
 	epoch  string
+	at     time.Time // when the handler got it
 }
 
 // campaignMember is a Go client joined to some of the campaign's groups.
@@ -105,10 +108,24 @@ type campaignMember struct {
 	// reader, until then.
 	slowUntil atomic.Int64
 
+	gaps atomic.Int64 // gaps the client was told of (OnGap)
+
 	mu     sync.Mutex
 	got    map[string][]campaignDelivery // by the group it arrived in
 	errors []string
+	events []string // state changes and gaps, timed, for a run that loses messages
 }
+
+// note records a client event, timed; at most maxEvents are kept.
+func (m *campaignMember) note(what string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.events) < maxEvents {
+		m.events = append(m.events, time.Now().Format("15:04:05.000")+" "+what)
+	}
+}
+
+const maxEvents = 500
 
 func (m *campaignMember) receive(msg gcclient.Message) {
 	if until := time.Unix(0, m.slowUntil.Load()); time.Now().Before(until) {
@@ -122,6 +139,7 @@ func (m *campaignMember) receive(msg gcclient.Message) {
 	}
 	_ = json.Unmarshal(msg.Raw, &pos)
 	d.offset, d.epoch = pos.Offset, pos.Epoch
+	d.at = time.Now()
 	m.mu.Lock()
 	m.got[msg.Group] = append(m.got[msg.Group], d)
 	m.mu.Unlock()
@@ -274,9 +292,74 @@ func (cl *campaignCluster) post(ctx context.Context, i int, group string, data a
 	return nil
 }
 
-// runSchedule injects random faults, one at a time, for d, each healed before the
-// next once every instance is ready again, and returns what it did.
-func (cl *campaignCluster) runSchedule(ctx context.Context, t *testing.T, rng *rand.Rand, members []*campaignMember, d time.Duration) []string {
+// faultKinds names the campaign's kinds of fault, in the order the schedule
+// numbers them.
+var faultKinds = []string{"kill-instance", "kill-nats", "cut-links", "pause-instance", "stall-reader"}
+
+// parseFaultKinds reads -campaign.faults: the numbers of the kinds named,
+// all of them when list is empty.
+func parseFaultKinds(list string) ([]int, error) {
+	var kinds []int
+	for _, name := range strings.Split(list, ",") {
+		if name = strings.TrimSpace(name); name == "" {
+			continue
+		}
+		i := slices.Index(faultKinds, name)
+		if i < 0 {
+			return nil, fmt.Errorf("-campaign.faults: no fault kind %q (kinds: %s)", name, strings.Join(faultKinds, ", "))
+		}
+		kinds = append(kinds, i)
+	}
+	if len(kinds) == 0 {
+		for i := range faultKinds {
+			kinds = append(kinds, i)
+		}
+	}
+	return kinds, nil
+}
+
+// startHistoryReaders starts n readers per instance that read the whole kept
+// history of the recoverable group through the server API, over and over,
+// taking replay turns from the resumes; the function returned stops them.
+func (cl *campaignCluster) startHistoryReaders(n int) (stop func()) {
+	stopc := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, inst := range cl.instances {
+		for range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					select {
+					case <-stopc:
+						return
+					default:
+					}
+					ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+					req, _ := http.NewRequestWithContext(ctx, http.MethodGet, inst.url()+"/api/groups/"+campaignRec+"/history?since=0&limit=1000", nil)
+					req.Header.Set("Authorization", "Bearer "+cl.apiKey)
+					if resp, err := cl.http.Do(req); err == nil {
+						_, _ = io.Copy(io.Discard, resp.Body)
+						resp.Body.Close()
+					} else {
+						time.Sleep(50 * time.Millisecond) // the instance is down
+					}
+					cancel()
+				}
+			}()
+		}
+	}
+	return func() {
+		close(stopc)
+		wg.Wait()
+	}
+}
+
+// runSchedule injects random faults of the given kinds, one at a time, for
+// d, each healed before the next once every instance is ready again, and
+// returns what it did. With every kind, a seed draws the same schedule as
+// before kinds could be chosen.
+func (cl *campaignCluster) runSchedule(ctx context.Context, t *testing.T, rng *rand.Rand, kinds []int, members []*campaignMember, d time.Duration) []string {
 	t.Helper()
 	var done []string
 	start := time.Now()
@@ -284,7 +367,7 @@ func (cl *campaignCluster) runSchedule(ctx context.Context, t *testing.T, rng *r
 		time.Sleep(time.Duration(300+rng.IntN(1200)) * time.Millisecond)
 		hold := time.Duration(300+rng.IntN(1700)) * time.Millisecond
 		var what string
-		switch kind := rng.IntN(5); kind {
+		switch kind := kinds[rng.IntN(len(kinds))]; kind {
 		case 0:
 			inst := cl.instances[rng.IntN(len(cl.instances))]
 			what = "SIGKILL " + inst.name
@@ -320,7 +403,7 @@ func (cl *campaignCluster) runSchedule(ctx context.Context, t *testing.T, rng *r
 			m.slowUntil.Store(time.Now().Add(hold).UnixNano())
 			time.Sleep(hold)
 		}
-		what += fmt.Sprintf(" at %v for %v", time.Since(start).Round(100*time.Millisecond), hold.Round(100*time.Millisecond))
+		what += fmt.Sprintf(" at %v (%s) for %v", time.Since(start).Round(100*time.Millisecond), time.Now().Add(-hold).Format("15:04:05.000"), hold.Round(100*time.Millisecond))
 		t.Log("fault: " + what)
 		done = append(done, what)
 		for _, inst := range cl.instances {
@@ -402,7 +485,7 @@ func checkCampaign(t *testing.T, pubs []*campaignPublisher, members []*campaignM
 				if len(missing) > 0 {
 					lost += len(missing)
 					lossy[m.inst] = true
-					t.Errorf("%s lost %d messages of %s answered 2xx: %v", m.name, len(missing), p.name, head(missing, 20))
+					t.Errorf("%s lost %d messages of %s answered 2xx: %v; %s", m.name, len(missing), p.name, head(missing, 20), around(got, p.name, missing[0]))
 				}
 			}
 		}
@@ -410,10 +493,40 @@ func checkCampaign(t *testing.T, pubs []*campaignPublisher, members []*campaignM
 		if len(m.errors) > 0 {
 			t.Logf("%s: %d client errors, the last: %s", m.name, len(m.errors), m.errors[len(m.errors)-1])
 		}
+		if lossy[m.inst] {
+			t.Logf("%s: client events: %s", m.name, strings.Join(m.events, "; "))
+		}
 		m.mu.Unlock()
+		if n := m.gaps.Load(); n > 0 {
+			t.Logf("%s was told of %d gaps", m.name, n)
+		}
 	}
 	return fmt.Sprintf("%d publish attempts (%d retried); %d recoverable deliveries checked, %d lost, %d duplicated, %d out of order, %d misrouted",
 		sent, retries, checked, lost, duplicated, disordered, misrouted), lossy
+}
+
+// around describes the deliveries on either side of the first message of from
+// that is missing, seq: when they came and their offsets.
+func around(got []campaignDelivery, from string, seq int) string {
+	var before, after *campaignDelivery
+	for i := range got {
+		d := &got[i]
+		if d.From != from {
+			continue
+		}
+		if d.Seq < seq {
+			before = d
+		} else if after == nil {
+			after = d
+		}
+	}
+	describe := func(d *campaignDelivery) string {
+		if d == nil {
+			return "none"
+		}
+		return fmt.Sprintf("%d at offset %d, %s", d.Seq, d.offset, d.at.Format("15:04:05.000"))
+	}
+	return fmt.Sprintf("before the hole: %s; after it: %s", describe(before), describe(after))
 }
 
 func head[T any](s []T, n int) []T {

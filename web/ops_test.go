@@ -95,21 +95,34 @@ func TestMetricsExposed(t *testing.T) {
 	c.Next()
 	c.Write(`nope`)
 	c.Next()
-	resp, err := http.Get(e.http.URL + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	for _, want := range []string{
+	wants := []string{
 		`groupcast_connections{transport="ws"} 1`, "groupcast_joins_total 1", `groupcast_published_total{source="api"} 1`,
 		"groupcast_groups 1", "groupcast_deliveries_total 1", "groupcast_nats_connected 1",
 		"groupcast_fanout_seconds_count 1", `groupcast_errors_total{code="invalid_json"} 1`,
 		"groupcast_frames_written_total 4", // welcome, ack, message, error
-	} {
-		if !bytes.Contains(body, []byte(want+"\n")) {
-			t.Errorf("metrics lack %q", want)
+	}
+	// A frame is counted once written, which may be just after the
+	// client has read it.
+	var missing []string
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		resp, err := http.Get(e.http.URL + "/metrics")
+		if err != nil {
+			t.Fatal(err)
 		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		missing = missing[:0]
+		for _, want := range wants {
+			if !bytes.Contains(body, []byte(want+"\n")) {
+				missing = append(missing, want)
+			}
+		}
+		if len(missing) == 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	for _, want := range missing {
+		t.Errorf("metrics lack %q", want)
 	}
 }
 

@@ -2,6 +2,7 @@ package web
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"net"
 	"net/http"
@@ -20,13 +21,26 @@ const (
 
 // hijacker hands the WebSocket library smaller buffers than net/http's
 // when nothing is buffered in them yet, and writes through a frameConn,
-// which it keeps for the session.
+// which it keeps for the session. It holds the 101 answer back from
+// net/http and gives it to the frameConn, which sends it with the first
+// frame (the welcome): one write for both instead of two.
 type hijacker struct {
 	http.ResponseWriter
-	conn *frameConn
+	conn     *frameConn
+	switched bool // WriteHeader(101) was called and held
 }
 
 func (w *hijacker) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// WriteHeader holds a 101 (the head then goes out with the first frame)
+// and passes any other status on.
+func (w *hijacker) WriteHeader(code int) {
+	if code != http.StatusSwitchingProtocols {
+		w.ResponseWriter.WriteHeader(code)
+		return
+	}
+	w.switched = true
+}
 
 func (w *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	conn, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
@@ -40,6 +54,9 @@ func (w *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return conn, brw, err
 	}
 	w.conn = &frameConn{Conn: conn}
+	if w.switched {
+		w.conn.head = switchingHead(w.Header())
+	}
 	if sc, ok := conn.(syscall.Conn); ok {
 		w.conn.rc, _ = sc.SyscallConn()
 		w.conn.write = w.conn.rawWrite
@@ -56,6 +73,9 @@ type frameConn struct {
 	net.Conn
 	rc syscall.RawConn // for writes that must not block; nil when not a socket
 	mu sync.Mutex
+	// head is the part of the 101 answer not written yet, sent before
+	// the next bytes written; guarded by mu.
+	head []byte
 
 	// The write tryWrite has in flight, under mu: its bytes and result,
 	// for rawWrite, which rc.Write calls through write (a method value
@@ -66,10 +86,30 @@ type frameConn struct {
 	write func(fd uintptr) bool
 }
 
+// switchingHead is the 101 answer with the upgrade's headers, as net/http
+// would have written it.
+func switchingHead(h http.Header) []byte {
+	var b bytes.Buffer
+	b.WriteString("HTTP/1.1 101 Switching Protocols\r\n")
+	h.Write(&b)
+	b.WriteString("\r\n")
+	return b.Bytes()
+}
+
 func (c *frameConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.Conn.Write(p)
+	if c.head == nil {
+		return c.Conn.Write(p)
+	}
+	n, err := c.Conn.Write(append(c.head, p...))
+	n -= len(c.head)
+	if n < 0 {
+		c.head, n = c.head[n+len(c.head):], 0
+	} else {
+		c.head = nil
+	}
+	return n, err
 }
 
 // errWouldBlock declines an immediate write: the socket, or the
@@ -84,6 +124,9 @@ func (c *frameConn) tryWrite(p []byte) (int, error) {
 	}
 	defer c.mu.Unlock()
 	c.p = p
+	if c.head != nil {
+		c.p = append(c.head, p...)
+	}
 	rerr := c.rc.Write(c.write)
 	n, err := c.n, c.err
 	c.p, c.err = nil, nil
@@ -93,7 +136,18 @@ func (c *frameConn) tryWrite(p []byte) (int, error) {
 	if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EINTR) || n <= 0 && err == nil {
 		return 0, errWouldBlock
 	}
-	return max(n, 0), err
+	if err != nil {
+		return 0, err
+	}
+	if c.head != nil {
+		if n < len(c.head) {
+			c.head = c.head[n:]
+			return 0, errWouldBlock
+		}
+		n -= len(c.head)
+		c.head = nil
+	}
+	return n, nil
 }
 
 // rawWrite is tryWrite's one write system call; it never waits for the

@@ -2,6 +2,7 @@ package web
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"net"
@@ -13,6 +14,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/groupcast/groupcast/internal/wstest"
 )
 
 // writeLog records each Write on a connection, one entry per call.
@@ -86,6 +89,7 @@ func wsFrame(p []byte) (opcode byte, n int, ok bool) {
 func TestControlFramesOneWrite(t *testing.T) {
 	log := &writeLog{}
 	accepted := make(chan struct{})
+	pinged := make(chan struct{})
 	served := make(chan struct{})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		defer close(served)
@@ -98,9 +102,6 @@ func TestControlFramesOneWrite(t *testing.T) {
 		if hj.conn == nil {
 			t.Error("hijacker kept no frameConn")
 		}
-		log.mu.Lock()
-		log.writes = nil // the handshake
-		log.mu.Unlock()
 		close(accepted)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -115,6 +116,10 @@ func TestControlFramesOneWrite(t *testing.T) {
 		}()
 		if err := conn.Ping(ctx); err != nil {
 			t.Errorf("server ping: %v", err)
+		}
+		select { // the client's ping answered before the close
+		case <-pinged:
+		case <-ctx.Done():
 		}
 		// A close reason near the 123-byte limit: the largest control frame.
 		if err := conn.Close(websocket.StatusNormalClosure, strings.Repeat("r", 120)); err != nil {
@@ -136,11 +141,18 @@ func TestControlFramesOneWrite(t *testing.T) {
 	if err := client.Ping(ctx); err != nil {
 		t.Fatalf("client ping: %v", err)
 	}
+	close(pinged)
 	<-readCtx.Done()
 	<-served
 
 	seen := map[byte]int{}
-	for i, w := range log.all() {
+	writes := log.all()
+	if len(writes) == 0 || !bytes.HasPrefix(writes[0], []byte("HTTP/1.1 101 ")) {
+		t.Fatalf("the first write is not the 101 answer: %q", writes)
+	}
+	head := bytes.Index(writes[0], []byte("\r\n\r\n")) + 4
+	writes[0] = writes[0][head:] // the 101 goes out with the first frame
+	for i, w := range writes {
 		op, n, ok := wsFrame(w)
 		if !ok || n != len(w) {
 			t.Errorf("write %d (%d bytes) is not one whole frame: % x", i, len(w), w)
@@ -153,4 +165,49 @@ func TestControlFramesOneWrite(t *testing.T) {
 			t.Errorf("%s frames written whole in one Write: %d, want 1 (writes by opcode: %v)", name, seen[op], seen)
 		}
 	}
+}
+
+// loggedListener records the Writes on each connection it accepts.
+type loggedListener struct {
+	net.Listener
+	log *writeLog
+}
+
+func (l loggedListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &loggedConn{Conn: c, log: l.log}, nil
+}
+
+// TestWelcomeWithSwitch: the 101 answer and the welcome frame go out in
+// one write, as the floor does it: a connect costs one write less.
+func TestWelcomeWithSwitch(t *testing.T) {
+	e := newEnv(t, "", nil)
+	log := &writeLog{}
+	hs := httptest.NewUnstartedServer(e.srv.Handler())
+	hs.Listener = loggedListener{Listener: hs.Listener, log: log}
+	hs.Start()
+	defer hs.Close()
+	c := wstest.Dial(t, "ws"+strings.TrimPrefix(hs.URL, "http")+"/ws", nil)
+	writes := log.all()
+	if len(writes) != 1 {
+		t.Fatalf("%d writes before the welcome arrived, want 1: %q", len(writes), writes)
+	}
+	w := writes[0]
+	head := bytes.Index(w, []byte("\r\n\r\n")) + 4
+	if !bytes.HasPrefix(w, []byte("HTTP/1.1 101 Switching Protocols\r\n")) || head < 4 {
+		t.Fatalf("the write is not a 101 answer: %q", w)
+	}
+	for _, h := range []string{"Upgrade: websocket\r\n", "Connection: Upgrade\r\n", "Sec-Websocket-Accept: "} {
+		if !bytes.Contains(w[:head], []byte(h)) {
+			t.Errorf("the 101 answer lacks %q: %q", h, w[:head])
+		}
+	}
+	if op, n, ok := wsFrame(w[head:]); !ok || op != 0x1 || n != len(w)-head ||
+		!bytes.Contains(w[head:], []byte(`"channel":"`+c.Channel()+`"`)) {
+		t.Fatalf("after the 101 comes %q, want the welcome frame whole", w[head:])
+	}
+	c.Join("room.one") // the connection works past it
 }

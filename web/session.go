@@ -33,7 +33,8 @@ const (
 // writer goroutine that runs while there is something to write, awaited
 // by the reader before it returns. Fields marked reader-owned are used only
 // by the reader and by the frame handler it starts and waits for
-// (handleAside), one at a time, so they need no lock.
+// (handleAside), or by an SSE stream's handler of posted frames while its
+// reader waits (postQueue), one at a time, so they need no lock.
 type session struct {
 	srv     *Server
 	conn    *websocket.Conn
@@ -193,10 +194,14 @@ func (s *session) ReceiveNow(ds []broker.Delivery) bool {
 	return true
 }
 
-// send queues an answer of the session's own (a control frame); it never
-// blocks either.
+// send writes an answer of the session's own (a control frame) at once
+// when nothing is queued before it, as ReceiveNow does, and queues it
+// otherwise; it never blocks either.
 func (s *session) send(frame []byte) {
-	s.Receive(broker.Delivery{Frame: frame, Kind: broker.KindControl})
+	d := [1]broker.Delivery{{Frame: frame, Kind: broker.KindControl}}
+	if !s.ReceiveNow(d[:]) {
+		s.Receive(d[0])
+	}
 }
 
 // close asks the writer to end the connection with code, or with code 0

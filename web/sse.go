@@ -5,9 +5,11 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"errors"
+	"net"
 	"net/http"
+	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -24,45 +26,46 @@ import (
 // and the source of client frames differ.
 
 // sseStream is the transport of a session that streams Server-Sent
-// Events: the response it writes to, the secret that proves a POST comes
-// from its client, and the posted frames waiting for the session's reader.
+// Events: where the events go, the secret that proves a POST comes from
+// its client, and the posted frames waiting to be handled (sse_post.go).
+//
+// Over HTTP/1.x the stream takes the connection over (a hijack, as a
+// WebSocket does) and writes the response itself, chunked as net/http
+// would (a stream that breaks then shows as a truncated body), then closes
+// the connection: no net/http buffers or goroutines stay with an idle stream,
+// only the session's reader, parked in a read that tells when the client
+// goes. Where the connection cannot be taken (HTTP/2), events go through
+// the response, flushed, and the request's goroutine waits for the
+// session's end.
 type sseStream struct {
-	w      http.ResponseWriter // the response, written by the session's writer only
-	rc     *http.ResponseController
 	secret string
-	ctx    context.Context // the request's: done once the client has gone
-	inbox  chan posted     // the posted bodies, in order, for the reader
-	queued atomic.Int64    // the bytes of the bodies in inbox and being handled
-	ended  chan struct{}   // closed once the stream has ended
-	once   sync.Once       // closes ended
 
-	mu sync.Mutex // serialises writes to w
+	conn    net.Conn   // the hijacked connection; nil: the response's, below
+	chunked bool       // conn's body is chunked (HTTP/1.1), else it ends with conn (HTTP/1.0)
+	wmu     sync.Mutex // serialises writes
 
+	w   http.ResponseWriter
+	rc  *http.ResponseController
+	ctx context.Context // the request's: done once the client has gone
+
+	ended      chan struct{} // response only: closed once the stream has ended
+	once       sync.Once     // closes ended
 	deadlineMu sync.Mutex
-	dropped    bool // the write deadline has passed for good
-}
+	dropped    bool // the response's write deadline has passed for good
 
-// sseInbox bounds the posted bodies waiting for a stream's reader, and
-// MaxBodyBytes their bytes; a POST beyond either gets 429 (a client that
-// waits for each POST's answer before the next never meets them).
-const sseInbox = 4
-
-// posted is the body of one POST, split into its frames.
-type posted struct {
-	frames [][]byte
-	size   int64
+	posts postQueue
 }
 
 // The stream's events: a heartbeat comment, and the head of the close event.
 var (
 	sseHeartbeat  = []byte(":\n\n")
 	sseCloseEvent = []byte("event: close\ndata: ")
+	crlf          = []byte("\r\n")
 )
 
 // serveSSE is GET /sse: the same checks as /ws (admit), and a refusal
 // answered as /ws answers it; then an event stream whose first event is
-// the welcome, with the secret the client's POSTs must carry. The request's
-// goroutine waits for the session's end: its response is the stream.
+// the welcome, with the secret the client's POSTs must carry.
 func (s *Server) serveSSE(c echo.Context) error {
 	r := c.Request()
 	s.allowCORS(c)
@@ -70,37 +73,69 @@ func (s *Server) serveSSE(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	w := c.Response().Writer
-	rc := http.NewResponseController(w)
-	// Plain requests have a read deadline (readDeadline): cleared, since
-	// a read that hits it while the server watches for the client leaving
-	// would end the stream. Fails only for writers that cannot (tests').
-	_ = rc.SetReadDeadline(time.Time{})
-	h := c.Response().Header()
-	h.Set(echo.HeaderContentType, "text/event-stream")
-	h.Set(echo.HeaderCacheControl, "no-cache, no-transform")
-	h.Set("X-Accel-Buffering", "no") // nginx and its kin: do not buffer
-	c.Response().WriteHeader(http.StatusOK)
-	if err := rc.Flush(); err != nil {
+	st := &sseStream{secret: newSecret()}
+	if err := st.open(c); err != nil {
 		a.release()
 		return nil // the client has gone
 	}
 	ss := s.newSession(a)
-	ss.sse = &sseStream{
-		w:      w,
-		rc:     rc,
-		secret: newSecret(),
-		ctx:    r.Context(),
-		inbox:  make(chan posted, sseInbox),
-		ended:  make(chan struct{}),
+	ss.sse = st
+	var done chan struct{}
+	if st.conn == nil {
+		done = make(chan struct{}) // the response lives as long as this request
 	}
-	done := make(chan struct{})
 	if !s.start(ss, a, done) {
 		ss.endStream(websocket.StatusServiceRestart, "server restart")
 		return nil
 	}
-	<-done
+	if done != nil {
+		<-done
+	}
 	return nil
+}
+
+// open answers the request with the stream's head: on a connection of its
+// own when it can take it over, else through the response.
+func (st *sseStream) open(c echo.Context) error {
+	h := c.Response().Header()
+	h.Set(echo.HeaderContentType, "text/event-stream")
+	h.Set(echo.HeaderCacheControl, "no-cache, no-transform")
+	h.Set("X-Accel-Buffering", "no") // nginx and its kin: do not buffer
+	w := c.Response().Writer
+	rc := http.NewResponseController(w)
+	if c.Request().ProtoMajor == 1 {
+		// Nothing of the request is kept: its buffers go with it.
+		conn, _, err := rc.Hijack()
+		if err == nil {
+			st.conn = conn
+			// Deadlines of the request's reading stay on a hijacked
+			// connection: cleared, the stream lives on.
+			conn.SetDeadline(time.Time{})
+			h.Set(echo.HeaderConnection, "close") // the stream ends with the connection
+			if st.chunked = c.Request().ProtoAtLeast(1, 1); st.chunked {
+				h.Set("Transfer-Encoding", "chunked")
+			}
+			head := bytes.NewBufferString("HTTP/1.1 200 OK\r\n")
+			h.Write(head)
+			head.WriteString("\r\n")
+			if _, err := conn.Write(head.Bytes()); err != nil {
+				conn.Close()
+				return err
+			}
+			return nil
+		}
+		if !errors.Is(err, http.ErrNotSupported) {
+			return err
+		}
+	}
+	st.w, st.rc, st.ctx = w, rc, c.Request().Context()
+	st.ended = make(chan struct{})
+	// Plain requests have a read deadline (readDeadline): cleared, since
+	// a read that hits it while the server watches for the client leaving
+	// would end the stream.
+	_ = st.rc.SetReadDeadline(time.Time{})
+	c.Response().WriteHeader(http.StatusOK)
+	return st.rc.Flush()
 }
 
 // allowCORS lets a page of an allowed origin read the answer: the CORS
@@ -123,24 +158,28 @@ func newSecret() string {
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
-// readPosts is an SSE session's reader: it handles the posted frames, in
-// order, one at a time as a WebSocket's reader does, until the stream
-// ends or the client goes.
-func (s *session) readPosts() {
+// awaitStream is an SSE session's reader: it lets the posted frames be
+// handled, in order, from now on, and returns once the stream has ended or
+// the client has gone, and no frame is being handled.
+func (s *session) awaitStream() {
 	st := s.sse
-	for {
+	st.posts.start(s)
+	if st.conn != nil {
+		// The client sends nothing after its request: a read ends when
+		// it goes, or when endStream or dropStream closes the connection.
+		var buf [64]byte
+		for {
+			if _, err := st.conn.Read(buf[:]); err != nil {
+				break
+			}
+		}
+	} else {
 		select {
 		case <-st.ended:
-			return
 		case <-st.ctx.Done():
-			return
-		case p := <-st.inbox:
-			for _, f := range p.frames {
-				s.handleAside(f)
-			}
-			st.queued.Add(-p.size)
 		}
 	}
+	st.posts.stop()
 }
 
 // writeEvents writes a batch as events, one per frame (a frame of
@@ -200,8 +239,8 @@ func (s *session) heartbeat() error {
 
 // endStream ends the stream: with code, after the close event carrying
 // the code and reason a WebSocket would get in its close frame; with code
-// 0 without one (a stream that breaks). The response then ends, within
-// WriteTimeout.
+// 0 without one (a stream that breaks). A hijacked connection is closed;
+// a response ends within WriteTimeout.
 func (s *session) endStream(code websocket.StatusCode, reason string) {
 	st := s.sse
 	if code != 0 {
@@ -211,6 +250,13 @@ func (s *session) endStream(code websocket.StatusCode, reason string) {
 			s.logger().Debug("close event failed", "error", err)
 		}
 		s.writeStart.Store(0)
+	}
+	if st.conn != nil {
+		if code != 0 && st.chunked {
+			st.send(nil) // the last chunk: the body is whole
+		}
+		st.conn.Close()
+		return
 	}
 	st.deadlineMu.Lock()
 	if !st.dropped {
@@ -224,6 +270,10 @@ func (s *session) endStream(code websocket.StatusCode, reason string) {
 // flight fails, and the reader returns.
 func (s *session) dropStream() {
 	st := s.sse
+	if st.conn != nil {
+		st.conn.Close()
+		return
+	}
 	st.deadlineMu.Lock()
 	st.dropped = true
 	_ = st.rc.SetWriteDeadline(time.Now())
@@ -231,10 +281,23 @@ func (s *session) dropStream() {
 	st.once.Do(func() { close(st.ended) })
 }
 
-// send writes p to the stream and flushes it.
+// send writes p to the stream, at once: a chunk of its own on a chunked
+// connection (nil p: the last chunk).
 func (st *sseStream) send(p []byte) error {
-	st.mu.Lock()
-	defer st.mu.Unlock()
+	st.wmu.Lock()
+	defer st.wmu.Unlock()
+	switch {
+	case p != nil && len(p) == 0:
+		return nil // not the last chunk
+	case st.conn != nil && st.chunked:
+		var head [18]byte
+		chunk := net.Buffers{append(strconv.AppendInt(head[:0], int64(len(p)), 16), "\r\n"...), p, crlf}
+		_, err := chunk.WriteTo(st.conn) // one writev
+		return err
+	case st.conn != nil:
+		_, err := st.conn.Write(p)
+		return err
+	}
 	if _, err := st.w.Write(p); err != nil {
 		return err
 	}

@@ -36,22 +36,33 @@ func (e *env) openSSE(query string, header ...string) *sseClient {
 	if c == nil {
 		e.t.Fatalf("GET /sse: %d %s", status, body)
 	}
+	c.readWelcome()
+	return c
+}
+
+func (c *sseClient) readWelcome() {
+	c.t.Helper()
 	c.Welcome = c.frame()
 	if c.Welcome["type"] != "welcome" {
-		e.t.Fatalf("first event %v, want the welcome", c.Welcome)
+		c.t.Fatalf("first event %v, want the welcome", c.Welcome)
 	}
-	return c
 }
 
 // trySSE opens a stream, or returns the refusal's status and body.
 func (e *env) trySSE(query string, header ...string) (*sseClient, int, string) {
 	e.t.Helper()
+	return e.trySSEVia(http.DefaultClient, e.http.URL, query, header...)
+}
+
+// trySSEVia is trySSE through client, to the server at base.
+func (e *env) trySSEVia(client *http.Client, base, query string, header ...string) (*sseClient, int, string) {
+	e.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	req, _ := http.NewRequestWithContext(ctx, "GET", e.http.URL+"/sse"+query, nil)
+	req, _ := http.NewRequestWithContext(ctx, "GET", base+"/sse"+query, nil)
 	for i := 0; i+1 < len(header); i += 2 {
 		req.Header.Set(header[i], header[i+1])
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		cancel()
 		e.t.Fatal(err)

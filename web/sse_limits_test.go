@@ -116,9 +116,13 @@ func TestSSEInboxBound(t *testing.T) {
 	if status, _ := c.post(e, `{"type":"stuck","id":"s"}`); status != http.StatusAccepted {
 		t.Fatalf("POST: %d", status)
 	}
-	ss := e.sessionOf(c.channel())
-	waitFor(t, 5*time.Second, func() bool { return len(ss.sse.inbox) == 0 }) // the reader holds it
-	for i := range sseInbox {
+	q := &e.sessionOf(c.channel()).sse.posts
+	waitFor(t, 5*time.Second, func() bool { // it is being handled
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		return q.handling && len(q.bodies) == 0
+	})
+	for i := range sseQueued {
 		if status, body := c.post(e, fmt.Sprintf(`{"type":"ping","id":%d}`, i)); status != http.StatusAccepted {
 			t.Fatalf("POST %d within the bound: %d %s", i, status, body)
 		}
@@ -130,7 +134,7 @@ func TestSSEInboxBound(t *testing.T) {
 	if f := c.frame(); f["type"] != "reply" || f["id"] != "s" {
 		t.Fatalf("got %v, want the reply", f)
 	}
-	for i := range sseInbox {
+	for i := range sseQueued {
 		if f := c.frame(); f["type"] != "pong" || f["id"] != float64(i) {
 			t.Fatalf("got %v, want pong %d", f, i)
 		}
@@ -276,10 +280,12 @@ func TestSSERefusalsAsWebSocket(t *testing.T) {
 // a token's expiry (4001), a backend's disconnect (4003), the age cap
 // (1012).
 func TestSSEClosesAsWebSocket(t *testing.T) {
-	e := authEnv(t, &Config{Auth: AuthConfig{Leeway: time.Millisecond}, MaxConnectionAge: 1500 * time.Millisecond})
+	// A token's exp is in whole seconds: one made to last 2 s ends 1–2 s
+	// from now, before the age cap (2.7–3 s) ends its stream.
+	e := authEnv(t, &Config{Auth: AuthConfig{Leeway: time.Millisecond}, MaxConnectionAge: 3 * time.Second})
 	token := func(ttl time.Duration) string { return "?token=" + sign(t, claims("u", []string{"*"}, nil, ttl)) }
 
-	expiring, disconnected, aged := e.openSSE(token(700*time.Millisecond)), e.openSSE(token(time.Hour)), e.openSSE(token(time.Hour))
+	expiring, disconnected, aged := e.openSSE(token(2*time.Second)), e.openSSE(token(time.Hour)), e.openSSE(token(time.Hour))
 	if status, body := e.post("/api/channels/"+disconnected.channel()+"/disconnect", ""); status != http.StatusAccepted {
 		t.Fatalf("disconnect: %d %s", status, body)
 	}
@@ -392,6 +398,12 @@ func TestSSEInboxBytes(t *testing.T) {
 	if f := c.frame(); f["type"] != "pong" {
 		t.Fatalf("got %v, want the pong", f)
 	}
+	q := &e.sessionOf(c.channel()).sse.posts
+	waitFor(t, 5*time.Second, func() bool { // the pong goes out before the body is done
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		return q.bytes == 0
+	})
 	if f := c.call(e, pad(1500)); f["type"] != "pong" {
 		t.Fatalf("once handled, the bytes are free again: %v", f)
 	}

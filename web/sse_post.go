@@ -8,6 +8,7 @@ import (
 	"errors"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -120,17 +121,101 @@ func (s *Server) handPost(channel, secret string, body []byte) error {
 	if err != nil {
 		return err
 	}
-	st, size := ss.sse, int64(len(body))
-	if st.queued.Add(size) > s.cfg.MaxBodyBytes {
-		st.queued.Add(-size)
+	return ss.sse.posts.push(ss, posted{frames, int64(len(body))}, s.cfg.MaxBodyBytes)
+}
+
+// sseQueued bounds the posted bodies waiting for a stream's session, and
+// MaxBodyBytes their bytes (with the one being handled); a POST beyond
+// either gets 429 (a client that waits for each POST's answer before the
+// next never meets them).
+const sseQueued = 4
+
+// posted is the body of one POST, split into its frames.
+type posted struct {
+	frames [][]byte
+	size   int64
+}
+
+// postQueue holds a stream's posted bodies until they are handled, in
+// order, by a goroutine started for them that exits when none is left,
+// as a WebSocket's frames are handled aside: an idle stream keeps none.
+// Bodies are handled only between start and stop, while the session's
+// reader runs, so that its reader-owned fields have one user at a time.
+type postQueue struct {
+	mu       sync.Mutex
+	bodies   []posted
+	bytes    int64 // of bodies, and of the one being handled
+	started  bool
+	stopped  bool
+	handling bool // a goroutine handles bodies
+	handlers sync.WaitGroup
+}
+
+// push queues a body for s: errNoStream once stopped, errPostsQueued past
+// sseQueued bodies or maxBytes.
+func (q *postQueue) push(s *session, p posted, maxBytes int64) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	switch {
+	case q.stopped:
+		return errNoStream
+	case len(q.bodies) >= sseQueued || q.bytes+p.size > maxBytes:
 		return errPostsQueued
 	}
-	select {
-	case st.inbox <- posted{frames, size}:
-		return nil
-	default:
-		st.queued.Add(-size)
-		return errPostsQueued
+	q.bodies = append(q.bodies, p)
+	q.bytes += p.size
+	q.handleLocked(s)
+	return nil
+}
+
+// start lets bodies be handled from now on.
+func (q *postQueue) start(s *session) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.started = true
+	q.handleLocked(s)
+}
+
+// stop takes no more bodies, drops those waiting and waits for the one
+// being handled.
+func (q *postQueue) stop() {
+	q.mu.Lock()
+	q.stopped, q.bodies = true, nil
+	q.mu.Unlock()
+	q.handlers.Wait()
+}
+
+// handleLocked starts a goroutine to handle the bodies when there are some
+// to handle and none does. q.mu must be held.
+func (q *postQueue) handleLocked(s *session) {
+	if !q.started || q.stopped || q.handling || len(q.bodies) == 0 {
+		return
+	}
+	q.handling = true
+	q.handlers.Add(1)
+	go q.handle(s)
+}
+
+// handle handles the bodies, one frame at a time, each as a WebSocket
+// frame, until there are none.
+func (q *postQueue) handle(s *session) {
+	defer q.handlers.Done()
+	for {
+		q.mu.Lock()
+		if q.stopped || len(q.bodies) == 0 {
+			q.handling = false
+			q.mu.Unlock()
+			return
+		}
+		p := q.bodies[0]
+		q.bodies = q.bodies[1:]
+		q.mu.Unlock()
+		for _, f := range p.frames {
+			s.handle(f)
+		}
+		q.mu.Lock()
+		q.bytes -= p.size
+		q.mu.Unlock()
 	}
 }
 

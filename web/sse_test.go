@@ -3,6 +3,8 @@ package web
 import (
 	"encoding/base64"
 	"net/http"
+	"net/http/httptest"
+	"runtime/pprof"
 	"strings"
 	"testing"
 	"time"
@@ -24,6 +26,9 @@ func TestSSEStream(t *testing.T) {
 		if got := h.Get(name); got != want {
 			t.Errorf("%s: %q, want %q", name, got, want)
 		}
+	}
+	if !c.resp.Close || len(c.resp.TransferEncoding) != 1 || c.resp.TransferEncoding[0] != "chunked" {
+		t.Errorf("over HTTP/1.1 the stream is chunked and ends with its connection: close %v, %v", c.resp.Close, c.resp.TransferEncoding)
 	}
 	if c.Welcome["node"] != e.broker.Node() || c.Welcome["region"] != "test-region" {
 		t.Errorf("welcome %v", c.Welcome)
@@ -152,5 +157,69 @@ func TestSSEPostUnavailable(t *testing.T) {
 	}
 	if f := c.call(a, `{"type":"ping","id":"here"}`); f["type"] != "pong" {
 		t.Fatalf("local POST with NATS down: %v", f)
+	}
+}
+
+// TestSSEOverHTTP2: where the connection cannot be taken over (HTTP/2),
+// the stream goes through the response, flushed event by event, with the
+// same frames, close event and end.
+func TestSSEOverHTTP2(t *testing.T) {
+	e := newEnv(t, "", nil)
+	h2 := httptest.NewUnstartedServer(e.srv.Handler())
+	h2.EnableHTTP2 = true
+	h2.StartTLS()
+	defer h2.Close()
+	c, status, body := e.trySSEVia(h2.Client(), h2.URL, "")
+	if c == nil {
+		t.Fatalf("GET /sse over HTTP/2: %d %s", status, body)
+	}
+	if c.resp.ProtoMajor != 2 || c.resp.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("%s, %v", c.resp.Proto, c.resp.Header)
+	}
+	c.readWelcome()
+	if f := c.call(e, `{"type":"join","group":"h2","id":1}`); f["type"] != "ack" {
+		t.Fatalf("join: %v", f)
+	}
+	if status, _ := e.post("/api/groups/h2/messages", `"x"`); status != http.StatusAccepted {
+		t.Fatalf("publish: %d", status)
+	}
+	if f := c.frame(); f["data"] != "x" {
+		t.Fatalf("delivery %v", f)
+	}
+	if status, _ := e.post("/api/channels/"+c.channel()+"/disconnect", ""); status != http.StatusAccepted {
+		t.Fatalf("disconnect: %d", status)
+	}
+	if f := c.closeEvent(); f["code"] != float64(CloseDisconnected) {
+		t.Fatalf("close event %v", f)
+	}
+	waitFor(t, 5*time.Second, func() bool { return e.srv.openSessions() == 0 })
+
+	// A client that goes ends its session.
+	gone, _, _ := e.trySSEVia(h2.Client(), h2.URL, "")
+	gone.readWelcome()
+	gone.close()
+	waitFor(t, 5*time.Second, func() bool { return e.srv.openSessions() == 0 })
+}
+
+// TestSSEIdleStreamGoroutines: over HTTP/1.1 an idle stream keeps one
+// goroutine, its session's reader: no request goroutine waits, no
+// handler of posted frames stays once they are handled.
+func TestSSEIdleStreamGoroutines(t *testing.T) {
+	e := newEnv(t, "", nil)
+	const n = 5
+	for range n {
+		c := e.openSSE("")
+		c.call(e, `{"type":"ping"}`)
+	}
+	count := func(fn string) int {
+		var b strings.Builder
+		pprof.Lookup("goroutine").WriteTo(&b, 2) // one stack per goroutine
+		return strings.Count(b.String(), fn)
+	}
+	waitFor(t, 5*time.Second, func() bool {
+		return count("web.(*Server).serveSSE") == 0 && count("web.(*postQueue).handle") == 0
+	})
+	if got := count("web.(*session).awaitStream"); got != n {
+		t.Fatalf("%d readers for %d streams", got, n)
 	}
 }

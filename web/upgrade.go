@@ -228,14 +228,19 @@ func isUpgrade(r *http.Request) bool {
 		r.Header.Get("Sec-WebSocket-Version") != "13" || len(key) != 1 {
 		return false
 	}
-	v, err := base64.StdEncoding.DecodeString(strings.TrimSpace(key[0]))
-	return err == nil && len(v) == 16
+	k := strings.TrimSpace(key[0])
+	if len(k) != 24 { // the base64 of 16 bytes
+		return false
+	}
+	var v [18]byte // room for 24 characters' worth, padding included
+	n, err := base64.StdEncoding.Decode(v[:], []byte(k))
+	return err == nil && n == 16
 }
 
 // hasToken reports whether a comma-separated header holds token, in any case.
 func hasToken(h http.Header, name, token string) bool {
 	for _, v := range h.Values(name) {
-		for _, t := range strings.Split(v, ",") {
+		for t := range strings.SplitSeq(v, ",") {
 			if strings.EqualFold(strings.TrimSpace(t), token) {
 				return true
 			}
@@ -286,7 +291,7 @@ func (s *Server) run(ss *session, groups []string, remoteIP, userAgent string) {
 		}
 	}
 	if ss.sse != nil {
-		ss.readPosts()
+		ss.awaitStream()
 	} else {
 		ss.readLoop()
 	}

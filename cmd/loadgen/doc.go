@@ -48,10 +48,10 @@
 // its batch is full; nats-ws: PUB over one more WebSocket connection);
 // "worst start lag" shows how far publishing fell behind its schedule.
 // -self-profile f writes a CPU profile of the loader itself.
-// With -transport sse (groupcast; fanout and connect) each connection is
-// the fallback over plain HTTP instead: a GET /sse stream, whose welcome
-// gives the secret, and the join POSTed to /sse/{channel}; deliveries are
-// read from its events. Run it next to the default (-transport ws) on the
+// With -transport sse (groupcast, every mode) each connection is the
+// fallback over plain HTTP instead: a GET /sse stream, whose welcome gives
+// the secret, and its joins and leaves POSTed to /sse/{channel};
+// deliveries and acks are read from its events. Run it next to the default (-transport ws) on the
 // same load to compare CPU per delivery and memory per idle connection.
 // Each payload is JSON, {"seq":N,"t":<unix ns>,"pad":"xxx…"}, padded to -size
 // bytes. Receivers record latency (receive time minus t) in a fixed-size

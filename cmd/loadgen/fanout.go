@@ -51,8 +51,8 @@ const (
 type Config struct {
 	Mode   string // modeFanout (default) or modeRooms
 	Target string // targetGroupcast, targetNATSWS, targetFloor or targetChannels
-	// Transport is transportWS (default) or, with groupcast in the fanout
-	// and connect modes, transportSSE: streams and POSTs instead of sockets.
+	// Transport is transportWS (default) or, with groupcast,
+	// transportSSE: streams and POSTs instead of sockets.
 	Transport string
 	URLs      []string // WebSocket URLs, one per instance: connection i dials URLs[i % len(URLs)]
 	APIs      []string // HTTP base URLs (publishing), one per instance; all targets but nats-ws

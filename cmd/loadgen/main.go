@@ -179,9 +179,7 @@ func cmdRun(ctx context.Context, mode string, args []string, stdout, stderr io.W
 		defRate, defGroup = 2000, "room"
 	}
 	fs.StringVar(&cfg.Target, "target", targetGroupcast, "server kind: groupcast, nats-ws, floor (serve-floor) or channels (the seed system)")
-	if mode != modeRooms {
-		fs.StringVar(&cfg.Transport, "transport", transportWS, "groupcast: ws (WebSockets) or sse (Server-Sent Events streams, frames POSTed)")
-	}
+	fs.StringVar(&cfg.Transport, "transport", transportWS, "groupcast: ws (WebSockets) or sse (Server-Sent Events streams, frames POSTed)")
 	fs.Var(&urls, "url", "WebSocket URL of an instance; repeat for several (default ws://127.0.0.1:8080/ws for groupcast, ws://127.0.0.1:8090 for nats-ws, :8091/ws for floor, :8092/ws for channels)")
 	fs.Var(&apis, "api", "HTTP base URL, for publishing (all targets but nats-ws); repeat, in -url order (default http://127.0.0.1:8080, :8091 for floor, :8092 for channels)")
 	fs.Var(&pids, "pid", "server process id, for CPU and RSS figures; repeat, in -url order")

@@ -208,6 +208,9 @@ func (ch *churn) leave(c *client, v *visit) {
 }
 
 func (ch *churn) write(c *client, typ websocket.MessageType, msg []byte) error {
+	if c.sse != nil {
+		return c.postSSE(ch.r.http[c.id%len(ch.r.http)], msg)
+	}
 	ctx, cancel := context.WithTimeout(ch.r.ctx, writeTimeout)
 	defer cancel()
 	return c.ws.Write(ctx, typ, msg)

@@ -192,8 +192,8 @@ func checkTransport(c *Config) error {
 		c.Transport = transportWS
 		return nil
 	case transportSSE:
-		if c.Target != targetGroupcast || c.Mode != modeFanout {
-			return errors.New("-transport sse needs -target groupcast, in the fanout or connect mode")
+		if c.Target != targetGroupcast {
+			return errors.New("-transport sse needs -target groupcast")
 		}
 		return nil
 	}

@@ -65,6 +65,14 @@ func (c *Client) Raw() ([]byte, error) {
 	return f, nil
 }
 
+// Queued returns, and takes, the frames already read but not yet
+// returned (say the deliveries Call kept for Next).
+func (c *Client) Queued() [][]byte {
+	q := c.pending
+	c.pending = nil
+	return q
+}
+
 // Next returns the next JSON object, decoded.
 func (c *Client) Next() map[string]any {
 	c.t.Helper()

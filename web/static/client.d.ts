@@ -80,7 +80,17 @@ export interface Options {
   timeout?: number;
   /** How often the connection is pinged, in ms; a missing pong drops it. Default 25000. */
   pingInterval?: number;
+  /**
+   * The transports to try, in order, until one opens; the one that opens is kept for the
+   * page's life. Default ["websocket", "sse"]: Server-Sent Events where the upgrade is refused.
+   */
+  transports?: Transport[];
+  /** How long a transport may take to open before the next one is tried, in ms. Default 3000. */
+  openTimeout?: number;
 }
+
+/** How the client reaches the server: a WebSocket on /ws, or Server-Sent Events on /sse with POSTs. */
+export type Transport = "websocket" | "sse";
 
 /**
  * An error from the server (code: its stable error code, such as
@@ -119,6 +129,8 @@ export class Client extends EventTarget {
   readonly state: State;
   /** The current connection's welcome, null before the first. */
   readonly welcome: Welcome | null;
+  /** The transport of the last connection that opened, null before the first. */
+  readonly transport: Transport | null;
   /** The groups joined, rejoined after every reconnection. */
   readonly groups: Set<string>;
 

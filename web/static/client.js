@@ -19,6 +19,14 @@
 // reports its state through "state" events: connecting, connected,
 // reconnecting, closed. Other events: "welcome", "message" (every
 // delivery), "error" (errors no request gets).
+//
+// Transports: a WebSocket on /ws, or, where a proxy refuses the upgrade,
+// Server-Sent Events on /sse with the client's frames POSTed to
+// /sse/{channel}. The client tries them in the order of the transports
+// option, moves on to the next when one closes before it opens or does
+// not open within openTimeout, and keeps the one that opened for the
+// page's life. Both speak the same frames and end with the same close
+// codes, so everything above works alike on either.
 
 // reconnectWithin reads " reconnect_within_ms=<n>" from a close reason:
 // the span (ms) over which the server asks clients to spread their
@@ -44,7 +52,24 @@ const DEFAULTS = {
   maxDelay: 10000,
   timeout: 10000, // how long a request waits for its answer (ms)
   pingInterval: 25000, // ping an idle connection this often (ms)
+  transports: ["websocket", "sse"], // tried in this order until one opens
+  openTimeout: 3000, // a transport not open by then gives way to the next one (ms)
 };
+
+// A POST carries at most postFrames frames (the server refuses a whole
+// body of as many as its frames-per-second burst, 40 by default), and a
+// frame over aloneBytes goes alone, so that one over the server's frame
+// limit is the only one its refusal rejects. maxQueued bounds the frames
+// waiting for a POST.
+const postFrames = 20;
+const aloneBytes = 4 << 10;
+const maxQueued = 256;
+const utf8 = new TextEncoder();
+
+// working remembers, for the page's life, the transport that opened for
+// a server (its /ws URL without the query) and an order of transports:
+// later connections with both use it alone.
+const working = new Map();
 
 /**
  * Opens a client. url defaults to this page's origin, path /ws; a
@@ -63,15 +88,33 @@ function wsURL(url) {
   return u;
 }
 
+/** The /sse URL beside a /ws URL: http(s), the last path segment "sse". */
+function sseURL(url) {
+  const u = new URL(url);
+  u.protocol = u.protocol === "wss:" ? "https:" : "http:";
+  u.pathname = u.pathname.replace(/[^/]*$/, "sse");
+  return u;
+}
+
 export class Client extends EventTarget {
   constructor(url, options = {}) {
     super();
     this.url = wsURL(url).href;
     this.options = { ...DEFAULTS, ...options };
+    const unknown = [...this.options.transports].filter((name) => !Object.keys(TRANSPORTS).includes(name));
+    if (unknown.length) {
+      throw new TypeError(`transports: unknown ${JSON.stringify(unknown)}; known: ${Object.keys(TRANSPORTS).join(", ")}`);
+    }
+    this.transports = [...this.options.transports].filter((name) => available(name));
+    if (!this.transports.length) {
+      throw new TypeError(`transports: none of ${JSON.stringify(this.options.transports)} is available here`);
+    }
     /** The state: "connecting", "connected", "reconnecting" or "closed". */
     this.state = "connecting";
     /** The current connection's welcome: {channel, node, region}. */
     this.welcome = null;
+    /** The transport of the last connection that opened: "websocket" or "sse". */
+    this.transport = null;
     // group -> {handler, offset, epoch, ...}. offset and epoch are copied
     // from deliveries of recoverable groups and sent back as "since" on
     // rejoin, so the server replays what the client missed.
@@ -81,6 +124,7 @@ export class Client extends EventTarget {
     this.attempt = 0; // reconnection attempts since the last success
     this.opens = 0;
     this.closed = false;
+    this.conn = null; // the current connection, of either transport
     this.directHandler = null;
     this.onOnline = () => { if (this.state === "reconnecting") this.retryNow(); };
     if (typeof addEventListener === "function") addEventListener("online", this.onOnline);
@@ -92,58 +136,77 @@ export class Client extends EventTarget {
     return new Set(this.memberships.keys());
   }
 
+  // server names this client's server and order of transports in working.
+  get server() {
+    const u = new URL(this.url);
+    return `${u.origin}${u.pathname} ${this.transports.join()}`;
+  }
+
   async open() {
     clearTimeout(this.timer);
     const attempt = ++this.opens; // a later open() supersedes this one
-    let url = this.url;
     let token;
     try {
       token = this.options.getToken ? await this.options.getToken() : this.options.token;
-      if (token) {
-        const u = new URL(url);
-        u.searchParams.set("token", token);
-        url = u.href;
-      }
     } catch (err) {
       this.emitError(new GroupcastError("token", `getToken failed: ${err && err.message}`));
       return this.scheduleReconnect(false);
     }
     if (this.closed || attempt !== this.opens) return;
-    const ws = new WebSocket(url);
-    this.ws = ws;
     this.token = token;
-    ws.onmessage = (ev) => {
-      if (this.ws !== ws) return;
-      for (const line of String(ev.data).split("\n")) {
-        if (!line) continue;
-        let msg;
-        try {
-          msg = JSON.parse(line);
-        } catch {
-          this.emitError(new GroupcastError("invalid_json", "undecodable frame from the server"));
-          continue;
-        }
-        this.handle(ws, msg);
-      }
-    };
-    ws.onclose = (ev) => {
-      if (this.ws !== ws) return;
-      // Planned closes and an expired token (4001): come back at once, or
-      // at a random moment within the span the server asks for.
-      const planned = ev.code === 1012 || ev.code === 1001 || ev.code === 4001;
-      this.lost(planned, planned ? reconnectWithin(ev.reason) : 0);
-    };
+    const known = working.get(this.server);
+    this.dial(this.transports.includes(known) ? [known] : this.transports, token);
   }
 
-  // lost handles the end of the current socket; a planned reconnect waits
-  // a random time up to within ms.
-  lost(planned, within = 0) {
-    const ws = this.ws;
-    this.ws = null;
-    if (ws) {
-      ws.onmessage = ws.onclose = null;
-      if (ws.readyState < WebSocket.CLOSING) ws.close();
+  // dial opens a connection with the first of names; if it ends before it
+  // opens, or has not opened within openTimeout, the next one is tried.
+  dial(names, token) {
+    const [name, ...rest] = names;
+    const url = new URL(name === "sse" ? sseURL(this.url) : this.url);
+    if (token) url.searchParams.set("token", token);
+    const conn = new TRANSPORTS[name](this, url.href);
+    this.conn = conn;
+    if (!rest.length) return;
+    conn.next = () => this.dial(rest, token);
+    this.openTimer = setTimeout(() => {
+      if (this.conn !== conn || conn.opened) return;
+      conn.close();
+      this.conn = null;
+      conn.next();
+    }, this.options.openTimeout);
+  }
+
+  // opened is called by a connection that opened: its transport works here.
+  opened(conn) {
+    if (this.conn !== conn) return;
+    clearTimeout(this.openTimer);
+    this.transport = conn.name;
+    working.set(this.server, conn.name);
+  }
+
+  // ended is called by a connection that ended, with the close code and
+  // reason the server gave (1006 when there was none) and the spread it
+  // asks reconnects to take.
+  ended(conn, code, reason, within) {
+    if (this.conn !== conn) return;
+    clearTimeout(this.openTimer);
+    if (!conn.opened && conn.next) {
+      this.conn = null;
+      return conn.next();
     }
+    // Planned closes and an expired token (4001): come back at once, or
+    // at a random moment within the span the server asks for.
+    const planned = code === 1012 || code === 1001 || code === 4001;
+    this.lost(planned, planned ? within : 0);
+  }
+
+  // lost handles the end of the current connection; a planned reconnect
+  // waits a random time up to within ms.
+  lost(planned, within = 0) {
+    const conn = this.conn;
+    this.conn = null;
+    if (conn) conn.close();
+    clearTimeout(this.openTimer);
     clearTimeout(this.pingTimer);
     clearTimeout(this.refreshTimer);
     this.failPending("disconnected", "the connection dropped before an answer");
@@ -162,7 +225,7 @@ export class Client extends EventTarget {
 
   // retryNow skips the wait, as when the browser comes back online.
   retryNow() {
-    if (this.ws || this.closed) return;
+    if (this.conn || this.closed) return;
     clearTimeout(this.timer);
     this.open();
   }
@@ -173,14 +236,32 @@ export class Client extends EventTarget {
     return cap / 2 + Math.random() * (cap / 2);
   }
 
-  async handle(ws, msg) {
+  // receive hands on each JSON object of a server frame (one or more,
+  // newline-separated) from the current connection.
+  receive(conn, text) {
+    if (this.conn !== conn) return;
+    for (const line of String(text).split("\n")) {
+      if (!line) continue;
+      let msg;
+      try {
+        msg = JSON.parse(line);
+      } catch {
+        this.emitError(new GroupcastError("invalid_json", "undecodable frame from the server"));
+        continue;
+      }
+      if (this.conn !== conn) return; // a frame before this one ended it
+      this.handle(conn, msg);
+    }
+  }
+
+  async handle(conn, msg) {
     switch (msg.type) {
       case "welcome":
         this.welcome = msg;
         this.dispatchEvent(new CustomEvent("welcome", { detail: msg }));
         this.keepalive();
-        this.scheduleRefresh(ws);
-        await this.rejoin(ws);
+        this.scheduleRefresh(conn);
+        await this.rejoin(conn);
         break;
       case "message": {
         let handler = this.directHandler;
@@ -235,7 +316,7 @@ export class Client extends EventTarget {
   // rejoin joins every group on a new connection, then reports connected.
   // A group the server refuses for good is dropped (and an "error" event
   // says so); a temporary failure drops the connection to try again.
-  async rejoin(ws) {
+  async rejoin(conn) {
     const joins = [...this.memberships].map(async ([group, m]) => {
       const frame = { type: "join", group };
       if (m.presence) frame.presence = true;
@@ -248,7 +329,7 @@ export class Client extends EventTarget {
       } catch (err) {
         return { group, m, err: new GroupcastError("unavailable", `group token: ${err && err.message}`) };
       }
-      return this.request(frame, ws).then(
+      return this.request(frame, conn).then(
         () => null,
         (err) => ({ group, m, err }),
       );
@@ -264,7 +345,7 @@ export class Client extends EventTarget {
       if (this.memberships.get(group) === m) this.memberships.delete(group);
       this.emitError(new GroupcastError(err.code, `rejoining ${group}: ${err.message}`));
     }
-    if (this.ws !== ws) return;
+    if (this.conn !== conn) return;
     if (retry) return this.lost(false);
     this.attempt = 0;
     this.setState("connected");
@@ -275,17 +356,17 @@ export class Client extends EventTarget {
   // of its remaining life before for a shorter one. If that fails, the
   // server closes the socket with 4001 at expiry and the client reconnects
   // at once with a new token.
-  scheduleRefresh(ws) {
+  scheduleRefresh(conn) {
     clearTimeout(this.refreshTimer);
     const at = refreshTime(this.token);
     if (!this.options.getToken || at === null) return;
     this.refreshTimer = setTimeout(async () => {
-      if (this.ws !== ws) return;
+      if (this.conn !== conn) return;
       try {
         const token = await this.options.getToken();
-        await this.request({ type: "refresh", token }, ws);
+        await this.request({ type: "refresh", token }, conn);
         this.token = token;
-        this.scheduleRefresh(ws);
+        this.scheduleRefresh(conn);
       } catch (err) {
         this.emitError(new GroupcastError(err.code || "token", `refreshing the token: ${err.message}`));
       }
@@ -296,21 +377,21 @@ export class Client extends EventTarget {
   // from cutting it) and drops it if the pong does not come back in time.
   keepalive() {
     clearTimeout(this.pingTimer);
-    const ws = this.ws;
+    const conn = this.conn;
     this.pingTimer = setTimeout(async () => {
-      if (this.ws !== ws) return;
+      if (this.conn !== conn) return;
       try {
-        await this.request({ type: "ping" }, ws);
+        await this.request({ type: "ping" }, conn);
         this.keepalive();
       } catch (err) {
-        if (this.ws === ws && err.code === "timeout") this.lost(false);
+        if (this.conn === conn && err.code === "timeout") this.lost(false);
       }
     }, this.options.pingInterval);
   }
 
-  request(frame, ws = this.ws) {
+  request(frame, conn = this.conn) {
     return new Promise((resolve, reject) => {
-      if (!ws || ws.readyState !== WebSocket.OPEN || ws !== this.ws) {
+      if (!conn || !conn.ready || conn !== this.conn) {
         return reject(new GroupcastError("disconnected", "not connected"));
       }
       const id = this.nextId++;
@@ -319,7 +400,7 @@ export class Client extends EventTarget {
         reject(new GroupcastError("timeout", "no answer in time"));
       }, this.options.timeout);
       this.pending.set(id, { resolve, reject, timer });
-      ws.send(JSON.stringify({ ...frame, id }));
+      conn.send(JSON.stringify({ ...frame, id }), id);
     });
   }
 
@@ -374,10 +455,10 @@ export class Client extends EventTarget {
    */
   async leave(group) {
     this.memberships.delete(group);
-    const ws = this.ws;
-    if (!ws || ws.readyState !== WebSocket.OPEN) return;
+    const conn = this.conn;
+    if (!conn || !conn.ready) return;
     try {
-      await this.request({ type: "leave", group }, ws);
+      await this.request({ type: "leave", group }, conn);
     } catch (err) {
       if (err.code !== "disconnected") throw err;
     }
@@ -463,12 +544,10 @@ export class Client extends EventTarget {
     clearTimeout(this.pingTimer);
     clearTimeout(this.refreshTimer);
     if (typeof removeEventListener === "function") removeEventListener("online", this.onOnline);
-    const ws = this.ws;
-    this.ws = null;
-    if (ws) {
-      ws.onmessage = ws.onclose = null;
-      ws.close(1000);
-    }
+    clearTimeout(this.openTimer);
+    const conn = this.conn;
+    this.conn = null;
+    if (conn) conn.close(1000);
     this.failPending("closed", "the client is closed");
     this.setState("closed");
   }
@@ -490,6 +569,188 @@ export class Client extends EventTarget {
   emitError(err) {
     this.dispatchEvent(new CustomEvent("error", { detail: err }));
   }
+}
+
+// A connection of one transport. It calls its client's receive with the
+// server's frames, opened once it works, and ended (once) when it ends;
+// ready says whether send may be called; close ends it without a call.
+
+/** A connection over a WebSocket on /ws. */
+class WebSocketConn {
+  constructor(client, url) {
+    this.name = "websocket";
+    this.opened = false;
+    const ws = new WebSocket(url);
+    this.ws = ws;
+    ws.onopen = () => {
+      this.opened = true;
+      client.opened(this);
+    };
+    ws.onmessage = (ev) => client.receive(this, ev.data);
+    ws.onclose = (ev) => {
+      this.close();
+      client.ended(this, ev.code, ev.reason, reconnectWithin(ev.reason));
+    };
+  }
+
+  get ready() {
+    return this.ws.readyState === WebSocket.OPEN;
+  }
+
+  send(text) {
+    this.ws.send(text);
+  }
+
+  close(code) {
+    const ws = this.ws;
+    ws.onopen = ws.onmessage = ws.onclose = null;
+    if (ws.readyState < WebSocket.CLOSING) ws.close(code);
+  }
+}
+
+/**
+ * A connection over Server-Sent Events: an EventSource on /sse brings the
+ * server's frames, one per event, and POST /sse/{channel}, with the
+ * secret of the stream's welcome, takes the client's. Frames sent while
+ * a POST is in flight wait and go together, in order, in the next one.
+ */
+class EventSourceConn {
+  constructor(client, url) {
+    this.name = "sse";
+    this.client = client;
+    this.url = url;
+    this.opened = false;
+    this.done = false;
+    this.secret = null;
+    this.queue = []; // {text, id, alone} waiting for a POST
+    this.posting = false;
+    // withCredentials: a cross-site page's cookies go along, as on a
+    // WebSocket (the server answers such an Origin with CORS headers).
+    const es = new EventSource(url, { withCredentials: true });
+    this.es = es;
+    es.onmessage = (ev) => (this.opened ? client.receive(this, ev.data) : this.welcome(ev.data));
+    // The server's last word: the close code and reason a WebSocket would get.
+    es.addEventListener("close", (ev) => {
+      let c = {};
+      try {
+        c = JSON.parse(ev.data) || {};
+      } catch {}
+      const reason = typeof c.reason === "string" ? c.reason : "";
+      const within = Number.isFinite(c.reconnect_within_ms)
+        ? Math.min(Math.max(c.reconnect_within_ms, 0), 60000)
+        : reconnectWithin(reason);
+      this.end(Number.isInteger(c.code) ? c.code : 1006, reason, within);
+    });
+    // A stream that breaks or cannot open. EventSource would reconnect by
+    // itself, without since and past the client's backoff: the client
+    // reconnects instead.
+    es.onerror = () => this.end(1006, "", 0);
+  }
+
+  // welcome takes the stream's first event: the welcome, with the secret
+  // that proves this client owns the stream when it POSTs.
+  welcome(text) {
+    const [first, ...rest] = String(text).split("\n");
+    let w;
+    try {
+      w = JSON.parse(first);
+    } catch {}
+    if (!w || w.type !== "welcome" || typeof w.secret !== "string" || typeof w.channel !== "string") {
+      return this.end(1002, "the stream did not begin with a welcome", 0);
+    }
+    this.secret = w.secret;
+    delete w.secret; // the application sees the same welcome as on a WebSocket
+    const u = new URL(this.url);
+    u.search = "";
+    u.pathname += "/" + encodeURIComponent(w.channel);
+    this.postURL = u.href;
+    this.opened = true;
+    this.client.opened(this);
+    if (this.client.conn !== this) return;
+    this.client.handle(this, w);
+    if (rest.length) this.client.receive(this, rest.join("\n"));
+  }
+
+  get ready() {
+    return this.opened && !this.done;
+  }
+
+  send(text, id) {
+    if (this.queue.length >= maxQueued) {
+      return this.client.handle(this, { type: "error", id, code: "rate_limited", message: "too many frames waiting to be sent" });
+    }
+    // A UTF-16 unit takes at most 3 bytes in UTF-8: most frames need no encoding to tell.
+    const alone = text.length > aloneBytes || (3 * text.length > aloneBytes && utf8.encode(text).length > aloneBytes);
+    this.queue.push({ text, id, alone });
+    if (!this.posting) this.post();
+  }
+
+  // post sends the queued frames, newline-separated, a POST at a time.
+  // A refusal rejects the requests of its frames with the server's error
+  // code, as an error frame would. A POST that fails, or finds the stream
+  // gone (404), ends the connection: its requests fail "disconnected", as
+  // on a WebSocket that drops, and the client reconnects.
+  async post() {
+    this.posting = true;
+    while (this.queue.length && !this.done) {
+      let n = 1;
+      if (!this.queue[0].alone) {
+        while (n < this.queue.length && n < postFrames && !this.queue[n].alone) n++;
+      }
+      const batch = this.queue.splice(0, n);
+      let res;
+      try {
+        res = await fetch(this.postURL, {
+          method: "POST",
+          headers: { "Content-Type": "text/plain; charset=utf-8", "X-Groupcast-Secret": this.secret },
+          body: batch.map((f) => f.text).join("\n"),
+          cache: "no-store",
+        });
+      } catch {
+        this.end(1006, "", 0);
+        break;
+      }
+      if (res.ok || this.done) continue;
+      const { code, message } = await apiError(res);
+      if (res.status === 404) {
+        this.end(1006, "", 0);
+        break;
+      }
+      for (const f of batch) this.client.handle(this, { type: "error", id: f.id, code, message });
+    }
+    this.posting = false;
+  }
+
+  // end closes the stream and tells the client, once.
+  end(code, reason, within) {
+    if (this.done) return;
+    this.close();
+    this.client.ended(this, code, reason, within);
+  }
+
+  close() {
+    this.done = true;
+    this.queue = [];
+    this.es.onmessage = this.es.onerror = null;
+    this.es.close();
+  }
+}
+
+// apiError reads the server's {"error":{"code","message"}} from a refusal.
+async function apiError(res) {
+  try {
+    const { error } = await res.json();
+    if (error && typeof error.code === "string") return { code: error.code, message: error.message || error.code };
+  } catch {}
+  return { code: res.status === 429 ? "rate_limited" : "unavailable", message: `HTTP ${res.status}` };
+}
+
+const TRANSPORTS = { websocket: WebSocketConn, sse: EventSourceConn };
+
+// available says whether this environment has what a transport needs.
+function available(name) {
+  if (name === "sse") return typeof EventSource === "function" && typeof fetch === "function";
+  return typeof WebSocket === "function";
 }
 
 // groupToken resolves a per-group token given as a value or a function.

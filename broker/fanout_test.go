@@ -68,14 +68,21 @@ func (r *orderly) record(frame []byte) {
 	r.got = append(r.got, i)
 }
 
-// held returns an orderly whose ReceiveNow waits until release: the
-// dispatcher then holds the first message while more queue up behind it.
-func held(t *testing.T) (r *orderly, release func()) {
+// held opens a channel in group whose receiver, an orderly, waits in
+// ReceiveNow until release: the dispatcher then holds the first message
+// while more queue up behind it.
+func held(t *testing.T, b *Broker, group string) (r *orderly, channel string, release func()) {
+	t.Helper()
 	r = &orderly{hold: make(chan struct{}), entered: make(chan struct{}, 1)}
 	var once sync.Once
 	release = func() { once.Do(func() { close(r.hold) }) }
 	t.Cleanup(release) // before the broker closes, which waits for the dispatcher
-	return r, release
+	channel, err := b.NewChannel(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	join(t, b, group, channel)
+	return r, channel, release
 }
 
 // waitEntered waits until r's ReceiveNow holds a delivery.
@@ -134,12 +141,7 @@ func TestFanoutWorkersKeepOrder(t *testing.T) {
 // ReceiveNow; a message alone in the queue goes out alone.
 func TestFanoutMergesQueuedMessages(t *testing.T) {
 	b := newBroker(t, "")
-	r, release := held(t)
-	ch, err := b.NewChannel(r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	join(t, b, "g", ch)
+	r, _, release := held(t, b, "g")
 	send := func(i int) {
 		t.Helper()
 		if err := b.GroupSend("g", fmt.Appendf(nil, `{"i":%d}`, i)); err != nil {
@@ -168,43 +170,44 @@ func TestFanoutMergesQueuedMessages(t *testing.T) {
 	}
 }
 
-// TestFanoutMergeBounds: merging stops at a message of another group and
-// at one that leaves out another channel, so each such message is fanned
-// out with its own rules.
+// TestFanoutMergeBounds: merging stops at a message of another group in
+// the same dispatch queue and at one that leaves out another channel, so
+// each such message is fanned out with its own rules.
 func TestFanoutMergeBounds(t *testing.T) {
 	b := newBroker(t, "")
-	r, release := held(t)
-	ch, err := b.NewChannel(r)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r, ch, release := held(t, b, "g")
 	other, err := b.NewChannel(&orderly{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	join(t, b, "g", ch)
 	join(t, b, "g", other)
-	send := func(i int, except string) {
+	sibling := "h"
+	for i := 0; b.shard(sibling) != b.shard("g"); i++ {
+		sibling = fmt.Sprint("h", i) // a group whose messages queue with g's
+	}
+	join(t, b, sibling, ch)
+	send := func(group string, i int, except string) {
 		t.Helper()
-		if _, err := b.GroupPublishWith("g", fmt.Appendf(nil, `{"i":%d}`, i), PublishOptions{Except: except}); err != nil {
+		if _, err := b.GroupPublishWith(group, fmt.Appendf(nil, `{"i":%d}`, i), PublishOptions{Except: except}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	send(0, "")
+	send("g", 0, "")
 	r.waitEntered(t)
-	send(1, "")
-	send(2, "")
-	send(3, other)
-	send(4, other)
-	send(5, ch) // not for r
-	send(6, "")
-	waitFor(t, 5*time.Second, func() bool { return len(b.shard("g")) == 6 })
+	send("g", 1, "")
+	send("g", 2, "")
+	send(sibling, 100, "")
+	send("g", 3, other)
+	send("g", 4, other)
+	send("g", 5, ch) // not for r
+	send("g", 6, "")
+	waitFor(t, 5*time.Second, func() bool { return len(b.shard("g")) == 7 })
 	release()
-	waitFor(t, 5*time.Second, func() bool { return len(r.received()) == 6 })
+	waitFor(t, 5*time.Second, func() bool { return len(r.received()) == 7 })
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if got := fmt.Sprint(r.batches, r.got); got != "[1 2 2 1] [0 1 2 3 4 6]" {
-		t.Fatalf("batches and messages %s, want [1 2 2 1] [0 1 2 3 4 6]", got)
+	if got := fmt.Sprint(r.batches, r.got); got != "[1 2 1 2 1] [0 1 2 100 3 4 6]" {
+		t.Fatalf("batches and messages %s, want [1 2 1 2 1] [0 1 2 100 3 4 6]", got)
 	}
 }
 
@@ -212,12 +215,7 @@ func TestFanoutMergeBounds(t *testing.T) {
 // valid ones, is dropped alone.
 func TestFanoutDropsInvalidInBatch(t *testing.T) {
 	b := newBroker(t, "")
-	r, release := held(t)
-	ch, err := b.NewChannel(r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	join(t, b, "g", ch)
+	r, _, release := held(t, b, "g")
 	subject := b.GroupSubject("g")
 	for i, p := range []string{`{"i":0}`, `{"i":1}`, `not json`, `{"i":3}`} {
 		if err := b.nc.Publish(subject, []byte(p)); err != nil {

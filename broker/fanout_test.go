@@ -2,13 +2,17 @@ package broker
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 )
 
 // orderly is an ImmediateReceiver that records the order of the messages
@@ -239,4 +243,29 @@ func TestFanoutDropsInvalidInBatch(t *testing.T) {
 	if fmt.Sprint(r.batches) != "[1 2]" {
 		t.Fatalf("batches %v, want [1 2]", r.batches)
 	}
+}
+
+// TestCloseStopsFanoutWorkers: the fan-out workers are the Broker's, and
+// Close ends them.
+func TestCloseStopsFanoutWorkers(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(4))
+	before := goleak.IgnoreCurrent()
+	b, err := New(Config{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	workers := 0
+	buf := make([]byte, 1<<20)
+	for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
+		if strings.Contains(g, "broker.(*Broker).fanWorker") {
+			workers++
+		}
+	}
+	if workers != 3 {
+		t.Errorf("%d fan-out workers at GOMAXPROCS 4, want 3", workers)
+	}
+	if err := b.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	goleak.VerifyNone(t, before)
 }

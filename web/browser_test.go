@@ -20,6 +20,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/nats-io/nats.go"
 
 	"github.com/groupcast/groupcast/broker"
 	"github.com/groupcast/groupcast/internal/natstest"
@@ -39,6 +40,7 @@ func TestBrowser(t *testing.T) {
 	t.Run("Call", func(t *testing.T) { testBrowserCall(t, browser) })
 	t.Run("Presence", func(t *testing.T) { testBrowserPresence(t, browser) })
 	t.Run("Resume", func(t *testing.T) { testBrowserResume(t, browser) })
+	t.Run("Gap", func(t *testing.T) { testBrowserGap(t, browser) })
 	t.Run("ReconnectSpread", func(t *testing.T) { testBrowserReconnectSpread(t, browser) })
 }
 
@@ -445,5 +447,46 @@ func testBrowserResume(t *testing.T, browser context.Context) {
 		if n := eval[int](p, fmt.Sprintf(`document.querySelectorAll(%q).length`, sel)); n != 1 {
 			t.Fatalf("%q shown %d times, want once", text, n)
 		}
+	}
+}
+
+// testBrowserGap: a page whose recoverable group cannot be replayed on
+// rejoin (its history was made anew while the page was away) is told so
+// with a gap event, once, and stays in the group.
+func testBrowserGap(t *testing.T, browser context.Context) {
+	ns := natstest.StartJetStream(t)
+	keep := []broker.PolicyRule{{Pattern: "room.*", Policy: broker.Recoverable}}
+	s := &liveServer{t: t, cfg: Config{Region: "test-region"}, addr: "127.0.0.1:0", natsURL: ns.ClientURL(), policies: keep}
+	s.start()
+	t.Cleanup(s.stop)
+	p := openPage(t, browser, s.url()+"/healthz")
+	eval[bool](p, `(async () => {
+		const { connect } = await import("/client.js");
+		const c = connect();
+		window.t = { c, got: [], gaps: [] };
+		c.addEventListener("gap", (e) => t.gaps.push(e.detail));
+		await c.join("room.gap", (data) => t.got.push(data.n));
+		return true })()`)
+	s.publish("room.gap", `{"n":1}`)
+	p.wait(`t.got.length === 1`)
+	s.stop()
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := nc.JetStream()
+	if err := js.DeleteStream("GROUPCAST_RECOVERABLE"); err != nil {
+		t.Fatal(err)
+	}
+	s.start()
+	p.wait(`t.gaps.length === 1 && t.c.state === "connected"`)
+	if got := eval[string](p, `JSON.stringify(t.gaps)`); got != `[{"type":"gap","group":"room.gap","recovered":false}]` {
+		t.Fatalf("gap events %s", got)
+	}
+	s.publish("room.gap", `{"n":2}`)
+	p.wait(`t.got.length === 2`)
+	if got := eval[string](p, `t.got.join() + " " + t.gaps.length`); got != "1,2 1" {
+		t.Fatalf("got %s", got)
 	}
 }

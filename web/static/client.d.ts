@@ -118,8 +118,8 @@ export interface ClientEventMap {
   joined: CustomEvent<{ type: "joined"; group: string }>;
   /** detail: the server removed this connection from a group. */
   left: CustomEvent<{ type: "left"; group: string }>;
-  /** detail: a recoverable group's history was reset or may have lost messages: reload its state. */
-  gap: CustomEvent<{ type: "gap"; group: string; epoch: string }>;
+  /** detail: a recoverable group's history was reset or may have lost messages (a gap frame, with its epoch, or a rejoin answered `recovered: false`): reload its state. */
+  gap: CustomEvent<{ type: "gap"; group: string; epoch?: string; recovered?: false }>;
 }
 
 export class Client extends EventTarget {

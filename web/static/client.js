@@ -330,7 +330,15 @@ export class Client extends EventTarget {
         return { group, m, err: new GroupcastError("unavailable", `group token: ${err && err.message}`) };
       }
       return this.request(frame, conn).then(
-        () => null,
+        (ack) => {
+          // The window no longer holds the offset (or history was
+          // reset): nothing was replayed, and the group may have missed
+          // messages, as a gap frame says.
+          if (frame.since && ack && ack.recovered === false) {
+            this.dispatchEvent(new CustomEvent("gap", { detail: { type: "gap", group, recovered: false } }));
+          }
+          return null;
+        },
         (err) => ({ group, m, err }),
       );
     });

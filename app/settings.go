@@ -160,7 +160,7 @@ var settingsTable = []setting{
 	{"OUTBOX_FRAMES", "frames queued for one connection before it is closed as a slow consumer (4008)", integer(func(s *settings) *int { return &s.Web.OutboxFrames }, 1, 1<<24)},
 	{"OUTBOX_BYTES", "bytes queued for one connection before it is closed as a slow consumer (4008)", integer(func(s *settings) *int { return &s.Web.OutboxBytes }, 1024, 1<<30)},
 	{"WRITE_TIMEOUT", "bound on one WebSocket write or ping", duration(func(s *settings) *time.Duration { return &s.Web.WriteTimeout }, 1, 0)},
-	{"WRITE_DELAY", "how long a connection's messages are held so that more go out in one write (fewer system calls under heavy fan-out, for that much latency); 0: written at once", duration(func(s *settings) *time.Duration { return &s.Web.WriteDelay }, 0, time.Second)},
+	{"WRITE_DELAY", "how long a connection's messages are held so that more go out in one write (fewer system calls, for that much latency); 0: written at once, merged only when they queue up", duration(func(s *settings) *time.Duration { return &s.Web.WriteDelay }, 0, time.Second)},
 	{"PING_INTERVAL", "how often idle WebSockets are pinged", duration(func(s *settings) *time.Duration { return &s.Web.PingInterval }, 1, 0)},
 	{"MAX_CONNECTION_AGE", "WebSockets are closed with 1012 after this long (less up to a tenth, at random), before Cloud Run's request timeout cuts them", duration(func(s *settings) *time.Duration { return &s.Web.MaxConnectionAge }, 1, 0)},
 	{"NATS_LOSS_GRACE", "how long NATS may be unavailable before every WebSocket is closed with 1012 (and new ones refused with 503) so clients reconnect where messages flow", duration(func(s *settings) *time.Duration { return &s.Web.NATSLossGrace }, 1, 0)},

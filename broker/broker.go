@@ -99,9 +99,11 @@ type Config struct {
 	// out, per dispatch goroutine. Beyond it NATS drops messages for this
 	// node (a slow consumer, logged and counted). Default 8192.
 	QueueLen int
-	// OnFanout, when set, is called after each group message is handed to
-	// the node's members, with their number and the time it took. It runs
-	// on the dispatch goroutine: keep it cheap (a histogram observation).
+	// OnFanout, when set, is called after each fan-out to the node's
+	// members of a group (one message, or several that had queued up and
+	// went out together), with the members reached and the time it took.
+	// It runs on the dispatch goroutine: keep it cheap (a histogram
+	// observation).
 	OnFanout func(members int, took time.Duration)
 
 	// Policies choose how groups keep their messages (first match wins;
@@ -293,21 +295,18 @@ type Receiver interface {
 	Receive(d Delivery)
 }
 
-// An ImmediateReceiver can also take a frame on the caller's goroutine
-// when that costs less than queueing it: a write that cannot block, to a
-// connection with nothing queued. Small groups (at most immediateMembers
-// members here) and direct sends deliver through ReceiveNow, and through
-// Receive when it declines; larger groups always queue, so that their
-// writes spread over the receivers' own goroutines, and cores.
+// An ImmediateReceiver can also take frames on the caller's goroutine
+// when that costs less than queueing them: a write that cannot block, to
+// a connection with nothing queued. Group messages (of any group size,
+// see fanout.go) and direct sends go through ReceiveNow, and through
+// Receive, one by one, when it declines.
 type ImmediateReceiver interface {
 	Receiver
-	// ReceiveNow takes the frame at once and reports true, or declines
-	// and reports false, leaving it to Receive.
-	ReceiveNow(d Delivery) bool
+	// ReceiveNow takes every frame of ds, in order, at once and reports
+	// true, or declines them all and reports false, leaving them to
+	// Receive. It must not block, nor keep ds (the Frames it may keep).
+	ReceiveNow(ds []Delivery) bool
 }
-
-// immediateMembers is the largest group delivered through ReceiveNow.
-const immediateMembers = 32
 
 // A ClosingReceiver can tell that it takes no more frames (it is closing,
 // say as a slow consumer): a replay to it then stops reading history.
@@ -320,14 +319,6 @@ type ClosingReceiver interface {
 func closing(r Receiver) bool {
 	cr, ok := r.(ClosingReceiver)
 	return ok && cr.Closing()
-}
-
-// deliverNow hands d to r at once if r can take it so, else queues it.
-func deliverNow(r Receiver, d Delivery) {
-	if ir, ok := r.(ImmediateReceiver); ok && ir.ReceiveNow(d) {
-		return
-	}
-	r.Receive(d)
 }
 
 // Broker is the channel layer of one node: channels (one per connection),
@@ -344,6 +335,7 @@ type Broker struct {
 	directPrefix string // "<prefix>.direct.<node>."
 
 	shards  []chan *nats.Msg
+	jobs    chan *share // fan-out shares for the fan-out workers
 	seed    maphash.Seed
 	stop    chan struct{}
 	workers sync.WaitGroup
@@ -390,6 +382,7 @@ type group struct {
 type member struct {
 	name   string
 	recv   Receiver
+	now    ImmediateReceiver // recv, when it is one
 	groups map[string]*group // Broker.mu
 	closed bool              // Broker.mu
 }
@@ -437,12 +430,18 @@ func New(cfg Config) (*Broker, error) {
 		}
 	}
 
+	fanners := fanoutWorkers()
+	b.jobs = make(chan *share) // unbuffered: a share is handed only to a free worker
+	for range fanners {
+		b.workers.Add(1)
+		go b.fanWorker()
+	}
 	n := min(runtime.GOMAXPROCS(0), 16)
 	b.shards = make([]chan *nats.Msg, n)
 	for i := range b.shards {
 		b.shards[i] = make(chan *nats.Msg, cfg.QueueLen)
 		b.workers.Add(1)
-		go b.dispatchLoop(b.shards[i])
+		go b.dispatchLoop(b.shards[i], newSplitter(fanners))
 	}
 	if b.history != nil {
 		b.workers.Add(1)
@@ -546,7 +545,8 @@ func (b *Broker) NewChannel(r Receiver) (string, error) {
 	if b.closing {
 		return "", fmt.Errorf("%w: closing", ErrUnavailable)
 	}
-	b.channels[name] = &member{name: name, recv: r}
+	now, _ := r.(ImmediateReceiver)
+	b.channels[name] = &member{name: name, recv: r, now: now}
 	return name, nil
 }
 

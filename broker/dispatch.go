@@ -11,26 +11,81 @@ import (
 	"github.com/groupcast/groupcast/protocol"
 )
 
-// dispatchLoop fans out the messages of one shard until Close.
-func (b *Broker) dispatchLoop(queue chan *nats.Msg) {
+// Merging: when several messages of a group wait in a dispatch queue, the
+// fan-out is behind; they then go out together, each member getting them
+// in one write. Nothing waits to be merged: a message alone in the queue
+// is fanned out at once, so batches grow with the load by themselves.
+const (
+	maxMerge      = 64       // messages fanned out together, at most
+	maxMergeBytes = 32 << 10 // and their payloads' bytes, at most
+)
+
+// dispatcher is one dispatch goroutine's reusable state.
+type dispatcher struct {
+	split *splitter
+	fan   fanout
+	msgs  []*nats.Msg
+	ds    []Delivery
+	seqs  []uint64
+}
+
+// dispatchLoop fans out the messages of one shard until Close, merging the
+// messages of a group that queued up (see maxMerge).
+func (b *Broker) dispatchLoop(queue chan *nats.Msg, split *splitter) {
 	defer b.workers.Done()
+	d := &dispatcher{split: split}
+	var next *nats.Msg
 	for {
-		select {
-		case msg := <-queue:
-			b.dispatch(msg)
-		case <-b.stop:
-			return
+		msg := next
+		next = nil
+		if msg == nil {
+			select {
+			case msg = <-queue:
+			case <-b.stop:
+				return
+			}
 		}
+		batch := append(d.msgs[:0], msg)
+		if b.isGroupMsg(msg) {
+			except, size := excluded(msg), len(msg.Data)
+		gather:
+			for len(batch) < maxMerge && size < maxMergeBytes {
+				select {
+				case m := <-queue:
+					if m.Sub != msg.Sub || excluded(m) != except {
+						next = m
+						break gather
+					}
+					batch = append(batch, m)
+					size += len(m.Data)
+				default:
+					break gather
+				}
+			}
+		}
+		d.msgs = batch
+		b.dispatch(d, batch)
+		clear(batch) // keep no message alive until the next batch
 	}
 }
 
-// dispatch encodes msg's frame once and hands the same bytes to every local
+// isGroupMsg reports whether msg came in on a group's subscription.
+func (b *Broker) isGroupMsg(msg *nats.Msg) bool {
+	return msg.Sub != b.direct && msg.Sub != b.commands && msg.Sub != b.broadcasts
+}
+
+// dispatch encodes the frames of batch (messages of one subscription, with
+// the same excluded channel) once and hands the same bytes to every local
 // receiver. Receivers do not block, so neither does this.
-func (b *Broker) dispatch(msg *nats.Msg) {
-	b.stats.received.Add(1)
-	start := time.Now()
+func (b *Broker) dispatch(d *dispatcher, batch []*nats.Msg) {
+	b.stats.received.Add(uint64(len(batch)))
+	var start time.Time
+	if b.cfg.OnFanout != nil {
+		start = time.Now()
+	}
+	msg := batch[0]
 	if msg.Sub == b.direct {
-		b.dispatchDirect(msg)
+		b.dispatchDirect(d, msg)
 		return
 	}
 	if msg.Sub == b.commands || msg.Sub == b.broadcasts {
@@ -45,73 +100,74 @@ func (b *Broker) dispatch(msg *nats.Msg) {
 	if g == nil {
 		return // unsubscribed meanwhile
 	}
-	pm := protocol.Message{Group: g.name, Region: originRegion(msg)}
-	var seq uint64
-	if g.kept != nil {
-		meta, err := msg.Metadata()
-		if err != nil {
-			return // not a stream message
-		}
-		seq = meta.Sequence.Stream
-		g.lastSeq.Store(seq) // before the fan-out: see group.add
-		pm.Kept, pm.Offset, pm.Epoch = true, seq, g.kept.currentEpoch()
-	}
-	frame, err := protocol.AppendMessage(nil, pm, msg.Data)
-	if err != nil {
-		b.stats.invalid.Add(1)
-		b.log.Warn("dropped a message that is not JSON", "group", g.name, "bytes", len(msg.Data))
+	f := &d.fan
+	if f.ds, f.seqs = b.frames(d, g, batch); len(f.ds) == 0 {
 		return
 	}
-	d := Delivery{frame, KindMessage}
-	except := excluded(msg)
+	f.except = excluded(msg)
 	g.mu.RLock()
-	over := false
-	n := len(g.members)
-	switch {
-	case except != "":
-		n = 0
-		for _, m := range g.members {
-			if m.name == except {
-				continue
-			}
-			n++
-			switch r := g.recovering[m]; {
-			case r != nil:
-				over = r.offer(seq, frame, m.recv) || over
-			case len(g.members) <= immediateMembers:
-				deliverNow(m.recv, d)
-			default:
-				m.recv.Receive(d)
-			}
-		}
-	case g.recovering == nil && len(g.members) <= immediateMembers:
-		for _, m := range g.members {
-			deliverNow(m.recv, d)
-		}
-	case g.recovering == nil:
-		for _, m := range g.members {
-			m.recv.Receive(d)
-		}
-	default:
-		for _, m := range g.members {
-			if r := g.recovering[m]; r != nil {
-				over = r.offer(seq, frame, m.recv) || over
-			} else {
-				m.recv.Receive(d)
-			}
-		}
-	}
+	f.recovering = g.recovering
+	n, over := b.fan(d.split, f, g.members)
 	g.mu.RUnlock()
+	f.recovering = nil
 	if over {
 		g.forgetRecovered()
 	}
-	b.stats.delivered.Add(uint64(n))
+	b.stats.delivered.Add(uint64(n * len(f.ds)))
 	if b.cfg.OnFanout != nil {
 		b.cfg.OnFanout(n, time.Since(start))
 	}
 }
 
-func (b *Broker) dispatchDirect(msg *nats.Msg) {
+// frames encodes the message frames of batch for g, all in one fresh
+// buffer, and their offsets in a kept group (whose last offset it
+// records). Messages that are not JSON, or not from the group's stream,
+// are dropped.
+func (b *Broker) frames(d *dispatcher, g *group, batch []*nats.Msg) ([]Delivery, []uint64) {
+	var epoch string
+	if g.kept != nil {
+		epoch = g.kept.currentEpoch()
+	}
+	var buf []byte
+	if len(batch) > 1 {
+		size := 0
+		for _, msg := range batch {
+			size += len(msg.Data) + len(g.name) + len(epoch) + 128 // and the region's
+		}
+		buf = make([]byte, 0, size)
+	}
+	ds, seqs := d.ds[:0], d.seqs[:0]
+	for _, msg := range batch {
+		pm := protocol.Message{Group: g.name, Region: originRegion(msg)}
+		var seq uint64
+		if g.kept != nil {
+			meta, err := msg.Metadata()
+			if err != nil {
+				continue // not a stream message
+			}
+			seq = meta.Sequence.Stream
+			pm.Kept, pm.Offset, pm.Epoch = true, seq, epoch
+		}
+		out, err := protocol.AppendMessage(buf, pm, msg.Data)
+		if err != nil {
+			b.stats.invalid.Add(1)
+			b.log.Warn("dropped a message that is not JSON", "group", g.name, "bytes", len(msg.Data))
+			continue
+		}
+		frame := out[len(buf):len(out):len(out)]
+		if len(batch) > 1 {
+			buf = out
+		}
+		ds, seqs = append(ds, Delivery{frame, KindMessage}), append(seqs, seq)
+	}
+	if g.kept != nil && len(seqs) > 0 {
+		g.lastSeq.Store(seqs[len(seqs)-1]) // before the fan-out: see group.add
+	}
+	d.ds, d.seqs = ds, seqs
+	return ds, seqs
+}
+
+func (b *Broker) dispatchDirect(d *dispatcher, msg *nats.Msg) {
 	channel := msg.Subject[len(b.cfg.Prefix)+len(".direct."):]
 	b.mu.RLock()
 	m := b.channels[channel]
@@ -125,7 +181,8 @@ func (b *Broker) dispatchDirect(msg *nats.Msg) {
 		b.log.Warn("dropped a message that is not JSON", "channel", channel, "bytes", len(msg.Data))
 		return
 	}
-	deliverNow(m.recv, Delivery{frame, KindMessage})
+	d.ds = append(d.ds[:0], Delivery{frame, KindMessage})
+	deliver(m, d.ds)
 	b.stats.delivered.Add(1)
 }
 

@@ -74,6 +74,9 @@
 //
 // Each node receives one copy of a group message, encodes the delivery
 // frame once, and hands the same bytes to every local member's Receiver,
-// which must not block. Small groups hand it to an ImmediateReceiver's
-// ReceiveNow first, which may write it at once.
+// which must not block: first to an ImmediateReceiver's ReceiveNow, which
+// may write it at once on the fanning-out goroutine, else to Receive. A
+// large group's members are shared out among the Broker's fan-out
+// workers; messages of a group that queued up go out together. See
+// fanout.go and dispatch.go.
 package broker

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go"
 )
@@ -36,6 +37,10 @@ func (b *Broker) HandleForwards(f func(channel string, msg []byte) (answer []byt
 	if err != nil {
 		return fmt.Errorf("broker: subscribe to forwards: %w", err)
 	}
+	// Once the server has the subscription, a Forward to this node made
+	// right after finds it rather than "no responders". Best effort: NATS
+	// may be away, and the subscription is made again when it is back.
+	_ = b.nc.FlushTimeout(time.Second)
 	return nil
 }
 

@@ -73,9 +73,12 @@ type Config struct {
 	// WriteTimeout bounds one write or ping. Default 10s.
 	WriteTimeout time.Duration
 	// WriteDelay, when set, holds a connection's messages that long before
-	// writing them, so that more of them go out in one write: fewer system
-	// calls per delivery (on both ends) for that much latency. Replies to
-	// the client's own requests are not held. Default 0: write at once.
+	// its writer goroutine writes them, so that more of them go out in one
+	// write: fewer system calls per delivery (on both ends) for that much
+	// latency. Replies to the client's own requests are not held. Default
+	// 0: deliveries are written at once by the goroutine that fans them
+	// out, and merged only when they queue up (the fan-out is behind, or
+	// the socket is full).
 	WriteDelay time.Duration
 	// PingInterval is how often an idle connection is pinged. Default 25s.
 	PingInterval time.Duration

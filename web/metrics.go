@@ -61,7 +61,7 @@ func NewMetrics() *Metrics {
 		}, []string{"reason"}),
 		fanout: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "groupcast_fanout_seconds",
-			Help:    "Time to hand one group message to every member on this instance.",
+			Help:    "Time to hand one group message (or several that queued up, together) to every member on this instance.",
 			Buckets: prometheus.ExponentialBuckets(1e-6, 4, 11), // 1µs to 1s
 		}),
 	}
@@ -75,7 +75,8 @@ func NewMetrics() *Metrics {
 	return m
 }
 
-// ObserveFanout records one group message's local fan-out; it fits
+// ObserveFanout records one local fan-out (a group message, or several
+// that queued up, together); it fits
 // broker.Config.OnFanout.
 func (m *Metrics) ObserveFanout(_ int, took time.Duration) { m.fanout.Observe(took.Seconds()) }
 

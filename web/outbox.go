@@ -31,6 +31,7 @@ type outbox struct {
 	closing bool   // the connection is to be closed; nothing more is queued
 	running bool   // a writer goroutine exists
 	parked  bool   // it waits on wake
+	claimed bool   // an immediate write holds the writer's duty (see claim)
 	retire  bool   // it is to exit when it finds nothing to do
 	idle    int    // watchdog ticks the writer has been parked
 	bursts  int    // writer starts and wake-ups in the current burst window
@@ -90,6 +91,9 @@ func (o *outbox) requestClose() (start bool) {
 // must be started. o.mu must be held.
 func (o *outbox) wakeWriter() (start bool) {
 	o.idle = 0
+	if o.claimed {
+		return false // release gets the writer going
+	}
 	if o.parked || !o.running {
 		o.bursts++
 	}
@@ -106,40 +110,43 @@ func (o *outbox) wakeWriter() (start bool) {
 }
 
 // claim takes the writer's duty for an immediate write, which it gets
-// only when there is nothing else to do: no writer, nothing queued or
-// left over, no ping or close due.
+// only when there is nothing else to do: no writer at work (none, or a
+// parked one, which stays parked until release), nothing queued or left
+// over, no ping or close due.
 func (o *outbox) claim() bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if o.running || o.closing || o.ping || len(o.frames) > 0 || o.rest != nil {
+	if o.claimed || o.running && !o.parked || o.closing || o.ping || len(o.frames) > 0 || o.rest != nil {
 		return false
 	}
-	o.running = true
+	o.claimed = true
 	return true
 }
 
 // release gives back the duty claim took: rest is what the immediate
-// write left of its frame, unwritten a delivery it could not write at all
-// (none when its Frame is nil); both go before anything queued meanwhile.
-// It reports whether a writer must start for them, or for what was
-// queued, or for a ping or close.
-func (o *outbox) release(rest []byte, unwritten broker.Delivery) (start bool) {
+// write left of its message, unwritten the deliveries it could not write
+// at all; both go before anything queued meanwhile. It wakes a parked
+// writer for them, or for what was queued, or for a ping or close, or
+// reports that one must start.
+func (o *outbox) release(rest []byte, unwritten []broker.Delivery) (start bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	o.claimed = false
 	o.rest = rest
-	if unwritten.Frame != nil {
-		o.frames = append(o.frames, nil)
-		copy(o.frames[1:], o.frames)
-		o.frames[0] = unwritten.Frame
-		o.message = unwritten.Kind == broker.KindMessage
-		o.bytes += len(unwritten.Frame)
+	if len(unwritten) > 0 {
+		n := len(o.frames)
+		o.frames = append(o.frames, make([][]byte, len(unwritten))...)
+		copy(o.frames[len(unwritten):], o.frames[:n])
+		for i, d := range unwritten {
+			o.frames[i] = d.Frame
+			o.bytes += len(d.Frame)
+		}
+		o.message = unwritten[0].Kind == broker.KindMessage
 	}
 	if o.rest == nil && len(o.frames) == 0 && !o.ping && !o.closing {
-		o.running = false
 		return false
 	}
-	o.retire = false
-	return true
+	return o.wakeWriter()
 }
 
 // work is what a writer does next.
@@ -194,8 +201,8 @@ func (o *outbox) tick(idleTicks int) {
 	if o.ticks++; o.ticks >= burstWindowTicks {
 		o.ticks, o.bursts = 0, 0
 	}
-	if !o.parked {
-		return
+	if !o.parked || o.claimed {
+		return // an immediate write's release decides what the writer does
 	}
 	if o.idle++; o.idle > idleTicks {
 		o.parked, o.retire = false, true

@@ -3,6 +3,7 @@ package web
 import (
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/groupcast/groupcast/broker"
 )
@@ -21,12 +22,13 @@ func TestOutboxImmediateWrite(t *testing.T) {
 	if queued, start := o.push(broker.Delivery{Frame: []byte("later"), Kind: broker.KindControl}); !queued || start {
 		t.Fatalf("push while claimed: queued %v, start %v; want queued, no writer", queued, start)
 	}
-	if !o.release([]byte("end of msg"), broker.Delivery{Frame: []byte("unwritten"), Kind: broker.KindMessage}) {
+	unwritten := []broker.Delivery{{Frame: []byte("unwritten"), Kind: broker.KindMessage}, {Frame: []byte("too"), Kind: broker.KindMessage}}
+	if !o.release([]byte("end of msg"), unwritten) {
 		t.Fatal("release with work left asked for no writer")
 	}
 	w, ok := o.next(nil)
-	if got := fmt.Sprintf("%s %q", w.rest, w.frames); !ok || got != `end of msg ["unwritten" "later"]` {
-		t.Fatalf("writer got %s, want the rest, then the unwritten frame, then the later one", got)
+	if got := fmt.Sprintf("%s %q", w.rest, w.frames); !ok || got != `end of msg ["unwritten" "too" "later"]` {
+		t.Fatalf("writer got %s, want the rest, then the unwritten frames in order, then the later one", got)
 	}
 	if !w.message {
 		t.Fatal("a batch led by a message is not marked as one")
@@ -38,11 +40,65 @@ func TestOutboxImmediateWrite(t *testing.T) {
 	}
 
 	o = newOutbox(10, 1<<20)
-	if !o.claim() || o.release(nil, broker.Delivery{}) || !o.claim() {
+	if !o.claim() || o.release(nil, nil) || !o.claim() {
 		t.Fatal("a clean immediate write did not leave the outbox idle")
 	}
-	o.release(nil, broker.Delivery{})
+	o.release(nil, nil)
 	if start := o.requestPing(); !start || o.claim() {
 		t.Fatal("a due ping did not take the duty")
+	}
+}
+
+// TestOutboxClaimWhileParked: a streaming connection's parked writer does
+// not keep deliveries from the immediate write; what is queued while an
+// immediate write holds the duty waits for its release, which wakes the
+// writer for it, after what the immediate write did not take.
+func TestOutboxClaimWhileParked(t *testing.T) {
+	o := newOutbox(10, 1<<20)
+	o.bursts = streamingBursts // streaming: its writer parks when idle
+	got := make(chan work, 10)
+	if _, start := o.push(broker.Delivery{Frame: []byte("a"), Kind: broker.KindControl}); !start {
+		t.Fatal("no writer asked for")
+	}
+	go func() { // the writer
+		for {
+			w, ok := o.next(nil)
+			if !ok {
+				close(got)
+				return
+			}
+			got <- w
+			if w.closing {
+				return
+			}
+		}
+	}()
+	<-got
+	waitFor(t, 5*time.Second, func() bool {
+		o.mu.Lock()
+		defer o.mu.Unlock()
+		return o.parked
+	})
+	if !o.claim() {
+		t.Fatal("a parked writer kept the duty from the immediate write")
+	}
+	if queued, start := o.push(broker.Delivery{Frame: []byte("later"), Kind: broker.KindMessage}); !queued || start {
+		t.Fatalf("push while claimed: queued %v, start %v; want queued, no writer", queued, start)
+	}
+	o.tick(0) // the watchdog would retire an idle parked writer: not while claimed
+	select {
+	case w := <-got:
+		t.Fatalf("the parked writer took %q while an immediate write held the duty", w.frames)
+	case <-time.After(50 * time.Millisecond):
+	}
+	if o.release(nil, []broker.Delivery{{Frame: []byte("unwritten"), Kind: broker.KindMessage}}) {
+		t.Fatal("release asked for a new writer while one is parked")
+	}
+	if w := <-got; fmt.Sprintf("%q", w.frames) != `["unwritten" "later"]` {
+		t.Fatalf("the woken writer got %q, want the unwritten frame, then the later one", w.frames)
+	}
+	o.requestClose()
+	if w := <-got; !w.closing {
+		t.Fatal("no close")
 	}
 }

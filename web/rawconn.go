@@ -59,6 +59,7 @@ func (w *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	}
 	if sc, ok := conn.(syscall.Conn); ok {
 		w.conn.rc, _ = sc.SyscallConn()
+		w.conn.write = w.conn.rawWrite
 	}
 	brw.Writer = bufio.NewWriterSize(w.conn, writeBufferSize)
 	return conn, brw, nil
@@ -75,6 +76,14 @@ type frameConn struct {
 	// head is the part of the 101 answer not written yet, sent before
 	// the next bytes written; guarded by mu.
 	head []byte
+
+	// The write tryWrite has in flight, under mu: its bytes and result,
+	// for rawWrite, which rc.Write calls through write (a method value
+	// made once: a closure per write would cost three allocations).
+	p     []byte
+	n     int
+	err   error
+	write func(fd uintptr) bool
 }
 
 // switchingHead is the 101 answer with the upgrade's headers, as net/http
@@ -114,16 +123,14 @@ func (c *frameConn) tryWrite(p []byte) (int, error) {
 		return 0, errWouldBlock
 	}
 	defer c.mu.Unlock()
-	b := p
+	c.p = p
 	if c.head != nil {
-		b = append(c.head, p...)
+		c.p = append(c.head, p...)
 	}
-	var n int
-	var err error
-	if rerr := c.rc.Write(func(fd uintptr) bool {
-		n, err = syscall.Write(int(fd), b)
-		return true // never wait for the socket
-	}); rerr != nil {
+	rerr := c.rc.Write(c.write)
+	n, err := c.n, c.err
+	c.p, c.err = nil, nil
+	if rerr != nil {
 		return 0, rerr
 	}
 	if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EINTR) || n <= 0 && err == nil {
@@ -141,4 +148,11 @@ func (c *frameConn) tryWrite(p []byte) (int, error) {
 		c.head = nil
 	}
 	return n, nil
+}
+
+// rawWrite is tryWrite's one write system call; it never waits for the
+// socket.
+func (c *frameConn) rawWrite(fd uintptr) bool {
+	c.n, c.err = syscall.Write(int(fd), c.p)
+	return true
 }

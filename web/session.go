@@ -149,28 +149,34 @@ func (s *session) Receive(d broker.Delivery) {
 func (s *session) Closing() bool { return s.out.isClosing() }
 
 // ReceiveNow implements broker.ImmediateReceiver: when the connection has
-// nothing queued and no writer, it writes the frame on the caller's
-// goroutine, as much as the socket takes without blocking; a writer is
-// started only for what is left. It declines when there is other writing
-// to do or the socket takes nothing, and always with WriteDelay.
-func (s *session) ReceiveNow(d broker.Delivery) bool {
-	frame := d.Frame
+// nothing queued and no writer, it writes the frames, as one WebSocket
+// message, on the caller's goroutine, as much as the socket takes without
+// blocking; a writer is started only for what is left. It declines when
+// there is other writing to do or the socket takes nothing, and always
+// with WriteDelay.
+func (s *session) ReceiveNow(ds []broker.Delivery) bool {
 	if s.raw == nil || s.raw.rc == nil || s.srv.cfg.WriteDelay > 0 || !s.out.claim() {
 		return false
 	}
 	buf := s.srv.buffers.Get().(*[]byte)
-	p := append(append((*buf)[:0], make([]byte, maxFrameHeader)...), frame...)
+	p := append((*buf)[:0], make([]byte, maxFrameHeader)...)
+	for i, d := range ds {
+		if i > 0 {
+			p = append(p, '\n')
+		}
+		p = append(p, d.Frame...)
+	}
 	*buf = p
 	start := frameHeader(p)
 	n, err := s.raw.tryWrite(p[start:])
 	var rest []byte
-	var unwritten broker.Delivery
+	var unwritten []broker.Delivery
 	switch {
 	case errors.Is(err, errWouldBlock):
-		unwritten = d
+		unwritten = ds
 	case err != nil:
 		s.srv.buffers.Put(buf)
-		s.out.release(nil, broker.Delivery{})
+		s.out.release(nil, nil)
 		s.close(0, "") // broken: drop it
 		return true
 	default:
@@ -178,8 +184,8 @@ func (s *session) ReceiveNow(d broker.Delivery) bool {
 			rest = append([]byte(nil), p[start+n:]...)
 		}
 		s.srv.metrics.writes.Inc()
-		s.srv.metrics.framesWritten.Inc()
-		s.srv.metrics.bytesWritten.Add(float64(len(frame)))
+		s.srv.metrics.framesWritten.Add(float64(len(ds)))
+		s.srv.metrics.bytesWritten.Add(float64(len(p) - maxFrameHeader))
 	}
 	s.srv.buffers.Put(buf)
 	if s.out.release(rest, unwritten) {
@@ -192,9 +198,9 @@ func (s *session) ReceiveNow(d broker.Delivery) bool {
 // when nothing is queued before it, as ReceiveNow does, and queues it
 // otherwise; it never blocks either.
 func (s *session) send(frame []byte) {
-	d := broker.Delivery{Frame: frame, Kind: broker.KindControl}
-	if !s.ReceiveNow(d) {
-		s.Receive(d)
+	d := [1]broker.Delivery{{Frame: frame, Kind: broker.KindControl}}
+	if !s.ReceiveNow(d[:]) {
+		s.Receive(d[0])
 	}
 }
 

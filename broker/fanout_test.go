@@ -1,0 +1,271 @@
+package broker
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+// orderly is an ImmediateReceiver that records the order of the messages
+// it gets ({"i":n} payloads), whichever path they take: with decline set
+// it declines every decline-th immediate delivery, which then comes
+// through Receive, and now and then yields, so that goroutines sharing a
+// fan-out interleave; with hold set, ReceiveNow says so on entered and
+// waits until hold is closed.
+type orderly struct {
+	decline int
+	hold    chan struct{}
+	entered chan struct{}
+
+	mu      sync.Mutex
+	got     []int
+	calls   int
+	batches []int // len(ds) of each ReceiveNow taken
+}
+
+func (r *orderly) Receive(d Delivery) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.record(d.Frame)
+}
+
+func (r *orderly) ReceiveNow(ds []Delivery) bool {
+	if r.hold != nil {
+		select {
+		case r.entered <- struct{}{}:
+		default:
+		}
+		<-r.hold
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.calls++; r.decline > 0 && r.calls%r.decline == 0 {
+		return false
+	}
+	if r.decline > 0 && r.calls%7 == 0 {
+		runtime.Gosched()
+	}
+	r.batches = append(r.batches, len(ds))
+	for _, d := range ds {
+		r.record(d.Frame)
+	}
+	return true
+}
+
+// record notes the message of frame: its data is {"i":n}, last in the
+// frame (read without a JSON decoder: the race detector makes one slow).
+func (r *orderly) record(frame []byte) {
+	_, data, _ := bytes.Cut(frame, []byte(`"data":{"i":`))
+	i, err := strconv.Atoi(string(bytes.TrimSuffix(data, []byte("}}"))))
+	if err != nil || !json.Valid(frame) {
+		panic(fmt.Sprintf("frame %q", frame))
+	}
+	r.got = append(r.got, i)
+}
+
+// held opens a channel in group whose receiver, an orderly, waits in
+// ReceiveNow until release: the dispatcher then holds the first message
+// while more queue up behind it.
+func held(t *testing.T, b *Broker, group string) (r *orderly, channel string, release func()) {
+	t.Helper()
+	r = &orderly{hold: make(chan struct{}), entered: make(chan struct{}, 1)}
+	var once sync.Once
+	release = func() { once.Do(func() { close(r.hold) }) }
+	t.Cleanup(release) // before the broker closes, which waits for the dispatcher
+	channel, err := b.NewChannel(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	join(t, b, group, channel)
+	return r, channel, release
+}
+
+// waitEntered waits until r's ReceiveNow holds a delivery.
+func (r *orderly) waitEntered(t *testing.T) {
+	t.Helper()
+	select {
+	case <-r.entered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no delivery held")
+	}
+}
+
+func (r *orderly) received() []int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]int(nil), r.got...)
+}
+
+// TestFanoutWorkersKeepOrder: a group large enough to be split over the
+// fan-out workers gets every message, each member in publish order,
+// whether its deliveries were written at once or queued, while messages
+// merged when they queue up.
+func TestFanoutWorkersKeepOrder(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(4)) // three workers, whatever the machine
+	b := newBroker(t, "")
+	const members, n = 4 * minShare, 200
+	rs := make([]*orderly, members)
+	for i := range rs {
+		rs[i] = &orderly{decline: 3}
+		ch, err := b.NewChannel(rs[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		join(t, b, "big", ch)
+	}
+	for i := range n {
+		if err := b.GroupSend("big", fmt.Appendf(nil, `{"i":%d}`, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for m, r := range rs {
+		waitFor(t, 30*time.Second, func() bool { return len(r.received()) >= n })
+		for i, got := range r.received() {
+			if got != i {
+				t.Fatalf("member %d: message %d is %d: reordered", m, i, got)
+			}
+		}
+	}
+	if got := b.Stats().Delivered; got != members*n {
+		t.Fatalf("%d deliveries counted, want %d", got, members*n)
+	}
+}
+
+// TestFanoutMergesQueuedMessages: messages of a group that queue up while
+// the fan-out is busy reach each member together, in order, in one
+// ReceiveNow; a message alone in the queue goes out alone.
+func TestFanoutMergesQueuedMessages(t *testing.T) {
+	b := newBroker(t, "")
+	r, _, release := held(t, b, "g")
+	send := func(i int) {
+		t.Helper()
+		if err := b.GroupSend("g", fmt.Appendf(nil, `{"i":%d}`, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send(0)
+	r.waitEntered(t) // the dispatcher holds message 0: the next ones queue behind it
+	for i := 1; i <= 10; i++ {
+		send(i)
+	}
+	queue := b.shard("g")
+	waitFor(t, 5*time.Second, func() bool { return len(queue) == 10 })
+	release()
+	waitFor(t, 5*time.Second, func() bool { return len(r.received()) == 11 })
+	send(11)
+	waitFor(t, 5*time.Second, func() bool { return len(r.received()) == 12 })
+	r.mu.Lock()
+	batches := fmt.Sprint(r.batches)
+	r.mu.Unlock()
+	if batches != "[1 10 1]" {
+		t.Fatalf("ReceiveNow got batches of %s, want [1 10 1]: alone, the ten that queued, alone", batches)
+	}
+	if got := fmt.Sprint(r.received()); got != "[0 1 2 3 4 5 6 7 8 9 10 11]" {
+		t.Fatalf("received %s", got)
+	}
+}
+
+// TestFanoutMergeBounds: merging stops at a message of another group in
+// the same dispatch queue and at one that leaves out another channel, so
+// each such message is fanned out with its own rules.
+func TestFanoutMergeBounds(t *testing.T) {
+	b := newBroker(t, "")
+	r, ch, release := held(t, b, "g")
+	other, err := b.NewChannel(&orderly{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	join(t, b, "g", other)
+	sibling := "h"
+	for i := 0; b.shard(sibling) != b.shard("g"); i++ {
+		sibling = fmt.Sprint("h", i) // a group whose messages queue with g's
+	}
+	join(t, b, sibling, ch)
+	send := func(group string, i int, except string) {
+		t.Helper()
+		if _, err := b.GroupPublishWith(group, fmt.Appendf(nil, `{"i":%d}`, i), PublishOptions{Except: except}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send("g", 0, "")
+	r.waitEntered(t)
+	send("g", 1, "")
+	send("g", 2, "")
+	send(sibling, 100, "")
+	send("g", 3, other)
+	send("g", 4, other)
+	send("g", 5, ch) // not for r
+	send("g", 6, "")
+	waitFor(t, 5*time.Second, func() bool { return len(b.shard("g")) == 7 })
+	release()
+	waitFor(t, 5*time.Second, func() bool { return len(r.received()) == 7 })
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if got := fmt.Sprint(r.batches, r.got); got != "[1 2 1 2 1] [0 1 2 100 3 4 6]" {
+		t.Fatalf("batches and messages %s, want [1 2 1 2 1] [0 1 2 100 3 4 6]", got)
+	}
+}
+
+// TestFanoutDropsInvalidInBatch: a message that is not JSON, merged with
+// valid ones, is dropped alone.
+func TestFanoutDropsInvalidInBatch(t *testing.T) {
+	b := newBroker(t, "")
+	r, _, release := held(t, b, "g")
+	subject := b.GroupSubject("g")
+	for i, p := range []string{`{"i":0}`, `{"i":1}`, `not json`, `{"i":3}`} {
+		if err := b.nc.Publish(subject, []byte(p)); err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			r.waitEntered(t)
+		}
+	}
+	waitFor(t, 5*time.Second, func() bool { return len(b.shard("g")) == 3 })
+	release()
+	waitFor(t, 5*time.Second, func() bool { return len(r.received()) == 3 })
+	if got := fmt.Sprint(r.received()); got != "[0 1 3]" {
+		t.Fatalf("received %s, want [0 1 3]", got)
+	}
+	if got := b.Stats().Invalid; got != 1 {
+		t.Fatalf("%d invalid, want 1", got)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if fmt.Sprint(r.batches) != "[1 2]" {
+		t.Fatalf("batches %v, want [1 2]", r.batches)
+	}
+}
+
+// TestCloseStopsFanoutWorkers: the fan-out workers are the Broker's, and
+// Close ends them.
+func TestCloseStopsFanoutWorkers(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(4))
+	before := goleak.IgnoreCurrent()
+	b, err := New(Config{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	workers := 0
+	buf := make([]byte, 1<<20)
+	for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
+		if strings.Contains(g, "broker.(*Broker).fanWorker") {
+			workers++
+		}
+	}
+	if workers != 3 {
+		t.Errorf("%d fan-out workers at GOMAXPROCS 4, want 3", workers)
+	}
+	if err := b.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	goleak.VerifyNone(t, before)
+}

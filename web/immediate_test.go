@@ -1,0 +1,60 @@
+package web
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/groupcast/groupcast/broker"
+)
+
+// TestImmediateWriteAllocatesNothing: a delivery the socket takes at once
+// is written without an allocation (and so without a goroutine woken):
+// every member of a large group takes this path once per message.
+func TestImmediateWriteAllocatesNothing(t *testing.T) {
+	e := newEnv(t, "", nil)
+	c := e.dial()
+	e.srv.mu.Lock()
+	var ss *session
+	for s := range e.srv.sessions {
+		ss = s
+	}
+	e.srv.mu.Unlock()
+	const runs = 1000
+	read := make(chan error, 1)
+	go func() { // the client reads everything, so the socket always takes the write
+		for range runs + 1 { // AllocsPerRun runs once more, to warm up
+			if _, p, err := c.Conn.Read(context.Background()); err != nil || strings.Count(string(p), "\n") != 1 {
+				read <- fmt.Errorf("%q, %v; want two frames", p, err)
+				return
+			}
+		}
+		read <- nil
+	}()
+	ds := []broker.Delivery{
+		{Frame: []byte(`{"type":"message","group":"g","data":1}`), Kind: broker.KindMessage},
+		{Frame: []byte(`{"type":"message","group":"g","data":2}`), Kind: broker.KindMessage},
+	}
+	declined := 0
+	allocs := testing.AllocsPerRun(runs, func() {
+		if !ss.ReceiveNow(ds) {
+			declined++
+		}
+	})
+	if declined > 0 {
+		t.Fatalf("%d of the immediate writes declined", declined)
+	}
+	if allocs > 0 {
+		t.Fatalf("%v allocations per immediate write, want none", allocs)
+	}
+	select {
+	case err := <-read:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the client did not get every message")
+	}
+}

@@ -17,11 +17,13 @@ type stream struct {
 	policy  Policy
 	filters []string
 
-	mu     sync.Mutex
-	epoch  string // changes when the stream is created anew
-	read   string // the stream read from: name, or the local mirror
-	ready  bool
-	kicked time.Time // when this node last moved the mirror's leader
+	mu    sync.Mutex
+	epoch string // changes when the stream is created anew
+	read  string // the stream read from: name, or the local mirror
+	ready bool
+	// steppedDown is when this node last asked the mirror's leader to step
+	// down, restarting a stalled mirror on a new leader.
+	steppedDown time.Time
 }
 
 // streamOf returns the stream behind a group, ensured, or nil for an
@@ -50,8 +52,9 @@ const epochMetadata = "groupcast_epoch"
 // (which sends a heartbeat every second) before it is restarted.
 const mirrorStall = 5 * time.Second
 
-// mirrorKickInterval spaces one node's restarts of a stalled mirror.
-const mirrorKickInterval = 30 * time.Second
+// mirrorStepDownInterval spaces one node's restarts of a stalled mirror
+// (see stream.steppedDown).
+const mirrorStepDownInterval = 30 * time.Second
 
 func epochOf(created time.Time) string { return strconv.FormatInt(created.UnixNano(), 36) }
 
@@ -121,11 +124,11 @@ func (h *history) settle(s *stream, info *nats.StreamInfo, err error) error {
 		// Current, or all there is while the history's region is away.
 		epoch = m.Config.Metadata[epochMetadata]
 		if err == nil && h.reps > 1 && m.Mirror != nil && (m.Mirror.Active < 0 || m.Mirror.Active > mirrorStall) &&
-			time.Since(s.kicked) > mirrorKickInterval {
+			time.Since(s.steppedDown) > mirrorStepDownInterval {
 			// The stream is back but its mirror not yet: nats-server
 			// retries a mirror on a backoff of up to two minutes after
 			// a long outage, while a new leader starts at once.
-			s.kicked = time.Now()
+			s.steppedDown = time.Now()
 			_, _ = h.nc.Request("$JS.API.STREAM.LEADER.STEPDOWN."+mirror, nil, time.Second)
 		}
 	case err != nil:

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"errors"
+	"log/slog"
 	"time"
 
 	"github.com/groupcast/groupcast/protocol"
@@ -11,53 +12,74 @@ import (
 // historyCheckInterval is how often the streams are checked.
 const historyCheckInterval = 2 * time.Second
 
-// watchHistory checks the streams until stop is closed. A stream that cannot be
-// read makes the broker unready; a stream found created anew (a new epoch)
-// or back after an outage may have lost messages, so the members of its
-// groups are told with {"type":"gap","group":G,"epoch":E} and resume
-// from there, reloading state.
+// watchHistory runs the history watch until stop is closed, with the
+// broker's side of it: renewing its groups' consumers and telling their
+// members of gaps.
 func (b *Broker) watchHistory(stop <-chan struct{}) {
 	defer b.workers.Done()
+	alive := make(map[*group]*liveness) // owned by this goroutine
+	b.history.watch(stop, b.log, streamListener{
+		renew: func(s *stream, reset bool) (bool, bool) { return b.renewConsumers(s, reset, alive) },
+		gap:   b.tellGap,
+	})
+}
+
+// streamListener is what the history watch tells the side that holds the
+// groups; the watch knows streams, never groups.
+type streamListener struct {
+	// renew gives the groups reading s fresh consumers where theirs are
+	// gone, all of them when reset (s was made anew). It reports whether
+	// any may have missed messages, and whether any is left without a
+	// live consumer.
+	renew func(s *stream, reset bool) (gapped, stuck bool)
+	// gap hears that s may have lost messages: its offsets go on in epoch.
+	gap func(s *stream, epoch string)
+}
+
+// watch checks the streams every historyCheckInterval until stop is
+// closed. A stream that cannot be read makes the broker unready; a stream
+// found created anew (a new epoch), back after an outage, or whose readers
+// were renewed may have lost messages: l.gap hears of it.
+func (h *history) watch(stop <-chan struct{}, log *slog.Logger, l streamListener) {
 	tick := time.NewTicker(historyCheckInterval)
 	defer tick.Stop()
-	alive := make(map[*group]*liveness)
 	for {
 		select {
 		case <-stop:
 			return
 		case <-tick.C:
 		}
-		if !b.nc.IsConnected() {
+		if !h.nc.IsConnected() {
 			continue
 		}
-		wasDown, down := b.history.down.Load(), false
-		for _, s := range b.history.streams {
+		wasDown, down := h.down.Load(), false
+		for _, s := range h.streams {
 			before := s.currentEpoch()
-			info, err := b.history.js.StreamInfo(s.name)
+			info, err := h.js.StreamInfo(s.name)
 			if errors.Is(err, nats.ErrStreamNotFound) {
-				err = b.history.ensure(s) // deleted: make it anew
+				err = h.ensure(s) // deleted: make it anew
 			} else {
 				s.mu.Lock()
-				err = b.history.settle(s, info, err)
+				err = h.settle(s, info, err)
 				s.mu.Unlock()
 			}
 			if err != nil {
 				if !wasDown {
-					b.log.Warn("history unavailable", "stream", s.name, "error", err)
+					log.Warn("history unavailable", "stream", s.name, "error", err)
 				}
 				down = true
 				continue
 			}
 			after := s.currentEpoch()
 			reset := before != "" && after != before
-			renewed, stuck := b.renewConsumers(s, reset, alive)
+			renewed, stuck := l.renew(s, reset)
 			down = down || stuck
 			if before != "" && (reset || renewed || wasDown && !stuck) {
-				b.log.Warn("history may have lost messages; telling members", "stream", s.name, "epoch", after)
-				b.tellGap(s, after)
+				log.Warn("history may have lost messages; telling members", "stream", s.name, "epoch", after)
+				l.gap(s, after)
 			}
 		}
-		b.history.down.Store(down)
+		h.down.Store(down)
 	}
 }
 
@@ -180,7 +202,8 @@ func (b *Broker) renewConsumers(s *stream, all bool, alive map[*group]*liveness)
 	return gapped, stuck
 }
 
-// tellGap sends a gap frame to every local member of the stream's groups.
+// tellGap sends {"type":"gap","group":G,"epoch":E} to every local member
+// of the stream's groups, which resume from there, reloading state.
 func (b *Broker) tellGap(s *stream, epoch string) {
 	b.mu.RLock()
 	groups := make([]*group, 0, len(b.groups))

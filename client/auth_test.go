@@ -12,6 +12,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/groupcast/groupcast/client"
+	"github.com/groupcast/groupcast/internal/livetest"
 	"github.com/groupcast/groupcast/internal/natstest"
 	"github.com/groupcast/groupcast/web"
 )
@@ -20,7 +21,7 @@ const secret = "client-test-secret-0123456789abcdef"
 
 // authServer starts an instance that requires HS256 tokens, with no
 // leeway on their expiry.
-func authServer(t *testing.T, natsURL string) *server {
+func authServer(t *testing.T, natsURL string) *livetest.Server {
 	return startServer(t, natsURL, web.Config{ClientSend: true, Auth: web.AuthConfig{Secret: []byte(secret), Leeway: time.Millisecond}})
 }
 
@@ -46,7 +47,7 @@ func TestTokenRefresh(t *testing.T) {
 	var calls atomic.Int32
 	var welcomes atomic.Int32
 	first := time.Now().Add(3 * time.Second).Truncate(time.Second) // the first token's exp
-	c := dial(t, s.wsURL(), &client.Options{
+	c := dial(t, s.WSURL(), &client.Options{
 		GetToken: func(context.Context) (string, error) {
 			calls.Add(1)
 			return mint(t, "ada", 3*time.Second), nil
@@ -76,7 +77,7 @@ func TestTokenExpiredReconnects(t *testing.T) {
 	var calls atomic.Int32
 	welcomes := make(chan client.Welcome, 10)
 	errs := make(chan error, 10)
-	dial(t, s.wsURL(), &client.Options{
+	dial(t, s.WSURL(), &client.Options{
 		MinBackoff: time.Minute, MaxBackoff: time.Minute,
 		GetToken: func(context.Context) (string, error) {
 			if calls.Add(1) == 2 {
@@ -105,7 +106,7 @@ func TestGroupToken(t *testing.T) {
 	ns := natstest.Start(t, -1)
 	s := authServer(t, fmt.Sprintf("nats://127.0.0.1:%d", natstest.Port(ns)))
 	st := make(states, 100)
-	c := dial(t, s.wsURL(), &client.Options{
+	c := dial(t, s.WSURL(), &client.Options{
 		MinBackoff: 20 * time.Millisecond,
 		GetToken:   func(context.Context) (string, error) { return mint(t, "ada", time.Hour), nil },
 		OnState:    func(s client.State) { st <- s },
@@ -124,10 +125,10 @@ func TestGroupToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.restart()
+	s.Restart()
 	st.await(t, client.Reconnecting)
 	st.await(t, client.Connected)
-	s.publish("private.7", `"secret"`)
+	s.Publish("private.7", `"secret"`)
 	in.expect(t, "private.7", `"secret"`)
 	if n := fetched.Load(); n != 2 {
 		t.Fatalf("group token fetched %d times, want 2 (join, rejoin)", n)

@@ -102,7 +102,7 @@ func (s states) await(t *testing.T, want client.State) {
 func TestJoinSendLeave(t *testing.T) {
 	s := startServer(t, "", web.Config{ClientSend: true})
 	ctx := testCtx(t)
-	a, b := dial(t, s.wsURL(), nil), dial(t, s.wsURL(), nil)
+	a, b := dial(t, s.WSURL(), nil), dial(t, s.WSURL(), nil)
 	if w := a.Welcome(); w.Region != "test-region" || w.Node == "" || !strings.HasPrefix(w.Channel, w.Node+".") {
 		t.Fatalf("welcome %+v", w)
 	}
@@ -124,7 +124,7 @@ func TestJoinSendLeave(t *testing.T) {
 		t.Fatalf("delivery region %q", m.Region)
 	}
 	ina.expect(t, "room.lobby", `{"text":"hi"}`)
-	s.publish("room.lobby", `{"n":1}`)
+	s.Publish("room.lobby", `{"n":1}`)
 	ina.expect(t, "room.lobby", `{"n":1}`)
 	inb.expect(t, "room.lobby", `{"n":1}`)
 	if err := b.Send(ctx, "room.lobby", json.RawMessage(`[1, 2]`)); err != nil {
@@ -145,8 +145,8 @@ func TestJoinSendLeave(t *testing.T) {
 	if err := a.Join(ctx, "fence", fence.handle); err != nil {
 		t.Fatal(err)
 	}
-	s.publish("room.lobby", `{"n":2}`)
-	s.publish("fence", `"after"`)
+	s.Publish("room.lobby", `{"n":2}`)
+	s.Publish("fence", `"after"`)
 	fence.expect(t, "fence", `"after"`)
 	inb.expect(t, "room.lobby", `{"n":2}`)
 	ina.empty(t)
@@ -160,7 +160,7 @@ func TestJoinSendLeave(t *testing.T) {
 func TestSendExceptSelf(t *testing.T) {
 	s := startServer(t, "", web.Config{ClientSend: true})
 	ctx := testCtx(t)
-	a, b := dial(t, s.wsURL(), nil), dial(t, s.wsURL(), nil)
+	a, b := dial(t, s.WSURL(), nil), dial(t, s.WSURL(), nil)
 	ina, inb := newInbox(), newInbox()
 	if err := a.Join(ctx, "room", ina.handle); err != nil {
 		t.Fatal(err)
@@ -182,8 +182,8 @@ func TestSendExceptSelf(t *testing.T) {
 func TestDirectMessage(t *testing.T) {
 	s := startServer(t, "", web.Config{})
 	direct := newInbox()
-	c := dial(t, s.wsURL(), &client.Options{OnDirect: direct.handle})
-	s.sendDirect(c.Welcome().Channel, `"just you"`)
+	c := dial(t, s.WSURL(), &client.Options{OnDirect: direct.handle})
+	s.Send(c.Welcome().Channel, `"just you"`)
 	select {
 	case m := <-direct:
 		if m.Channel != c.Welcome().Channel || m.Group != "" || string(m.Data) != `"just you"` {
@@ -199,7 +199,7 @@ func TestDirectMessage(t *testing.T) {
 func TestRefusals(t *testing.T) {
 	s := startServer(t, "", web.Config{MaxGroups: 2})
 	ctx := testCtx(t)
-	c := dial(t, s.wsURL(), nil)
+	c := dial(t, s.WSURL(), nil)
 	code := func(err error) string {
 		var e *client.Error
 		if !errors.As(err, &e) {
@@ -240,7 +240,7 @@ func TestReconnectAfterRestart(t *testing.T) {
 	s := startServer(t, fmt.Sprintf("nats://127.0.0.1:%d", natstest.Port(ns)), web.Config{ClientSend: true})
 	ctx := testCtx(t)
 	st := make(states, 100)
-	c := dial(t, s.wsURL(), &client.Options{OnState: func(s client.State) { st <- s }, MinBackoff: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond})
+	c := dial(t, s.WSURL(), &client.Options{OnState: func(s client.State) { st <- s }, MinBackoff: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond})
 	in := newInbox()
 	if err := c.Join(ctx, "room.lobby", in.handle); err != nil {
 		t.Fatal(err)
@@ -248,14 +248,14 @@ func TestReconnectAfterRestart(t *testing.T) {
 	st.await(t, client.Connected)
 	before := c.Welcome()
 
-	s.restart()
+	s.Restart()
 	st.await(t, client.Reconnecting)
 	st.await(t, client.Connected)
 	after := c.Welcome()
 	if after.Node == before.Node || after.Channel == before.Channel {
 		t.Fatalf("same instance after restart: %+v then %+v", before, after)
 	}
-	s.publish("room.lobby", `{"after":"restart"}`)
+	s.Publish("room.lobby", `{"after":"restart"}`)
 	in.expect(t, "room.lobby", `{"after":"restart"}`)
 	if err := c.Send(ctx, "room.lobby", "still here"); err != nil {
 		t.Fatal(err)
@@ -269,7 +269,7 @@ func TestReconnectAfterRestart(t *testing.T) {
 func TestPlannedCloseReconnectsAtOnce(t *testing.T) {
 	s := startServer(t, "", web.Config{MaxConnectionAge: 300 * time.Millisecond})
 	welcomes := make(chan client.Welcome, 10)
-	c := dial(t, s.wsURL(), &client.Options{
+	c := dial(t, s.WSURL(), &client.Options{
 		MinBackoff: time.Minute, MaxBackoff: time.Minute,
 		OnWelcome: func(w client.Welcome) { welcomes <- w },
 	})
@@ -289,7 +289,7 @@ func TestPlannedCloseReconnectsAtOnce(t *testing.T) {
 	if err := c.Ping(testCtx(t)); err != nil {
 		t.Fatal(err)
 	}
-	s.publish("g", `1`)
+	s.Publish("g", `1`)
 	in.expect(t, "g", `1`)
 }
 
@@ -300,12 +300,12 @@ func TestServerDown(t *testing.T) {
 	s := startServer(t, "", web.Config{})
 	var failures atomic.Int32
 	st := make(states, 100)
-	c := dial(t, s.wsURL(), &client.Options{
+	c := dial(t, s.WSURL(), &client.Options{
 		MinBackoff: 50 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
 		OnState: func(s client.State) { st <- s },
 		OnError: func(error) { failures.Add(1) },
 	})
-	s.stop()
+	s.Stop()
 	st.await(t, client.Reconnecting)
 	time.Sleep(600 * time.Millisecond)
 	// About 600ms/(50..100ms): between 4 and 13 attempts, never a busy loop.
@@ -317,7 +317,7 @@ func TestServerDown(t *testing.T) {
 	if err := c.Ping(ctx); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("ping while down: %v", err)
 	}
-	s.start()
+	s.Restart() // stopped: starts it again
 	st.await(t, client.Connected)
 	if err := c.Ping(testCtx(t)); err != nil {
 		t.Fatal(err)
@@ -327,7 +327,7 @@ func TestServerDown(t *testing.T) {
 func TestClose(t *testing.T) {
 	s := startServer(t, "", web.Config{})
 	st := make(states, 100)
-	c := dial(t, s.wsURL(), &client.Options{OnState: func(s client.State) { st <- s }})
+	c := dial(t, s.WSURL(), &client.Options{OnState: func(s client.State) { st <- s }})
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -341,8 +341,8 @@ func TestClose(t *testing.T) {
 	c.Close() // again: harmless
 
 	// Closing while reconnecting to a server that is gone returns at once.
-	c2 := dial(t, s.wsURL(), &client.Options{MinBackoff: time.Minute, MaxBackoff: time.Minute})
-	s.stop()
+	c2 := dial(t, s.WSURL(), &client.Options{MinBackoff: time.Minute, MaxBackoff: time.Minute})
+	s.Stop()
 	start := time.Now()
 	c2.Close()
 	if d := time.Since(start); d > 2*time.Second {
@@ -352,11 +352,11 @@ func TestClose(t *testing.T) {
 
 func TestDialFails(t *testing.T) {
 	s := startServer(t, "", web.Config{})
-	if _, err := client.Dial(testCtx(t), "ws://"+s.addr+"/nothing", nil); err == nil {
+	if _, err := client.Dial(testCtx(t), "ws://"+s.Addr+"/nothing", nil); err == nil {
 		t.Fatal("dial to a path that is no WebSocket succeeded")
 	}
-	s.stop()
-	if _, err := client.Dial(testCtx(t), s.wsURL(), nil); err == nil {
+	s.Stop()
+	if _, err := client.Dial(testCtx(t), s.WSURL(), nil); err == nil {
 		t.Fatal("dial to a stopped server succeeded")
 	}
 }

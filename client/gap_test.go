@@ -22,7 +22,7 @@ func TestOnGap(t *testing.T) {
 	s := startKeptServer(t, url, 3)
 	gaps := make(chan string, 10)
 	st := make(states, 100)
-	c := dial(t, s.wsURL(), &client.Options{
+	c := dial(t, s.WSURL(), &client.Options{
 		MinBackoff: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
 		OnState: func(s client.State) { st <- s },
 		OnGap:   func(g string) { gaps <- g },
@@ -31,11 +31,11 @@ func TestOnGap(t *testing.T) {
 	if err := c.Join(testCtx(t), "room.a", in.handle); err != nil {
 		t.Fatal(err)
 	}
-	s.publish("room.a", `1`)
+	s.Publish("room.a", `1`)
 	in.expect(t, "room.a", `1`)
 
 	// Away while one message comes: resumed, no gap.
-	s.stop()
+	s.Stop()
 	nc, err := nats.Connect(url)
 	if err != nil {
 		t.Fatal(err)
@@ -51,7 +51,7 @@ func TestOnGap(t *testing.T) {
 		}
 	}
 	publish(1)
-	s.start()
+	s.Restart() // stopped: starts it again
 	st.await(t, client.Reconnecting)
 	st.await(t, client.Connected)
 	in.expect(t, "room.a", `100`)
@@ -62,9 +62,9 @@ func TestOnGap(t *testing.T) {
 	}
 
 	// Away while more come than the window keeps: the rejoin is a gap.
-	s.stop()
+	s.Stop()
 	publish(5)
-	s.start()
+	s.Restart() // stopped: starts it again
 	st.await(t, client.Reconnecting)
 	st.await(t, client.Connected)
 	expectGap(t, gaps, "room.a")

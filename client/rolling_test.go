@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/groupcast/groupcast/client"
+	"github.com/groupcast/groupcast/internal/livetest"
 	"github.com/groupcast/groupcast/internal/natstest"
 	"github.com/groupcast/groupcast/web"
 )
@@ -35,7 +36,7 @@ func TestRollingRestartPeak(t *testing.T) {
 	// The load balancer: round robin over the instances in service,
 	// counting upgrades by 100 ms bucket.
 	var mu sync.Mutex
-	var pool []*server
+	var pool []*livetest.Server
 	next := 0
 	counts := map[int64]int{}
 	var counting time.Time
@@ -47,7 +48,7 @@ func TestRollingRestartPeak(t *testing.T) {
 			counts[int64(time.Since(counting)/bucket)]++
 		}
 		mu.Unlock()
-		r.SetURL(&url.URL{Scheme: "http", Host: s.addr})
+		r.SetURL(&url.URL{Scheme: "http", Host: s.Addr})
 	}}
 	lb := httptest.NewServer(proxy)
 	defer lb.Close()
@@ -80,11 +81,11 @@ func TestRollingRestartPeak(t *testing.T) {
 		pool = append(pool[1:], fresh) // out of service, then drained
 		mu.Unlock()
 		ctx, cancel := context.WithTimeout(context.Background(), drain+3*time.Second)
-		if err := old.web.Shutdown(ctx); err != nil {
+		if err := old.Web.Shutdown(ctx); err != nil {
 			t.Errorf("instance %d: %v", i, err)
 		}
 		cancel()
-		old.stop()
+		old.Stop()
 	}
 	natstest.WaitFor(t, 10*time.Second, func() bool {
 		connected := 0

@@ -1,6 +1,7 @@
 // Package protocol is groupcast's wire protocol in one place: the names of
 // frame types, error codes and close codes, the encoders of every server
-// frame and the one decoder of server frames that Go clients use.
+// frame and the one decoder of server frames that Go clients use (Decode,
+// and View for loops that decode without allocating).
 //
 // The contract is PROTOCOL.md (sections cited as §WebSocket, §Shutdown,
 // ...) with the additions documented in the README. The package depends on

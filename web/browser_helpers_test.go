@@ -3,12 +3,9 @@ package web
 import (
 	"context"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
+	"log/slog"
 	"os"
 	"os/exec"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -17,7 +14,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/groupcast/groupcast/broker"
-	"github.com/groupcast/groupcast/internal/apptest"
+	"github.com/groupcast/groupcast/internal/livetest"
 )
 
 // newBrowser starts one headless Chromium for a test and its subtests, and
@@ -175,102 +172,28 @@ func (p *page) waitShown(text string) shown {
 		return { Who: t(".who"), Region: t(".region"), Node: t(".node"), Text: t(".text") } })()`, sel))
 }
 
-// liveServer is a real groupcast instance on a fixed address, which can
-// be stopped and started again on the same address (a restart).
-type liveServer struct {
-	presence []string            // groups with presence
-	policies []broker.PolicyRule // groups that keep history
-	t        *testing.T
-	addr     string
-	natsURL  string
-	cfg      Config
-
-	b    *broker.Broker
-	srv  *Server
-	http *http.Server
-	done chan struct{}
+// startLive starts a real instance (internal/livetest) on natsURL
+// (embedded NATS when empty) with cfg as its web configuration.
+func startLive(t *testing.T, natsURL string, cfg Config) *livetest.Server {
+	t.Helper()
+	return startLiveWith(t, broker.Config{URL: natsURL}, cfg)
 }
 
-// startLive starts an instance on natsURL (embedded NATS when empty),
-// with cfg's region also set on the broker so that deliveries carry it.
-// It stops when the test ends.
-func startLive(t *testing.T, natsURL string, cfg Config) *liveServer {
+// startLiveWith starts an instance with bc as its broker's configuration
+// (presence, policies). cfg.Region, "test-region" unless set, goes to
+// both, so that deliveries carry it. It stops when the test ends.
+func startLiveWith(t *testing.T, bc broker.Config, cfg Config) *livetest.Server {
 	t.Helper()
 	if cfg.Region == "" {
 		cfg.Region = "test-region"
 	}
-	s := &liveServer{t: t, natsURL: natsURL, cfg: cfg, addr: "127.0.0.1:0"}
-	s.start()
-	t.Cleanup(s.stop)
-	return s
-}
-
-func (s *liveServer) start() {
-	s.t.Helper()
-	ln, err := net.Listen("tcp", s.addr)
-	for i := 0; err != nil && i < 50; i++ {
-		time.Sleep(20 * time.Millisecond)
-		ln, err = net.Listen("tcp", s.addr)
-	}
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	s.addr = ln.Addr().String()
-	s.b, err = broker.New(broker.Config{URL: s.natsURL, Region: s.cfg.Region, Logger: apptest.Logger(s.t), ReconnectWait: 50 * time.Millisecond, Presence: s.presence, Policies: s.policies})
-	if err != nil {
-		ln.Close()
-		s.t.Fatal(err)
-	}
-	cfg := s.cfg
-	cfg.Logger = apptest.Logger(s.t)
-	if s.srv, err = New(s.b, cfg); err != nil {
-		ln.Close()
-		s.t.Fatal(err)
-	}
-	s.http = &http.Server{Handler: s.srv.Handler()}
-	s.done = make(chan struct{})
-	go func(hs *http.Server, done chan struct{}) {
-		defer close(done)
-		hs.Serve(ln)
-	}(s.http, s.done)
-	waitFor(s.t, 5*time.Second, func() bool { return s.b.Ready() == nil })
-}
-
-// stop shuts the instance down as SIGTERM does: WebSockets close with
-// 1012, then the listener and the broker stop.
-func (s *liveServer) stop() {
-	if s.http == nil {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	s.srv.Shutdown(ctx)
-	// Close, not Shutdown: the WebSockets are closed already, and a
-	// browser's speculative connections would hold Shutdown for 5 s.
-	s.http.Close()
-	<-s.done
-	s.b.Close(ctx)
-	s.http = nil
-}
-
-func (s *liveServer) restart() {
-	s.t.Helper()
-	s.stop()
-	s.start()
-}
-
-func (s *liveServer) url() string { return "http://" + s.addr }
-
-// publish posts a JSON body to a group through the server API.
-func (s *liveServer) publish(group, body string) {
-	s.t.Helper()
-	resp, err := http.Post(s.url()+"/api/groups/"+group+"/messages", "application/json", strings.NewReader(body))
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusAccepted {
-		b, _ := io.ReadAll(resp.Body)
-		s.t.Fatalf("publish to %s: %d %s", group, resp.StatusCode, b)
-	}
+	bc.Region = cfg.Region
+	return livetest.Start(t, livetest.Config{
+		Broker: bc,
+		Web: func(b *broker.Broker, log *slog.Logger) (livetest.Web, error) {
+			c := cfg
+			c.Logger = log
+			return New(b, c)
+		},
+	})
 }

@@ -126,7 +126,7 @@ func (p *proxy) counts() [3]int64 {
 // client in the page goes straight to SSE.
 func testSSEJoinLeave(t *testing.T, browser context.Context) {
 	s := startLive(t, "", Config{ClientSend: true})
-	px := startProxy(t, s.addr, refuseUpgrades)
+	px := startProxy(t, s.Addr, refuseUpgrades)
 	p := openPage(t, browser, px.URL+"/healthz")
 	// openTimeout 20 s: only the refused upgrade, not the timeout, can
 	// bring the fallback within the 15 s this waits.
@@ -153,7 +153,7 @@ func testSSEJoinLeave(t *testing.T, browser context.Context) {
 		t.Fatalf("welcome: %s (%s)", got, eval[string](p, `JSON.stringify(t.welcome)`))
 	}
 
-	s.publish("news", `{"n":1}`)
+	s.Publish("news", `{"n":1}`)
 	p.wait(`t.got.length === 1`)
 	if got := eval[string](p, `JSON.stringify(t.got[0])`); got != `[{"n":1},"news","test-region"]` {
 		t.Fatalf("delivery %s", got)
@@ -194,8 +194,8 @@ func testSSEJoinLeave(t *testing.T, browser context.Context) {
 	// Leave: nothing more for the group (a message to another group,
 	// published after it, is the fence).
 	eval[bool](p, `t.c.leave("news").then(() => true)`)
-	s.publish("news", `{"n":2}`)
-	s.publish("fence", `"after"`)
+	s.Publish("news", `{"n":2}`)
+	s.Publish("fence", `"after"`)
 	p.wait(`t.fence.length === 33`)
 	if n := eval[int](p, `t.got.length`); n != 1 {
 		t.Fatalf("%d deliveries after leave, want none", n-1)
@@ -223,13 +223,13 @@ func testSSEJoinLeave(t *testing.T, browser context.Context) {
 	}
 	p.wait(`t.states.join() === "connected,closed"`)
 	// The stream ends with the client: the server lets the connection go.
-	waitFor(t, 5*time.Second, func() bool { return s.b.Stats().Channels == 0 })
+	waitFor(t, 5*time.Second, func() bool { return s.B.Stats().Channels == 0 })
 }
 
 // Two demo pages chat through the proxy, as over WebSockets.
 func testSSEChat(t *testing.T, browser context.Context) {
 	s := startLive(t, "", Config{ClientSend: true, Region: "europe-west1"})
-	px := startProxy(t, s.addr, refuseUpgrades)
+	px := startProxy(t, s.Addr, refuseUpgrades)
 	a := openPage(t, browser, px.URL+"/")
 	b := openPage(t, browser, px.URL+"/")
 	a.waitJoined("room.lobby")
@@ -242,14 +242,14 @@ func testSSEChat(t *testing.T, browser context.Context) {
 	a.setName("ada")
 	b.setName("bob")
 	a.say("hello from ada")
-	if got, want := b.waitShown("hello from ada"), (shown{"ada", "europe-west1", s.b.Node(), "hello from ada"}); got != want {
+	if got, want := b.waitShown("hello from ada"), (shown{"ada", "europe-west1", s.B.Node(), "hello from ada"}); got != want {
 		t.Fatalf("bob sees %+v, want %+v", got, want)
 	}
 	b.say("hi ada")
 	if got := a.waitShown("hi ada"); got.Who != "bob" {
 		t.Fatalf("ada sees %+v", got)
 	}
-	s.publish("room.lobby", `{"text":"from a backend"}`)
+	s.Publish("room.lobby", `{"text":"from a backend"}`)
 	for _, p := range []*page{a, b} {
 		if got := p.waitShown("from a backend"); got.Who != "backend" {
 			t.Fatalf("backend post shows as %+v", got)
@@ -261,10 +261,8 @@ func testSSEChat(t *testing.T, browser context.Context) {
 // Presence over SSE: a second page appears in the first one's list, and
 // leaves it when its tab closes (the stream ends with it).
 func testSSEPresence(t *testing.T, browser context.Context) {
-	s := &liveServer{t: t, cfg: Config{Region: "test-region"}, addr: "127.0.0.1:0", presence: []string{"room.*"}}
-	s.start()
-	t.Cleanup(s.stop)
-	px := startProxy(t, s.addr, refuseUpgrades)
+	s := startLiveWith(t, broker.Config{Presence: []string{"room.*"}}, Config{})
+	px := startProxy(t, s.Addr, refuseUpgrades)
 	a := openPage(t, browser, px.URL+"/")
 	a.waitJoined("room.lobby")
 	a.wait(`document.getElementById("people-title").textContent === "In the room (1)"`)
@@ -285,28 +283,24 @@ func testSSEPresence(t *testing.T, browser context.Context) {
 func testSSEResume(t *testing.T, browser context.Context) {
 	ns := natstest.StartJetStream(t)
 	keep := []broker.PolicyRule{{Pattern: "room.*", Policy: broker.Recoverable}}
-	s := &liveServer{t: t, cfg: Config{Region: "test-region"}, addr: "127.0.0.1:0", natsURL: ns.ClientURL(), policies: keep}
-	s.start()
-	t.Cleanup(s.stop)
-	other := &liveServer{t: t, cfg: Config{Region: "test-region"}, addr: "127.0.0.1:0", natsURL: ns.ClientURL(), policies: keep}
-	other.start()
-	t.Cleanup(other.stop)
-	px := startProxy(t, s.addr, refuseUpgrades)
+	s := startLiveWith(t, broker.Config{URL: ns.ClientURL(), Policies: keep}, Config{})
+	other := startLiveWith(t, broker.Config{URL: ns.ClientURL(), Policies: keep}, Config{})
+	px := startProxy(t, s.Addr, refuseUpgrades)
 
 	p := openPage(t, browser, px.URL+"/")
 	p.waitJoined("room.lobby")
 	eval[bool](p, `(window.states = [], groupcast.addEventListener("state", (e) => states.push(e.detail)), true)`)
-	s.publish("room.lobby", `{"text":"before"}`)
+	s.Publish("room.lobby", `{"text":"before"}`)
 	p.waitShown("before")
-	old := s.b.Node()
+	old := s.B.Node()
 	upgrades := px.upgrades.Load()
-	s.stop()
-	other.publish("room.lobby", `{"text":"while away 1"}`)
-	other.publish("room.lobby", `{"text":"while away 2"}`)
-	s.start()
+	s.Stop()
+	other.Publish("room.lobby", `{"text":"while away 1"}`)
+	other.Publish("room.lobby", `{"text":"while away 2"}`)
+	s.Restart()
 	p.waitShown("while away 1")
 	p.waitShown("while away 2")
-	s.publish("room.lobby", `{"text":"after"}`)
+	s.Publish("room.lobby", `{"text":"after"}`)
 	p.waitShown("after")
 	for _, text := range []string{"before", "while away 1", "while away 2", "after"} {
 		sel := fmt.Sprintf(`#messages .msg[data-text=%q]`, text)
@@ -328,11 +322,9 @@ func testSSEResume(t *testing.T, browser context.Context) {
 // was published in a recoverable room meanwhile arrives once.
 func testSSECut(t *testing.T, browser context.Context) {
 	ns := natstest.StartJetStream(t)
-	s := &liveServer{t: t, cfg: Config{Region: "test-region"}, addr: "127.0.0.1:0", natsURL: ns.ClientURL(),
-		policies: []broker.PolicyRule{{Pattern: "room.*", Policy: broker.Recoverable}}}
-	s.start()
-	t.Cleanup(s.stop)
-	px := startProxy(t, s.addr, refuseUpgrades)
+	s := startLiveWith(t, broker.Config{URL: ns.ClientURL(),
+		Policies: []broker.PolicyRule{{Pattern: "room.*", Policy: broker.Recoverable}}}, Config{})
+	px := startProxy(t, s.Addr, refuseUpgrades)
 	p := openPage(t, browser, px.URL+"/healthz")
 	// A backoff of 1 to 2 s: the publishes below happen while it is away.
 	eval[bool](p, `(async () => {
@@ -342,14 +334,14 @@ func testSSECut(t *testing.T, browser context.Context) {
 		c.addEventListener("welcome", () => t.welcomes++);
 		await c.join("room.7", (data) => t.got.push(data));
 		return true })()`)
-	s.publish("room.7", `1`)
+	s.Publish("room.7", `1`)
 	p.wait(`t.got.length === 1`)
 	streams := px.streams.Load()
 
 	px.cut()
 	p.wait(`t.c.state === "reconnecting"`)
-	s.publish("room.7", `2`)
-	s.publish("room.7", `3`)
+	s.Publish("room.7", `2`)
+	s.Publish("room.7", `3`)
 	if n := eval[int](p, `t.welcomes`); n != 1 {
 		t.Fatalf("%d welcomes right after the cut: back sooner than the client's backoff allows (EventSource's own retry?)", n)
 	}
@@ -363,7 +355,7 @@ func testSSECut(t *testing.T, browser context.Context) {
 	if n := px.streams.Load() - streams; n != 1 {
 		t.Fatalf("%d new streams after the cut, want 1", n)
 	}
-	if n := s.b.Stats().Channels; n != 1 {
+	if n := s.B.Stats().Channels; n != 1 {
 		t.Fatalf("%d connections on the server, want 1", n)
 	}
 }
@@ -373,7 +365,7 @@ func testSSECut(t *testing.T, browser context.Context) {
 // first token's exp, and a per-group token opens a private group.
 func testSSETokens(t *testing.T, browser context.Context) {
 	s := startLive(t, "", Config{ClientSend: true, Auth: AuthConfig{Secret: []byte(testSecret), Leeway: time.Millisecond}})
-	px := startProxy(t, s.addr, refuseUpgrades)
+	px := startProxy(t, s.Addr, refuseUpgrades)
 	p := openPage(t, browser, px.URL+"/healthz")
 	// Tokens of 3 s (JWTs count whole seconds), minted once the page is
 	// up: the first runs out while the test waits, so the stream lives on
@@ -398,7 +390,7 @@ func testSSETokens(t *testing.T, browser context.Context) {
 	if got != "sse,ada,forbidden" {
 		t.Fatalf("got %s", got)
 	}
-	s.publish("private.7", `"for ada"`)
+	s.Publish("private.7", `"for ada"`)
 	p.wait(`t.got[0] === "for ada"`)
 	time.Sleep(time.Until(exp) + 700*time.Millisecond)
 	if n := eval[int](p, `t.c.ping().then(() => t.welcomes)`); n != 1 {
@@ -417,7 +409,7 @@ func testSSETokens(t *testing.T, browser context.Context) {
 // preflights and all.
 func testSSECrossOrigin(t *testing.T, browser context.Context) {
 	s := startLive(t, "", Config{ClientSend: true, AllowedOrigins: []string{"http://127.0.0.1:*"}})
-	px := startProxy(t, s.addr, refuseUpgrades)
+	px := startProxy(t, s.Addr, refuseUpgrades)
 	sub, _ := fs.Sub(static, "static")
 	mux := http.NewServeMux()
 	mux.Handle("/client.js", http.FileServerFS(sub))
@@ -437,7 +429,7 @@ func testSSECrossOrigin(t *testing.T, browser context.Context) {
 	if got != "sse" {
 		t.Fatalf("transport %q, want sse", got)
 	}
-	s.publish("news", `"from a backend"`)
+	s.Publish("news", `"from a backend"`)
 	p.wait(`t.got.length === 2`)
 	if got := eval[string](p, `t.got.join()`); got != "from the page,from a backend" {
 		t.Fatalf("got %s", got)
@@ -455,7 +447,7 @@ func testSSEPlannedClose(t *testing.T, browser context.Context) {
 		upgrades upgradeRule
 	}{{"websocket", passUpgrades}, {"sse", refuseUpgrades}} {
 		name := tc.name
-		px := startProxy(t, s.addr, tc.upgrades)
+		px := startProxy(t, s.Addr, tc.upgrades)
 		p := openPage(t, browser, px.URL+"/healthz")
 		// Backoff of 6 s: a close taken for a drop would come back late.
 		got := eval[map[string]any](p, `(async () => {
@@ -483,7 +475,7 @@ func testSSEPlannedClose(t *testing.T, browser context.Context) {
 func testSSEDrain(t *testing.T, browser context.Context) {
 	const drain = time.Second
 	s := startLive(t, "", Config{DrainPeriod: drain})
-	px := startProxy(t, s.addr, refuseUpgrades)
+	px := startProxy(t, s.Addr, refuseUpgrades)
 	p := openPage(t, browser, px.URL+"/healthz")
 	// Five clients (six connections per host is the browser's limit);
 	// each notes when it lost its stream and when it tried again.
@@ -497,7 +489,7 @@ func testSSEDrain(t *testing.T, browser context.Context) {
 			c.open = () => { if (c.lostAt !== undefined) c.retryAt ??= performance.now(); return open(); };
 		}
 		return cs.every((c) => c.transport === "sse") })()`)
-	s.stop()
+	s.Stop()
 	p.wait(`cs.every((c) => c.retryAt !== undefined)`)
 	waits := eval[[]float64](p, `cs.map((c) => Math.round(c.retryAt - c.lostAt))`)
 	t.Logf("tried again %v ms after the close", waits)
@@ -522,7 +514,7 @@ func testSSEBurst(t *testing.T, browser context.Context) {
 		name     string
 		upgrades upgradeRule
 	}{{"websocket", passUpgrades}, {"sse", refuseUpgrades}} {
-		px := startProxy(t, s.addr, tc.upgrades)
+		px := startProxy(t, s.Addr, tc.upgrades)
 		p := openPage(t, browser, px.URL+"/healthz")
 		got := eval[map[string]any](p, `(async () => {
 			const { connect } = await import("/client.js");
@@ -547,7 +539,7 @@ func testSSEBurst(t *testing.T, browser context.Context) {
 // up on the WebSocket after its open timeout (3 s) and goes on over SSE.
 func testSSEStalled(t *testing.T, browser context.Context) {
 	s := startLive(t, "", Config{ClientSend: true})
-	px := startProxy(t, s.addr, stallUpgrades)
+	px := startProxy(t, s.Addr, stallUpgrades)
 	p := openPage(t, browser, px.URL+"/healthz")
 	got := eval[map[string]any](p, `(async () => {
 		const { connect } = await import("/client.js");
@@ -561,7 +553,7 @@ func testSSEStalled(t *testing.T, browser context.Context) {
 	if got["transport"] != "sse" || got["ms"].(float64) < 2900 || got["ms"].(float64) > 8000 {
 		t.Fatalf("got %v, want sse after about 3 s", got)
 	}
-	s.publish("news", `"over sse"`)
+	s.Publish("news", `"over sse"`)
 	p.wait(`window.got === "over sse"`)
 	eval[bool](p, `(c.close(), true)`)
 }
@@ -570,7 +562,7 @@ func testSSEStalled(t *testing.T, browser context.Context) {
 // fallback is only a fallback.
 func testSSEKeepsWebSocket(t *testing.T, browser context.Context) {
 	s := startLive(t, "", Config{ClientSend: true})
-	px := startProxy(t, s.addr, passUpgrades)
+	px := startProxy(t, s.Addr, passUpgrades)
 	p := openPage(t, browser, px.URL+"/")
 	p.waitJoined("room.lobby")
 	p.say("over a websocket")

@@ -71,8 +71,8 @@ func testBrowserReconnectSpread(t *testing.T, browser context.Context) {
 // their origin region and instance, and a backend's post reaches both.
 func testBrowserChat(t *testing.T, browser context.Context) {
 	s := startLive(t, "", Config{ClientSend: true, Region: "europe-west1"})
-	a := openPage(t, browser, s.url()+"/")
-	b := openPage(t, browser, s.url()+"/")
+	a := openPage(t, browser, s.URL()+"/")
+	b := openPage(t, browser, s.URL()+"/")
 	a.waitJoined("room.lobby")
 	b.waitJoined("room.lobby")
 	a.setName("ada")
@@ -80,7 +80,7 @@ func testBrowserChat(t *testing.T, browser context.Context) {
 
 	a.say("hello from ada")
 	got := b.waitShown("hello from ada")
-	if want := (shown{"ada", "europe-west1", s.b.Node(), "hello from ada"}); got != want {
+	if want := (shown{"ada", "europe-west1", s.B.Node(), "hello from ada"}); got != want {
 		t.Fatalf("bob sees %+v, want %+v", got, want)
 	}
 	b.say("hi ada")
@@ -89,7 +89,7 @@ func testBrowserChat(t *testing.T, browser context.Context) {
 	}
 	a.wait(`document.querySelector('#messages .msg.mine[data-text="hello from ada"]')`)
 
-	s.publish("room.lobby", `{"text":"from a backend"}`)
+	s.Publish("room.lobby", `{"text":"from a backend"}`)
 	for _, p := range []*page{a, b} {
 		if got := p.waitShown("from a backend"); got.Who != "backend" || got.Region != "europe-west1" {
 			t.Fatalf("backend post shows as %+v", got)
@@ -98,7 +98,7 @@ func testBrowserChat(t *testing.T, browser context.Context) {
 	// The live panel: this instance, its region, and the two connections.
 	a.wait(fmt.Sprintf(`document.getElementById("node").textContent === %q &&
 		document.getElementById("region").textContent === "europe-west1" &&
-		document.getElementById("connections").textContent === "2"`, s.b.Node()))
+		document.getElementById("connections").textContent === "2"`, s.B.Node()))
 	// Recently active: both speakers.
 	a.wait(`[...document.querySelectorAll("#people .who")].map((e) => e.textContent).sort().join() === "ada,bob"`)
 }
@@ -107,7 +107,7 @@ func testBrowserChat(t *testing.T, browser context.Context) {
 // (a message to another group, published after it, is the fence).
 func testBrowserJoinLeave(t *testing.T, browser context.Context) {
 	s := startLive(t, "", Config{ClientSend: true})
-	p := openPage(t, browser, s.url()+"/healthz")
+	p := openPage(t, browser, s.URL()+"/healthz")
 	eval[bool](p, `(async () => {
 		const { connect } = await import("/client.js");
 		const c = connect();
@@ -116,7 +116,7 @@ func testBrowserJoinLeave(t *testing.T, browser context.Context) {
 		await c.join("news", (data, msg) => t.got.push([data, msg.group, msg.region]));
 		await c.join("fence", (data) => t.fence.push(data));
 		return true })()`)
-	s.publish("news", `{"n":1}`)
+	s.Publish("news", `{"n":1}`)
 	p.wait(`t.got.length === 1`)
 	if got := eval[string](p, `JSON.stringify(t.got[0])`); got != `[{"n":1},"news","test-region"]` {
 		t.Fatalf("delivery %s", got)
@@ -125,8 +125,8 @@ func testBrowserJoinLeave(t *testing.T, browser context.Context) {
 		t.Fatalf("states %s", got)
 	}
 	eval[bool](p, `t.c.leave("news").then(() => true)`)
-	s.publish("news", `{"n":2}`)
-	s.publish("fence", `"after"`)
+	s.Publish("news", `{"n":2}`)
+	s.Publish("fence", `"after"`)
 	p.wait(`t.fence.length === 1`)
 	if n := eval[int](p, `t.got.length`); n != 1 {
 		t.Fatalf("%d deliveries after leave, want none", n-1)
@@ -149,7 +149,7 @@ func testBrowserJoinLeave(t *testing.T, browser context.Context) {
 // connection stays usable, and the demo shows them.
 func testBrowserErrors(t *testing.T, browser context.Context) {
 	s := startLive(t, "", Config{ClientSend: false, MaxGroups: 2})
-	p := openPage(t, browser, s.url()+"/")
+	p := openPage(t, browser, s.URL()+"/")
 	p.waitJoined("room.lobby") // the demo's own client takes one group
 	codes := eval[map[string]string](p, `(async () => {
 		const { connect, GroupcastError } = await import("/client.js");
@@ -186,34 +186,34 @@ func testBrowserErrors(t *testing.T, browser context.Context) {
 func testBrowserRestart(t *testing.T, browser context.Context) {
 	ns := natstest.Start(t, -1)
 	s := startLive(t, fmt.Sprintf("nats://127.0.0.1:%d", natstest.Port(ns)), Config{ClientSend: true})
-	a := openPage(t, browser, s.url()+"/")
-	b := openPage(t, browser, s.url()+"/")
+	a := openPage(t, browser, s.URL()+"/")
+	b := openPage(t, browser, s.URL()+"/")
 	for _, p := range []*page{a, b} {
 		p.waitJoined("room.lobby")
 		eval[bool](p, `(window.states = [], groupcast.addEventListener("state", (e) => states.push(e.detail)), true)`)
 	}
 	a.setName("ada")
 	b.setName("bob")
-	old := s.b.Node()
+	old := s.B.Node()
 
 	start := time.Now()
-	s.restart()
+	s.Restart()
 	for _, p := range []*page{a, b} {
-		p.wait(fmt.Sprintf(`groupcast.state === "connected" && groupcast.welcome.node === %q`, s.b.Node()))
+		p.wait(fmt.Sprintf(`groupcast.state === "connected" && groupcast.welcome.node === %q`, s.B.Node()))
 		if got := eval[string](p, `states.join()`); got != "reconnecting,connected" {
 			t.Fatalf("states %s", got)
 		}
-		p.wait(fmt.Sprintf(`[...document.querySelectorAll("#messages .note")].some((n) => n.textContent.includes("reconnected to instance %s"))`, s.b.Node()))
+		p.wait(fmt.Sprintf(`[...document.querySelectorAll("#messages .note")].some((n) => n.textContent.includes("reconnected to instance %s"))`, s.B.Node()))
 	}
-	t.Logf("both pages back %v after the restart began (old instance %s, new %s)", time.Since(start).Round(time.Millisecond), old, s.b.Node())
+	t.Logf("both pages back %v after the restart began (old instance %s, new %s)", time.Since(start).Round(time.Millisecond), old, s.B.Node())
 
 	a.say("still here?")
-	if got := b.waitShown("still here?"); got.Who != "ada" || got.Node != s.b.Node() {
+	if got := b.waitShown("still here?"); got.Who != "ada" || got.Node != s.B.Node() {
 		t.Fatalf("bob sees %+v", got)
 	}
 	b.say("yes")
 	a.waitShown("yes")
-	s.publish("room.lobby", `{"text":"rejoined"}`)
+	s.Publish("room.lobby", `{"text":"rejoined"}`)
 	a.waitShown("rejoined")
 	b.waitShown("rejoined")
 }
@@ -227,8 +227,8 @@ func testBrowserScreenshot(t *testing.T, browser context.Context) {
 	eu := startLive(t, natsURL, Config{ClientSend: true, Region: "europe-west1"})
 	us := startLive(t, natsURL, Config{ClientSend: true, Region: "us-central1"})
 
-	a := openPage(t, browser, eu.url()+"/")
-	b := openPage(t, browser, us.url()+"/")
+	a := openPage(t, browser, eu.URL()+"/")
+	b := openPage(t, browser, us.URL()+"/")
 	a.do(chromedp.EmulateViewport(1280, 760))
 	a.waitJoined("room.lobby")
 	b.waitJoined("room.lobby")
@@ -239,10 +239,10 @@ func testBrowserScreenshot(t *testing.T, browser context.Context) {
 	a.waitJoined("room.releases")
 	eval[bool](a, `(location.hash = "#room.lobby", true)`)
 	a.wait(`document.getElementById("title").textContent === "#room.lobby"`)
-	eu.publish("room.releases", `{"text":"v1.4 is out","name":"release-bot"}`)
+	eu.Publish("room.releases", `{"text":"v1.4 is out","name":"release-bot"}`)
 
 	// Traffic for the live panel: a member of a busy group on a's instance.
-	busy := wstest.Dial(t, "ws"+strings.TrimPrefix(eu.url(), "http")+"/ws", nil)
+	busy := wstest.Dial(t, "ws"+strings.TrimPrefix(eu.URL(), "http")+"/ws", nil)
 	busy.Join("metrics.ticks")
 	stop := make(chan struct{})
 	done := make(chan struct{})
@@ -263,7 +263,7 @@ func testBrowserScreenshot(t *testing.T, browser context.Context) {
 			case <-time.After(10 * time.Millisecond):
 			}
 			for range 4 + int(3*math.Sin(float64(i)/70)) { // a wave, for the sparkline
-				if err := us.b.GroupSend("metrics.ticks", []byte(`{"tick":1}`)); err != nil {
+				if err := us.B.GroupSend("metrics.ticks", []byte(`{"tick":1}`)); err != nil {
 					return
 				}
 			}
@@ -274,10 +274,10 @@ func testBrowserScreenshot(t *testing.T, browser context.Context) {
 	a.waitShown("Morning! Deploy to us-central1 is done.")
 	a.say("Nice, europe-west1 sees it too.")
 	b.waitShown("Nice, europe-west1 sees it too.")
-	us.publish("room.lobby", `{"text":"build 8812 passed","name":"ci"}`)
+	us.Publish("room.lobby", `{"text":"build 8812 passed","name":"ci"}`)
 	a.waitShown("build 8812 passed")
 	b.say("Ping from the US side, all green here.")
-	if got := a.waitShown("Ping from the US side, all green here."); got.Region != "us-central1" || got.Node != us.b.Node() {
+	if got := a.waitShown("Ping from the US side, all green here."); got.Region != "us-central1" || got.Node != us.B.Node() {
 		t.Fatalf("a message from the other region shows as %+v", got)
 	}
 	// Let the panel gather a few seconds of rates.
@@ -346,7 +346,7 @@ func testBrowserTokens(t *testing.T, browser context.Context) {
 	}
 	group := mint(jwt.MapClaims{"sub": "ada", "group": "private.7", "exp": time.Now().Add(time.Hour).Unix()})
 	list, _ := json.Marshal(tokens)
-	p := openPage(t, browser, s.url()+"/healthz")
+	p := openPage(t, browser, s.URL()+"/healthz")
 	got := eval[map[string]string](p, fmt.Sprintf(`(async () => {
 		const { connect } = await import("/client.js");
 		const tokens = %s;
@@ -362,7 +362,7 @@ func testBrowserTokens(t *testing.T, browser context.Context) {
 	if got["private"] != "forbidden" || got["user"] != "ada" {
 		t.Fatalf("got %v", got)
 	}
-	s.publish("private.7", `"for ada"`)
+	s.Publish("private.7", `"for ada"`)
 	p.wait(`t.got[0] === "for ada"`)
 
 	time.Sleep(time.Until(exp) + 700*time.Millisecond)
@@ -388,7 +388,7 @@ func (echoFrames) Frame(ctx context.Context, c *Conn, typ string, frame json.Raw
 // a type nobody handles rejects with unknown_type; joined events arrive.
 func testBrowserCall(t *testing.T, browser context.Context) {
 	s := startLive(t, "", Config{Consumer: echoFrames{}})
-	p := openPage(t, browser, s.url()+"/")
+	p := openPage(t, browser, s.URL()+"/")
 	got := eval[map[string]string](p, `(async () => {
 		const { connect } = await import("/client.js");
 		const c = connect();
@@ -406,13 +406,11 @@ func testBrowserCall(t *testing.T, browser context.Context) {
 // With presence on, the page lists who is in the room, live: a second
 // page appears in the first one's list, and leaves it when it closes.
 func testBrowserPresence(t *testing.T, browser context.Context) {
-	s := &liveServer{t: t, cfg: Config{Region: "test-region"}, addr: "127.0.0.1:0", presence: []string{"room.*"}}
-	s.start()
-	t.Cleanup(s.stop)
-	a := openPage(t, browser, s.url()+"/")
+	s := startLiveWith(t, broker.Config{Presence: []string{"room.*"}}, Config{})
+	a := openPage(t, browser, s.URL()+"/")
 	a.waitJoined("room.lobby")
 	a.wait(`document.getElementById("people-title").textContent === "In the room (1)"`)
-	b := openPage(t, browser, s.url()+"/")
+	b := openPage(t, browser, s.URL()+"/")
 	b.waitJoined("room.lobby")
 	a.wait(`document.getElementById("people-title").textContent === "In the room (2)"`)
 	b.cancel() // the tab closes, and its socket with it
@@ -425,21 +423,17 @@ func testBrowserPresence(t *testing.T, browser context.Context) {
 func testBrowserResume(t *testing.T, browser context.Context) {
 	ns := natstest.StartJetStream(t)
 	keep := []broker.PolicyRule{{Pattern: "room.*", Policy: broker.Recoverable}}
-	s := &liveServer{t: t, cfg: Config{Region: "test-region"}, addr: "127.0.0.1:0", natsURL: ns.ClientURL(), policies: keep}
-	s.start()
-	t.Cleanup(s.stop)
-	other := &liveServer{t: t, cfg: Config{Region: "test-region"}, addr: "127.0.0.1:0", natsURL: ns.ClientURL(), policies: keep}
-	other.start()
-	t.Cleanup(other.stop)
+	s := startLiveWith(t, broker.Config{URL: ns.ClientURL(), Policies: keep}, Config{})
+	other := startLiveWith(t, broker.Config{URL: ns.ClientURL(), Policies: keep}, Config{})
 
-	p := openPage(t, browser, s.url()+"/")
+	p := openPage(t, browser, s.URL()+"/")
 	p.waitJoined("room.lobby")
-	s.publish("room.lobby", `{"text":"before"}`)
+	s.Publish("room.lobby", `{"text":"before"}`)
 	p.waitShown("before")
-	s.stop()
-	other.publish("room.lobby", `{"text":"while away 1"}`)
-	other.publish("room.lobby", `{"text":"while away 2"}`)
-	s.start()
+	s.Stop()
+	other.Publish("room.lobby", `{"text":"while away 1"}`)
+	other.Publish("room.lobby", `{"text":"while away 2"}`)
+	s.Restart()
 	p.waitShown("while away 1")
 	p.waitShown("while away 2")
 	for _, text := range []string{"before", "while away 1", "while away 2"} {
@@ -456,10 +450,8 @@ func testBrowserResume(t *testing.T, browser context.Context) {
 func testBrowserGap(t *testing.T, browser context.Context) {
 	ns := natstest.StartJetStream(t)
 	keep := []broker.PolicyRule{{Pattern: "room.*", Policy: broker.Recoverable}}
-	s := &liveServer{t: t, cfg: Config{Region: "test-region"}, addr: "127.0.0.1:0", natsURL: ns.ClientURL(), policies: keep}
-	s.start()
-	t.Cleanup(s.stop)
-	p := openPage(t, browser, s.url()+"/healthz")
+	s := startLiveWith(t, broker.Config{URL: ns.ClientURL(), Policies: keep}, Config{})
+	p := openPage(t, browser, s.URL()+"/healthz")
 	eval[bool](p, `(async () => {
 		const { connect } = await import("/client.js");
 		const c = connect();
@@ -467,9 +459,9 @@ func testBrowserGap(t *testing.T, browser context.Context) {
 		c.addEventListener("gap", (e) => t.gaps.push(e.detail));
 		await c.join("room.gap", (data) => t.got.push(data.n));
 		return true })()`)
-	s.publish("room.gap", `{"n":1}`)
+	s.Publish("room.gap", `{"n":1}`)
 	p.wait(`t.got.length === 1`)
-	s.stop()
+	s.Stop()
 	nc, err := nats.Connect(ns.ClientURL())
 	if err != nil {
 		t.Fatal(err)
@@ -479,12 +471,12 @@ func testBrowserGap(t *testing.T, browser context.Context) {
 	if err := js.DeleteStream("GROUPCAST_RECOVERABLE"); err != nil {
 		t.Fatal(err)
 	}
-	s.start()
+	s.Restart()
 	p.wait(`t.gaps.length === 1 && t.c.state === "connected"`)
 	if got := eval[string](p, `JSON.stringify(t.gaps)`); got != `[{"type":"gap","group":"room.gap","recovered":false}]` {
 		t.Fatalf("gap events %s", got)
 	}
-	s.publish("room.gap", `{"n":2}`)
+	s.Publish("room.gap", `{"n":2}`)
 	p.wait(`t.got.length === 2`)
 	if got := eval[string](p, `t.got.join() + " " + t.gaps.length`); got != "1,2 1" {
 		t.Fatalf("got %s", got)

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/groupcast/groupcast/protocol"
 )
 
 // client is one receiving WebSocket connection. Its fields other than the
@@ -26,8 +28,9 @@ type client struct {
 	seen    []uint64 // bitset of received seqs (when r.bitset)
 	lastSeq int64    // highest seq received (without bitset)
 	buf     []byte
-	release func() // called once: joined or failed
-	dialed  int64  // unix ns when the dial started
+	view    protocol.View // decodes groupcast frames, reused
+	release func()        // called once: joined or failed
+	dialed  int64         // unix ns when the dial started
 
 	visits []*visit              // churn-owned: every visit, in order
 	cur    atomic.Pointer[visit] // the visit under way; nil: none
@@ -268,58 +271,43 @@ func (c *client) readGroupcast(rd io.Reader) error {
 	if err != nil {
 		return err
 	}
-	for len(buf) > 0 {
-		line := buf
-		if i := indexNL(buf); i >= 0 {
-			line, buf = buf[:i], buf[i+1:]
-		} else {
-			buf = nil
-		}
-		if err := c.groupcastObject(line); err != nil {
+	for obj := range protocol.Objects(buf) {
+		if err := c.groupcastObject(obj); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// groupcastObject accounts for one JSON object from the server.
-func (c *client) groupcastObject(line []byte) error {
-	kind, data := classifyGroupcast(line)
-	switch kind {
-	case gcMessage:
-		if e := objectEnd(data); e > 0 {
-			data = data[:e]
-		}
-		c.deliver(data)
-	case gcAck:
-		var a struct {
-			ID int `json:"id"`
-		}
-		if json.Unmarshal(line, &a) != nil {
+// groupcastObject handles one server object, without allocating for a
+// delivery or an ack. An object that does not decode counts as malformed.
+func (c *client) groupcastObject(obj []byte) error {
+	v := &c.view
+	if v.Decode(obj) != nil {
+		c.bad.Add(1)
+		return nil
+	}
+	switch string(v.Type) {
+	case protocol.TypeMessage:
+		c.deliver(v.Data)
+	case protocol.TypeAck:
+		id, ok := parseDigits(v.ID)
+		if !ok {
 			break
 		}
-		if a.ID == 1 {
+		if id == 1 {
 			c.joined()
 		} else {
-			c.visitAck(a.ID)
+			c.visitAck(int(id))
 		}
-	case gcError:
+	case protocol.TypeError:
 		c.errFrames.Add(1)
-		c.r.noteErr(fmt.Errorf("conn %d: error frame %s", c.id, truncate(line, 200)))
+		c.r.noteErr(fmt.Errorf("conn %d: error frame %s", c.id, truncate(obj, 200)))
 		if !c.isJoined.Load() {
-			return fmt.Errorf("join refused: %s", truncate(line, 200))
+			return fmt.Errorf("join refused: %s", truncate(obj, 200))
 		}
 	}
 	return nil
-}
-
-func indexNL(b []byte) int {
-	for i, ch := range b {
-		if ch == '\n' {
-			return i
-		}
-	}
-	return -1
 }
 
 // readAllInto reads rd to EOF, appending to buf and growing it as needed.
@@ -337,42 +325,6 @@ func readAllInto(rd io.Reader, buf []byte) ([]byte, error) {
 			return buf, err
 		}
 	}
-}
-
-// objectEnd returns the length of the JSON object or array at the start of
-// b, or -1 if b does not start with a complete one.
-func objectEnd(b []byte) int {
-	depth := 0
-	inStr := false
-	for i := 0; i < len(b); i++ {
-		ch := b[i]
-		if inStr {
-			switch ch {
-			case '\\':
-				i++
-			case '"':
-				inStr = false
-			}
-			continue
-		}
-		switch ch {
-		case '"':
-			inStr = true
-		case '{', '[':
-			depth++
-		case '}', ']':
-			depth--
-			if depth == 0 {
-				return i + 1
-			}
-		case ' ', '\t', '\r', '\n':
-		default:
-			if depth == 0 {
-				return -1
-			}
-		}
-	}
-	return -1
 }
 
 // deliver accounts for one received payload. Publish seq went to room

@@ -46,25 +46,28 @@ func TestPayloadRoundTrip(t *testing.T) {
 	}
 }
 
-func TestClassifyGroupcast(t *testing.T) {
-	line := []byte(`{"type":"message","group":"g","data":{"seq":3,"t":9,"pad":"}x"},"t":1,"seq":99}`)
-	kind, data := classifyGroupcast(line)
-	if kind != gcMessage {
-		t.Fatalf("kind %v", kind)
-	}
-	data = data[:objectEnd(data)]
-	if string(data) != `{"seq":3,"t":9,"pad":"}x"}` {
-		t.Fatalf("data %s", data)
-	}
-	for in, want := range map[string]gcLineKind{
-		`{"type":"ack","id":1}`:                               gcAck,
-		`{"type": "error","id":1,"code":"bad","message":"m"}`: gcError,
-		`{"type":"welcome","channel":"c","node":"n"}`:         gcOther,
-		`not json`: gcOther,
+// TestGroupcastObject: a client counts what each server object says.
+func TestGroupcastObject(t *testing.T) {
+	r := &fanoutRun{seqLimit: 1000, bitset: true}
+	c := &client{r: r, seen: make([]uint64, 16), lastSeq: -1, release: func() {}}
+	for _, obj := range []string{
+		`{"type":"message","group":"g","data":{"seq":3,"t":9,"pad":"}x"},"t":1,"seq":99}`,
+		`{"type":"message","group":"g","data":{"seq":3,"t":9}}`, // a duplicate
+		`{"type":"message","group":"g"}`, `not json`, `{"type":"message","data":{"seq":"3"}}`,
+		`{"type":"welcome","channel":"c","node":"n"}`, `{"type":"ack","id":"x"}`,
 	} {
-		if k, _ := classifyGroupcast([]byte(in)); k != want {
-			t.Errorf("%s: kind %v, want %v", in, k, want)
+		if err := c.groupcastObject([]byte(obj)); err != nil {
+			t.Fatalf("%s: %v", obj, err)
 		}
+	}
+	if c.unique.Load() != 1 || c.dups.Load() != 1 || c.bad.Load() != 3 || c.isJoined.Load() {
+		t.Fatalf("unique %d dups %d bad %d joined %v", c.unique.Load(), c.dups.Load(), c.bad.Load(), c.isJoined.Load())
+	}
+	if err := c.groupcastObject([]byte(`{"type": "error","id":1,"code":"bad","message":"m"}`)); err == nil || c.errFrames.Load() != 1 {
+		t.Fatalf("an error before the join: %v, %d error frames", err, c.errFrames.Load())
+	}
+	if err := c.groupcastObject([]byte(`{"type":"ack","id":1}`)); err != nil || !c.isJoined.Load() {
+		t.Fatalf("the join's ack: %v, joined %v", err, c.isJoined.Load())
 	}
 }
 
@@ -546,8 +549,9 @@ func TestHotPathAllocs(t *testing.T) {
 	gc := fmt.Appendf(nil, `{"type":"message","group":"bench","data":%s}`, payload)
 	nats := fmt.Appendf(nil, "MSG bench 1 %d\r\n%s\r\n", len(payload), payload)
 	allocs := testing.AllocsPerRun(200, func() {
-		_, data := classifyGroupcast(gc)
-		c.deliver(data[:objectEnd(data)])
+		if err := c.groupcastObject(gc); err != nil {
+			t.Fatal(err)
+		}
 		if _, err := parseNATS(nats, c); err != nil {
 			t.Fatal(err)
 		}

@@ -104,7 +104,12 @@ func TestMetricsExposed(t *testing.T) {
 	// A frame is counted once written, which may be just after the
 	// client has read it.
 	var missing []string
-	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+	defer func() {
+		for _, want := range missing {
+			t.Errorf("metrics lack %q", want)
+		}
+	}()
+	waitFor(t, 2*time.Second, func() bool {
 		resp, err := http.Get(e.http.URL + "/metrics")
 		if err != nil {
 			t.Fatal(err)
@@ -117,13 +122,8 @@ func TestMetricsExposed(t *testing.T) {
 				missing = append(missing, want)
 			}
 		}
-		if len(missing) == 0 || time.Now().After(deadline) {
-			break
-		}
-	}
-	for _, want := range missing {
-		t.Errorf("metrics lack %q", want)
-	}
+		return len(missing) == 0
+	})
 }
 
 // TestKeepalivePings: an idle connection is pinged every PingInterval,

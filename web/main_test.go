@@ -31,7 +31,8 @@ type env struct {
 }
 
 // newEnv starts an instance on natsURL (embedded when empty). cfg may
-// be nil for defaults (with client sends allowed).
+// be nil for defaults (with client sends allowed); its logs go to the
+// test's log unless it has a Logger.
 func newEnv(t testing.TB, natsURL string, cfg *Config) *env {
 	t.Helper()
 	return newEnvBroker(t, broker.Config{URL: natsURL}, cfg)
@@ -49,7 +50,9 @@ func newEnvBroker(t testing.TB, bc broker.Config, cfg *Config) *env {
 	if cfg == nil {
 		cfg = &Config{ClientSend: true}
 	}
-	cfg.Logger = apptest.Logger(t)
+	if cfg.Logger == nil {
+		cfg.Logger = apptest.Logger(t)
+	}
 	cfg.Metrics = m
 	if cfg.Region == "" {
 		cfg.Region = "test-region"

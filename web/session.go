@@ -126,10 +126,30 @@ func (s *session) stopExpiry() {
 	}
 }
 
-// logger returns a logger with the connection's channel and trace. It is
-// made when needed, not kept: a logger per idle connection is memory.
-func (s *session) logger() *slog.Logger {
-	return s.srv.log.With(append(s.trace[:len(s.trace):len(s.trace)], "channel", s.channel)...)
+// logger returns the connection's logger, which puts its trace and
+// channel in front of every line's fields. It is made when needed, not
+// kept (a logger per idle connection is memory), and costs nothing: a
+// line is built only when its level is enabled, without the handler copy
+// that slog.Logger.With makes.
+func (s *session) logger() connLogger { return connLogger{s} }
+
+// connLogger is a session's logger; see session.logger.
+type connLogger struct{ s *session }
+
+func (l connLogger) Debug(msg string, args ...any) { l.log(slog.LevelDebug, msg, args) }
+func (l connLogger) Info(msg string, args ...any)  { l.log(slog.LevelInfo, msg, args) }
+func (l connLogger) Warn(msg string, args ...any)  { l.log(slog.LevelWarn, msg, args) }
+func (l connLogger) Error(msg string, args ...any) { l.log(slog.LevelError, msg, args) }
+
+func (l connLogger) log(level slog.Level, msg string, args []any) {
+	log, ctx := l.s.srv.log, context.Background()
+	if !log.Enabled(ctx, level) {
+		return
+	}
+	trace := l.s.trace
+	all := make([]any, 0, len(trace)+2+len(args))
+	all = append(append(append(all, trace...), "channel", l.s.channel), args...)
+	log.Log(ctx, level, msg, all...)
 }
 
 // Receive implements broker.Receiver: it queues the frame without blocking

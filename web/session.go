@@ -170,28 +170,40 @@ func (s *session) Closing() bool { return s.out.isClosing() }
 
 // ReceiveNow implements broker.ImmediateReceiver: when the connection has
 // nothing queued and no writer, it writes the frames, as one WebSocket
-// message, on the caller's goroutine, as much as the socket takes without
-// blocking; a writer is started only for what is left. It declines when
-// there is other writing to do or the socket takes nothing, and always
-// with WriteDelay.
+// message (or, on an SSE stream, as events in one chunk), on the caller's
+// goroutine, as much as the socket takes without blocking; a writer is
+// started only for what is left. It declines when there is other writing
+// to do or the socket takes nothing, and always with WriteDelay or on a
+// stream that is not a socket of its own (HTTP/2).
 func (s *session) ReceiveNow(ds []broker.Delivery) bool {
-	if s.raw == nil || s.raw.rc == nil || s.srv.cfg.WriteDelay > 0 || !s.out.claim() {
+	if !s.writesNow() || !s.out.claim() {
 		return false
 	}
 	buf := s.srv.buffers.Get().(*[]byte)
-	p := append((*buf)[:0], make([]byte, maxFrameHeader)...)
-	for i, d := range ds {
-		if i > 0 {
-			p = append(p, '\n')
+	var p []byte
+	var start, size int
+	if s.sse != nil {
+		p, start, size = appendChunk((*buf)[:0], ds, s.sse.chunked)
+	} else {
+		p = append((*buf)[:0], make([]byte, maxFrameHeader)...)
+		for i, d := range ds {
+			if i > 0 {
+				p = append(p, '\n')
+			}
+			p = append(p, d.Frame...)
 		}
-		p = append(p, d.Frame...)
+		start, size = frameHeader(p), len(p)-maxFrameHeader
 	}
 	*buf = p
-	start := frameHeader(p)
-	n, err := s.raw.tryWrite(p[start:])
+	var n int
+	var err error
+	if size > 0 {
+		n, err = s.tryWrite(p[start:])
+	}
 	var rest []byte
 	var unwritten []broker.Delivery
 	switch {
+	case size == 0: // nothing to write (a stream's empty frames)
 	case errors.Is(err, errWouldBlock):
 		unwritten = ds
 	case err != nil:
@@ -205,13 +217,34 @@ func (s *session) ReceiveNow(ds []broker.Delivery) bool {
 		}
 		s.srv.metrics.writes.Inc()
 		s.srv.metrics.framesWritten.Add(float64(len(ds)))
-		s.srv.metrics.bytesWritten.Add(float64(len(p) - maxFrameHeader))
+		s.srv.metrics.bytesWritten.Add(float64(size))
 	}
 	s.srv.buffers.Put(buf)
 	if s.out.release(rest, unwritten) {
 		s.startWriter()
 	}
 	return true
+}
+
+// writesNow reports whether ReceiveNow may write on its caller's
+// goroutine: its connection is a socket that takes writes that do not
+// block, and there is no WriteDelay.
+func (s *session) writesNow() bool {
+	if s.srv.cfg.WriteDelay > 0 {
+		return false
+	}
+	if s.sse != nil {
+		return s.sse.raw != nil
+	}
+	return s.raw != nil && s.raw.rc != nil
+}
+
+// tryWrite writes what of p the socket takes at once (errWouldBlock: none).
+func (s *session) tryWrite(p []byte) (int, error) {
+	if s.sse != nil {
+		return s.sse.trySend(p)
+	}
+	return s.raw.tryWrite(p)
 }
 
 // send writes an answer of the session's own (a control frame) at once
@@ -398,6 +431,9 @@ func (s *session) writeRest(rest []byte) error {
 	}
 	s.writeStart.Store(time.Now().UnixNano())
 	defer s.writeStart.Store(0)
+	if s.sse != nil {
+		return s.sse.sendRaw(rest)
+	}
 	_, err := s.raw.Write(rest)
 	return err
 }

@@ -10,11 +10,13 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/coder/websocket"
 	"github.com/labstack/echo/v4"
 
+	"github.com/groupcast/groupcast/broker"
 	"github.com/groupcast/groupcast/protocol"
 )
 
@@ -40,9 +42,10 @@ import (
 type sseStream struct {
 	secret string
 
-	conn    net.Conn   // the hijacked connection; nil: the response's, below
-	chunked bool       // conn's body is chunked (HTTP/1.1), else it ends with conn (HTTP/1.0)
-	wmu     sync.Mutex // serialises writes
+	conn    net.Conn        // the hijacked connection; nil: the response's, below
+	raw     syscall.RawConn // conn's socket, for writes that must not block; nil when not a socket
+	chunked bool            // conn's body is chunked (HTTP/1.1), else it ends with conn (HTTP/1.0)
+	wmu     sync.Mutex      // serialises writes
 
 	w   http.ResponseWriter
 	rc  *http.ResponseController
@@ -108,6 +111,9 @@ func (st *sseStream) open(c echo.Context) error {
 		conn, _, err := rc.Hijack()
 		if err == nil {
 			st.conn = conn
+			if sc, ok := conn.(syscall.Conn); ok {
+				st.raw, _ = sc.SyscallConn()
+			}
 			// Deadlines of the request's reading stay on a hijacked
 			// connection: cleared, the stream lives on.
 			conn.SetDeadline(time.Time{})
@@ -217,9 +223,7 @@ func (s *session) writeEvents(batch [][]byte) error {
 					return err
 				}
 			}
-			p = append(p, "data: "...)
-			p = append(p, line...)
-			p = append(p, "\n\n"...)
+			p = appendEvent(p, line)
 			n++
 		}
 	}
@@ -227,6 +231,75 @@ func (s *session) writeEvents(batch [][]byte) error {
 		return nil
 	}
 	return flush()
+}
+
+// appendEvent appends one frame's event: line holds no newline.
+func appendEvent(p, line []byte) []byte {
+	p = append(p, "data: "...)
+	p = append(p, line...)
+	return append(p, "\n\n"...)
+}
+
+// sseChunkHead is the room appendChunk leaves for a chunk's head: the
+// size in hex, at most 16 digits, and CRLF.
+const sseChunkHead = 18
+
+// appendChunk appends the events of ds (a frame of several objects is
+// split at its newlines), as one chunk when chunked: p[start:] is what to
+// write, size the events' bytes (0: nothing to write).
+func appendChunk(p []byte, ds []broker.Delivery, chunked bool) (_ []byte, start, size int) {
+	p = append(p, make([]byte, sseChunkHead)...)
+	for _, d := range ds {
+		for f := d.Frame; len(f) > 0; {
+			var line []byte
+			line, f, _ = bytes.Cut(f, []byte{'\n'})
+			if len(line) > 0 {
+				p = appendEvent(p, line)
+			}
+		}
+	}
+	size = len(p) - sseChunkHead
+	if !chunked || size == 0 {
+		return p, sseChunkHead, size
+	}
+	var head [sseChunkHead]byte
+	h := append(strconv.AppendInt(head[:0], int64(size), 16), "\r\n"...)
+	start = sseChunkHead - len(h)
+	copy(p[start:], h)
+	return append(p, crlf...), start, size
+}
+
+// trySend writes what of p the socket takes at once, without waiting for
+// it or for another write: errWouldBlock when it takes nothing.
+func (st *sseStream) trySend(p []byte) (int, error) {
+	if st.raw == nil || !st.wmu.TryLock() {
+		return 0, errWouldBlock
+	}
+	defer st.wmu.Unlock()
+	var n int
+	var err error
+	if rerr := st.raw.Write(func(fd uintptr) bool {
+		n, err = syscall.Write(int(fd), p)
+		return true // one attempt: never wait for the socket
+	}); rerr != nil {
+		return 0, rerr
+	}
+	switch {
+	case errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EINTR) || n <= 0 && err == nil:
+		return 0, errWouldBlock
+	case err != nil:
+		return 0, err
+	}
+	return n, nil
+}
+
+// sendRaw writes p to the connection as it is: what trySend left of a
+// chunk, which goes on where it stopped.
+func (st *sseStream) sendRaw(p []byte) error {
+	st.wmu.Lock()
+	defer st.wmu.Unlock()
+	_, err := st.conn.Write(p)
+	return err
 }
 
 // heartbeat writes a comment, which keeps proxies from closing an idle

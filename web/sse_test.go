@@ -2,6 +2,7 @@ package web
 
 import (
 	"encoding/base64"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"runtime/pprof"
@@ -221,5 +222,41 @@ func TestSSEIdleStreamGoroutines(t *testing.T) {
 	})
 	if got := count("web.(*session).awaitStream"); got != n {
 		t.Fatalf("%d readers for %d streams", got, n)
+	}
+}
+
+// TestSSEAnswersAtOnce: on a stream that has its connection, the welcome,
+// the answers to posted frames and a group's deliveries are written at
+// once, as on a WebSocket, by the goroutine that has them: no writer
+// goroutine is started for any of them (the outbox counts every start).
+// Their events arrive whole, in order, in the chunked body.
+func TestSSEAnswersAtOnce(t *testing.T) {
+	e := newEnv(t, "", nil)
+	c := e.openSSE("")
+	e.srv.mu.Lock()
+	ss := e.srv.byChannel[c.channel()]
+	e.srv.mu.Unlock()
+	if ss == nil || ss.sse.raw == nil {
+		t.Fatal("the stream has no socket of its own")
+	}
+	if f := c.call(e, `{"type":"join","group":"now","id":1}`); f["type"] != "ack" || f["id"] != 1.0 {
+		t.Fatalf("join: %v", f)
+	}
+	for i := 2; i < 6; i++ {
+		if f := c.call(e, fmt.Sprintf(`{"type":"ping","id":%d}`, i)); f["type"] != "pong" || f["id"] != float64(i) {
+			t.Fatalf("ping %d: %v", i, f)
+		}
+	}
+	if status, body := e.post("/api/groups/now/messages", `{"n":1}`); status != http.StatusAccepted {
+		t.Fatalf("publish: %d %s", status, body)
+	}
+	if f := c.frame(); f["type"] != "message" || f["group"] != "now" {
+		t.Fatalf("delivery: %v", f)
+	}
+	ss.out.mu.Lock()
+	starts, running := ss.out.bursts, ss.out.running
+	ss.out.mu.Unlock()
+	if starts != 0 || running {
+		t.Fatalf("%d writer goroutines started (one running: %v) for the welcome, 5 answers and a delivery; want none", starts, running)
 	}
 }

@@ -666,6 +666,9 @@ func (b *Broker) subscribe(g *group) {
 		read, _ := kept.reading()
 		sub, err = b.history.js.ChanSubscribe(b.groupPrefix+g.name, b.shard(g.name),
 			nats.OrderedConsumer(), nats.DeliverNew(), nats.BindStream(read))
+		if err == nil {
+			err = noteStart(g, sub)
+		}
 	} else if err == nil {
 		sub, err = b.nc.ChanSubscribe(b.groupPrefix+g.name, b.shard(g.name))
 	}

@@ -236,6 +236,7 @@ func (h *history) readKept(ctx context.Context, stream, subject string, start, u
 		return err
 	}
 	defer sub.Unsubscribe()
+	caughtUp := false // the copy holds until or a later offset
 	for start <= until {
 		req := fmt.Appendf(nil, `{"seq":%d,"next_by_subj":%q,"batch":%d,"max_bytes":%d}`, start, subject, directBatch, replayBatchBytes)
 		if err := h.reads.PublishRequest("$JS.API.DIRECT.GET."+stream, inbox, req); err != nil {
@@ -272,9 +273,14 @@ func (h *history) readKept(ctx context.Context, stream, subject string, start, u
 			// Nothing more of subject here: the copy has passed until
 			// (which may be no offset of subject's), or has not caught
 			// up yet.
-			passed, err := h.holdsFrom(ctx, sub, stream, inbox, until)
-			if err != nil || passed {
+			if caughtUp {
+				return nil
+			}
+			if caughtUp, err = h.holdsFrom(ctx, sub, stream, inbox, until); err != nil {
 				return err
+			}
+			if caughtUp {
+				continue // read once more: it may have caught up since
 			}
 			select {
 			case <-ctx.Done():

@@ -36,6 +36,7 @@ var pageScenarios = []struct {
 	{"Resume", testPageResume},
 	{"PlannedClose", testPagePlannedClose},
 	{"Burst", testPageBurst},
+	{"Disconnect", testPageDisconnect},
 }
 
 // transport is how a scenario's pages reach their server: through a
@@ -450,5 +451,58 @@ func testPageBurst(t *testing.T, browser context.Context, tr transport) {
 	limited, _ := got["rate_limited"].(float64)
 	if got["transport"] != tr.name || got["state"] != "connected" || ok < 40 || ok+limited != 50 {
 		t.Fatalf("%v, want 40 or a few more ok, the rest rate_limited", got)
+	}
+}
+
+// A disconnect through the server API (4003, as at logout) is final: the
+// client goes to closed, its "closed" event carries the code and reason,
+// and it does not come back, though its backoff is short, until the page
+// connects again.
+func testPageDisconnect(t *testing.T, browser context.Context, tr transport) {
+	s := startLive(t, "", Config{})
+	px := tr.front(t, s)
+	p := openPage(t, browser, px.URL+"/healthz")
+	channel := eval[string](p, `(async () => {
+		const { connect } = await import("/client.js");
+		const c = connect(undefined, { minDelay: 50, maxDelay: 100 });
+		window.t = { c, states: [], closed: [] };
+		c.addEventListener("state", (e) => t.states.push(e.detail));
+		c.addEventListener("closed", (e) => t.closed.push(e.detail));
+		await c.join("news");
+		return c.welcome.channel })()`)
+	tr.check(t, p, "t.c")
+	before := px.counts()
+	resp, err := http.Post(s.URL()+"/api/channels/"+channel+"/disconnect", "application/json", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("disconnect: %d", resp.StatusCode)
+	}
+	p.wait(`t.c.state === "closed"`)
+	if got := eval[string](p, `JSON.stringify([t.states, t.closed])`); got != `[["connected","closed"],[{"code":4003,"reason":"disconnected"}]]` {
+		t.Fatalf("states and closed events: %s", got)
+	}
+	if got := eval[string](p, `t.c.ping().then(() => "resolved", (e) => e.code)`); got != "closed" {
+		t.Fatalf("ping after the disconnect: %s", got)
+	}
+	// Many backoffs later: no new connection, on the proxy or the server.
+	time.Sleep(1500 * time.Millisecond)
+	if got := px.counts(); got[0] != before[0] || got[1] != before[1] {
+		t.Fatalf("proxy saw %v after the disconnect, %v before: the client came back", got, before)
+	}
+	if n := s.B.Stats().Channels; n != 0 {
+		t.Fatalf("%d connections on the server after the disconnect", n)
+	}
+	// Only the page connects again; closing that client tells 1000.
+	if got := eval[string](p, `(async () => {
+		const { connect } = await import("/client.js");
+		const c = connect();
+		const closed = new Promise((resolve) => c.addEventListener("closed", (e) => resolve(e.detail)));
+		await c.ping();
+		c.close();
+		return JSON.stringify(await closed) })()`); got != `{"code":1000,"reason":""}` {
+		t.Fatalf("closed event after close(): %s", got)
 	}
 }

@@ -207,7 +207,8 @@ type Options struct {
 	OnDirect Handler
 	// OnError, when set, is told errors no request returns: a failed
 	// connection attempt, a group that could not be rejoined, an error
-	// frame answering nothing.
+	// frame answering nothing, and the *TerminalCloseError that ends the
+	// client.
 	OnError func(error)
 	// OnGap, when set, is told that messages of a recoverable group may
 	// have been missed: a rejoin the server could not resume from the

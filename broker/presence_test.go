@@ -230,19 +230,11 @@ type region struct {
 func (r *region) start(t testing.TB) {
 	t.Helper()
 	peer, _ := url.Parse(fmt.Sprintf("nats://127.0.0.1:%d", r.peerGW))
-	ns, err := server.NewServer(&server.Options{
-		ServerName: r.name, Host: "127.0.0.1", Port: r.port, NoSigs: true, NoLog: true,
+	r.ns = natstest.StartWith(t, server.Options{
+		ServerName: r.name, Port: r.port,
 		Gateway: server.GatewayOpts{Name: r.name, Host: "127.0.0.1", Port: r.gw,
 			Gateways: []*server.RemoteGatewayOpts{{Name: r.other, URLs: []*url.URL{peer}}}},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns.Start()
-	if !ns.ReadyForConnections(5 * time.Second) {
-		t.Fatal("nats-server did not start")
-	}
-	r.ns = ns
 }
 
 func (r *region) stop() { r.ns.Shutdown(); r.ns.WaitForShutdown() }

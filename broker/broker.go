@@ -648,28 +648,7 @@ func (b *Broker) GroupJoin(ctx context.Context, groupName, channel string, since
 	if !live || g.kept == nil {
 		return Recovery{}, nil
 	}
-	// Live messages for m are held in rec while the history is replayed,
-	// then those after the replay's last offset follow it.
-	gone := func() bool { return !g.recovers(m, rec) || closing(m.recv) }
-	began := time.Now()
-	got, last, err := b.replay(ctx, g.kept, g, m.recv, since, rec.after, gone)
-	lost := false
-	if err != nil {
-		// The live frames held for m came after what it missed, which it
-		// was not all sent: they are dropped with its membership, so that
-		// it resumes from the last offset replayed when it tries again.
-		b.discard(m, g)
-	} else if lost = g.recovered(m, rec, last); lost {
-		got.Recovered = false
-	}
-	if since != nil {
-		b.log.Debug("resume", "group", groupName, "channel", channel, "since", since.Offset, "after", rec.after,
-			"last", last, "replayed", got.Replayed, "recovered", got.Recovered, "held_lost", lost, "took", time.Since(began), "error", err)
-	}
-	if err != nil {
-		return Recovery{}, err
-	}
-	return got, nil
+	return b.recover(ctx, g, m, rec, since)
 }
 
 // subscribe makes g's subscription live: subscribe, then flush so the
@@ -687,6 +666,9 @@ func (b *Broker) subscribe(g *group) {
 		read, _ := kept.reading()
 		sub, err = b.history.js.ChanSubscribe(b.groupPrefix+g.name, b.shard(g.name),
 			nats.OrderedConsumer(), nats.DeliverNew(), nats.BindStream(read))
+		if err == nil {
+			err = noteStart(g, sub)
+		}
 	} else if err == nil {
 		sub, err = b.nc.ChanSubscribe(b.groupPrefix+g.name, b.shard(g.name))
 	}

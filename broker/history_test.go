@@ -327,9 +327,10 @@ func TestRecoveryDropsLateLiveCopies(t *testing.T) {
 	g := &group{name: "g", kept: &stream{}, index: map[*member]int{}}
 	rec := &recovery{}
 	g.add(m, rec)
-	rec.offer(5, []byte("5"), r)              // live during the replay: held
-	if lost := g.recovered(m, rec, 6); lost { // the replay sent 5 and 6
-		t.Fatal("lost")
+	rec.offer(5, []byte("5"), r) // live during the replay: held
+	// The replay sent 5 and 6.
+	if last, missing := g.recovered(m, rec, 6, false); last != 6 || missing != 0 {
+		t.Fatalf("after the replay: last %d, missing %d", last, missing)
 	}
 	if over := rec.offer(6, []byte("6"), r); over { // 6 again, late
 		t.Fatal("a copy the replay sent ended the recovery")

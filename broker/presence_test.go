@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"slices"
 	"testing"
 	"time"
 
@@ -229,19 +230,11 @@ type region struct {
 func (r *region) start(t testing.TB) {
 	t.Helper()
 	peer, _ := url.Parse(fmt.Sprintf("nats://127.0.0.1:%d", r.peerGW))
-	ns, err := server.NewServer(&server.Options{
-		ServerName: r.name, Host: "127.0.0.1", Port: r.port, NoSigs: true, NoLog: true,
+	r.ns = natstest.StartWith(t, server.Options{
+		ServerName: r.name, Port: r.port,
 		Gateway: server.GatewayOpts{Name: r.name, Host: "127.0.0.1", Port: r.gw,
 			Gateways: []*server.RemoteGatewayOpts{{Name: r.other, URLs: []*url.URL{peer}}}},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns.Start()
-	if !ns.ReadyForConnections(5 * time.Second) {
-		t.Fatal("nats-server did not start")
-	}
-	r.ns = ns
 }
 
 func (r *region) stop() { r.ns.Shutdown(); r.ns.WaitForShutdown() }
@@ -308,14 +301,19 @@ func TestPresenceLargeGroup(t *testing.T) {
 	}
 	lb, _ := open(t, b)
 	present(t, b, "room.big", lb, "bob", presence.NoEvents)
-	waitCount(t, b, "room.big", n+1, 3*time.Second)
+	waitCount(t, b, "room.big", n+1, 15*time.Second) // 10,000 joins: slow on a busy machine
 
-	start := time.Now()
-	const rounds = 50
-	for range rounds {
+	// The median query: a pause of the process (a busy machine, the
+	// garbage collector) in one of them says nothing of their cost.
+	const rounds = 51
+	took := make([]time.Duration, rounds)
+	for i := range took {
+		start := time.Now()
 		getPresence(t, b, "room.big", presence.Query{})
+		took[i] = time.Since(start)
 	}
-	perCount := time.Since(start) / rounds
+	slices.Sort(took)
+	perCount := took[rounds/2]
 	p := getPresence(t, b, "room.big", presence.Query{Limit: presence.MaxLimit})
 	if p.Count != n+1 || len(p.Members) != presence.MaxLimit {
 		t.Fatalf("count %d, %d listed", p.Count, len(p.Members))
@@ -324,7 +322,7 @@ func TestPresenceLargeGroup(t *testing.T) {
 	if p.Count != 5001 || len(p.Members) != 100 || p.Members[0].User != "bob" || p.Members[1].Channels != 2 {
 		t.Fatalf("by user: count %d, %d listed, %+v", p.Count, len(p.Members), p.Members[0])
 	}
-	t.Logf("count-only query across two nodes at %d members: %v", n+1, perCount)
+	t.Logf("median count-only query across two nodes at %d members: %v", n+1, perCount)
 	if perCount > 20*time.Millisecond {
 		t.Fatalf("a count-only query took %v", perCount)
 	}

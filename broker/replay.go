@@ -37,6 +37,21 @@ func (h *history) turn(ctx context.Context) (release func(), err error) {
 	}
 }
 
+// noteStart records, as g's last offset when g has dispatched nothing
+// yet, the offset before the first that sub's new consumer delivers: a
+// member's replay reads up to it at least (see group.add). Otherwise the
+// first join of a group, with the stream's leader away, would end its
+// replay at the newest offset of a copy behind the consumer's and skip
+// what lies between.
+func noteStart(g *group, sub *nats.Subscription) error {
+	info, err := sub.ConsumerInfo()
+	if err != nil {
+		return err
+	}
+	g.lastSeq.CompareAndSwap(0, info.Delivered.Stream)
+	return nil
+}
+
 // replay sends a member the kept messages of g after since (or, for a
 // latest group, the newest one) in chunks of whole frames, and reports
 // the last offset sent. It reads at least up to after, the group's last
@@ -83,18 +98,25 @@ func (b *Broker) replay(ctx context.Context, s *stream, g *group, r Receiver, si
 	if err != nil {
 		return Recovery{}, 0, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
-	until := max(newest, after)
+	until := newest
+	if !current {
+		// A copy answered, which may be behind: read at least up to where
+		// the group's live consumer took over (see noteStart).
+		until = max(newest, after)
+	}
+	if probe > until && current {
+		// Past the group's newest message: not an offset of its.
+		b.log.Debug("resume offset past the newest", "group", g.name, "since", since.Offset, "newest", newest)
+		return Recovery{}, 0, nil
+	}
+	until = max(until, probe)
 	readCtx := ctx
-	if probe > until {
-		if current {
-			// Past the group's newest message: not an offset of its.
-			b.log.Debug("resume offset past the newest", "group", g.name, "since", since.Offset, "newest", newest)
-			return Recovery{}, 0, nil
-		}
-		// The copy that answered is behind: wait a moment for it, as it
-		// catches up after a restart. One that stays behind (a mirror
-		// whose stream's region is lost) may never hold the offset.
-		until = probe
+	if until > newest {
+		// The copy that answered is behind the member's offset or the
+		// group's live consumer: wait a moment for it, as it catches up
+		// after a restart, then the join is unavailable. One that stays
+		// behind (a mirror whose stream's region is lost) may never hold
+		// the offset.
 		var cancel context.CancelFunc
 		readCtx, cancel = context.WithTimeout(ctx, copyBehindWait)
 		defer cancel()
@@ -107,7 +129,8 @@ func (b *Broker) replay(ctx context.Context, s *stream, g *group, r Receiver, si
 		return rec, start - 1, nil
 	}
 	if s.policy == Latest {
-		start, from = until, until
+		start = max(newest, 1) // and any newer one up to until
+		from = start
 	}
 	var chunk []byte
 	stopped := false
@@ -213,6 +236,7 @@ func (h *history) readKept(ctx context.Context, stream, subject string, start, u
 		return err
 	}
 	defer sub.Unsubscribe()
+	caughtUp := false // the copy holds until or a later offset
 	for start <= until {
 		req := fmt.Appendf(nil, `{"seq":%d,"next_by_subj":%q,"batch":%d,"max_bytes":%d}`, start, subject, directBatch, replayBatchBytes)
 		if err := h.reads.PublishRequest("$JS.API.DIRECT.GET."+stream, inbox, req); err != nil {
@@ -246,7 +270,18 @@ func (h *history) readKept(ctx context.Context, stream, subject string, start, u
 			}
 		}
 		if start <= until && pending == 0 {
-			// Answered from a copy that has not caught up yet.
+			// Nothing more of subject here: the copy has passed until
+			// (which may be no offset of subject's), or has not caught
+			// up yet.
+			if caughtUp {
+				return nil
+			}
+			if caughtUp, err = h.holdsFrom(ctx, sub, stream, inbox, until); err != nil {
+				return err
+			}
+			if caughtUp {
+				continue // read once more: it may have caught up since
+			}
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
@@ -255,6 +290,28 @@ func (h *history) readKept(ctx context.Context, stream, subject string, start, u
 		}
 	}
 	return nil
+}
+
+// holdsFrom reports whether the copy of stream that answers holds a
+// message at offset seq or later, of any subject: then it has caught up
+// to seq. The answer comes on sub, inbox's subscription.
+func (h *history) holdsFrom(ctx context.Context, sub *nats.Subscription, stream, inbox string, seq uint64) (bool, error) {
+	req := fmt.Appendf(nil, `{"seq":%d,"next_by_subj":">"}`, seq)
+	if err := h.reads.PublishRequest("$JS.API.DIRECT.GET."+stream, inbox, req); err != nil {
+		return false, err
+	}
+	msg, err := sub.NextMsgWithContext(ctx)
+	if err != nil {
+		return false, err
+	}
+	switch status := msg.Header.Get("Status"); status {
+	case "":
+		return true, nil
+	case "404":
+		return false, nil
+	default:
+		return false, fmt.Errorf("direct get from %s: %s %s", stream, status, msg.Header.Get("Description"))
+	}
 }
 
 // History returns up to limit kept messages of a group after since.

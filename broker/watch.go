@@ -195,6 +195,9 @@ func (b *Broker) renewConsumers(s *stream, all bool, alive map[*group]*liveness)
 			stuck = true
 			continue
 		}
+		if err := noteStart(g, sub); err != nil {
+			b.log.Warn("group consumer's start not read", "group", g.name, "error", err)
+		}
 		delete(alive, g)
 		b.log.Info("group consumer renewed", "group", g.name, "after", from)
 		gapped = gapped || from == 0

@@ -17,7 +17,10 @@
 // reconnect_within_ms when it gives one, so that a server's drain does not
 // come back as a reconnect wave), rejoins its groups, and then reports Connected
 // again. While it is disconnected, requests wait for the next connection
-// or for their context. With Options.GetToken it fetches a connection
+// or for their context. A close with 4003 (the server API disconnected the
+// connection or its user, e.g. at logout) is final: the client does not
+// reconnect with the same credentials, it ends Closed, and Err and its
+// requests return a *TerminalCloseError with the code and reason. With Options.GetToken it fetches a connection
 // token for every connection and refreshes it on the open socket before
 // it expires; GroupToken gives a join a per-group token.
 //
@@ -81,10 +84,14 @@ func (s State) String() string {
 // its backoff: planned closes, and an expired token (a fresh one is
 // fetched for the new connection).
 const (
-	closeServiceRestart websocket.StatusCode = 1012
-	closeGoingAway      websocket.StatusCode = 1001
-	closeTokenExpired   websocket.StatusCode = 4001
+	closeServiceRestart = websocket.StatusCode(protocol.CloseServiceRestart)
+	closeGoingAway      = websocket.StatusCode(protocol.CloseGoingAway)
+	closeTokenExpired   = websocket.StatusCode(protocol.CloseTokenExpired)
 )
+
+// closeDisconnected is the close code after which the client does not
+// reconnect: the server disconnected it for good.
+const closeDisconnected = websocket.StatusCode(protocol.CloseDisconnected)
 
 // Errors of the client itself. Refusals from the server are *Error.
 var (
@@ -94,6 +101,22 @@ var (
 	// answered; the request may or may not have taken effect.
 	ErrDisconnected = errors.New("client: disconnected before an answer")
 )
+
+// TerminalCloseError ends a client that the server closed for good, with
+// close code 4003 (the server API disconnected the connection or its user,
+// e.g. at logout): the client does not reconnect. Err returns it, OnError
+// is told it, and requests return it; errors.Is(err, ErrClosed) holds.
+type TerminalCloseError struct {
+	Code   int    // the close code: 4003
+	Reason string // the server's close reason
+}
+
+func (e *TerminalCloseError) Error() string {
+	return "client: closed by the server for good (" + strconv.Itoa(e.Code) + " " + strconv.Quote(e.Reason) + ")"
+}
+
+// Is reports the client closed: errors.Is(err, ErrClosed).
+func (e *TerminalCloseError) Is(target error) bool { return target == ErrClosed }
 
 // Error is a refusal from the server: its error frame's code (a stable
 // machine code such as "invalid_group" or "forbidden") and message.
@@ -184,7 +207,8 @@ type Options struct {
 	OnDirect Handler
 	// OnError, when set, is told errors no request returns: a failed
 	// connection attempt, a group that could not be rejoined, an error
-	// frame answering nothing.
+	// frame answering nothing, and the *TerminalCloseError that ends the
+	// client.
 	OnError func(error)
 	// OnGap, when set, is told that messages of a recoverable group may
 	// have been missed: a rejoin the server could not resume from the
@@ -219,12 +243,14 @@ type Client struct {
 	opts   Options
 	cancel context.CancelFunc // ends run
 	wg     sync.WaitGroup     // every goroutine the client started
+	done   chan struct{}      // closed when run has ended
 
 	mu      sync.Mutex
 	state   State
 	link    *link         // the connection, while Connected
 	ready   chan struct{} // closed while Connected; replaced when it drops
 	closed  bool
+	err     error // why the client ended: ErrClosed or a *TerminalCloseError
 	groups  map[string]*membership
 	welcome Welcome
 	nextID  int64
@@ -251,6 +277,7 @@ type link struct {
 	early   [][]byte      // objects that came in the welcome's frame, after it
 	done    chan struct{} // closed when the reader ends
 	status  websocket.StatusCode
+	reason  string        // the server's close reason
 	within  time.Duration // the close reason's reconnect_within_ms
 
 	mu      sync.Mutex
@@ -288,6 +315,7 @@ func Dial(ctx context.Context, rawURL string, opts *Options) (*Client, error) {
 		url:    rawURL,
 		opts:   opts.withDefaults(),
 		cancel: cancel,
+		done:   make(chan struct{}),
 		ready:  make(chan struct{}),
 		groups: make(map[string]*membership),
 	}
@@ -308,6 +336,18 @@ func Dial(ctx context.Context, rawURL string, opts *Options) (*Client, error) {
 		c.Close()
 		return nil, ctx.Err()
 	}
+}
+
+// Done is closed when the client has ended: after Close, or when the
+// server closed it for good (see Err).
+func (c *Client) Done() <-chan struct{} { return c.done }
+
+// Err returns nil while the client runs; once it has ended, why: ErrClosed
+// after Close, a *TerminalCloseError when the server closed it for good.
+func (c *Client) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
 }
 
 // State returns the client's state now.
@@ -405,8 +445,9 @@ func (c *Client) Join(ctx context.Context, group string, handler Handler, opts .
 func (c *Client) Leave(ctx context.Context, group string) error {
 	c.mu.Lock()
 	if c.closed {
+		err := c.err
 		c.mu.Unlock()
-		return ErrClosed
+		return err
 	}
 	delete(c.groups, group)
 	l := c.link
@@ -482,16 +523,18 @@ const closeHandshakeTimeout = time.Second
 // Close closes the connection with 1000 (normal closure), stops
 // reconnecting, and waits for every goroutine of the client to end.
 // Requests in flight fail (ErrDisconnected, or ErrClosed for those still
-// waiting to be sent); later ones return ErrClosed. It is safe to call
+// waiting to be sent); later ones return ErrClosed (or the
+// *TerminalCloseError that ended the client before). It is safe to call
 // more than once.
 func (c *Client) Close() error {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
+		c.cancel() // after a terminal close, run has ended by itself
 		c.wg.Wait()
 		return nil
 	}
-	c.closed = true
+	c.closed, c.err = true, ErrClosed
 	l := c.link
 	c.mu.Unlock()
 	if l != nil {
@@ -520,11 +563,11 @@ func (c *Client) Close() error {
 func (c *Client) waitLink(ctx context.Context) (*link, error) {
 	for {
 		c.mu.Lock()
-		closed, l, ready := c.closed, c.link, c.ready
+		closed, l, ready, err := c.closed, c.link, c.ready, c.err
 		c.mu.Unlock()
 		switch {
 		case closed:
-			return nil, ErrClosed
+			return nil, err
 		case l != nil:
 			return l, nil
 		}
@@ -544,9 +587,11 @@ func (c *Client) newID() int64 {
 }
 
 // run owns the connection: it serves each link until it drops, then waits
-// and reconnects, until the client is closed.
+// and reconnects, until the client is closed or the server closes it for
+// good.
 func (c *Client) run(ctx context.Context, l *link) {
 	defer c.wg.Done()
+	defer close(c.done)
 	attempt := 0
 	for {
 		var wait time.Duration
@@ -556,6 +601,8 @@ func (c *Client) run(ctx context.Context, l *link) {
 				attempt = 0
 			}
 			switch l.status {
+			case closeDisconnected:
+				c.terminate(&TerminalCloseError{Code: int(l.status), Reason: l.reason})
 			case closeServiceRestart, closeGoingAway, closeTokenExpired:
 				attempt = -1 // come back at once, or within the span asked for
 				if l.within > 0 {
@@ -592,6 +639,19 @@ func (c *Client) run(ctx context.Context, l *link) {
 		}
 	}
 	c.notifyState(Closed)
+}
+
+// terminate ends the client for good, as the server asked: it is closed,
+// with err as the reason, and OnError is told.
+func (c *Client) terminate(err error) {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	c.closed, c.err = true, err
+	c.mu.Unlock()
+	c.report(err)
 }
 
 func (c *Client) isClosed() bool {
@@ -794,7 +854,7 @@ func (c *Client) read(ctx context.Context, l *link) {
 			l.status = websocket.CloseStatus(err)
 			var ce websocket.CloseError
 			if errors.As(err, &ce) {
-				l.within = reconnectWithin(ce.Reason)
+				l.reason, l.within = ce.Reason, reconnectWithin(ce.Reason)
 			}
 			l.conn.CloseNow()
 			return

@@ -103,7 +103,7 @@ func TestCampaign(t *testing.T) {
 	}
 
 	stopReaders := cl.startHistoryReaders(*campaignReaders)
-	faults := cl.runSchedule(ctx, t, rng, kinds, members, *campaignDuration)
+	faults, byKind := cl.runSchedule(ctx, t, rng, kinds, members, *campaignDuration)
 	stopReaders()
 
 	for _, p := range pubs {
@@ -141,10 +141,12 @@ func TestCampaign(t *testing.T) {
 			<-inst.current().Done()
 		}
 		t.Logf("seed %d: %d faults injected (%s); %s", seed, len(faults), strings.Join(faults, ", "), report)
+		t.Logf("summary: seed %d, %v of faults, readers %d: %d faults (%s); %s", seed, *campaignDuration, *campaignReaders, len(faults), faultSummary(byKind), report)
 		return
 	}
 	cl.checkMetrics(ctx, t, baseline)
 	t.Logf("seed %d: %d faults injected (%s); %s", seed, len(faults), strings.Join(faults, ", "), report)
+	t.Logf("summary: seed %d, %v of faults, readers %d: %d faults (%s); %s", seed, *campaignDuration, *campaignReaders, len(faults), faultSummary(byKind), report)
 }
 
 // campaignCluster is the campaign's NATS cluster, its link proxies and its instances.

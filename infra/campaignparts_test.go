@@ -359,15 +359,17 @@ func (cl *campaignCluster) startHistoryReaders(n int) (stop func()) {
 // d, each healed before the next once every instance is ready again, and
 // returns what it did. With every kind, a seed draws the same schedule as
 // before kinds could be chosen.
-func (cl *campaignCluster) runSchedule(ctx context.Context, t *testing.T, rng *rand.Rand, kinds []int, members []*campaignMember, d time.Duration) []string {
+func (cl *campaignCluster) runSchedule(ctx context.Context, t *testing.T, rng *rand.Rand, kinds []int, members []*campaignMember, d time.Duration) (done []string, byKind []int) {
 	t.Helper()
-	var done []string
+	byKind = make([]int, len(faultKinds))
 	start := time.Now()
 	for time.Since(start) < d {
 		time.Sleep(time.Duration(300+rng.IntN(1200)) * time.Millisecond)
 		hold := time.Duration(300+rng.IntN(1700)) * time.Millisecond
 		var what string
-		switch kind := kinds[rng.IntN(len(kinds))]; kind {
+		kind := kinds[rng.IntN(len(kinds))]
+		byKind[kind]++
+		switch kind {
 		case 0:
 			inst := cl.instances[rng.IntN(len(cl.instances))]
 			what = "SIGKILL " + inst.name
@@ -412,7 +414,18 @@ func (cl *campaignCluster) runSchedule(ctx context.Context, t *testing.T, rng *r
 			}
 		}
 	}
-	return done
+	return done, byKind
+}
+
+// faultSummary names how many faults of each kind were injected.
+func faultSummary(byKind []int) string {
+	var parts []string
+	for k, n := range byKind {
+		if n > 0 {
+			parts = append(parts, fmt.Sprintf("%s %d", faultKinds[k], n))
+		}
+	}
+	return strings.Join(parts, ", ")
 }
 
 // checkCampaign checks the invariants and returns the figures and the instances of

@@ -10,6 +10,8 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+
+	"github.com/groupcast/groupcast/internal/natstest"
 )
 
 // Leaf mode, measured: would an instance be better off running an embedded
@@ -25,29 +27,16 @@ import (
 // server joined to it, and returns both once the leaf connection is up.
 func leafPair(b *testing.B) (hub, leaf *server.Server) {
 	b.Helper()
-	start := func(opts *server.Options) *server.Server {
-		opts.Host, opts.Port, opts.NoSigs, opts.NoLog = "127.0.0.1", -1, true, true
-		s, err := server.NewServer(opts)
-		if err != nil {
-			b.Fatal(err)
-		}
-		go s.Start()
-		if !s.ReadyForConnections(10 * time.Second) {
-			b.Fatal("not ready")
-		}
-		b.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
-		return s
-	}
 	ports, err := FreePorts(1)
 	if err != nil {
 		b.Fatal(err)
 	}
-	hub = start(&server.Options{ServerName: "hub", LeafNode: server.LeafNodeOpts{Host: "127.0.0.1", Port: ports[0]}})
+	hub = natstest.StartWith(b, server.Options{ServerName: "hub", LeafNode: server.LeafNodeOpts{Host: "127.0.0.1", Port: ports[0]}})
 	u, err := url.Parse("nats://127.0.0.1:" + strconv.Itoa(ports[0]))
 	if err != nil {
 		b.Fatal(err)
 	}
-	leaf = start(&server.Options{ServerName: "leaf", LeafNode: server.LeafNodeOpts{Remotes: []*server.RemoteLeafOpts{{URLs: []*url.URL{u}}}}})
+	leaf = natstest.StartWith(b, server.Options{ServerName: "leaf", LeafNode: server.LeafNodeOpts{Remotes: []*server.RemoteLeafOpts{{URLs: []*url.URL{u}}}}})
 	deadline := time.Now().Add(10 * time.Second)
 	for hub.NumLeafNodes() != 1 || leaf.NumLeafNodes() != 1 {
 		if time.Now().After(deadline) {

@@ -22,6 +22,16 @@ func TestImmediateWriteAllocatesNothing(t *testing.T) {
 		ss = s
 	}
 	e.srv.mu.Unlock()
+	// The welcome's own immediate write holds the socket until it
+	// returns, which on a busy machine can be well after the client read
+	// the welcome; so can a writer that sent it before parking. Either
+	// declines every write below (see outbox.claim): wait for them.
+	waitFor(t, 5*time.Second, func() bool {
+		o := ss.out
+		o.mu.Lock()
+		defer o.mu.Unlock()
+		return !o.claimed && (!o.running || o.parked) && !o.closing && !o.ping && len(o.frames) == 0 && o.rest == nil
+	})
 	const runs = 1000
 	read := make(chan error, 1)
 	go func() { // the client reads everything, so the socket always takes the write

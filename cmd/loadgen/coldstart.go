@@ -106,6 +106,18 @@ func runColdstart(ctx context.Context, cfg ColdstartConfig) (*ColdstartResult, e
 	return res, nil
 }
 
+// stopProcess stops a started cmd whose Wait result comes on exited:
+// SIGTERM, then SIGKILL after 10 s. It returns once the process is gone.
+func stopProcess(cmd *exec.Cmd, exited <-chan error) {
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+		_ = cmd.Process.Kill()
+		<-exited
+	}
+}
+
 // coldstartOnce starts the server once and returns the milliseconds to
 // listening and to ready, and its CPU milliseconds when ready; then it
 // stops the server (SIGTERM, SIGKILL after 10 s) and waits for it.
@@ -145,15 +157,7 @@ func coldstartOnce(ctx context.Context, bin string, cfg ColdstartConfig) (listen
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
-	defer func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-	}()
+	defer stopProcess(cmd, exited)
 
 	for {
 		resp, gerr := client.Get(url)

@@ -7,7 +7,6 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -17,11 +16,13 @@ import (
 	"time"
 
 	"github.com/groupcast/groupcast/broker"
+	"github.com/groupcast/groupcast/protocol"
 )
 
 // floor is the least server that passes the loader's checks: the groupcast
 // protocol subset a run uses (welcome, join and leave answered by ack, ping
-// by pong, deliveries, POST /api/groups/{group}/messages) over hand-written
+// by pong, deliveries, POST /api/groups/{group}/messages), its frames built
+// by package protocol with the protocol's codes, over hand-written
 // WebSocket framing. A publish writes its delivery frame to each member with
 // one write(2), straight from the publishing request's goroutine: no queue,
 // no writer goroutine, no batching. The 101 and the welcome go out in one
@@ -138,7 +139,7 @@ func (f *floor) upgrade(w http.ResponseWriter, r *http.Request) {
 	sum := sha1.Sum([]byte(key + wsGUID))
 	b := append([]byte("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "),
 		base64.StdEncoding.EncodeToString(sum[:])...)
-	b = appendWSFrame(append(b, "\r\n\r\n"...), wsText, fmt.Appendf(nil, `{"type":"welcome","channel":"floor.%d","node":"floor","region":""}`, id))
+	b = appendWSFrame(append(b, "\r\n\r\n"...), wsText, protocol.AppendWelcome(nil, "floor."+strconv.Itoa(id), "floor", "", ""))
 	if _, err := nc.Write(b); err != nil {
 		return
 	}
@@ -146,6 +147,13 @@ func (f *floor) upgrade(w http.ResponseWriter, r *http.Request) {
 	for {
 		var op byte
 		op, buf, err = readWSFrame(brw.Reader, buf)
+		if errors.Is(err, errWSTooLarge) {
+			_, _ = nc.Write(appendWSFrame(nil, wsClose, appendClose(nil, protocol.CloseTooLarge, "frame too large")))
+			// Closing with the frame unread would reset the connection
+			// before the client reads the close: drain for a while first.
+			_ = nc.SetReadDeadline(time.Now().Add(time.Second))
+			_, _ = io.Copy(io.Discard, io.LimitReader(brw.Reader, floorMaxBody))
+		}
 		if err != nil {
 			return
 		}
@@ -166,32 +174,22 @@ func (f *floor) upgrade(w http.ResponseWriter, r *http.Request) {
 
 // answer handles one client frame and returns the answer's JSON.
 func (f *floor) answer(nc net.Conn, frame []byte, joined map[string]struct{}) []byte {
-	var m struct {
-		Type, Group string
-		ID          *int64
-	}
-	ans := func(typ, rest string) []byte {
-		b := fmt.Appendf(nil, `{"type":%q`, typ)
-		if m.ID != nil {
-			b = append(append(b, `,"id":`...), strconv.FormatInt(*m.ID, 10)...)
-		}
-		return append(append(b, rest...), '}')
-	}
-	if err := json.Unmarshal(frame, &m); err != nil {
-		return ans("error", `,"code":"bad_frame","message":"not a JSON object"`)
+	m, err := protocol.ParseClientFrame(frame)
+	if pe := (*protocol.Error)(nil); errors.As(err, &pe) {
+		return protocol.AppendError(nil, m.ID, pe.Code, pe.Message)
 	}
 	switch m.Type {
-	case "ping":
-		return ans("pong", "")
-	case "join", "leave":
+	case protocol.TypePing:
+		return protocol.AppendReply(nil, protocol.TypePong, m.ID)
+	case protocol.TypeJoin, protocol.TypeLeave:
 		if !broker.ValidGroup(m.Group) {
-			return ans("error", `,"code":"bad_group","message":"invalid group name"`)
+			return protocol.AppendError(nil, m.ID, protocol.CodeInvalidGroup, "invalid group name")
 		}
 	default:
-		return ans("error", `,"code":"unknown_type","message":"unknown frame type"`)
+		return protocol.AppendError(nil, m.ID, protocol.CodeUnknownType, "unknown frame type")
 	}
 	f.mu.Lock()
-	if m.Type == "join" {
+	if m.Type == protocol.TypeJoin {
 		if f.groups[m.Group] == nil {
 			f.groups[m.Group] = map[net.Conn]struct{}{}
 		}
@@ -201,7 +199,7 @@ func (f *floor) answer(nc net.Conn, frame []byte, joined map[string]struct{}) []
 		delete(joined, m.Group)
 	}
 	f.mu.Unlock()
-	return ans("ack", "")
+	return protocol.AppendReply(nil, protocol.TypeAck, m.ID)
 }
 
 func (f *floor) leaveLocked(nc net.Conn, group string) {
@@ -228,23 +226,42 @@ func (f *floor) drop(nc net.Conn, joined map[string]struct{}) {
 // once, and one write(2) per member.
 func (f *floor) publish(w http.ResponseWriter, r *http.Request) {
 	group := r.PathValue("group")
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, floorMaxBody))
-	switch {
-	case err != nil:
-		http.Error(w, `{"error":{"code":"too_large","message":"body over 1 MiB"}}`, http.StatusRequestEntityTooLarge)
-		return
-	case !broker.ValidGroup(group) || !json.Valid(body):
-		http.Error(w, `{"error":{"code":"bad_request","message":"invalid group name or JSON"}}`, http.StatusBadRequest)
+	if !broker.ValidGroup(group) {
+		floorError(w, protocol.CodeInvalidGroup, "invalid group name")
 		return
 	}
-	msg := append(append(append([]byte(`{"type":"message","group":"`), group...), `","data":`...), body...)
-	frame := appendWSFrame(nil, wsText, append(msg, '}'))
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, floorMaxBody))
+	if err != nil {
+		floorError(w, protocol.CodeTooLarge, "body over 1 MiB")
+		return
+	}
+	msg, err := protocol.AppendMessage(nil, protocol.Message{Group: group}, body)
+	if err != nil {
+		floorError(w, protocol.CodeInvalidJSON, "the body must be one JSON value")
+		return
+	}
+	frame := appendWSFrame(nil, wsText, msg)
 	f.mu.RLock()
 	for nc := range f.groups[group] {
 		_, _ = nc.Write(frame) // a failed member's reader sees its end
 	}
 	f.mu.RUnlock()
+	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusAccepted)
+	_, _ = w.Write([]byte(`{"ok":true}`))
+}
+
+// floorError answers an API request with the protocol's error body and the
+// code's status (§HTTP server API).
+func floorError(w http.ResponseWriter, code, message string) {
+	type body struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	}
+	b, _ := json.Marshal(map[string]body{"error": {code, message}})
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(protocol.HTTPStatus(code))
+	_, _ = w.Write(b)
 }
 
 // WebSocket opcodes (RFC 6455).
@@ -255,7 +272,10 @@ const (
 	wsPong  = 0xa
 )
 
-var errWSFrame = errors.New("websocket: unmasked, fragmented, extended or oversized client frame")
+var (
+	errWSFrame    = errors.New("websocket: unmasked, fragmented or extended client frame")
+	errWSTooLarge = errors.New("websocket: client frame over the size limit")
+)
 
 // appendWSFrame appends an unmasked final frame (the server's kind).
 func appendWSFrame(dst []byte, op byte, p []byte) []byte {
@@ -269,6 +289,12 @@ func appendWSFrame(dst []byte, op byte, p []byte) []byte {
 		dst = binary.BigEndian.AppendUint64(append(dst, 127), uint64(n))
 	}
 	return append(dst, p...)
+}
+
+// appendClose appends a close frame's payload: the status code, then the
+// reason.
+func appendClose(dst []byte, code uint16, reason string) []byte {
+	return append(binary.BigEndian.AppendUint16(dst, code), reason...)
 }
 
 // readWSFrame reads one client frame (final, masked, at most floorMaxFrame
@@ -295,7 +321,7 @@ func readWSFrame(rd *bufio.Reader, buf []byte) (byte, []byte, error) {
 		n = binary.BigEndian.Uint64(h[:8])
 	}
 	if n > floorMaxFrame {
-		return 0, buf, errWSFrame
+		return 0, buf, errWSTooLarge
 	}
 	var mask [4]byte
 	if _, err := io.ReadFull(rd, mask[:]); err != nil {

@@ -14,6 +14,9 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/groupcast/groupcast/broker"
+	"github.com/groupcast/groupcast/protocol"
 )
 
 // TestFanoutFloor runs each mode against the floor, exactly as against the
@@ -28,9 +31,10 @@ func TestFanoutFloor(t *testing.T) {
 	checkEveryMode(t, smallRun(targetFloor, []string{f.URL}, []string{f.API}))
 }
 
-// TestFloorProtocol checks the floor's answers frame by frame: the welcome
-// in the handshake's write, ack, pong, error, deliveries only between a
-// join's ack and a leave's.
+// TestFloorProtocol checks the floor's answers frame by frame, decoded by
+// package protocol and held to its types and codes: the welcome in the
+// handshake's write, ack, pong, error, deliveries only between a join's ack
+// and a leave's, the API's error bodies, 1009 for an oversized frame.
 func TestFloorProtocol(t *testing.T) {
 	t.Parallel()
 	f, err := startFloor("127.0.0.1:0")
@@ -55,14 +59,18 @@ func TestFloorProtocol(t *testing.T) {
 	if resp.StatusCode != http.StatusSwitchingProtocols || resp.Header.Get("Sec-WebSocket-Accept") != "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" {
 		t.Fatalf("handshake %d %v", resp.StatusCode, resp.Header)
 	}
-	welcome := make([]byte, 2)
-	if _, err := io.ReadFull(br, welcome); err != nil || welcome[0] != 0x81 {
-		t.Fatalf("frame header % x, %v", welcome, err)
+	if br.Buffered() == 0 {
+		t.Fatal("the welcome did not come with the 101")
 	}
-	welcome = make([]byte, welcome[1])
-	if _, err := io.ReadFull(br, welcome); err != nil || !bytes.HasPrefix(welcome, []byte(`{"type":"welcome","channel":"floor.`)) {
-		t.Fatalf("welcome %s, %v", welcome, err)
+	hdr := make([]byte, 2)
+	if _, err := io.ReadFull(br, hdr); err != nil || hdr[0] != 0x81 {
+		t.Fatalf("frame header % x, %v", hdr, err)
 	}
+	raw := make([]byte, hdr[1])
+	if _, err := io.ReadFull(br, raw); err != nil {
+		t.Fatal(err)
+	}
+	checkWelcome(t, raw)
 
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
@@ -71,63 +79,96 @@ func TestFloorProtocol(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ws.CloseNow()
-	read := func() string {
+	read := func() protocol.Frame {
 		t.Helper()
 		_, b, err := ws.Read(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return string(b)
+		fr, err := protocol.Decode(b)
+		if err != nil {
+			t.Fatalf("%s: %v", b, err)
+		}
+		return fr
 	}
-	exchange := func(frame, want string) {
+	exchange := func(frame string, want protocol.Frame) {
 		t.Helper()
 		if err := ws.Write(ctx, websocket.MessageText, []byte(frame)); err != nil {
 			t.Fatal(err)
 		}
-		if got := read(); got != want {
-			t.Fatalf("%s: got %s, want %s", frame, got, want)
+		if got := read(); !sameFrame(got, want) {
+			t.Fatalf("%s: got %s, want type %s id %s code %s", frame, got.Raw, want.Type, want.ID, want.Code)
 		}
 	}
-	post := func(group, body string, want int) {
+	post := func(group, body, wantCode string) {
 		t.Helper()
 		resp, err := http.Post(f.API+"/api/groups/"+group+"/messages", "application/json", strings.NewReader(body))
 		if err != nil {
 			t.Fatal(err)
 		}
-		resp.Body.Close()
-		if resp.StatusCode != want {
-			t.Fatalf("POST %s %s: %d, want %d", group, body, resp.StatusCode, want)
+		defer resp.Body.Close()
+		var got struct{ Error protocol.Error }
+		if err := json.NewDecoder(resp.Body).Decode(&got); err != nil {
+			t.Fatalf("POST %s: body: %v", group, err)
+		}
+		want := http.StatusAccepted
+		if wantCode != "" {
+			want = protocol.HTTPStatus(wantCode)
+		}
+		if resp.StatusCode != want || got.Error.Code != wantCode || (wantCode != "" && got.Error.Message == "") {
+			t.Fatalf("POST %s %.20s: %d %+v, want %d %q", group, body, resp.StatusCode, got.Error, want, wantCode)
 		}
 	}
-	if w := read(); !strings.HasPrefix(w, `{"type":"welcome"`) {
-		t.Fatalf("first frame %s", w)
+	refusal := func(id, code string) protocol.Frame {
+		return protocol.Frame{Type: protocol.TypeError, ID: json.RawMessage(id), Code: code}
 	}
-	exchange(`{"type":"ping","id":7}`, `{"type":"pong","id":7}`)
-	exchange(`{"type":"ping"}`, `{"type":"pong"}`)
-	exchange(`nope`, `{"type":"error","code":"bad_frame","message":"not a JSON object"}`)
-	exchange(`{"type":"join","group":"a..b","id":2}`, `{"type":"error","id":2,"code":"bad_group","message":"invalid group name"}`)
-	exchange(`{"type":"shout","id":3}`, `{"type":"error","id":3,"code":"unknown_type","message":"unknown frame type"}`)
-	exchange(`{"type":"join","group":"g","id":4}`, `{"type":"ack","id":4}`)
-	post("g", `{"n":1}`, http.StatusAccepted)
-	if got := read(); got != `{"type":"message","group":"g","data":{"n":1}}` {
-		t.Fatalf("delivery %s", got)
+	checkWelcome(t, read().Raw)
+	exchange(`{"type":"ping","id":7}`, protocol.Frame{Type: protocol.TypePong, ID: json.RawMessage(`7`)})
+	exchange(`{"type":"ping","id":"s"}`, protocol.Frame{Type: protocol.TypePong, ID: json.RawMessage(`"s"`)})
+	exchange(`{"type":"ping"}`, protocol.Frame{Type: protocol.TypePong})
+	exchange(`nope`, refusal(``, protocol.CodeInvalidJSON))
+	exchange(`{"type":"join","group":7,"id":1}`, refusal(`1`, protocol.CodeInvalidFrame))
+	exchange(`{"type":"join","group":"a..b","id":2}`, refusal(`2`, protocol.CodeInvalidGroup))
+	exchange(`{"type":"shout","id":3}`, refusal(`3`, protocol.CodeUnknownType))
+	exchange(`{"type":"join","group":"g","id":4}`, protocol.Frame{Type: protocol.TypeAck, ID: json.RawMessage(`4`)})
+	post("g", "{\"n\":\n1}", "")
+	if got := read(); !sameFrame(got, protocol.Frame{Type: protocol.TypeMessage, Group: "g", Data: json.RawMessage(`{"n":1}`)}) {
+		t.Fatalf("delivery %s", got.Raw)
 	}
-	post("g", `{"n":`, http.StatusBadRequest)
-	post("a..b", `{}`, http.StatusBadRequest)
-	post("g", `"`+strings.Repeat("x", floorMaxBody)+`"`, http.StatusRequestEntityTooLarge)
-	exchange(`{"type":"leave","group":"g","id":5}`, `{"type":"ack","id":5}`)
-	post("g", `{"n":2}`, http.StatusAccepted)
+	post("g", `{"n":`, protocol.CodeInvalidJSON)
+	post("a..b", `{}`, protocol.CodeInvalidGroup)
+	post("g", `"`+strings.Repeat("x", floorMaxBody)+`"`, protocol.CodeTooLarge)
+	exchange(`{"type":"leave","group":"g","id":5}`, protocol.Frame{Type: protocol.TypeAck, ID: json.RawMessage(`5`)})
+	post("g", `{"n":2}`, "")
 	// Nothing for g after the leave's ack: the next frame is the pong.
-	exchange(`{"type":"ping","id":6}`, `{"type":"pong","id":6}`)
+	exchange(`{"type":"ping","id":6}`, protocol.Frame{Type: protocol.TypePong, ID: json.RawMessage(`6`)})
 
-	// A frame over the limit ends the connection.
+	// A frame over the limit ends the connection with 1009.
 	err = ws.Write(ctx, websocket.MessageText, bytes.Repeat([]byte("x"), floorMaxFrame+1))
 	if err == nil {
 		_, _, err = ws.Read(ctx)
 	}
-	if err == nil {
-		t.Fatal("connection survived an oversized frame")
+	if got := websocket.CloseStatus(err); got != protocol.CloseTooLarge {
+		t.Fatalf("oversized frame: close %d (%v), want %d", got, err, protocol.CloseTooLarge)
 	}
+}
+
+// checkWelcome checks a welcome frame: its type, a channel of the shape
+// channel names have, the floor's node.
+func checkWelcome(t *testing.T, raw []byte) {
+	t.Helper()
+	w, err := protocol.Decode(raw)
+	if err != nil || w.Type != protocol.TypeWelcome || !broker.ValidChannel(w.Channel) || w.Node != "floor" {
+		t.Fatalf("welcome %s, %v", raw, err)
+	}
+}
+
+// sameFrame compares the fields the floor's frames carry; an error's
+// message is free text, required but not compared.
+func sameFrame(got, want protocol.Frame) bool {
+	return got.Type == want.Type && string(got.ID) == string(want.ID) && got.Code == want.Code &&
+		got.Group == want.Group && string(got.Data) == string(want.Data) &&
+		(got.Type != protocol.TypeError || got.Message != "")
 }
 
 // FuzzReadWSFrame feeds arbitrary bytes to the floor's frame reader: it
@@ -165,24 +206,34 @@ func maskedFrame(op byte, p []byte, mask [4]byte) []byte {
 	return out
 }
 
-// FuzzFloorAnswer: whatever a client sends, the answer is one JSON object
-// of a type the protocol knows.
+// FuzzFloorAnswer: whatever a client sends, the answer is one frame that
+// package protocol decodes, of a type and with a code the protocol knows,
+// answering the frame's id as sent.
 func FuzzFloorAnswer(f *testing.F) {
-	for _, s := range []string{`{"type":"join","group":"g","id":1}`, `{"type":"leave","group":"g"}`, `{"type":"ping","id":-3}`, `[]`, `{"id":1e400}`, `{"type":"join","group":"..","id":2}`} {
+	for _, s := range []string{`{"type":"join","group":"g","id":1}`, `{"type":"leave","group":"g"}`, `{"type":"ping","id":-3}`, `[]`, `{"id":1e400}`, `{"type":"join","group":"..","id":2}`, `{"type":"ping","id":"x\u00e9"}`, `{"type":"join","group":1,"id":"a"}`} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, frame []byte) {
 		fl := &floor{groups: map[string]map[net.Conn]struct{}{}}
 		joined := map[string]struct{}{}
-		var m struct{ Type string }
 		ans := fl.answer(nil, frame, joined)
-		if err := json.Unmarshal(ans, &m); err != nil {
+		got, err := protocol.Decode(ans)
+		if err != nil {
 			t.Fatalf("answer %s to %q: %v", ans, frame, err)
 		}
-		switch m.Type {
-		case "ack", "pong", "error":
+		switch got.Type {
+		case protocol.TypeAck, protocol.TypePong:
+		case protocol.TypeError:
+			switch got.Code {
+			case protocol.CodeInvalidJSON, protocol.CodeInvalidFrame, protocol.CodeInvalidGroup, protocol.CodeUnknownType:
+			default:
+				t.Fatalf("answer %s to %q: not a code of the protocol's", ans, frame)
+			}
 		default:
 			t.Fatalf("answer %s to %q", ans, frame)
+		}
+		if p, _ := protocol.ParseClientFrame(frame); string(got.ID) != string(p.ID) {
+			t.Fatalf("answer %s to %q: id %s, want %s", ans, frame, got.ID, p.ID)
 		}
 		if len(joined) > 0 && len(fl.groups) != len(joined) {
 			t.Fatalf("joined %v, groups %v", joined, fl.groups)

@@ -13,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -318,13 +317,7 @@ func startProcess(t *testing.T, cmd *exec.Cmd) <-chan error {
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-		}
+		stopProcess(cmd, exited)
 		if t.Failed() {
 			t.Logf("%s output (tail):\n%s", filepath.Base(cmd.Path), logs.String())
 		}

@@ -1,4 +1,8 @@
-// Package natstest starts real nats-servers for tests.
+// Package natstest is the one way tests start real nats-servers: Start
+// (a plain server), StartJetStream and StartJetStreamAt (one that keeps
+// streams), and StartWith for any other options (limits, authorization,
+// gateways between regions, leaf nodes). Every server listens on
+// loopback, logs nothing, and stops when its test ends.
 package natstest
 
 import (
@@ -18,7 +22,8 @@ func Start(t testing.TB, port int) *server.Server {
 
 // StartWith starts a nats-server with opts on loopback, on a random port
 // unless opts name one, without signal handlers or logs; it stops when
-// the test ends.
+// the test ends (a test may Shutdown it sooner, and start another on the
+// same ports).
 func StartWith(t testing.TB, opts server.Options) *server.Server {
 	t.Helper()
 	if opts.Host == "" {

@@ -106,6 +106,12 @@ export class GroupcastError extends Error {
 export interface ClientEventMap {
   /** detail: the new state. */
   state: CustomEvent<State>;
+  /**
+   * Once, when the client ends for good (after the state "closed"): code 1000 when the page
+   * called close(), or the server's terminal close code, 4003 (disconnected through the server
+   * API, e.g. at logout), with its reason. The client does not reconnect; connect() again to.
+   */
+  closed: CustomEvent<{ code: number; reason: string }>;
   /** detail: each connection's welcome. */
   welcome: CustomEvent<Welcome>;
   /** detail: every delivery. */

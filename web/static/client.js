@@ -17,8 +17,12 @@
 // drain does not become a reconnect wave), rejoins its groups, pings the
 // connection, refreshes its token before it expires (with getToken), and
 // reports its state through "state" events: connecting, connected,
-// reconnecting, closed. Other events: "welcome", "message" (every
-// delivery), "error" (errors no request gets).
+// reconnecting, closed. A close with 4003 (the server API disconnected the
+// connection or its user, e.g. at logout) is final: the client does not
+// reconnect with the same credentials; it goes to "closed" as after
+// close(), and its "closed" event carries the server's code and reason.
+// Other events: "welcome", "message" (every delivery), "error" (errors no
+// request gets).
 //
 // Transports: a WebSocket on /ws, or, where a proxy refuses the upgrade,
 // Server-Sent Events on /sse with the client's frames POSTed to
@@ -44,6 +48,10 @@ export class GroupcastError extends Error {
     this.code = code;
   }
 }
+
+// terminalCodes are the close codes after which the client does not
+// reconnect: 4003, disconnected through the server API.
+const terminalCodes = new Set([4003]);
 
 const DEFAULTS = {
   token: undefined, // the connection token (a JWT), sent as ?token=
@@ -194,6 +202,7 @@ export class Client extends EventTarget {
       this.conn = null;
       return conn.next();
     }
+    if (terminalCodes.has(code)) return this.finish(code, reason);
     // Planned closes and an expired token (4001): come back at once, or
     // at a random moment within the span the server asks for.
     const planned = code === 1012 || code === 1001 || code === 4001;
@@ -546,6 +555,13 @@ export class Client extends EventTarget {
 
   /** Closes the connection (1000) and stops reconnecting. */
   close() {
+    this.finish(1000, "");
+  }
+
+  // finish ends the client for good, closed by the page (1000) or by the
+  // server with a terminal code: state "closed", then a "closed" event
+  // with the code and reason. Only a new connect() connects again.
+  finish(code, reason) {
     if (this.closed) return;
     this.closed = true;
     clearTimeout(this.timer);
@@ -556,8 +572,9 @@ export class Client extends EventTarget {
     const conn = this.conn;
     this.conn = null;
     if (conn) conn.close(1000);
-    this.failPending("closed", "the client is closed");
+    this.failPending("closed", code === 1000 ? "the client is closed" : `the server closed the client: ${code} ${reason}`);
     this.setState("closed");
+    this.dispatchEvent(new CustomEvent("closed", { detail: { code, reason } }));
   }
 
   setState(state) {

@@ -22,22 +22,24 @@ const (
 
 // dispatcher is one dispatch goroutine's reusable state.
 type dispatcher struct {
+	queue chan *nats.Msg // its shard's
+	next  *nats.Msg      // taken from queue, not merged: dispatched next
 	split *splitter
 	fan   fanout
 	msgs  []*nats.Msg
 	ds    []Delivery
 	seqs  []uint64
+	sent  []int32 // per member of a sweep: frames of f.ds it has
 }
 
 // dispatchLoop fans out the messages of one shard until Close, merging the
 // messages of a group that queued up (see maxMerge).
 func (b *Broker) dispatchLoop(queue chan *nats.Msg, split *splitter) {
 	defer b.workers.Done()
-	d := &dispatcher{split: split}
-	var next *nats.Msg
+	d := &dispatcher{queue: queue, split: split}
 	for {
-		msg := next
-		next = nil
+		msg := d.next
+		d.next = nil
 		if msg == nil {
 			select {
 			case msg = <-queue:
@@ -53,7 +55,7 @@ func (b *Broker) dispatchLoop(queue chan *nats.Msg, split *splitter) {
 				select {
 				case m := <-queue:
 					if m.Sub != msg.Sub || excluded(m) != except {
-						next = m
+						d.next = m
 						break gather
 					}
 					batch = append(batch, m)
@@ -107,13 +109,21 @@ func (b *Broker) dispatch(d *dispatcher, batch []*nats.Msg) {
 	f.except = excluded(msg)
 	g.mu.RLock()
 	f.recovering = g.recovering
-	n, over := b.fan(d.split, f, g.members)
+	var n, delivered int
+	var over bool
+	if d.sweeps(g, f) {
+		n, delivered = b.sweep(d, g, f)
+		d.ds = f.ds // grown by the sweep: reused
+	} else {
+		n, over = b.fan(d.split, f, g.members)
+		delivered = n * len(f.ds)
+	}
 	g.mu.RUnlock()
 	f.recovering = nil
 	if over {
 		g.forgetRecovered()
 	}
-	b.stats.delivered.Add(uint64(n * len(f.ds)))
+	b.stats.delivered.Add(uint64(delivered))
 	if b.cfg.OnFanout != nil {
 		b.cfg.OnFanout(n, time.Since(start))
 	}
@@ -148,10 +158,8 @@ func (b *Broker) frames(d *dispatcher, g *group, batch []*nats.Msg) ([]Delivery,
 			seq = meta.Sequence.Stream
 			pm.Kept, pm.Offset, pm.Epoch = true, seq, epoch
 		}
-		out, err := protocol.AppendMessage(buf, pm, msg.Data)
+		out, err := b.appendFrame(buf, pm, msg.Data)
 		if err != nil {
-			b.stats.invalid.Add(1)
-			b.log.Warn("dropped a message that is not JSON", "group", g.name, "bytes", len(msg.Data))
 			continue
 		}
 		frame := out[len(buf):len(out):len(out)]
@@ -165,6 +173,23 @@ func (b *Broker) frames(d *dispatcher, g *group, batch []*nats.Msg) ([]Delivery,
 	}
 	d.ds, d.seqs = ds, seqs
 	return ds, seqs
+}
+
+// frame encodes msg, a message of g, which keeps no history, in a fresh
+// buffer.
+func (b *Broker) frame(g *group, msg *nats.Msg) ([]byte, error) {
+	return b.appendFrame(nil, protocol.Message{Group: g.name, Region: originRegion(msg)}, msg.Data)
+}
+
+// appendFrame appends the frame of a group message, or counts and logs a
+// payload that is not JSON.
+func (b *Broker) appendFrame(buf []byte, pm protocol.Message, data []byte) ([]byte, error) {
+	out, err := protocol.AppendMessage(buf, pm, data)
+	if err != nil {
+		b.stats.invalid.Add(1)
+		b.log.Warn("dropped a message that is not JSON", "group", pm.Group, "bytes", len(data))
+	}
+	return out, err
 }
 
 func (b *Broker) dispatchDirect(d *dispatcher, msg *nats.Msg) {

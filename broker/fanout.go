@@ -147,3 +147,86 @@ func (b *Broker) fan(sp *splitter, f *fanout, members []*member) (n int, over bo
 	}
 	return n, over
 }
+
+// Sweeping: a large group's fan-out is milliseconds of writes, and under
+// load the group's next messages arrive while it runs. Instead of waiting
+// for the whole fan-out to end, the sweep takes them from the dispatch
+// queue as it goes (every yieldEvery members, after letting the goroutines
+// that bring them run) and writes each member everything it does not have
+// yet, in one write: a member the sweep reaches after a message came in
+// gets it merged with the rest, and a further pass over the members before
+// that point gives them what they missed. Under load, each member gets a
+// write per pass rather than one per message; a message that comes in
+// while nothing else is queued still goes out at once. Order per member is
+// kept: every member gets the frames in the order they were added.
+
+// yieldEvery is how many members a sweep writes between looks at its
+// dispatch queue.
+const yieldEvery = 512
+
+// sweeps reports whether f goes out by sweep: on one core (no fan-out
+// workers to share it with), to a group with more members than yieldEvery,
+// without history, exclusions or recoveries.
+func (d *dispatcher) sweeps(g *group, f *fanout) bool {
+	return len(d.split.shares) == 1 && len(g.members) > yieldEvery &&
+		g.kept == nil && f.except == "" && f.recovering == nil
+}
+
+// sweep delivers f, and the messages of g that come in meanwhile, to g's
+// members (g.mu read-held): the members reached and the deliveries made.
+func (b *Broker) sweep(d *dispatcher, g *group, f *fanout) (reached, delivered int) {
+	members := g.members
+	if cap(d.sent) < len(members) {
+		d.sent = make([]int32, len(members))
+	}
+	sent := d.sent[:len(members)]
+	clear(sent)
+	size := 0
+	for _, x := range f.ds {
+		size += len(x.Frame)
+	}
+	open := d.next == nil // more messages may join the sweep
+	for {
+		total := len(f.ds)
+		for i, m := range members {
+			if open && i%yieldEvery == yieldEvery-1 {
+				runtime.Gosched()
+				open, size = b.catchUp(d, g, f, size)
+			}
+			if k := int(sent[i]); k < len(f.ds) {
+				deliver(m, f.ds[k:])
+				delivered += len(f.ds) - k
+				sent[i] = int32(len(f.ds))
+			}
+		}
+		if len(f.ds) == total {
+			return len(members), delivered
+		}
+	}
+}
+
+// catchUp adds to f the frames of g's messages waiting in d's queue, while
+// f stays within maxMerge and maxMergeBytes: whether more may join, and
+// f's size now. A message of another subscription, or with an excluded
+// channel, ends it and is dispatched next.
+func (b *Broker) catchUp(d *dispatcher, g *group, f *fanout, size int) (bool, int) {
+	for len(f.ds) < maxMerge && size < maxMergeBytes {
+		select {
+		case m := <-d.queue:
+			if m.Sub != g.sub || excluded(m) != "" {
+				d.next = m
+				return false, size
+			}
+			b.stats.received.Add(1)
+			frame, err := b.frame(g, m)
+			if err != nil {
+				continue
+			}
+			f.ds = append(f.ds, Delivery{frame, KindMessage})
+			size += len(frame)
+		default:
+			return true, size
+		}
+	}
+	return false, size
+}

@@ -269,3 +269,64 @@ func TestCloseStopsFanoutWorkers(t *testing.T) {
 	}
 	goleak.VerifyNone(t, before)
 }
+
+// trigger is an orderly whose first ReceiveNow calls fire: the fan-out is
+// then under way when fire returns.
+type trigger struct {
+	orderly
+	fire func()
+}
+
+func (r *trigger) ReceiveNow(ds []Delivery) bool {
+	if f := r.fire; f != nil {
+		r.fire = nil
+		f()
+	}
+	return r.orderly.ReceiveNow(ds)
+}
+
+// TestSweepTakesMessagesArrivingMidFanout: on one core, messages of a
+// large group that come in while its fan-out is under way join it: the
+// members not reached yet get them merged with the first, in one write;
+// the members before get them in one more pass; every member in order.
+func TestSweepTakesMessagesArrivingMidFanout(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1)) // no fan-out workers
+	b := newBroker(t, "")
+	const members = 3 * yieldEvery / 2
+	send := func(i int) {
+		t.Helper()
+		if err := b.GroupSend("big", fmt.Appendf(nil, `{"i":%d}`, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rs := make([]*trigger, members)
+	for i := range rs {
+		rs[i] = &trigger{}
+		ch, err := b.NewChannel(rs[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		join(t, b, "big", ch)
+	}
+	queue := b.shard("big")
+	rs[0].fire = func() { // on the dispatcher: message 0 is being fanned out
+		send(1)
+		send(2)
+		waitFor(t, 5*time.Second, func() bool { return len(queue) == 2 })
+	}
+	send(0)
+	for m, r := range rs {
+		waitFor(t, 10*time.Second, func() bool { return len(r.received()) >= 3 })
+		r.mu.Lock()
+		batches, got := fmt.Sprint(r.batches), fmt.Sprint(r.got)
+		r.mu.Unlock()
+		want := "[3]" // reached after 1 and 2 came in: all three in one write
+		if m < yieldEvery-1 {
+			want = "[1 2]" // reached before: 0 alone, then 1 and 2 in the next pass
+		}
+		if batches != want || got != "[0 1 2]" {
+			t.Fatalf("member %d: batches %s, messages %s; want batches %s, messages [0 1 2]", m, batches, got, want)
+		}
+	}
+	waitFor(t, 5*time.Second, func() bool { return b.Stats().Delivered == members*3 })
+}

@@ -41,8 +41,9 @@ func (b *Broker) recover(ctx context.Context, g *group, m *member, rec *recovery
 		if err == nil && !more.Recovered {
 			// The window moved past what m has: a gap after all. The
 			// frames held meanwhile follow.
-			rounds = maxReplayRounds
-			continue
+			lost, got.Recovered = true, false
+			g.recovered(m, rec, last, true)
+			break
 		}
 		last = next
 	}

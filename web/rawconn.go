@@ -57,10 +57,7 @@ func (w *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if w.switched {
 		w.conn.head = switchingHead(w.Header())
 	}
-	if sc, ok := conn.(syscall.Conn); ok {
-		w.conn.rc, _ = sc.SyscallConn()
-		w.conn.write = w.conn.rawWrite
-	}
+	w.conn.sock.init(conn)
 	brw.Writer = bufio.NewWriterSize(w.conn, writeBufferSize)
 	return conn, brw, nil
 }
@@ -71,19 +68,11 @@ func (w *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // flushed in one Write as well.
 type frameConn struct {
 	net.Conn
-	rc syscall.RawConn // for writes that must not block; nil when not a socket
-	mu sync.Mutex
+	sock socketWriter // for writes that must not block, under mu
+	mu   sync.Mutex
 	// head is the part of the 101 answer not written yet, sent before
 	// the next bytes written; guarded by mu.
 	head []byte
-
-	// The write tryWrite has in flight, under mu: its bytes and result,
-	// for rawWrite, which rc.Write calls through write (a method value
-	// made once: a closure per write would cost three allocations).
-	p     []byte
-	n     int
-	err   error
-	write func(fd uintptr) bool
 }
 
 // switchingHead is the 101 answer with the upgrade's headers, as net/http
@@ -119,23 +108,14 @@ var errWouldBlock = errors.New("write would block")
 // tryWrite writes what of p the socket takes at once, without waiting
 // for it or for the lock: errWouldBlock when it takes nothing.
 func (c *frameConn) tryWrite(p []byte) (int, error) {
-	if c.rc == nil || !c.mu.TryLock() {
+	if c.sock.rc == nil || !c.mu.TryLock() {
 		return 0, errWouldBlock
 	}
 	defer c.mu.Unlock()
-	c.p = p
 	if c.head != nil {
-		c.p = append(c.head, p...)
+		p = append(c.head, p...)
 	}
-	rerr := c.rc.Write(c.write)
-	n, err := c.n, c.err
-	c.p, c.err = nil, nil
-	if rerr != nil {
-		return 0, rerr
-	}
-	if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EINTR) || n <= 0 && err == nil {
-		return 0, errWouldBlock
-	}
+	n, err := c.sock.try(p)
 	if err != nil {
 		return 0, err
 	}
@@ -150,9 +130,53 @@ func (c *frameConn) tryWrite(p []byte) (int, error) {
 	return n, nil
 }
 
-// rawWrite is tryWrite's one write system call; it never waits for the
-// socket.
-func (c *frameConn) rawWrite(fd uintptr) bool {
-	c.n, c.err = syscall.Write(int(fd), c.p)
+// socketWriter makes writes to a socket that never wait for it: one write
+// system call each, which takes what the socket has room for. Its user
+// serialises them.
+type socketWriter struct {
+	rc syscall.RawConn // nil when the connection is not a socket
+
+	// The write in flight: its bytes and result, for rawWrite, which
+	// rc.Write calls through write (a method value made once: a closure
+	// per write would cost three allocations).
+	p     []byte
+	n     int
+	err   error
+	write func(fd uintptr) bool
+}
+
+// init sets w up to write to conn; it stays unset (rc nil) when conn is
+// not a socket.
+func (w *socketWriter) init(conn net.Conn) {
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		return
+	}
+	if rc, err := sc.SyscallConn(); err == nil {
+		w.rc, w.write = rc, w.rawWrite
+	}
+}
+
+// try writes what of p the socket takes at once: errWouldBlock when it
+// takes nothing.
+func (w *socketWriter) try(p []byte) (int, error) {
+	w.p = p
+	rerr := w.rc.Write(w.write)
+	n, err := w.n, w.err
+	w.p, w.err = nil, nil
+	switch {
+	case rerr != nil:
+		return 0, rerr
+	case errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EINTR) || n <= 0 && err == nil:
+		return 0, errWouldBlock
+	case err != nil:
+		return 0, err
+	}
+	return n, nil
+}
+
+// rawWrite is try's one write system call; it never waits for the socket.
+func (w *socketWriter) rawWrite(fd uintptr) bool {
+	w.n, w.err = syscall.Write(int(fd), w.p)
 	return true
 }

@@ -234,9 +234,9 @@ func (s *session) writesNow() bool {
 		return false
 	}
 	if s.sse != nil {
-		return s.sse.raw != nil
+		return s.sse.sock.rc != nil
 	}
-	return s.raw != nil && s.raw.rc != nil
+	return s.raw != nil && s.raw.sock.rc != nil
 }
 
 // tryWrite writes what of p the socket takes at once (errWouldBlock: none).

@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/coder/websocket"
@@ -42,10 +41,10 @@ import (
 type sseStream struct {
 	secret string
 
-	conn    net.Conn        // the hijacked connection; nil: the response's, below
-	raw     syscall.RawConn // conn's socket, for writes that must not block; nil when not a socket
-	chunked bool            // conn's body is chunked (HTTP/1.1), else it ends with conn (HTTP/1.0)
-	wmu     sync.Mutex      // serialises writes
+	conn    net.Conn     // the hijacked connection; nil: the response's, below
+	sock    socketWriter // conn's socket, for writes that must not block (under wmu)
+	chunked bool         // conn's body is chunked (HTTP/1.1), else it ends with conn (HTTP/1.0)
+	wmu     sync.Mutex   // serialises writes
 
 	w   http.ResponseWriter
 	rc  *http.ResponseController
@@ -111,9 +110,7 @@ func (st *sseStream) open(c echo.Context) error {
 		conn, _, err := rc.Hijack()
 		if err == nil {
 			st.conn = conn
-			if sc, ok := conn.(syscall.Conn); ok {
-				st.raw, _ = sc.SyscallConn()
-			}
+			st.sock.init(conn)
 			// Deadlines of the request's reading stay on a hijacked
 			// connection: cleared, the stream lives on.
 			conn.SetDeadline(time.Time{})
@@ -272,25 +269,11 @@ func appendChunk(p []byte, ds []broker.Delivery, chunked bool) (_ []byte, start,
 // trySend writes what of p the socket takes at once, without waiting for
 // it or for another write: errWouldBlock when it takes nothing.
 func (st *sseStream) trySend(p []byte) (int, error) {
-	if st.raw == nil || !st.wmu.TryLock() {
+	if st.sock.rc == nil || !st.wmu.TryLock() {
 		return 0, errWouldBlock
 	}
 	defer st.wmu.Unlock()
-	var n int
-	var err error
-	if rerr := st.raw.Write(func(fd uintptr) bool {
-		n, err = syscall.Write(int(fd), p)
-		return true // one attempt: never wait for the socket
-	}); rerr != nil {
-		return 0, rerr
-	}
-	switch {
-	case errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EINTR) || n <= 0 && err == nil:
-		return 0, errWouldBlock
-	case err != nil:
-		return 0, err
-	}
-	return n, nil
+	return st.sock.try(p)
 }
 
 // sendRaw writes p to the connection as it is: what trySend left of a

@@ -236,7 +236,7 @@ func TestSSEAnswersAtOnce(t *testing.T) {
 	e.srv.mu.Lock()
 	ss := e.srv.byChannel[c.channel()]
 	e.srv.mu.Unlock()
-	if ss == nil || ss.sse.raw == nil {
+	if ss == nil || ss.sse.sock.rc == nil {
 		t.Fatal("the stream has no socket of its own")
 	}
 	if f := c.call(e, `{"type":"join","group":"now","id":1}`); f["type"] != "ack" || f["id"] != 1.0 {

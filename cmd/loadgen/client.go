@@ -4,13 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/coder/websocket"
 
 	"github.com/groupcast/groupcast/protocol"
 )
@@ -23,7 +20,7 @@ type client struct {
 	id      int
 	room    int // home room: joined in the ramp, left never
 	inst    int // index of the instance (-url) it dials
-	ws      *websocket.Conn
+	ws      *rawWS
 	sse     *sseConn // instead of ws with -transport sse
 	seen    []uint64 // bitset of received seqs (when r.bitset)
 	lastSeq int64    // highest seq received (without bitset)
@@ -113,7 +110,7 @@ func (c *client) closeNow() {
 		c.sse.close()
 		return
 	}
-	c.ws.CloseNow()
+	c.ws.closeNow()
 }
 
 // connect dials and sends the join request.
@@ -125,27 +122,23 @@ func (c *client) connect() error {
 	}
 	ctx, cancel := context.WithTimeout(r.ctx, joinTimeout)
 	defer cancel()
-	ws, _, err := websocket.Dial(ctx, r.cfg.URLs[c.inst], &websocket.DialOptions{
-		HTTPClient: r.http[c.id%len(r.http)],
-	})
+	ws, err := dialRaw(ctx, r.dialers[c.id%len(r.dialers)], r.cfg.URLs[c.inst])
 	if err != nil {
 		return err
 	}
-	ws.SetReadLimit(maxFrameBytes)
 	c.ws = ws
 	var msg []byte
-	typ := websocket.MessageText
+	op := byte(opText)
 	group := r.groups[c.room]
 	if r.cfg.Target == targetNATSWS {
 		msg = fmt.Appendf(nil, "CONNECT {\"verbose\":false,\"pedantic\":false,\"protocol\":1,\"headers\":false}\r\nSUB %s 1\r\nPING\r\n", group)
-		typ = websocket.MessageBinary
+		op = opBinary
 		c.buf = make([]byte, 0, 4096+2*r.cfg.Size)
 	} else {
 		msg = appendGroupcastOp(nil, "join", group, 1)
-		c.buf = make([]byte, 0, 1024+2*r.cfg.Size)
 	}
-	if err := ws.Write(ctx, typ, msg); err != nil {
-		ws.CloseNow()
+	if err := ws.write(op, msg); err != nil {
+		ws.closeNow()
 		return err
 	}
 	return nil
@@ -172,14 +165,14 @@ func (c *client) readLoop() error {
 	}
 	nats := c.r.cfg.Target == targetNATSWS
 	for {
-		_, rd, err := c.ws.Reader(context.Background())
+		_, p, err := c.ws.next()
 		if err != nil {
 			return err
 		}
 		if nats {
-			err = c.readNATS(rd)
+			err = c.readNATS(p)
 		} else {
-			err = c.readGroupcast(rd)
+			err = c.readGroupcast(p)
 		}
 		if err != nil {
 			return err
@@ -189,30 +182,17 @@ func (c *client) readLoop() error {
 
 // readNATS feeds one frame into the NATS stream parser; a partial operation
 // stays in c.buf for the next frame.
-func (c *client) readNATS(rd io.Reader) error {
-	for {
-		if len(c.buf) == cap(c.buf) {
-			if cap(c.buf) >= maxFrameBytes {
-				return fmt.Errorf("%w: operation over %d bytes", errNATSProto, maxFrameBytes)
-			}
-			c.buf = append(c.buf, make([]byte, cap(c.buf))...)[:len(c.buf)]
-		}
-		n, err := rd.Read(c.buf[len(c.buf):cap(c.buf)])
-		c.buf = c.buf[:len(c.buf)+n]
-		if n > 0 {
-			used, perr := parseNATS(c.buf, c)
-			if perr != nil {
-				return perr
-			}
-			c.buf = c.buf[:copy(c.buf, c.buf[used:])]
-		}
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
+func (c *client) readNATS(p []byte) error {
+	if len(c.buf)+len(p) > maxFrameBytes {
+		return fmt.Errorf("%w: operation over %d bytes", errNATSProto, maxFrameBytes)
 	}
+	c.buf = append(c.buf, p...)
+	used, err := parseNATS(c.buf, c)
+	if err != nil {
+		return err
+	}
+	c.buf = c.buf[:copy(c.buf, c.buf[used:])]
+	return nil
 }
 
 // A client is the natsHandler of its own stream (a pointer, so passing it
@@ -221,9 +201,7 @@ func (c *client) readNATS(rd io.Reader) error {
 func (c *client) natsMsg(p []byte) { c.deliver(p) }
 
 func (c *client) natsPing() {
-	ctx, cancel := context.WithTimeout(c.r.ctx, writeTimeout)
-	defer cancel()
-	if err := c.ws.Write(ctx, websocket.MessageBinary, []byte("PONG\r\n")); err != nil {
+	if err := c.ws.write(opBinary, []byte("PONG\r\n")); err != nil {
 		c.r.noteErr(fmt.Errorf("conn %d: PONG: %w", c.id, err))
 	}
 }
@@ -260,18 +238,13 @@ func (c *client) natsErr(line []byte) {
 	c.errFrames.Add(1)
 	c.r.noteErr(fmt.Errorf("conn %d: %s", c.id, line))
 	if !c.isJoined.Load() {
-		c.ws.CloseNow()
+		c.ws.closeNow()
 	}
 }
 
-// readGroupcast reads one frame (one or more JSON objects, one per line).
-func (c *client) readGroupcast(rd io.Reader) error {
-	buf, err := readAllInto(rd, c.buf[:0])
-	c.buf = buf
-	if err != nil {
-		return err
-	}
-	for obj := range protocol.Objects(buf) {
+// readGroupcast handles one frame (one or more JSON objects, one per line).
+func (c *client) readGroupcast(p []byte) error {
+	for obj := range protocol.Objects(p) {
 		if err := c.groupcastObject(obj); err != nil {
 			return err
 		}
@@ -282,6 +255,10 @@ func (c *client) readGroupcast(rd io.Reader) error {
 // groupcastObject handles one server object, without allocating for a
 // delivery or an ack. An object that does not decode counts as malformed.
 func (c *client) groupcastObject(obj []byte) error {
+	if p, ok := deliveryPayload(obj); ok {
+		c.deliver(p)
+		return nil
+	}
 	v := &c.view
 	if v.Decode(obj) != nil {
 		c.bad.Add(1)
@@ -308,23 +285,6 @@ func (c *client) groupcastObject(obj []byte) error {
 		}
 	}
 	return nil
-}
-
-// readAllInto reads rd to EOF, appending to buf and growing it as needed.
-func readAllInto(rd io.Reader, buf []byte) ([]byte, error) {
-	for {
-		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)]
-		}
-		n, err := rd.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+n]
-		if err == io.EOF {
-			return buf, nil
-		}
-		if err != nil {
-			return buf, err
-		}
-	}
 }
 
 // deliver accounts for one received payload. Publish seq went to room

@@ -328,6 +328,7 @@ type fanoutRun struct {
 	connHist histogram      // dial start to join ack
 	seqLimit int64          // publishes planned; seq is in [0, seqLimit)
 	bitset   bool           // per-connection bitsets find duplicates exactly
+	dialers  []*net.Dialer  // receiving WebSockets' (rawWS), one per source address
 	http     []*http.Client
 	groups   []string // group (subject) of each room
 
@@ -475,7 +476,7 @@ func runFanout(ctx context.Context, cfg Config) (_ *Result, err error) {
 			}
 		}
 	}
-	if r.http, err = wsClients(cfg); err != nil {
+	if r.dialers, r.http, err = sourceDialers(cfg); err != nil {
 		return nil, err
 	}
 	defer func() {
@@ -767,13 +768,14 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// wsClients returns the HTTP clients WebSocket dials use: one per local
-// source address, so that more connections than one address has ephemeral
-// ports can reach a loopback server.
-func wsClients(cfg Config) ([]*http.Client, error) {
+// sourceDialers returns the dialers of the receiving WebSockets, and HTTP
+// clients over them (SSE streams, publishes): one per local source
+// address, so that more connections than one address has ephemeral ports
+// can reach a loopback server.
+func sourceDialers(cfg Config) ([]*net.Dialer, []*http.Client, error) {
 	u, err := url.Parse(cfg.URLs[0])
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	n := 1
 	var srcs []net.IP
@@ -784,7 +786,7 @@ func wsClients(cfg Config) ([]*http.Client, error) {
 			n = (cfg.Conns + perIP - 1) / perIP
 		}
 		if n > 254 {
-			return nil, fmt.Errorf("%d source addresses needed, at most 254", n)
+			return nil, nil, fmt.Errorf("%d source addresses needed, at most 254", n)
 		}
 		if n > 1 {
 			for i := range n {
@@ -792,14 +794,15 @@ func wsClients(cfg Config) ([]*http.Client, error) {
 			}
 		}
 	} else if cfg.SourceIPs > 1 {
-		return nil, errors.New("-source-ips needs an IPv4 loopback -url")
+		return nil, nil, errors.New("-source-ips needs an IPv4 loopback -url")
 	}
-	clients := make([]*http.Client, n)
+	dialers, clients := make([]*net.Dialer, n), make([]*http.Client, n)
 	for i := range clients {
 		d := &net.Dialer{Timeout: joinTimeout, KeepAlive: -1}
 		if srcs != nil {
 			d.LocalAddr = &net.TCPAddr{IP: srcs[i]}
 		}
+		dialers[i] = d
 		clients[i] = &http.Client{Transport: &http.Transport{
 			Proxy:              nil,
 			DialContext:        d.DialContext,
@@ -807,7 +810,7 @@ func wsClients(cfg Config) ([]*http.Client, error) {
 			MaxIdleConns:       1,
 		}}
 	}
-	return clients, nil
+	return dialers, clients, nil
 }
 
 // ramp opens cfg.Conns connections at cfg.ConnectRate, at most

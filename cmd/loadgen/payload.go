@@ -89,6 +89,9 @@ func parseInt(b []byte, i int) (int64, bool) {
 // parsePayload extracts seq and t from a payload produced by appendPayload,
 // tolerating reordered keys and whitespace (a server may re-encode the JSON).
 func parsePayload(p []byte) (seq, t int64, ok bool) {
+	if seq, t, ok = exactPayload(p); ok {
+		return seq, t, true
+	}
 	i := findValue(p, keySeq)
 	if i < 0 {
 		return 0, 0, false
@@ -102,6 +105,72 @@ func parsePayload(p []byte) (seq, t int64, ok bool) {
 	}
 	t, ok = parseInt(p, j)
 	return seq, t, ok
+}
+
+// exactPayload parses p when it is byte for byte what appendPayload
+// writes: {"seq":S,"t":T,"pad":"x..."} with S and T decimal, S not
+// negative, the pad free of quotes and escapes.
+func exactPayload(p []byte) (seq, t int64, ok bool) {
+	const seqKey, tKey, padKey, end = `{"seq":`, `,"t":`, `,"pad":"`, `"}`
+	if !bytes.HasPrefix(p, []byte(seqKey)) || !bytes.HasSuffix(p, []byte(end)) {
+		return 0, 0, false
+	}
+	seq, j, ok := uintAt(p, len(seqKey))
+	if !ok || !bytes.HasPrefix(p[j:], []byte(tKey)) {
+		return 0, 0, false
+	}
+	t, j, ok = uintAt(p, j+len(tKey))
+	if !ok || !bytes.HasPrefix(p[j:], []byte(padKey)) {
+		return 0, 0, false
+	}
+	pad := p[j+len(padKey) : len(p)-len(end)]
+	if bytes.IndexByte(pad, '"') >= 0 || bytes.IndexByte(pad, '\\') >= 0 {
+		return 0, 0, false
+	}
+	return seq, t, true
+}
+
+// uintAt parses the decimal digits at b[i:] up to the first other byte:
+// their value, that byte's index, and whether there was at least one digit
+// and the value fits an int64.
+func uintAt(b []byte, i int) (v int64, end int, ok bool) {
+	start := i
+	for ; i < len(b) && b[i] >= '0' && b[i] <= '9'; i++ {
+		d := int64(b[i] - '0')
+		if v > (math.MaxInt64-d)/10 {
+			return 0, i, false
+		}
+		v = v*10 + d
+	}
+	return v, i, i > start
+}
+
+// deliveryPayload returns the payload of obj when obj is exactly what a
+// groupcast server writes for a delivery of the loader's payload to a
+// group with neither history nor region:
+// {"type":"message","group":"<name>","data":<payload>}. Any other form
+// (more fields, spaces, escapes) is left to protocol.View, so that the
+// shortcut never takes a frame the decoder would refuse.
+func deliveryPayload(obj []byte) ([]byte, bool) {
+	const head, mid = `{"type":"message","group":"`, `","data":`
+	if !bytes.HasPrefix(obj, []byte(head)) || obj[len(obj)-1] != '}' {
+		return nil, false
+	}
+	rest := obj[len(head) : len(obj)-1]
+	i := bytes.IndexByte(rest, '"')
+	if i <= 0 || !bytes.HasPrefix(rest[i:], []byte(mid)) {
+		return nil, false
+	}
+	for _, c := range rest[:i] {
+		if c < 0x20 || c == '\\' {
+			return nil, false
+		}
+	}
+	p := rest[i+len(mid):]
+	if _, _, ok := exactPayload(p); !ok {
+		return nil, false
+	}
+	return p, true
 }
 
 // parseDigits parses b, which must be 1 to 18 decimal digits and nothing else.

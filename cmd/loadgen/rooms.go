@@ -2,13 +2,10 @@ package main
 
 import (
 	"container/heap"
-	"context"
 	"fmt"
 	"math/bits"
 	"math/rand/v2"
 	"time"
-
-	"github.com/coder/websocket"
 )
 
 // maxChurnCatchUp bounds the visits started in one step when the churn
@@ -169,11 +166,11 @@ func (ch *churn) join(c *client, room int) *visit {
 	r := ch.r
 	v := &visit{room: room}
 	var msg []byte
-	typ := websocket.MessageText
+	op := byte(opText)
 	if r.cfg.Target == targetNATSWS {
 		v.id = 2 + len(c.visits)
 		msg = fmt.Appendf(nil, "SUB %s %d\r\nPING\r\n", r.groups[room], v.id)
-		typ = websocket.MessageBinary
+		op = opBinary
 	} else {
 		v.id = 2 + 2*len(c.visits)
 		msg = appendGroupcastOp(nil, "join", r.groups[room], v.id)
@@ -181,7 +178,7 @@ func (ch *churn) join(c *client, room int) *visit {
 	c.visits = append(c.visits, v)
 	c.cur.Store(v)
 	v.joinSent.Store(time.Now().UnixNano())
-	if err := ch.write(c, typ, msg); err != nil {
+	if err := ch.write(c, op, msg); err != nil {
 		r.noteErr(fmt.Errorf("conn %d: visit join: %w", c.id, err))
 		c.cur.Store(nil)
 		return nil
@@ -193,27 +190,25 @@ func (ch *churn) join(c *client, room int) *visit {
 func (ch *churn) leave(c *client, v *visit) {
 	r := ch.r
 	var msg []byte
-	typ := websocket.MessageText
+	op := byte(opText)
 	if r.cfg.Target == targetNATSWS {
 		msg = fmt.Appendf(nil, "UNSUB %d\r\nPING\r\n", v.id)
-		typ = websocket.MessageBinary
+		op = opBinary
 	} else {
 		msg = appendGroupcastOp(nil, "leave", r.groups[v.room], v.id+1)
 	}
 	v.leaveSent.Store(time.Now().UnixNano())
-	if err := ch.write(c, typ, msg); err != nil {
+	if err := ch.write(c, op, msg); err != nil {
 		r.noteErr(fmt.Errorf("conn %d: visit leave: %w", c.id, err))
 		c.cur.Store(nil)
 	}
 }
 
-func (ch *churn) write(c *client, typ websocket.MessageType, msg []byte) error {
+func (ch *churn) write(c *client, op byte, msg []byte) error {
 	if c.sse != nil {
 		return c.postSSE(ch.r.http[c.id%len(ch.r.http)], msg)
 	}
-	ctx, cancel := context.WithTimeout(ch.r.ctx, writeTimeout)
-	defer cancel()
-	return c.ws.Write(ctx, typ, msg)
+	return c.ws.write(op, msg)
 }
 
 // account checks the visits once every goroutine has stopped: it adds the

@@ -1,0 +1,166 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/groupcast/groupcast/protocol"
+)
+
+// TestRawWS reads what coder/websocket writes as a server: a fragmented
+// message, long frames of both extended lengths, a ping it must answer,
+// and a close; and the server reads the loader's masked frame.
+func TestRawWS(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	long := bytes.Repeat([]byte("y"), 70_000)
+	mid := bytes.Repeat([]byte("z"), 300)
+	got := make(chan string, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		conn, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer conn.CloseNow()
+		mw, _ := conn.Writer(ctx, websocket.MessageText)
+		mw.Write([]byte("hel"))
+		mw.Write([]byte("lo"))
+		mw.Close()
+		conn.Write(ctx, websocket.MessageBinary, long)
+		conn.Write(ctx, websocket.MessageText, mid)
+		go func() { // the reader that Ping needs, then the loader's frame
+			_, p, err := conn.Read(ctx)
+			if err != nil {
+				p = []byte(err.Error())
+			}
+			got <- string(p)
+		}()
+		if err := conn.Ping(ctx); err != nil {
+			got <- "ping: " + err.Error()
+			return
+		}
+		conn.Write(ctx, websocket.MessageText, []byte("after ping"))
+		<-ctx.Done()
+	}))
+	defer srv.Close()
+
+	ws, err := dialRaw(ctx, &net.Dialer{}, "ws"+strings.TrimPrefix(srv.URL, "http")+"/ws?x=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.closeNow()
+	for _, want := range []struct {
+		op byte
+		p  []byte
+	}{{opText, []byte("hello")}, {opBinary, long}, {opText, mid}, {opText, []byte("after ping")}} {
+		op, p, err := ws.next()
+		if err != nil || op != want.op || !bytes.Equal(p, want.p) {
+			t.Fatalf("next: op %d, %d bytes %.20q, %v; want op %d, %d bytes", op, len(p), p, err, want.op, len(want.p))
+		}
+	}
+	if err := ws.write(opText, []byte("hi")); err != nil {
+		t.Fatal(err)
+	}
+	if s := <-got; s != "hi" {
+		t.Fatalf("the server read %q", s)
+	}
+}
+
+// TestRawWSClose: the server's close code and reason come back as a
+// *rawCloseError.
+func TestRawWSClose(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		conn, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		conn.Close(4003, "bye")
+	}))
+	defer srv.Close()
+	ws, err := dialRaw(ctx, &net.Dialer{}, "ws"+strings.TrimPrefix(srv.URL, "http"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.closeNow()
+	_, _, err = ws.next()
+	var ce *rawCloseError
+	if !errors.As(err, &ce) || ce.code != 4003 || ce.reason != "bye" {
+		t.Fatalf("next: %v", err)
+	}
+}
+
+// TestRawWSRefused: a refused upgrade's status and body are in the error.
+func TestRawWSRefused(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, `{"code":"unavailable"}`, http.StatusServiceUnavailable)
+	}))
+	defer srv.Close()
+	_, err := dialRaw(context.Background(), &net.Dialer{}, "ws"+strings.TrimPrefix(srv.URL, "http"))
+	if err == nil || !strings.Contains(err.Error(), "503") || !strings.Contains(err.Error(), "unavailable") {
+		t.Fatalf("dial: %v", err)
+	}
+}
+
+// FuzzParseFrameHeader: whatever the bytes, a whole frame lies within
+// them, a partial one asks for more than there is, and nothing panics.
+func FuzzParseFrameHeader(f *testing.F) {
+	f.Add([]byte{0x81, 0x02, 'h', 'i'})
+	f.Add([]byte{0x82, 126, 0x01, 0x00})
+	f.Add([]byte{0x02, 127, 0, 0, 0, 0, 0, 1, 0, 0})
+	f.Add([]byte{0x89, 0x85, 1, 2, 3, 4, 5})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		_, op, start, end, err := parseFrameHeader(b)
+		switch {
+		case err != nil:
+			return
+		case end > 0:
+			if start < 2 || start > end || end > len(b) || op >= opClose && end-start > 125 {
+				t.Fatalf("frame [%d:%d] of %d bytes, op %d", start, end, len(b), op)
+			}
+		case start != 0 && start <= len(b):
+			t.Fatalf("asks for %d bytes with %d at hand", start, len(b))
+		}
+	})
+}
+
+// TestDeliveryPayload: the shortcut takes only the exact frame a server
+// writes, and finds there what protocol.View finds.
+func TestDeliveryPayload(t *testing.T) {
+	payload := string(appendPayload(nil, 7, 1_796_313_282_159_188_898, 64))
+	exact := `{"type":"message","group":"bench.3","data":` + payload + `}`
+	p, ok := deliveryPayload([]byte(exact))
+	var v protocol.View
+	if !ok || v.Decode([]byte(exact)) != nil || !bytes.Equal(p, v.Data) {
+		t.Fatalf("exact frame: %q %v; View %q", p, ok, v.Data)
+	}
+	if seq, ts, ok := exactPayload(p); !ok || seq != 7 || ts != 1_796_313_282_159_188_898 {
+		t.Fatalf("exactPayload: %d %d %v", seq, ts, ok)
+	}
+	for _, obj := range []string{
+		`{"type":"message","group":"bench","offset":3,"epoch":"e","data":` + payload + `}`,
+		`{"type":"message","group":"bench","data":` + payload + `,"x":1}`,
+		`{"type":"message","group":"be\"nch","data":` + payload + `}`,
+		`{"type":"message","group":"bench","data": ` + payload + `}`,
+		`{"type":"message","group":"","data":` + payload + `}`,
+		`{"type":"message","group":"bench","data":{"seq":7,"t":1,"pad":"x\"y"}}`,
+		`{"type":"message","group":"bench","data":{"seq":7,"t":1,"pad":"x\\"}}`,
+		`{"type":"message","group":"bench","data":{"seq":-7,"t":1,"pad":"x"}}`,
+		`{"type":"message","group":"bench","data":{"seq":99999999999999999999,"t":1,"pad":"x"}}`,
+		`{"type":"message","group":"bench","data":{"seq":7,"t":1,"pad":"x"}`,
+	} {
+		if p, ok := deliveryPayload([]byte(obj)); ok {
+			t.Errorf("took %s: %s", obj, p)
+		}
+	}
+}

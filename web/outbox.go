@@ -2,6 +2,7 @@ package web
 
 import (
 	"sync"
+	"time"
 
 	"github.com/groupcast/groupcast/broker"
 )
@@ -12,7 +13,7 @@ import (
 // (several bursts within about a second): then it parks until the next
 // burst, and the watchdog retires it after a second of idleness. So a busy
 // connection does not start a goroutine per message, and a quiet one costs
-// no goroutine at all.
+// no goroutine at all, nor any of the watchdog's time.
 //
 // push never blocks: a push beyond either bound fails, and the connection
 // is then closed as a slow consumer.
@@ -35,16 +36,15 @@ type outbox struct {
 	retire  bool   // it is to exit when it finds nothing to do
 	idle    int    // watchdog ticks the writer has been parked
 	bursts  int    // writer starts and wake-ups in the current burst window
-	ticks   int    // watchdog ticks in the current burst window
+	window  int64  // when the current burst window began (unix ns)
 }
 
-// streamingBursts is how many bursts within burstWindowTicks watchdog
-// ticks (about a second) make a connection count as streaming, so that its
-// writer parks instead of exiting.
+// streamingBursts is how many bursts within burstWindow make a connection
+// count as streaming, so that its writer parks instead of exiting.
 const streamingBursts = 3
 
-// burstWindowTicks is the window in which bursts are counted.
-const burstWindowTicks = 4
+// burstWindow is the window in which bursts are counted.
+const burstWindow = time.Second
 
 func newOutbox(maxFrames, maxBytes int) *outbox {
 	return &outbox{maxFrames: maxFrames, maxBytes: maxBytes, wake: make(chan struct{}, 1)}
@@ -95,7 +95,7 @@ func (o *outbox) wakeWriter() (start bool) {
 		return false // release gets the writer going
 	}
 	if o.parked || !o.running {
-		o.bursts++
+		o.countBurst()
 	}
 	if o.parked {
 		o.parked = false
@@ -107,6 +107,16 @@ func (o *outbox) wakeWriter() (start bool) {
 	}
 	o.running, o.retire = true, false
 	return true
+}
+
+// countBurst counts a writer start or wake-up in the current burst window,
+// which begins anew at the first burst after it has passed. o.mu must be
+// held.
+func (o *outbox) countBurst() {
+	if now := time.Now().UnixNano(); now-o.window >= int64(burstWindow) {
+		o.window, o.bursts = now, 0
+	}
+	o.bursts++
 }
 
 // claim takes the writer's duty for an immediate write, which it gets
@@ -193,21 +203,19 @@ func (o *outbox) more(w work) work {
 	return w
 }
 
-// tick is called by the watchdog: a writer parked for more than
-// idleTicks ticks is told to exit.
-func (o *outbox) tick(idleTicks int) {
+// tick is called by the watchdog while the connection has a writer
+// goroutine: a writer parked for more than idleTicks ticks is told to
+// exit. It reports whether the writer goroutine still exists.
+func (o *outbox) tick(idleTicks int) (running bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if o.ticks++; o.ticks >= burstWindowTicks {
-		o.ticks, o.bursts = 0, 0
+	if o.parked && !o.claimed { // a claimed one: the immediate write's release decides
+		if o.idle++; o.idle > idleTicks {
+			o.parked, o.retire = false, true
+			o.wake <- struct{}{}
+		}
 	}
-	if !o.parked || o.claimed {
-		return // an immediate write's release decides what the writer does
-	}
-	if o.idle++; o.idle > idleTicks {
-		o.parked, o.retire = false, true
-		o.wake <- struct{}{}
-	}
+	return o.running
 }
 
 // isClosing reports whether the connection is being closed.

@@ -55,7 +55,7 @@ func TestOutboxImmediateWrite(t *testing.T) {
 // writer for it, after what the immediate write did not take.
 func TestOutboxClaimWhileParked(t *testing.T) {
 	o := newOutbox(10, 1<<20)
-	o.bursts = streamingBursts // streaming: its writer parks when idle
+	o.bursts, o.window = streamingBursts, time.Now().UnixNano() // streaming: its writer parks when idle
 	got := make(chan work, 10)
 	if _, start := o.push(broker.Delivery{Frame: []byte("a"), Kind: broker.KindControl}); !start {
 		t.Fatal("no writer asked for")

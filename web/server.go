@@ -59,6 +59,13 @@ type Server struct {
 	byChannel map[string]*session
 	slots     int // of MaxConnections: sessions plus upgrades being decided
 
+	// withWriter holds the sessions that have had a writer goroutine since
+	// the watchdog last looked: the only ones it has anything to check, so
+	// idle connections cost it nothing. startWriter adds; the watchdog
+	// removes a session once it finds the writer gone.
+	withWriterMu sync.Mutex
+	withWriter   map[*session]struct{}
+
 	// goroutines starts every goroutine of the Server (the watchdog,
 	// sessions' readers, commands); closed, it means shutting down.
 	goroutines gate
@@ -92,6 +99,8 @@ func New(b Broker, cfg Config) (*Server, error) {
 		log:      log,
 		metrics:  cfg.Metrics,
 		sessions: make(map[*session]struct{}),
+
+		withWriter: make(map[*session]struct{}),
 
 		byChannel:    make(map[string]*session),
 		commandSlots: make(chan struct{}, maxCommandsInFlight),

@@ -293,6 +293,7 @@ func (s *session) ping() {
 }
 
 func (s *session) startWriter() {
+	s.srv.watch(s)
 	s.writers.Add(1)
 	go s.writeLoop()
 }

@@ -22,19 +22,20 @@ func (s *Server) watchdog() {
 				return
 			}
 		case now := <-tick.C:
-			stuck = stuck[:0]
-			s.mu.Lock()
-			if len(s.sessions) == 0 && s.goroutines.closing() {
-				s.mu.Unlock()
+			if s.finished() {
 				return
 			}
-			for ss := range s.sessions {
+			stuck = stuck[:0]
+			s.withWriterMu.Lock()
+			for ss := range s.withWriter {
 				if ss.overdue(now.UnixNano()) {
 					stuck = append(stuck, ss)
 				}
-				ss.out.tick(writerIdleTicks)
+				if !ss.out.tick(writerIdleTicks) {
+					delete(s.withWriter, ss)
+				}
 			}
-			s.mu.Unlock()
+			s.withWriterMu.Unlock()
 			s.shakes.sweep(now)
 			for _, ss := range stuck {
 				ss.logger().Info("write timed out; dropping the connection")
@@ -43,6 +44,17 @@ func (s *Server) watchdog() {
 			lostSince = s.closeIfLost(now, lostSince)
 		}
 	}
+}
+
+// watch puts ss in the watchdog's care before its writer starts: every
+// write that can block (all but the immediate writes, which cannot) runs
+// on the writer goroutine. The writer is marked running before this, so a
+// watchdog that finds it gone and removes ss does so before ss is added
+// again: both happen under withWriterMu.
+func (s *Server) watch(ss *session) {
+	s.withWriterMu.Lock()
+	s.withWriter[ss] = struct{}{}
+	s.withWriterMu.Unlock()
 }
 
 // finished reports whether the Server is shutting down with no session

@@ -127,7 +127,7 @@ func TestMetricsExposed(t *testing.T) {
 }
 
 // TestKeepalivePings: an idle connection is pinged every PingInterval,
-// and one that stops answering is dropped.
+// without a writer goroutine, and one that stops answering is dropped.
 func TestKeepalivePings(t *testing.T) {
 	e := newEnv(t, "", &Config{PingInterval: 50 * time.Millisecond, WriteTimeout: 200 * time.Millisecond})
 	var pings atomic.Int32
@@ -151,6 +151,19 @@ func TestKeepalivePings(t *testing.T) {
 	}()
 	defer func() { conn.CloseNow(); <-read }()
 	waitFor(t, 5*time.Second, func() bool { return pings.Load() >= 3 })
+
+	// The pings were written at once, as deliveries are, and their pongs
+	// awaited by the timer: no writer goroutine started for any of them.
+	e.srv.mu.Lock()
+	for ss := range e.srv.sessions {
+		ss.out.mu.Lock()
+		starts, running := ss.out.bursts, ss.out.running
+		ss.out.mu.Unlock()
+		if starts != 0 || running {
+			t.Errorf("%d writer goroutines started (one running: %v) for %d pings; want none", starts, running, pings.Load())
+		}
+	}
+	e.srv.mu.Unlock()
 
 	// A client that reads nothing never answers: the server gives up on it.
 	mute, _, err := websocket.Dial(ctx, e.wsURL(), nil)

@@ -76,6 +76,12 @@ type session struct {
 	// writeStart is when the write in flight began (unix ns; 0: none), for
 	// the server's watchdog, which ends writes that take too long.
 	writeStart atomic.Int64
+
+	// The keepalive (keepalive.go): when the ping written at once that
+	// still awaits its pong went out (unix ns; 0: none awaited), and when
+	// the last ping went out.
+	pingAwaited atomic.Int64
+	pingLast    atomic.Int64
 }
 
 // user is the connection's user id ("" when anonymous).
@@ -285,13 +291,6 @@ func (s *session) closeStatus() (websocket.StatusCode, string) {
 	return websocket.StatusAbnormalClosure, ""
 }
 
-// ping is the keepalive timer's callback.
-func (s *session) ping() {
-	if s.out.requestPing() {
-		s.startWriter()
-	}
-}
-
 func (s *session) startWriter() {
 	s.srv.watch(s)
 	s.writers.Add(1)
@@ -376,16 +375,6 @@ func (s *session) write(batch [][]byte) error {
 	}
 	*buf = p
 	return s.writeFrame(p, n)
-}
-
-// keepalive pings the client, within WriteTimeout.
-func (s *session) keepalive() error {
-	if s.sse != nil {
-		return s.heartbeat()
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.WriteTimeout)
-	defer cancel()
-	return s.conn.Ping(ctx)
 }
 
 // drop ends the connection at once, without a close handshake; a write

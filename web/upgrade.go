@@ -78,6 +78,8 @@ func (s *Server) serveWS(c echo.Context) error {
 		return err
 	}
 	hj := &hijacker{ResponseWriter: c.Response()}
+	var ss *session
+	opts.OnPongReceived = func(ctx context.Context, p []byte) { ss.pong(ctx, p) } // read once ss is set
 	conn, err := websocket.Accept(hj, c.Request(), opts)
 	if err != nil {
 		a.release()
@@ -85,7 +87,7 @@ func (s *Server) serveWS(c echo.Context) error {
 		return nil // Accept has answered the request
 	}
 	conn.SetReadLimit(s.cfg.MaxFrameBytes)
-	ss := s.newSession(a)
+	ss = s.newSession(a)
 	ss.conn, ss.raw = conn, hj.conn
 	if !s.start(ss, a, nil) {
 		conn.Close(websocket.StatusServiceRestart, "server restart")
@@ -190,8 +192,6 @@ func (s *Server) newSession(a *admission) *session {
 		ip:          a.ip,
 	}
 	ss.public.s = ss
-	// Timers, not goroutines: an idle connection costs no writer.
-	ss.pinger = time.AfterFunc(s.cfg.PingInterval, ss.ping)
 	ss.trace = traceAttrs(a.r, s.cfg.TraceProject)
 	return ss
 }
@@ -201,6 +201,9 @@ func (s *Server) newSession(a *admission) *session {
 // once it has ended. When shutting down it starts nothing, releases a
 // and reports false: the caller ends the connection.
 func (s *Server) start(ss *session, a *admission, done chan<- struct{}) bool {
+	// A timer, not a goroutine: an idle connection costs no writer. Armed
+	// once the transport is set, which the keepalive writes to.
+	ss.pinger = time.AfterFunc(s.cfg.PingInterval, ss.ping)
 	remoteIP, userAgent := clientIP(a.r, s.cfg.TrustedProxies), a.r.UserAgent()
 	groups := a.cr.Groups
 	ok := s.goroutines.start(func() {

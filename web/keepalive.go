@@ -13,8 +13,9 @@ var pingFrame = []byte{0x89, 0x00}
 // at once when nothing else is being written, as deliveries are
 // (pingNow), and the timer comes back to check that its pong arrived
 // within WriteTimeout, then to send the next ping PingInterval after this
-// one: no goroutine waits for the pong. Otherwise, and on an SSE stream
-// (a heartbeat), the writer goroutine pings, waiting for the pong itself.
+// one: no goroutine waits for the pong. An SSE stream's heartbeat is
+// written at once the same way. Otherwise the writer goroutine pings (and
+// waits for the pong itself) or writes the heartbeat.
 func (s *session) ping() {
 	cfg := s.srv.cfg
 	now := time.Now().UnixNano()
@@ -32,9 +33,14 @@ func (s *session) ping() {
 		return
 	}
 	s.pingLast.Store(now)
-	if s.sse == nil {
+	if s.sse != nil {
+		if s.pingNow(s.sse.heartbeatBytes()) { // nothing comes back: a dead stream's writes fail
+			s.pinger.Reset(cfg.PingInterval)
+			return
+		}
+	} else {
 		s.pingAwaited.Store(now) // before the write: the pong may beat its return
-		if s.pingNow() {
+		if s.pingNow(pingFrame) {
 			s.pinger.Reset(min(cfg.WriteTimeout, cfg.PingInterval))
 			return
 		}
@@ -49,15 +55,16 @@ func (s *session) ping() {
 // ping written at once.
 func (s *session) pong(context.Context, []byte) { s.pingAwaited.Store(0) }
 
-// pingNow writes a ping at once, as ReceiveNow writes frames, when
-// nothing else is being written and the socket has room; what it could
-// not write of it goes to the writer, ahead of anything else. It reports
-// whether the ping went out (or the connection turned out broken).
-func (s *session) pingNow() bool {
+// pingNow writes p, a ping frame or a heartbeat, at once, as ReceiveNow
+// writes frames, when nothing else is being written and the socket has
+// room; what it could not write of it goes to the writer, ahead of
+// anything else. It reports whether p went out (or the connection turned
+// out broken).
+func (s *session) pingNow(p []byte) bool {
 	if !s.writesNow() || !s.out.claim() {
 		return false
 	}
-	n, err := s.raw.tryWrite(pingFrame)
+	n, err := s.tryWrite(p)
 	var rest []byte
 	switch {
 	case errors.Is(err, errWouldBlock):
@@ -69,8 +76,8 @@ func (s *session) pingNow() bool {
 		s.out.release(nil, nil)
 		s.close(0, "") // broken: drop it
 		return true
-	case n < len(pingFrame):
-		rest = append([]byte(nil), pingFrame[n:]...)
+	case n < len(p):
+		rest = append([]byte(nil), p[n:]...)
 	}
 	if s.out.release(rest, nil) {
 		s.startWriter()

@@ -60,9 +60,11 @@ type sseStream struct {
 
 // The stream's events: a heartbeat comment, and the head of the close event.
 var (
-	sseHeartbeat  = []byte(":\n\n")
-	sseCloseEvent = []byte("event: close\ndata: ")
-	crlf          = []byte("\r\n")
+	sseHeartbeat = []byte(":\n\n")
+	// sseHeartbeatChunk is sseHeartbeat as one chunk of a chunked body.
+	sseHeartbeatChunk = []byte("3\r\n:\n\n\r\n")
+	sseCloseEvent     = []byte("event: close\ndata: ")
+	crlf              = []byte("\r\n")
 )
 
 // serveSSE is GET /sse: the same checks as /ws (admit), and a refusal
@@ -291,6 +293,15 @@ func (s *session) heartbeat() error {
 	s.writeStart.Store(time.Now().UnixNano())
 	defer s.writeStart.Store(0)
 	return s.sse.send(sseHeartbeat)
+}
+
+// heartbeatBytes is the heartbeat as the stream's connection takes it
+// raw (trySend), chunked or not.
+func (st *sseStream) heartbeatBytes() []byte {
+	if st.chunked {
+		return sseHeartbeatChunk
+	}
+	return sseHeartbeat
 }
 
 // endStream ends the stream: with code, after the close event carrying

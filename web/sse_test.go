@@ -69,7 +69,7 @@ func TestSSEStream(t *testing.T) {
 }
 
 // TestSSEHeartbeat: an idle stream gets a comment at the keepalive
-// interval.
+// interval, written at once: no writer goroutine starts for it.
 func TestSSEHeartbeat(t *testing.T) {
 	e := newEnv(t, "", &Config{PingInterval: 50 * time.Millisecond})
 	c := e.openSSE("")
@@ -79,6 +79,15 @@ func TestSSEHeartbeat(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatal("no heartbeat")
 		}
+	}
+	e.srv.mu.Lock()
+	ss := e.srv.byChannel[c.channel()]
+	e.srv.mu.Unlock()
+	ss.out.mu.Lock()
+	starts, running := ss.out.bursts, ss.out.running
+	ss.out.mu.Unlock()
+	if starts != 0 || running {
+		t.Fatalf("%d writer goroutines started (one running: %v) for 3 heartbeats; want none", starts, running)
 	}
 }
 

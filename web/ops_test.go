@@ -173,3 +173,17 @@ func TestKeepalivePings(t *testing.T) {
 	defer mute.CloseNow()
 	waitFor(t, 5*time.Second, func() bool { return e.broker.Stats().Channels == 1 })
 }
+
+// TestKeepaliveTimerSetBeforeItFires: with a ping interval shorter than
+// a session's start, the keepalive's first run finds its timer set (it
+// resets it) and the connection works.
+func TestKeepaliveTimerSetBeforeItFires(t *testing.T) {
+	e := newEnv(t, "", &Config{PingInterval: time.Nanosecond})
+	c := e.dial()
+	for range 20 {
+		c = e.dial()
+		c.Join("tiny")
+	}
+	e.post("/api/groups/tiny/messages", `1`)
+	c.ExpectMessage("tiny", `1`)
+}

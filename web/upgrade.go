@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"math"
 	"math/rand/v2"
 	"net/http"
 	"slices"
@@ -202,8 +203,10 @@ func (s *Server) newSession(a *admission) *session {
 // and reports false: the caller ends the connection.
 func (s *Server) start(ss *session, a *admission, done chan<- struct{}) bool {
 	// A timer, not a goroutine: an idle connection costs no writer. Armed
-	// once the transport is set, which the keepalive writes to.
-	ss.pinger = time.AfterFunc(s.cfg.PingInterval, ss.ping)
+	// once the transport is set, which the keepalive writes to, and the
+	// field, which it resets.
+	ss.pinger = time.AfterFunc(math.MaxInt64, ss.ping)
+	ss.pinger.Reset(s.cfg.PingInterval)
 	remoteIP, userAgent := clientIP(a.r, s.cfg.TrustedProxies), a.r.UserAgent()
 	groups := a.cr.Groups
 	ok := s.goroutines.start(func() {

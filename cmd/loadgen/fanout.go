@@ -80,7 +80,7 @@ type Config struct {
 	Batch       int           // groupcast: publish through POST /api/messages, this many a request; 0: one request each
 	ConnectRate float64       // connections opened per second while ramping; default 2000; +Inf: no limit
 	MaxInflight int           // connections dialing or joining at once; default 500
-	Settle      time.Duration // wait after the ramp before the idle RSS sample; default 2s
+	Settle      time.Duration // wait after the ramp before the idle RSS sample (and the idle CPU figure's window); default 2s
 	Drain       time.Duration // wait for stragglers after publishing; default 5s
 	SourceIPs   int           // local 127.0.0.x addresses to dial from; 0: as many as needed
 
@@ -291,6 +291,10 @@ type Result struct {
 	ServerRSSBeforeKiB int64   `json:"server_rss_before_kib"`
 	ServerRSSIdleKiB   int64   `json:"server_rss_idle_kib"`
 	ServerKiBPerConn   float64 `json:"server_kib_per_conn"`
+	// Over the settle window, the connections idle: server CPU per second,
+	// and per connection (what an idle connection costs: pings, timers).
+	ServerIdleCPUMsPerS     float64 `json:"server_idle_cpu_ms_per_s"`
+	ServerIdleUSPerConnPerS float64 `json:"server_idle_us_per_conn_per_s"`
 
 	Instances []Instance `json:"instances,omitempty"` // with more than one -url
 
@@ -558,8 +562,13 @@ func runFanout(ctx context.Context, cfg Config) (_ *Result, err error) {
 		insts[i].USPerConnect = ru.srv[i].Seconds() * 1e6 / float64(max(1, insts[i].Conns))
 	}
 
+	is0 := r.sample()
 	if err := sleepCtx(r.ctx, cfg.Settle); err != nil {
 		return nil, err
+	}
+	if iu := is0.until(r.sample()); len(cfg.PIDs) > 0 {
+		res.ServerIdleCPUMsPerS = iu.srvTotal.Seconds() * 1e3 / iu.wall.Seconds()
+		res.ServerIdleUSPerConnPerS = res.ServerIdleCPUMsPerS * 1e3 / float64(cfg.Conns)
 	}
 	for i := range cfg.PIDs {
 		if insts[i].RSSIdleKiB, err = cfg.instanceRSS(i); err != nil {

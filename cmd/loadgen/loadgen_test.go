@@ -237,6 +237,9 @@ func checkEveryMode(t *testing.T, base Config) {
 		if len(base.PIDs) > 0 && res.ServerRSSIdleKiB <= 0 {
 			t.Errorf("server rss %d", res.ServerRSSIdleKiB)
 		}
+		if len(base.PIDs) > 0 && (res.ServerIdleCPUMsPerS < 0 || res.ServerIdleCPUMsPerS > 2000) {
+			t.Errorf("server idle CPU %.1f ms/s: not a share of two cores", res.ServerIdleCPUMsPerS)
+		}
 	})
 	t.Run("rooms", func(t *testing.T) {
 		cfg := smallRooms(base.Target, base.URLs, base.APIs)

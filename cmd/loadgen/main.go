@@ -210,7 +210,7 @@ func cmdRun(ctx context.Context, mode string, args []string, stdout, stderr io.W
 	} else {
 		fs.Float64Var(&cfg.Rate, "rate", defRate, "publishes per second (all groups together)")
 		fs.DurationVar(&cfg.Duration, "duration", 20*time.Second, "publishing window")
-		fs.DurationVar(&cfg.Settle, "settle", 2*time.Second, "wait after the ramp before sampling idle RSS")
+		fs.DurationVar(&cfg.Settle, "settle", 2*time.Second, "wait after the ramp before sampling idle RSS; the idle CPU figure is measured over it")
 		fs.DurationVar(&cfg.Drain, "drain", 5*time.Second, "wait for stragglers after publishing")
 		fs.IntVar(&cfg.Batch, "batch", 0, "groupcast: publish through POST /api/messages, this many messages a request (a message waits until its batch is full); 0: a request each")
 	}
@@ -414,6 +414,8 @@ func writeSummary(w io.Writer, r *Result) {
 			pids, r.ServerCPUSecs, 100*r.ServerCPUUtil, r.ServerCPUDrainSecs, r.ServerUSPerDeliv)
 		fmt.Fprintf(w, "server rss   %.1f MiB before, %.1f MiB with %d idle conns: %.1f KiB/conn\n",
 			float64(r.ServerRSSBeforeKiB)/1024, float64(r.ServerRSSIdleKiB)/1024, r.Conns, r.ServerKiBPerConn)
+		fmt.Fprintf(w, "server idle  %.1f ms of CPU a second while the conns idled (the settle): %.2f µs/s per conn\n",
+			r.ServerIdleCPUMsPerS, r.ServerIdleUSPerConnPerS)
 	}
 	for i, in := range r.Instances {
 		recv := "?"

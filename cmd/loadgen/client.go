@@ -255,8 +255,8 @@ func (c *client) readGroupcast(p []byte) error {
 // groupcastObject handles one server object, without allocating for a
 // delivery or an ack. An object that does not decode counts as malformed.
 func (c *client) groupcastObject(obj []byte) error {
-	if p, ok := deliveryPayload(obj); ok {
-		c.deliver(p)
+	if seq, t, ok := deliveryPayload(obj); ok {
+		c.count(seq, t, true)
 		return nil
 	}
 	v := &c.view
@@ -287,12 +287,18 @@ func (c *client) groupcastObject(obj []byte) error {
 	return nil
 }
 
-// deliver accounts for one received payload. Publish seq went to room
-// seq mod rooms: a delivery for another room than home is a visitor's.
+// deliver accounts for one received payload.
 func (c *client) deliver(p []byte) {
+	seq, t, ok := parsePayload(p)
+	c.count(seq, t, ok)
+}
+
+// count accounts for one delivery, the payload's seq and t as parsed
+// (ok false: it did not parse). Publish seq went to room seq mod rooms: a
+// delivery for another room than home is a visitor's.
+func (c *client) count(seq, t int64, ok bool) {
 	now := time.Now().UnixNano()
 	r := c.r
-	seq, t, ok := parsePayload(p)
 	if !ok || seq >= r.seqLimit {
 		c.bad.Add(1)
 		return

@@ -62,28 +62,15 @@ func skipSpace(b []byte, i int) int {
 
 // parseInt reads a decimal integer (optionally negative) at b[i:].
 func parseInt(b []byte, i int) (int64, bool) {
-	neg := false
-	if i < len(b) && b[i] == '-' {
-		neg = true
+	neg := i < len(b) && b[i] == '-'
+	if neg {
 		i++
 	}
-	start := i
-	var v int64
-	for i < len(b) && b[i] >= '0' && b[i] <= '9' {
-		d := int64(b[i] - '0')
-		if v > (math.MaxInt64-d)/10 {
-			return 0, false // overflow
-		}
-		v = v*10 + d
-		i++
-	}
-	if i == start {
-		return 0, false
-	}
+	v, _, ok := uintAt(b, i)
 	if neg {
 		v = -v
 	}
-	return v, true
+	return v, ok
 }
 
 // parsePayload extracts seq and t from a payload produced by appendPayload,
@@ -145,32 +132,28 @@ func uintAt(b []byte, i int) (v int64, end int, ok bool) {
 	return v, i, i > start
 }
 
-// deliveryPayload returns the payload of obj when obj is exactly what a
-// groupcast server writes for a delivery of the loader's payload to a
-// group with neither history nor region:
-// {"type":"message","group":"<name>","data":<payload>}. Any other form
-// (more fields, spaces, escapes) is left to protocol.View, so that the
-// shortcut never takes a frame the decoder would refuse.
-func deliveryPayload(obj []byte) ([]byte, bool) {
+// deliveryPayload parses obj when it is exactly what a groupcast server
+// writes for a delivery of the loader's payload to a group with neither
+// history nor region: {"type":"message","group":"<name>","data":<payload>},
+// the payload as exactPayload takes it. Any other form (more fields,
+// spaces, escapes) is left to protocol.View, so that the shortcut never
+// takes a frame the decoder would refuse.
+func deliveryPayload(obj []byte) (seq, t int64, ok bool) {
 	const head, mid = `{"type":"message","group":"`, `","data":`
 	if !bytes.HasPrefix(obj, []byte(head)) || obj[len(obj)-1] != '}' {
-		return nil, false
+		return 0, 0, false
 	}
 	rest := obj[len(head) : len(obj)-1]
 	i := bytes.IndexByte(rest, '"')
 	if i <= 0 || !bytes.HasPrefix(rest[i:], []byte(mid)) {
-		return nil, false
+		return 0, 0, false
 	}
 	for _, c := range rest[:i] {
 		if c < 0x20 || c == '\\' {
-			return nil, false
+			return 0, 0, false
 		}
 	}
-	p := rest[i+len(mid):]
-	if _, _, ok := exactPayload(p); !ok {
-		return nil, false
-	}
-	return p, true
+	return exactPayload(rest[i+len(mid):])
 }
 
 // parseDigits parses b, which must be 1 to 18 decimal digits and nothing else.

@@ -139,13 +139,13 @@ func FuzzParseFrameHeader(f *testing.F) {
 func TestDeliveryPayload(t *testing.T) {
 	payload := string(appendPayload(nil, 7, 1_796_313_282_159_188_898, 64))
 	exact := `{"type":"message","group":"bench.3","data":` + payload + `}`
-	p, ok := deliveryPayload([]byte(exact))
+	seq, ts, ok := deliveryPayload([]byte(exact))
 	var v protocol.View
-	if !ok || v.Decode([]byte(exact)) != nil || !bytes.Equal(p, v.Data) {
-		t.Fatalf("exact frame: %q %v; View %q", p, ok, v.Data)
+	if err := v.Decode([]byte(exact)); err != nil || string(v.Data) != payload {
+		t.Fatalf("View of the exact frame: %v, data %q", err, v.Data)
 	}
-	if seq, ts, ok := exactPayload(p); !ok || seq != 7 || ts != 1_796_313_282_159_188_898 {
-		t.Fatalf("exactPayload: %d %d %v", seq, ts, ok)
+	if vs, vt, vok := parsePayload(v.Data); !ok || !vok || seq != 7 || ts != 1_796_313_282_159_188_898 || vs != seq || vt != ts {
+		t.Fatalf("exact frame: %d %d %v; through View %d %d %v", seq, ts, ok, vs, vt, vok)
 	}
 	for _, obj := range []string{
 		`{"type":"message","group":"bench","offset":3,"epoch":"e","data":` + payload + `}`,
@@ -159,8 +159,8 @@ func TestDeliveryPayload(t *testing.T) {
 		`{"type":"message","group":"bench","data":{"seq":99999999999999999999,"t":1,"pad":"x"}}`,
 		`{"type":"message","group":"bench","data":{"seq":7,"t":1,"pad":"x"}`,
 	} {
-		if p, ok := deliveryPayload([]byte(obj)); ok {
-			t.Errorf("took %s: %s", obj, p)
+		if seq, ts, ok := deliveryPayload([]byte(obj)); ok {
+			t.Errorf("took %s: seq %d, t %d", obj, seq, ts)
 		}
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/groupcast/groupcast/internal/apptest"
+	"github.com/groupcast/groupcast/internal/wstest"
 
 	"github.com/coder/websocket"
 )
@@ -179,11 +180,11 @@ func TestKeepalivePings(t *testing.T) {
 // resets it) and the connection works.
 func TestKeepaliveTimerSetBeforeItFires(t *testing.T) {
 	e := newEnv(t, "", &Config{PingInterval: time.Nanosecond})
-	c := e.dial()
+	var last *wstest.Client
 	for range 20 {
-		c = e.dial()
-		c.Join("tiny")
+		last = e.dial()
+		last.Join("tiny")
 	}
 	e.post("/api/groups/tiny/messages", `1`)
-	c.ExpectMessage("tiny", `1`)
+	last.ExpectMessage("tiny", `1`)
 }

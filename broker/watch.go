@@ -53,6 +53,7 @@ func (h *history) watch(stop <-chan struct{}, log *slog.Logger, l streamListener
 			continue
 		}
 		wasDown, down := h.down.Load(), false
+		var gaps []*stream // told after readiness is updated, so members told can read
 		for _, s := range h.streams {
 			before := s.currentEpoch()
 			info, err := h.js.StreamInfo(s.name)
@@ -75,11 +76,15 @@ func (h *history) watch(stop <-chan struct{}, log *slog.Logger, l streamListener
 			renewed, stuck := l.renew(s, reset)
 			down = down || stuck
 			if before != "" && (reset || renewed || wasDown && !stuck) {
-				log.Warn("history may have lost messages; telling members", "stream", s.name, "epoch", after)
-				l.gap(s, after)
+				gaps = append(gaps, s)
 			}
 		}
 		h.down.Store(down)
+		for _, s := range gaps {
+			epoch := s.currentEpoch()
+			log.Warn("history may have lost messages; telling members", "stream", s.name, "epoch", epoch)
+			l.gap(s, epoch)
+		}
 	}
 }
 

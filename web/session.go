@@ -147,15 +147,19 @@ func (l connLogger) Info(msg string, args ...any)  { l.log(slog.LevelInfo, msg, 
 func (l connLogger) Warn(msg string, args ...any)  { l.log(slog.LevelWarn, msg, args) }
 func (l connLogger) Error(msg string, args ...any) { l.log(slog.LevelError, msg, args) }
 
+// log hands the line to the handler itself, with no caller's PC: a
+// Logger's own methods walk the stack for it on every line, and the
+// handlers here report no source.
 func (l connLogger) log(level slog.Level, msg string, args []any) {
-	log, ctx := l.s.srv.log, context.Background()
-	if !log.Enabled(ctx, level) {
+	h, ctx := l.s.srv.log.Handler(), context.Background()
+	if !h.Enabled(ctx, level) {
 		return
 	}
-	trace := l.s.trace
-	all := make([]any, 0, len(trace)+2+len(args))
-	all = append(append(append(all, trace...), "channel", l.s.channel), args...)
-	log.Log(ctx, level, msg, all...)
+	r := slog.NewRecord(time.Now(), level, msg, 0)
+	r.Add(l.s.trace...)
+	r.Add("channel", l.s.channel)
+	r.Add(args...)
+	_ = h.Handle(ctx, r) // as Logger.Log, which drops the handler's error
 }
 
 // Receive implements broker.Receiver: it queues the frame without blocking

@@ -22,6 +22,11 @@ type outbox struct {
 	maxBytes  int
 	wake      chan struct{} // capacity 1: wakes a parked writer
 
+	// now is held from claim to release: one immediate write at a time,
+	// and one that comes during another waits for it rather than
+	// starting a writer.
+	now sync.Mutex
+
 	mu      sync.Mutex
 	frames  [][]byte
 	message bool // frames[0] is a message: what WriteDelay may hold
@@ -122,11 +127,15 @@ func (o *outbox) countBurst() {
 // claim takes the writer's duty for an immediate write, which it gets
 // only when there is nothing else to do: no writer at work (none, or a
 // parked one, which stays parked until release), nothing queued or left
-// over, no ping or close due.
+// over, no ping or close due. It waits for an immediate write under way
+// to be released: that is microseconds (its write does not block), and
+// two answers in a row then need no writer.
 func (o *outbox) claim() bool {
+	o.now.Lock()
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if o.claimed || o.running && !o.parked || o.closing || o.ping || len(o.frames) > 0 || o.rest != nil {
+	if o.running && !o.parked || o.closing || o.ping || len(o.frames) > 0 || o.rest != nil {
+		o.now.Unlock()
 		return false
 	}
 	o.claimed = true
@@ -139,6 +148,7 @@ func (o *outbox) claim() bool {
 // writer for them, or for what was queued, or for a ping or close, or
 // reports that one must start.
 func (o *outbox) release(rest []byte, unwritten []broker.Delivery) (start bool) {
+	defer o.now.Unlock() // after o.mu
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.claimed = false

@@ -16,9 +16,6 @@ func TestOutboxImmediateWrite(t *testing.T) {
 	if !o.claim() {
 		t.Fatal("an idle outbox refused the claim")
 	}
-	if o.claim() {
-		t.Fatal("claimed twice")
-	}
 	if queued, start := o.push(broker.Delivery{Frame: []byte("later"), Kind: broker.KindControl}); !queued || start {
 		t.Fatalf("push while claimed: queued %v, start %v; want queued, no writer", queued, start)
 	}
@@ -46,6 +43,37 @@ func TestOutboxImmediateWrite(t *testing.T) {
 	o.release(nil, nil)
 	if start := o.requestPing(); !start || o.claim() {
 		t.Fatal("a due ping did not take the duty")
+	}
+}
+
+// TestOutboxClaimWaitsForClaim: an immediate write that comes while
+// another holds the duty waits for its release and then writes at once,
+// rather than queueing its frames for a writer goroutine.
+func TestOutboxClaimWaitsForClaim(t *testing.T) {
+	o := newOutbox(10, 1<<20)
+	if !o.claim() {
+		t.Fatal("an idle outbox refused the claim")
+	}
+	second := make(chan bool, 1)
+	go func() { second <- o.claim() }()
+	select {
+	case ok := <-second:
+		t.Fatalf("a second claim returned %v while the first was held; want it to wait", ok)
+	case <-time.After(50 * time.Millisecond):
+	}
+	if o.release(nil, nil) {
+		t.Fatal("a clean release asked for a writer")
+	}
+	if !<-second {
+		t.Fatal("the waiting claim was refused once the first was released")
+	}
+	if o.release(nil, nil) {
+		t.Fatal("a clean release asked for a writer")
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.running || o.bursts != 0 {
+		t.Fatalf("running %v, %d writer starts; want none", o.running, o.bursts)
 	}
 }
 

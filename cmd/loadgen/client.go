@@ -333,5 +333,8 @@ func (c *client) count(seq, t int64, ok bool) {
 		}
 	}
 	r.hist.record(now - t)
+	if c.ws != nil && c.ws.at != 0 {
+		r.sockHist.record(c.ws.at - t)
+	}
 	r.cfg.Deliveries.record(now, now-t)
 }

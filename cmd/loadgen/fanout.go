@@ -267,6 +267,11 @@ type Result struct {
 	WindowSecs   float64 `json:"window_s"` // publishing window
 	DrainSecs    float64 `json:"drain_s"`  // from end of publishing to last delivery (or give-up)
 	Latency      Latency `json:"latency"`
+	// LatencyAtSocket is the latency to the kernel's receipt of the frame
+	// on the loader's socket (see socketStamp): the server's and the
+	// network's part of Latency, without the wait for the loader's read.
+	// Zero without timestamps (SSE).
+	LatencyAtSocket Latency `json:"latency_at_socket"`
 
 	// Rooms mode: churn. A visit is a join to another room, a stay, and a
 	// leave. VisitDelivered counts deliveries to visitors; VisitExtra
@@ -329,6 +334,7 @@ type fanoutRun struct {
 	cancel   context.CancelCauseFunc
 	wg       sync.WaitGroup // every goroutine the run starts
 	hist     histogram      // delivery latency
+	sockHist histogram      // delivery latency to the kernel's receipt
 	connHist histogram      // dial start to join ack
 	seqLimit int64          // publishes planned; seq is in [0, seqLimit)
 	bitset   bool           // per-connection bitsets find duplicates exactly
@@ -666,6 +672,9 @@ func runFanout(ctx context.Context, cfg Config) (_ *Result, err error) {
 		res.DeliveriesPS = float64(res.Delivered) / max(recvSpan, window.Seconds())
 	}
 	res.Latency = r.hist.latency()
+	if r.sockHist.count() > 0 {
+		res.LatencyAtSocket = r.sockHist.latency()
+	}
 
 	u1, u2 := s0.until(s1), s0.until(s2)
 	if len(cfg.PIDs) > 0 {

@@ -405,6 +405,10 @@ func writeSummary(w io.Writer, r *Result) {
 	fmt.Fprintf(w, "throughput   %.0f deliveries/s (drain %.2fs after publishing)\n", r.DeliveriesPS, r.DrainSecs)
 	fmt.Fprintf(w, "latency      p50 %.2f ms, p99 %.2f ms, p99.9 %.2f ms, max %.2f ms (mean %.2f ms)\n",
 		r.Latency.P50, r.Latency.P99, r.Latency.P999, r.Latency.Max, r.Latency.Mean)
+	if l := r.LatencyAtSocket; l != (Latency{}) {
+		fmt.Fprintf(w, "at socket    p50 %.2f ms, p99 %.2f ms, p99.9 %.2f ms, max %.2f ms (mean %.2f ms): to the kernel's receipt, before the loader's read\n",
+			l.P50, l.P99, l.P999, l.Max, l.Mean)
+	}
 	if len(r.ServerPIDs) > 0 {
 		pids := fmt.Sprint(r.ServerPIDs)
 		if len(r.WithPIDs) > 0 {

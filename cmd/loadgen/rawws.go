@@ -32,6 +32,12 @@ type rawWS struct {
 	msg  []byte // a fragmented message being put together
 	wmu  sync.Mutex
 	wbuf []byte // the frame being written, under wmu
+
+	// at is when the kernel received the latest bytes read (unix ns; 0:
+	// not known), so also the frame next returned last: that frame was
+	// completed by the latest read. See stamp.
+	at    int64
+	stamp socketStamp
 }
 
 // WebSocket opcodes (RFC 6455, 5.2).
@@ -83,6 +89,7 @@ func dialRaw(ctx context.Context, d *net.Dialer, rawURL string) (*rawWS, error) 
 		return nil, err
 	}
 	ws := &rawWS{conn: conn, buf: make([]byte, rawReadBuffer)}
+	ws.stamp.init(conn)
 	if err := ws.handshake(ctx, u); err != nil {
 		conn.Close()
 		return nil, err
@@ -116,7 +123,7 @@ func (ws *rawWS) handshake(ctx context.Context, u *url.URL) error {
 		if ws.w == len(ws.buf) {
 			return errors.New("handshake answer head over 4096 bytes")
 		}
-		n, err := ws.conn.Read(ws.buf[ws.w:])
+		n, err := ws.read(ws.buf[ws.w:])
 		ws.w += n
 		if err != nil {
 			return fmt.Errorf("handshake: %w", err)
@@ -229,7 +236,7 @@ func (ws *rawWS) fill(need int) error {
 	if ws.w == len(ws.buf) {
 		ws.buf = append(ws.buf, make([]byte, len(ws.buf))...)
 	}
-	n, err := ws.conn.Read(ws.buf[ws.w:])
+	n, err := ws.read(ws.buf[ws.w:])
 	ws.w += n
 	if n > 0 {
 		return nil
@@ -238,6 +245,16 @@ func (ws *rawWS) fill(need int) error {
 		err = io.ErrNoProgress
 	}
 	return err
+}
+
+// read reads from the connection into p, noting when the kernel received
+// what it read (at) when it can tell.
+func (ws *rawWS) read(p []byte) (n int, err error) {
+	if ws.stamp.rc == nil {
+		return ws.conn.Read(p)
+	}
+	n, ws.at, err = ws.stamp.read(p)
+	return n, err
 }
 
 // parseFrameHeader reads the frame at the front of b, which a server sent:

@@ -75,6 +75,45 @@ func TestRawWS(t *testing.T) {
 	}
 }
 
+// TestRawWSReceiveTime: a frame read well after it came in carries the
+// kernel's time of its arrival, not of the read.
+func TestRawWSReceiveTime(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	write, written := make(chan struct{}), make(chan int64, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		conn, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer conn.CloseNow()
+		<-write // not in the handshake's read
+		conn.Write(ctx, websocket.MessageText, []byte("first"))
+		written <- time.Now().UnixNano()
+		<-ctx.Done()
+	}))
+	defer srv.Close()
+	ws, err := dialRaw(ctx, &net.Dialer{}, "ws"+strings.TrimPrefix(srv.URL, "http"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.closeNow()
+	if ws.stamp.rc == nil {
+		t.Fatal("no receive timestamps on a TCP connection")
+	}
+	close(write)
+	sent := <-written
+	time.Sleep(200 * time.Millisecond) // the frame waits in the socket
+	if _, p, err := ws.next(); err != nil || string(p) != "first" {
+		t.Fatalf("next: %q, %v", p, err)
+	}
+	read := time.Now().UnixNano()
+	if ws.at == 0 || ws.at > sent+50e6 || read-ws.at < 150e6 {
+		t.Fatalf("receive time %d: %.1f ms after the write, %.1f ms before the read; want it at the write",
+			ws.at, float64(ws.at-sent)/1e6, float64(read-ws.at)/1e6)
+	}
+}
+
 // TestRawWSClose: the server's close code and reason come back as a
 // *rawCloseError.
 func TestRawWSClose(t *testing.T) {

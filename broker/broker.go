@@ -373,6 +373,7 @@ type group struct {
 	lastSeq atomic.Uint64
 
 	mu         sync.RWMutex // guards members, index and recovering; read-held during fan-out
+	waiting    atomic.Int32 // joins and leaves waiting for mu: a sweep ends for them
 	members    []*member
 	index      map[*member]int
 	recovering map[*member]*recovery // members whose history is being replayed
@@ -965,7 +966,7 @@ func (b *Broker) Close(ctx context.Context) error {
 // add makes m a member; in a kept group its frames go to rec until
 // recovered is called.
 func (g *group) add(m *member, rec *recovery) {
-	g.mu.Lock()
+	g.lockMembers()
 	if _, ok := g.index[m]; !ok {
 		g.index[m] = len(g.members)
 		g.members = append(g.members, m)
@@ -981,7 +982,7 @@ func (g *group) add(m *member, rec *recovery) {
 }
 
 func (g *group) remove(m *member) {
-	g.mu.Lock()
+	g.lockMembers()
 	if delete(g.recovering, m); len(g.recovering) == 0 {
 		g.recovering = nil
 	}
@@ -994,6 +995,14 @@ func (g *group) remove(m *member) {
 		delete(g.index, m)
 	}
 	g.mu.Unlock()
+}
+
+// lockMembers write-locks g.mu for a join or leave, telling a sweep under
+// way to end and let it in (see catchUp).
+func (g *group) lockMembers() {
+	g.waiting.Add(1)
+	g.mu.Lock()
+	g.waiting.Add(-1)
 }
 
 // shard picks the dispatch queue of a subject, so that each group's

@@ -1,6 +1,9 @@
 package broker
 
-import "runtime"
+import (
+	"runtime"
+	"slices"
+)
 
 // Fan-out: one group message (or several merged, see dispatchLoop) handed
 // to every local member. Each member's frames go to its Receiver's
@@ -159,6 +162,18 @@ func (b *Broker) fan(sp *splitter, f *fanout, members []*member) (n int, over bo
 // write per pass rather than one per message; a message that comes in
 // while nothing else is queued still goes out at once. Order per member is
 // kept: every member gets the frames in the order they were added.
+//
+// A sweep goes on for as long as the group's messages keep coming: after
+// each pass it forgets the frames every member has, so what it holds is
+// what came in during about one pass (bounded by maxMerge and
+// maxMergeBytes). It ends when a pass brings nothing new, or when it stops
+// taking messages: a message of another subscription is next (the shard's
+// other groups are not kept waiting), a join or leave of the group waits
+// for its lock, the window is full, or the Broker is closing. Ending costs
+// the messages that come meanwhile a wait of up to a pass (the pass that
+// gives the members before the stopping point what they lack), so a sweep
+// that ended after a fixed number of messages put that wait in the tail of
+// the latency over and over.
 
 // yieldEvery is how many members a sweep writes between looks at its
 // dispatch queue.
@@ -202,14 +217,42 @@ func (b *Broker) sweep(d *dispatcher, g *group, f *fanout) (reached, delivered i
 		if len(f.ds) == total {
 			return len(members), delivered
 		}
+		size = forgetSent(f, sent, size)
 	}
+}
+
+// forgetSent drops from f the frames that every member of a sweep has
+// (sent: how many of f.ds each has), and returns f's size without them.
+func forgetSent(f *fanout, sent []int32, size int) int {
+	low := slices.Min(sent)
+	if low == 0 {
+		return size
+	}
+	for _, d := range f.ds[:low] {
+		size -= len(d.Frame)
+	}
+	clear(f.ds[:low]) // keep none of them alive
+	f.ds = f.ds[low:]
+	for i := range sent {
+		sent[i] -= low
+	}
+	return size
 }
 
 // catchUp adds to f the frames of g's messages waiting in d's queue, while
 // f stays within maxMerge and maxMergeBytes: whether more may join, and
 // f's size now. A message of another subscription, or with an excluded
-// channel, ends it and is dispatched next.
+// channel, ends it and is dispatched next; a join or leave waiting for
+// g.mu, or the Broker's closing, ends it at once.
 func (b *Broker) catchUp(d *dispatcher, g *group, f *fanout, size int) (bool, int) {
+	select {
+	case <-b.stop:
+		return false, size
+	default:
+	}
+	if g.waiting.Load() > 0 {
+		return false, size
+	}
 	for len(f.ds) < maxMerge && size < maxMergeBytes {
 		select {
 		case m := <-d.queue:

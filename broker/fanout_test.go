@@ -6,12 +6,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"go.uber.org/goleak"
 )
 
@@ -329,4 +332,166 @@ func TestSweepTakesMessagesArrivingMidFanout(t *testing.T) {
 		}
 	}
 	waitFor(t, 5*time.Second, func() bool { return b.Stats().Delivered == members*3 })
+}
+
+// relay is an orderly whose every ReceiveNow, while next is set, calls
+// next: a member that brings the group's next message during each pass.
+type relay struct {
+	orderly
+	next func() bool // false: no more
+}
+
+func (r *relay) ReceiveNow(ds []Delivery) bool {
+	if r.next != nil && !r.next() {
+		r.next = nil
+	}
+	return r.orderly.ReceiveNow(ds)
+}
+
+// relayed publishes message i of the group "big" as a relay does, on the
+// dispatcher, which holds the group's lock: straight on the Broker's NATS
+// connection, as no Receiver would call the Broker there (GroupSend takes
+// the Broker's lock, which a join holds while it waits for the group's).
+func relayed(b *Broker, i int) error {
+	return b.nc.Publish(b.groupPrefix+"big", fmt.Appendf(nil, `{"i":%d}`, i))
+}
+
+// queued waits until queue holds at least n messages, on the dispatcher:
+// it reports an error rather than fail the test there (which would end the
+// dispatcher with its group's lock held) and returns false after 5 s.
+func queued(t *testing.T, queue chan *nats.Msg, n int) bool {
+	for deadline := time.Now().Add(5 * time.Second); len(queue) < n; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Errorf("%d messages queued after 5 s, want %d", len(queue), n)
+			return false
+		}
+	}
+	return true
+}
+
+// sweepGroup starts a Broker on one core with a group of yieldEvery+8
+// members, the first a relay that calls next; it returns the broker, the
+// members and a count of the fan-outs.
+func sweepGroup(t *testing.T, next func(b *Broker) bool) (*Broker, []*orderly, *atomic.Int32) {
+	t.Helper()
+	prev := runtime.GOMAXPROCS(1) // no fan-out workers
+	t.Cleanup(func() { runtime.GOMAXPROCS(prev) })
+	fanouts := &atomic.Int32{}
+	b, err := New(Config{Logger: testLogger(t), OnFanout: func(int, time.Duration) { fanouts.Add(1) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close(context.Background()) })
+	first := &relay{}
+	first.next = func() bool { return next(b) }
+	rs := []*orderly{&first.orderly}
+	for range yieldEvery + 7 {
+		rs = append(rs, &orderly{})
+	}
+	for i, r := range rs {
+		var recv Receiver = r
+		if i == 0 {
+			recv = first
+		}
+		ch, err := b.NewChannel(recv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		join(t, b, "big", ch)
+	}
+	return b, rs, fanouts
+}
+
+// TestSweepGoesOnWhileMessagesCome: a sweep takes the group's messages for
+// as long as they keep coming, past maxMerge (it forgets what every member
+// has after each pass), rather than ending and making the messages that
+// come meanwhile wait for its last pass; every member gets every message,
+// in order.
+func TestSweepGoesOnWhileMessagesCome(t *testing.T) {
+	const total = 2*maxMerge + 10
+	sent := 0
+	b, rs, fanouts := sweepGroup(t, func(b *Broker) bool {
+		// On the dispatcher, once a pass: the next message, queued
+		// before the pass's look at the queue.
+		if sent == total {
+			return false
+		}
+		if err := relayed(b, sent); err != nil {
+			t.Error(err)
+		}
+		sent++
+		return queued(t, b.shard("big"), 1)
+	})
+	if err := b.GroupSend("big", []byte(`{"i":-1}`)); err != nil {
+		t.Fatal(err)
+	}
+	want := make([]int, 0, total+1)
+	want = append(want, -1)
+	for i := range total {
+		want = append(want, i)
+	}
+	for m, r := range rs {
+		waitFor(t, 10*time.Second, func() bool { return len(r.received()) >= total+1 })
+		if got := r.received(); !slices.Equal(got, want) {
+			t.Fatalf("member %d got %v, want -1 then 0..%d in order", m, got, total-1)
+		}
+	}
+	if n := fanouts.Load(); n != 1 {
+		t.Fatalf("%d fan-outs for %d messages that kept coming during it; want one sweep", n, total+1)
+	}
+}
+
+// TestJoinEndsSweep: a join into a group whose sweep would go on for as
+// long as its messages come gets in at once, and gets the messages
+// published after it.
+func TestJoinEndsSweep(t *testing.T) {
+	var stop atomic.Bool
+	i := 0
+	b, rs, _ := sweepGroup(t, func(b *Broker) bool {
+		if stop.Load() {
+			return false
+		}
+		if err := relayed(b, i); err != nil {
+			t.Error(err)
+		}
+		i++
+		return queued(t, b.shard("big"), 1)
+	})
+	defer stop.Store(true)
+	if err := b.GroupSend("big", []byte(`{"i":-1}`)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, func() bool { return len(rs[len(rs)-1].received()) > 20 }) // the sweep is under way
+	late := newInbox()
+	ch, err := b.NewChannel(late)
+	if err != nil {
+		t.Fatal(err)
+	}
+	joined := make(chan error, 1)
+	go func() { joined <- b.GroupAdd(context.Background(), "big", ch) }()
+	select {
+	case err := <-joined:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		stop.Store(true) // let the sweep end, and the join with it
+		<-joined
+		t.Fatal("a join waited for a sweep that went on for as long as messages came")
+	}
+	stop.Store(true)
+	if err := b.GroupSend("big", []byte(`{"i":-2}`)); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.After(5 * time.Second)
+	for {
+		select {
+		case f := <-late.frames:
+			if bytes.Contains(f, []byte(`{"i":-2}`)) {
+				return
+			}
+		case <-deadline:
+			t.Fatal("the member that joined during the sweep did not get a message published after its join")
+		}
+	}
 }

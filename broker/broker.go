@@ -304,7 +304,9 @@ type ImmediateReceiver interface {
 	Receiver
 	// ReceiveNow takes every frame of ds, in order, at once and reports
 	// true, or declines them all and reports false, leaving them to
-	// Receive. It must not block, nor keep ds (the Frames it may keep).
+	// Receive. It must not block (waiting a moment for another such
+	// call to the same receiver, which does not block either, is
+	// allowed), nor keep ds (the Frames it may keep), nor call the Broker.
 	ReceiveNow(ds []Delivery) bool
 }
 

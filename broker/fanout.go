@@ -243,7 +243,8 @@ func forgetSent(f *fanout, sent []int32, size int) int {
 // f stays within maxMerge and maxMergeBytes: whether more may join, and
 // f's size now. A message of another subscription, or with an excluded
 // channel, ends it and is dispatched next; a join or leave waiting for
-// g.mu, or the Broker's closing, ends it at once.
+// g.mu ends it at once, and so does Close (in practice by the leaves of
+// the channels it closes first, before it stops the dispatchers).
 func (b *Broker) catchUp(d *dispatcher, g *group, f *fanout, size int) (bool, int) {
 	select {
 	case <-b.stop:

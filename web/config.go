@@ -109,7 +109,9 @@ type Config struct {
 	// Metrics, when set, are the metrics to fill (see NewMetrics); by
 	// default the server makes its own.
 	Metrics *Metrics
-	// Logger is required.
+	// Logger is required. A connection's lines go to its Handler
+	// without a caller's PC (see connLogger), so AddSource shows none
+	// for them.
 	Logger *slog.Logger
 }
 

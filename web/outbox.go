@@ -24,7 +24,9 @@ type outbox struct {
 
 	// now is held from claim to release: one immediate write at a time,
 	// and one that comes during another waits for it rather than
-	// starting a writer.
+	// starting a writer. Its holder never blocks (its write does not)
+	// and calls nothing that takes now or the Broker's locks: the
+	// fan-out waits on it with a group's lock held.
 	now sync.Mutex
 
 	mu      sync.Mutex

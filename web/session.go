@@ -182,9 +182,10 @@ func (s *session) Closing() bool { return s.out.isClosing() }
 // nothing queued and no writer, it writes the frames, as one WebSocket
 // message (or, on an SSE stream, as events in one chunk), on the caller's
 // goroutine, as much as the socket takes without blocking; a writer is
-// started only for what is left. It declines when there is other writing
-// to do or the socket takes nothing, and always with WriteDelay or on a
-// stream that is not a socket of its own (HTTP/2).
+// started only for what is left. It waits for another immediate write to
+// the connection under way (see outbox.claim), declines when there is
+// other writing to do or the socket takes nothing, and always with
+// WriteDelay or on a stream that is not a socket of its own (HTTP/2).
 func (s *session) ReceiveNow(ds []broker.Delivery) bool {
 	if !s.writesNow() || !s.out.claim() {
 		return false

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"syscall"
+	"unsafe"
 )
 
 // socketStamp reads a TCP socket with the kernel's receive time of what
@@ -76,22 +77,29 @@ func (s *socketStamp) recvmsg(fd uintptr) bool {
 }
 
 // receivedAt returns the SO_TIMESTAMPNS time in the control messages oob
-// (unix ns), or 0 when there is none.
+// (unix ns), or 0 when there is none. cmsg_len and the timespec's two
+// fields are machine words (a size_t and two longs).
 func receivedAt(oob []byte) int64 {
-	const hdr = syscall.SizeofCmsghdr
+	const hdr, word = syscall.SizeofCmsghdr, int(unsafe.Sizeof(uintptr(0)))
 	for len(oob) >= hdr {
-		size := int(binary.NativeEndian.Uint64(oob)) // cmsg_len, a size_t
+		size := int(nativeUint(oob, word))
 		if size < hdr || size > len(oob) {
 			return 0
 		}
-		level := int32(binary.NativeEndian.Uint32(oob[8:]))
-		typ := int32(binary.NativeEndian.Uint32(oob[12:]))
-		if level == syscall.SOL_SOCKET && typ == syscall.SCM_TIMESTAMPNS && size >= hdr+16 {
-			sec := int64(binary.NativeEndian.Uint64(oob[hdr:]))
-			nsec := int64(binary.NativeEndian.Uint64(oob[hdr+8:]))
-			return sec*1e9 + nsec
+		level := int32(binary.NativeEndian.Uint32(oob[word:]))
+		typ := int32(binary.NativeEndian.Uint32(oob[word+4:]))
+		if level == syscall.SOL_SOCKET && typ == syscall.SCM_TIMESTAMPNS && size >= hdr+2*word {
+			return int64(nativeUint(oob[hdr:], word))*1e9 + int64(nativeUint(oob[hdr+word:], word))
 		}
 		oob = oob[min(syscall.CmsgSpace(size-hdr), len(oob)):]
 	}
 	return 0
+}
+
+// nativeUint reads the native unsigned integer of size bytes (4 or 8) at b.
+func nativeUint(b []byte, size int) uint64 {
+	if size == 4 {
+		return uint64(binary.NativeEndian.Uint32(b))
+	}
+	return binary.NativeEndian.Uint64(b)
 }

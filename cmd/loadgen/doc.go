@@ -55,8 +55,10 @@
 // same load to compare CPU per delivery and memory per idle connection.
 // Each payload is JSON, {"seq":N,"t":<unix ns>,"pad":"xxx…"}, padded to -size
 // bytes. Receivers record latency (receive time minus t) in a fixed-size
-// histogram and mark each seq in a per-connection bitset to count loss and
-// duplicates. After publishing it waits up to -drain for stragglers and
+// histogram, and over WebSockets also the latency to the kernel's receipt
+// of the frame on the socket (SO_TIMESTAMPNS; "at socket"), which leaves
+// out the time a frame waits for a busy loader to read it; they mark each
+// seq in a per-connection bitset to count loss and duplicates. After publishing it waits up to -drain for stragglers and
 // reports deliveries, loss, duplicates, throughput, latency percentiles, the
 // server's CPU (utime+stime of -pid from /proc over the publishing window,
 // plus the drain) and µs of server CPU per delivery, and the loader's own CPU:

@@ -295,7 +295,7 @@ func (r *trigger) ReceiveNow(ds []Delivery) bool {
 func TestSweepTakesMessagesArrivingMidFanout(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1)) // no fan-out workers
 	b := newBroker(t, "")
-	const members = 3 * yieldEvery / 2
+	const members = sweepMembers + yieldEvery/2
 	send := func(i int) {
 		t.Helper()
 		if err := b.GroupSend("big", fmt.Appendf(nil, `{"i":%d}`, i)); err != nil {
@@ -369,7 +369,7 @@ func queued(t *testing.T, queue chan *nats.Msg, n int) bool {
 	return true
 }
 
-// sweepGroup starts a Broker on one core with a group of yieldEvery+8
+// sweepGroup starts a Broker on one core with a group of sweepMembers+8
 // members, the first a relay that calls next; it returns the broker, the
 // members and a count of the fan-outs.
 func sweepGroup(t *testing.T, next func(b *Broker) bool) (*Broker, []*orderly, *atomic.Int32) {
@@ -385,7 +385,7 @@ func sweepGroup(t *testing.T, next func(b *Broker) bool) (*Broker, []*orderly, *
 	first := &relay{}
 	first.next = func() bool { return next(b) }
 	rs := []*orderly{&first.orderly}
-	for range yieldEvery + 7 {
+	for range sweepMembers + 7 {
 		rs = append(rs, &orderly{})
 	}
 	for i, r := range rs {

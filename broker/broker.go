@@ -374,7 +374,10 @@ type group struct {
 	// lastSeq is the offset of the last kept message dispatched.
 	lastSeq atomic.Uint64
 
-	mu         sync.RWMutex // guards members, index and recovering; read-held during fan-out
+	// mu guards members, index and recovering; it is read-held during
+	// fan-out. Where both are held, it is taken before Broker.mu
+	// (GroupJoin): nothing that holds Broker.mu waits for it.
+	mu         sync.RWMutex
 	waiting    atomic.Int32 // joins and leaves waiting for mu: a sweep ends for them
 	members    []*member
 	index      map[*member]int
@@ -641,13 +644,21 @@ func (b *Broker) GroupJoin(ctx context.Context, groupName, channel string, since
 		b.discard(m, g)
 		return Recovery{}, err
 	}
+	// The group's lock first, which waits for a fan-out under way, and
+	// the Broker's only to look: a join that waits for a large group's
+	// fan-out holds up no other group, publish or join. discard and
+	// CloseChannel forget the membership under the Broker's lock and then
+	// remove m from g under g's: they remove it after this add, or this
+	// finds it gone.
 	rec := &recovery{}
-	b.mu.Lock()
+	g.lockMembers()
+	b.mu.RLock()
 	live := m.groups[groupName] == g // not discarded or closed meanwhile
+	b.mu.RUnlock()
 	if live {
-		g.add(m, rec)
+		g.addLocked(m, rec)
 	}
-	b.mu.Unlock()
+	g.mu.Unlock()
 	if !live || g.kept == nil {
 		return Recovery{}, nil
 	}
@@ -965,10 +976,9 @@ func (b *Broker) Close(ctx context.Context) error {
 	return b.closeErr
 }
 
-// add makes m a member; in a kept group its frames go to rec until
-// recovered is called.
-func (g *group) add(m *member, rec *recovery) {
-	g.lockMembers()
+// addLocked makes m a member (g.mu held); in a kept group its frames go
+// to rec until recovered is called.
+func (g *group) addLocked(m *member, rec *recovery) {
 	if _, ok := g.index[m]; !ok {
 		g.index[m] = len(g.members)
 		g.members = append(g.members, m)
@@ -980,7 +990,6 @@ func (g *group) add(m *member, rec *recovery) {
 			rec.after = g.lastSeq.Load()
 		}
 	}
-	g.mu.Unlock()
 }
 
 func (g *group) remove(m *member) {

@@ -496,3 +496,93 @@ func TestJoinEndsSweep(t *testing.T) {
 		}
 	}
 }
+
+// TestJoinWaitingForFanoutHoldsUpNoOne: a join into a group whose fan-out
+// is under way waits for it, but a publish, a join into another group and
+// Stats go on meanwhile: the join does not wait holding the Broker's lock.
+func TestJoinWaitingForFanoutHoldsUpNoOne(t *testing.T) {
+	b := newBroker(t, "")
+	r, _, release := held(t, b, "busy")
+	if err := b.GroupSend("busy", []byte(`{"i":0}`)); err != nil {
+		t.Fatal(err)
+	}
+	r.waitEntered(t) // the fan-out holds the group's lock until release
+	late, err := b.NewChannel(newInbox())
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := b.NewChannel(newInbox())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.mu.RLock()
+	g := b.groups["busy"]
+	b.mu.RUnlock()
+	joined := make(chan error, 1)
+	go func() { joined <- b.GroupAdd(context.Background(), "busy", late) }()
+	waitFor(t, 5*time.Second, func() bool { return g.waiting.Load() == 1 }) // the join waits for the lock
+	done := make(chan error, 1)
+	go func() {
+		if err := b.GroupSend("elsewhere", []byte(`{"i":1}`)); err != nil {
+			done <- err
+			return
+		}
+		_ = b.Stats()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		done <- b.GroupAdd(ctx, "quiet", other)
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(3 * time.Second):
+		release()
+		<-done
+		t.Fatal("a publish, Stats and another group's join waited for a join that waits for a fan-out")
+	}
+	select {
+	case err := <-joined:
+		t.Fatalf("the join into the busy group ended (%v) before its fan-out did", err)
+	default:
+	}
+	release()
+	if err := <-joined; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestCloseDuringJoinLeavesNoMember: a channel closed while its join is
+// under way is not left a member of the group, whichever comes first.
+func TestCloseDuringJoinLeavesNoMember(t *testing.T) {
+	b := newBroker(t, "")
+	stay, err := b.NewChannel(newInbox())
+	if err != nil {
+		t.Fatal(err)
+	}
+	join(t, b, "g", stay) // keeps the group and its subscription
+	var wg sync.WaitGroup
+	for range 300 {
+		ch, err := b.NewChannel(newInbox())
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(2)
+		go func() { defer wg.Done(); _ = b.GroupAdd(context.Background(), "g", ch) }()
+		go func() { defer wg.Done(); runtime.Gosched(); b.CloseChannel(ch) }()
+	}
+	wg.Wait()
+	b.mu.RLock()
+	g := b.groups["g"]
+	b.mu.RUnlock()
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	if len(g.members) != 1 || g.members[0].name != stay || len(g.index) != 1 {
+		names := make([]string, 0, len(g.members))
+		for _, m := range g.members {
+			names = append(names, m.name)
+		}
+		t.Fatalf("members after 300 joins racing their channel's close: %v (index %d); want only %s", names, len(g.index), stay)
+	}
+}

@@ -326,7 +326,9 @@ func TestRecoveryDropsLateLiveCopies(t *testing.T) {
 	m := &member{name: "n.1", recv: r}
 	g := &group{name: "g", kept: &stream{}, index: map[*member]int{}}
 	rec := &recovery{}
-	g.add(m, rec)
+	g.lockMembers()
+	g.addLocked(m, rec)
+	g.mu.Unlock()
 	rec.offer(5, []byte("5"), r) // live during the replay: held
 	// The replay sent 5 and 6.
 	if last, missing := g.recovered(m, rec, 6, false); last != 6 || missing != 0 {

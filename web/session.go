@@ -33,7 +33,7 @@ const (
 // writer goroutine that runs while there is something to write, awaited
 // by the reader before it returns. Fields marked reader-owned are used only
 // by the reader and by the frame handler it starts and waits for
-// (handleAside), or by an SSE stream's handler of posted frames while its
+// (aside), or by an SSE stream's handler of posted frames while its
 // reader waits (postQueue), one at a time, so they need no lock.
 type session struct {
 	srv     *Server
@@ -521,20 +521,21 @@ func (s *session) readLoop() {
 			s.send(protocol.AppendError(nil, nil, CodeInvalidFrame, "frames must be UTF-8 JSON text"))
 			continue
 		}
-		s.handleAside(p)
+		aside(func() { s.handle(p) })
 	}
 }
 
-// handleAside handles a frame on a short-lived goroutine and waits for it:
-// frames stay in order, and the stack that JSON decoding and a join grow
-// is freed with that goroutine instead of staying with the reader, which
-// sits parked in a read for the rest of the connection's life (about
-// 4 KiB less per idle connection).
-func (s *session) handleAside(p []byte) {
+// aside runs f on a short-lived goroutine and waits for it, for the deep
+// calls of a session's reader (a frame's JSON decoding and join, a log
+// line): what it does stays in order, and the stack it grows is freed
+// with that goroutine instead of staying with the reader, which sits
+// parked in a read for the rest of the connection's life (about 4 KiB
+// less per idle connection for each).
+func aside(f func()) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		s.handle(p)
+		f()
 	}()
 	<-done
 }

@@ -279,7 +279,9 @@ func (s *Server) run(ss *session, groups []string, remoteIP, userAgent string) {
 	s.byChannel[ss.channel] = ss
 	s.mu.Unlock()
 	transport := ss.transport()
-	ss.logger().Info("websocket connected", "transport", transport, "remote_ip", remoteIP, "user", ss.user(), "user_agent", userAgent)
+	aside(func() {
+		ss.logger().Info("websocket connected", "transport", transport, "remote_ip", remoteIP, "user", ss.user(), "user_agent", userAgent)
+	})
 	s.metrics.connects.WithLabelValues(transport).Inc()
 	s.metrics.connections.WithLabelValues(transport).Inc()
 	defer s.metrics.connections.WithLabelValues(transport).Dec()

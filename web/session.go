@@ -147,6 +147,11 @@ func (l connLogger) Info(msg string, args ...any)  { l.log(slog.LevelInfo, msg, 
 func (l connLogger) Warn(msg string, args ...any)  { l.log(slog.LevelWarn, msg, args) }
 func (l connLogger) Error(msg string, args ...any) { l.log(slog.LevelError, msg, args) }
 
+// Enabled reports whether lines of level are logged.
+func (l connLogger) Enabled(level slog.Level) bool {
+	return l.s.srv.log.Enabled(context.Background(), level)
+}
+
 // log hands the line to the handler itself, with no caller's PC: a
 // Logger's own methods walk the stack for it on every line, and the
 // handlers here report no source.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"log/slog"
 	"math"
 	"math/rand/v2"
 	"net/http"
@@ -279,9 +280,11 @@ func (s *Server) run(ss *session, groups []string, remoteIP, userAgent string) {
 	s.byChannel[ss.channel] = ss
 	s.mu.Unlock()
 	transport := ss.transport()
-	aside(func() {
-		ss.logger().Info("websocket connected", "transport", transport, "remote_ip", remoteIP, "user", ss.user(), "user_agent", userAgent)
-	})
+	if log := ss.logger(); log.Enabled(slog.LevelInfo) { // no goroutine for a line not logged
+		aside(func() {
+			log.Info("websocket connected", "transport", transport, "remote_ip", remoteIP, "user", ss.user(), "user_agent", userAgent)
+		})
+	}
 	s.metrics.connects.WithLabelValues(transport).Inc()
 	s.metrics.connections.WithLabelValues(transport).Inc()
 	defer s.metrics.connections.WithLabelValues(transport).Dec()

@@ -9,11 +9,40 @@ import (
 // pingFrame is a WebSocket ping with no payload.
 var pingFrame = []byte{0x89, 0x00}
 
+// keepaliveGrid is the grid that keepalive timers fire on (a tenth of
+// PingInterval when that is finer): the pings of many connections go out
+// together, on one wakeup of the server, rather than each on a wakeup of
+// its own, which on an otherwise idle core costs more than the ping's
+// write. A ping goes out up to one grid step late.
+const keepaliveGrid = 250 * time.Millisecond
+
+// grid is the step of the keepalive's grid in ns (0: none).
+func (s *session) grid() int64 {
+	return int64(min(keepaliveGrid, s.srv.cfg.PingInterval/10))
+}
+
+// rearm sets the keepalive timer to fire at the first grid point at or
+// after d from now (unix ns).
+func (s *session) rearm(now int64, d time.Duration) {
+	at := now + int64(d)
+	if grid := s.grid(); grid > 0 {
+		at = (at + grid - 1) / grid * grid
+	}
+	s.pinger.Reset(time.Duration(at - now))
+}
+
+// nextPing sets the keepalive timer for the next ping, PingInterval after
+// the last.
+func (s *session) nextPing(now int64) {
+	s.rearm(now, time.Duration(max(s.pingLast.Load()+int64(s.srv.cfg.PingInterval)-now, 0)))
+}
+
 // ping is the keepalive timer's callback. A WebSocket's ping is written
 // at once when nothing else is being written, as deliveries are
-// (pingNow), and the timer comes back to check that its pong arrived
-// within WriteTimeout, then to send the next ping PingInterval after this
-// one: no goroutine waits for the pong. An SSE stream's heartbeat is
+// (pingNow); its pong sets the timer for the next ping, PingInterval
+// after this one, and a pong that has not come within WriteTimeout, when
+// the timer comes back, drops the connection: no goroutine waits for the
+// pong. An SSE stream's heartbeat is
 // written at once the same way. Otherwise the writer goroutine pings (and
 // waits for the pong itself) or writes the heartbeat.
 func (s *session) ping() {
@@ -21,27 +50,31 @@ func (s *session) ping() {
 	now := time.Now().UnixNano()
 	if sent := s.pingAwaited.Load(); sent != 0 {
 		if wait := int64(cfg.WriteTimeout) - (now - sent); wait > 0 {
-			s.pinger.Reset(time.Duration(wait)) // PingInterval is the shorter
+			s.rearm(now, time.Duration(wait)) // PingInterval is the shorter
 			return
 		}
 		s.logger().Debug("ping failed", "error", "no pong within the write timeout")
 		s.close(0, "") // dead: a close handshake would only time out
 		return
 	}
-	if due := s.pingLast.Load() + int64(cfg.PingInterval); now < due {
-		s.pinger.Reset(time.Duration(due - now)) // the pong came: on to the next ping
+	if now < s.pingLast.Load()+int64(cfg.PingInterval) {
+		s.nextPing(now) // the pong came: on to the next ping
 		return
 	}
-	s.pingLast.Store(now)
+	if grid := s.grid(); grid > 0 {
+		s.pingLast.Store(now - now%grid) // the grid point it fired for: the next is PingInterval on
+	} else {
+		s.pingLast.Store(now)
+	}
 	if s.sse != nil {
 		if s.pingNow(s.sse.heartbeatBytes()) { // nothing comes back: a dead stream's writes fail
-			s.pinger.Reset(cfg.PingInterval)
+			s.nextPing(now)
 			return
 		}
 	} else {
 		s.pingAwaited.Store(now) // before the write: the pong may beat its return
 		if s.pingNow(pingFrame) {
-			s.pinger.Reset(min(cfg.WriteTimeout, cfg.PingInterval))
+			s.rearm(now, min(cfg.WriteTimeout, cfg.PingInterval))
 			return
 		}
 		s.pingAwaited.Store(0)
@@ -51,9 +84,14 @@ func (s *session) ping() {
 	}
 }
 
-// pong is told of every pong the client sends; it ends the wait for the
-// ping written at once.
-func (s *session) pong(context.Context, []byte) { s.pingAwaited.Store(0) }
+// pong is told of every pong the client sends. One that ends the wait
+// for the ping written at once sets the timer for the next ping, so the
+// timer does not come back to find the pong.
+func (s *session) pong(context.Context, []byte) {
+	if s.pingAwaited.Swap(0) != 0 {
+		s.nextPing(time.Now().UnixNano())
+	}
+}
 
 // pingNow writes p, a ping frame or a heartbeat, at once, as ReceiveNow
 // writes frames, when nothing else is being written and the socket has

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -173,6 +174,56 @@ func TestKeepalivePings(t *testing.T) {
 	}
 	defer mute.CloseNow()
 	waitFor(t, 5*time.Second, func() bool { return e.broker.Stats().Channels == 1 })
+}
+
+// TestKeepalivePingsOnGrid: connections that open at different moments
+// get their pings on the keepalive's grid, so that the server writes them
+// together on one wakeup.
+func TestKeepalivePingsOnGrid(t *testing.T) {
+	t.Parallel()
+	const interval, grid = 2500 * time.Millisecond, keepaliveGrid // a tenth of the interval is no finer
+	e := newEnv(t, "", &Config{PingInterval: interval})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	const conns = 4
+	pinged := make(chan time.Time, conns)
+	for i := range conns {
+		if i > 0 {
+			time.Sleep(grid / conns) // a quarter of a step apart: they span the grid
+		}
+		var once sync.Once
+		conn, _, err := websocket.Dial(ctx, e.wsURL(), &websocket.DialOptions{
+			OnPingReceived: func(context.Context, []byte) bool {
+				once.Do(func() { pinged <- time.Now() })
+				return true
+			},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		read := make(chan struct{})
+		go func() { // reading answers pings
+			defer close(read)
+			for {
+				if _, _, err := conn.Read(context.Background()); err != nil {
+					return
+				}
+			}
+		}()
+		t.Cleanup(func() { conn.CloseNow(); <-read })
+	}
+	for range conns {
+		select {
+		case at := <-pinged:
+			// A ping is written just after its grid point and read moments
+			// later; without the grid, the four would be spread over a step.
+			if past := time.Duration(at.UnixNano() % int64(grid)); past > grid/4 {
+				t.Errorf("a ping came %v past a grid point of %v; want it just after one", past, grid)
+			}
+		case <-ctx.Done():
+			t.Fatal("no ping within 10 s")
+		}
+	}
 }
 
 // TestKeepaliveTimerSetBeforeItFires: with a ping interval shorter than

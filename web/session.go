@@ -340,7 +340,7 @@ func (s *session) writeLoop() {
 				s.logger().Debug("ping failed", "error", err)
 				s.close(0, "") // broken or dead: drop it, a close handshake would only time out
 			} else {
-				s.pinger.Reset(s.srv.cfg.PingInterval)
+				s.nextPing(time.Now().UnixNano())
 			}
 		}
 		if w.closing {

@@ -207,7 +207,7 @@ func (s *Server) start(ss *session, a *admission, done chan<- struct{}) bool {
 	// once the transport is set, which the keepalive writes to, and the
 	// field, which it resets.
 	ss.pinger = time.AfterFunc(math.MaxInt64, ss.ping)
-	ss.pinger.Reset(s.cfg.PingInterval)
+	ss.rearm(time.Now().UnixNano(), s.cfg.PingInterval)
 	remoteIP, userAgent := clientIP(a.r, s.cfg.TrustedProxies), a.r.UserAgent()
 	groups := a.cr.Groups
 	ok := s.goroutines.start(func() {

@@ -21,36 +21,45 @@ func (s *session) grid() int64 {
 	return int64(min(keepaliveGrid, s.srv.cfg.PingInterval/10))
 }
 
+// gridUp returns the first point of a grid of step grid (0: none) at or
+// after t.
+func gridUp(t, grid int64) int64 {
+	if grid <= 0 {
+		return t
+	}
+	return (t + grid - 1) / grid * grid
+}
+
 // rearm sets the keepalive timer to fire at the first grid point at or
 // after d from now (unix ns).
 func (s *session) rearm(now int64, d time.Duration) {
-	at := now + int64(d)
-	if grid := s.grid(); grid > 0 {
-		at = (at + grid - 1) / grid * grid
-	}
-	s.pinger.Reset(time.Duration(at - now))
+	s.pinger.Reset(time.Duration(gridUp(now+int64(d), s.grid()) - now))
 }
 
 // nextPing sets the keepalive timer for the next ping, PingInterval after
-// the last.
+// the last (never further off: a wall clock set back moves no ping).
 func (s *session) nextPing(now int64) {
-	s.rearm(now, time.Duration(max(s.pingLast.Load()+int64(s.srv.cfg.PingInterval)-now, 0)))
+	interval := int64(s.srv.cfg.PingInterval)
+	s.rearm(now, time.Duration(min(max(s.pingLast.Load()+interval-now, 0), interval)))
 }
 
 // ping is the keepalive timer's callback. A WebSocket's ping is written
 // at once when nothing else is being written, as deliveries are
 // (pingNow); its pong sets the timer for the next ping, PingInterval
-// after this one, and a pong that has not come within WriteTimeout, when
-// the timer comes back, drops the connection: no goroutine waits for the
-// pong. An SSE stream's heartbeat is
-// written at once the same way. Otherwise the writer goroutine pings (and
-// waits for the pong itself) or writes the heartbeat.
+// after this one, and a pong that has not come within WriteTimeout (as
+// the timer finds when it comes back, on the grid) drops the connection:
+// no goroutine waits for the pong. An SSE stream's heartbeat is written
+// at once the same way. Otherwise the writer goroutine pings (and waits
+// for the pong itself) or writes the heartbeat.
 func (s *session) ping() {
 	cfg := s.srv.cfg
 	now := time.Now().UnixNano()
 	if sent := s.pingAwaited.Load(); sent != 0 {
 		if wait := int64(cfg.WriteTimeout) - (now - sent); wait > 0 {
-			s.rearm(now, time.Duration(wait)) // PingInterval is the shorter
+			s.rearm(now, time.Duration(min(wait, int64(cfg.WriteTimeout)))) // PingInterval is the shorter
+			if s.pingAwaited.Load() == 0 {
+				s.nextPing(now) // the pong came meanwhile: its timer is the one to keep
+			}
 			return
 		}
 		s.logger().Debug("ping failed", "error", "no pong within the write timeout")
@@ -72,12 +81,15 @@ func (s *session) ping() {
 			return
 		}
 	} else {
-		s.pingAwaited.Store(now) // before the write: the pong may beat its return
+		// The timer for the pong's check, then the wait, both before the
+		// write: the pong, which sets the timer for the next ping, may beat
+		// the write's return.
+		s.rearm(now, min(cfg.WriteTimeout, cfg.PingInterval))
+		s.pingAwaited.Store(now)
 		if s.pingNow(pingFrame) {
-			s.rearm(now, min(cfg.WriteTimeout, cfg.PingInterval))
 			return
 		}
-		s.pingAwaited.Store(0)
+		s.pingAwaited.Store(0) // the writer pings, and then sets the timer
 	}
 	if s.out.requestPing() {
 		s.startWriter()

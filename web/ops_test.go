@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -178,23 +177,30 @@ func TestKeepalivePings(t *testing.T) {
 
 // TestKeepalivePingsOnGrid: connections that open at different moments
 // get their pings on the keepalive's grid, so that the server writes them
-// together on one wakeup.
+// together on one wakeup, and a pong sets the timer for the next ping,
+// PingInterval after the last: with WriteTimeout the longer, a timer that
+// came back to find the pong would send the next ping a step late.
 func TestKeepalivePingsOnGrid(t *testing.T) {
-	t.Parallel()
 	const interval, grid = 2500 * time.Millisecond, keepaliveGrid // a tenth of the interval is no finer
-	e := newEnv(t, "", &Config{PingInterval: interval})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	e := newEnv(t, "", &Config{PingInterval: interval, WriteTimeout: 4 * interval})
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	const conns = 4
-	pinged := make(chan time.Time, conns)
+	const conns, pings = 4, 2
+	type pinged struct {
+		conn int
+		at   time.Time
+	}
+	got := make(chan pinged, conns*pings)
 	for i := range conns {
 		if i > 0 {
 			time.Sleep(grid / conns) // a quarter of a step apart: they span the grid
 		}
-		var once sync.Once
+		var n atomic.Int32
 		conn, _, err := websocket.Dial(ctx, e.wsURL(), &websocket.DialOptions{
 			OnPingReceived: func(context.Context, []byte) bool {
-				once.Do(func() { pinged <- time.Now() })
+				if n.Add(1) <= pings {
+					got <- pinged{i, time.Now()}
+				}
 				return true
 			},
 		})
@@ -212,16 +218,39 @@ func TestKeepalivePingsOnGrid(t *testing.T) {
 		}()
 		t.Cleanup(func() { conn.CloseNow(); <-read })
 	}
-	for range conns {
+	// A ping is written just after its grid point and read moments later:
+	// without the grid, the four connections' would be spread over a step.
+	const slack = 100 * time.Millisecond
+	first := map[int]time.Time{}
+	for range conns * pings {
+		var p pinged
 		select {
-		case at := <-pinged:
-			// A ping is written just after its grid point and read moments
-			// later; without the grid, the four would be spread over a step.
-			if past := time.Duration(at.UnixNano() % int64(grid)); past > grid/4 {
-				t.Errorf("a ping came %v past a grid point of %v; want it just after one", past, grid)
-			}
+		case p = <-got:
 		case <-ctx.Done():
-			t.Fatal("no ping within 10 s")
+			t.Fatal("too few pings within 15 s")
+		}
+		if past := time.Duration(p.at.UnixNano() % int64(grid)); past > slack {
+			t.Errorf("connection %d: a ping came %v past a grid point of %v; want it just after one", p.conn, past, grid)
+		}
+		if f, ok := first[p.conn]; !ok {
+			first[p.conn] = p.at
+		} else if period := p.at.Sub(f); period < interval-slack || period > interval+slack {
+			t.Errorf("connection %d: pings %v apart; want %v", p.conn, period, interval)
+		}
+	}
+}
+
+// TestGridUp: the keepalive's rounding lands on the grid, never early.
+func TestGridUp(t *testing.T) {
+	for _, c := range []struct{ t, grid, want int64 }{
+		{1000, 250, 1000},
+		{1001, 250, 1250},
+		{1249, 250, 1250},
+		{1, 250, 250},
+		{1001, 0, 1001}, // no grid
+	} {
+		if got := gridUp(c.t, c.grid); got != c.want {
+			t.Errorf("gridUp(%d, %d) = %d; want %d", c.t, c.grid, got, c.want)
 		}
 	}
 }

@@ -78,8 +78,8 @@ type session struct {
 	writeStart atomic.Int64
 
 	// The keepalive (keepalive.go): when the ping written at once that
-	// still awaits its pong went out (unix ns; 0: none awaited), and when
-	// the last ping went out.
+	// still awaits its pong went out (unix ns; 0: none awaited), and the
+	// grid point the last ping was sent for.
 	pingAwaited atomic.Int64
 	pingLast    atomic.Int64
 }

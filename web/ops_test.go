@@ -140,17 +140,7 @@ func TestKeepalivePings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.CloseNow()
-	read := make(chan struct{})
-	go func() { // reading answers pings
-		defer close(read)
-		for {
-			if _, _, err := conn.Read(context.Background()); err != nil {
-				return
-			}
-		}
-	}()
-	defer func() { conn.CloseNow(); <-read }()
+	answerPings(t, conn)
 	waitFor(t, 5*time.Second, func() bool { return pings.Load() >= 3 })
 
 	// The pings were written at once, as deliveries are, and their pongs
@@ -207,16 +197,7 @@ func TestKeepalivePingsOnGrid(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		read := make(chan struct{})
-		go func() { // reading answers pings
-			defer close(read)
-			for {
-				if _, _, err := conn.Read(context.Background()); err != nil {
-					return
-				}
-			}
-		}()
-		t.Cleanup(func() { conn.CloseNow(); <-read })
+		answerPings(t, conn)
 	}
 	// A ping is written just after its grid point and read moments later:
 	// without the grid, the four connections' would be spread over a step.
@@ -238,6 +219,21 @@ func TestKeepalivePingsOnGrid(t *testing.T) {
 			t.Errorf("connection %d: pings %v apart; want %v", p.conn, period, interval)
 		}
 	}
+}
+
+// answerPings reads conn until the test ends (reading answers pings),
+// then closes it.
+func answerPings(t *testing.T, conn *websocket.Conn) {
+	read := make(chan struct{})
+	go func() {
+		defer close(read)
+		for {
+			if _, _, err := conn.Read(context.Background()); err != nil {
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() { conn.CloseNow(); <-read })
 }
 
 // TestGridUp: the keepalive's rounding lands on the grid, never early.

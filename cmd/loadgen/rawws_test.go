@@ -80,17 +80,22 @@ func TestRawWS(t *testing.T) {
 func TestRawWSReceiveTime(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	write, written := make(chan struct{}), make(chan int64, 1)
+	send, written := make(chan string), make(chan int64, 1)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		conn, err := websocket.Accept(w, r, nil)
 		if err != nil {
 			return
 		}
 		defer conn.CloseNow()
-		<-write // not in the handshake's read
-		conn.Write(ctx, websocket.MessageText, []byte("first"))
-		written <- time.Now().UnixNano()
-		<-ctx.Done()
+		for {
+			select {
+			case p := <-send: // not in the handshake's read
+				conn.Write(ctx, websocket.MessageText, []byte(p))
+				written <- time.Now().UnixNano()
+			case <-ctx.Done():
+				return
+			}
+		}
 	}))
 	defer srv.Close()
 	ws, err := dialRaw(ctx, &net.Dialer{}, "ws"+strings.TrimPrefix(srv.URL, "http"))
@@ -101,7 +106,24 @@ func TestRawWSReceiveTime(t *testing.T) {
 	if ws.stamp.rc == nil {
 		t.Fatal("no receive timestamps on a TCP connection")
 	}
-	close(write)
+	// The first socket on a machine to ask for timestamps has the kernel
+	// turn them on a moment later: segments before that carry none (and
+	// the loader leaves their deliveries out of "at socket").
+	for i := 0; ; i++ {
+		send <- "warm"
+		<-written
+		if _, p, err := ws.next(); err != nil || string(p) != "warm" {
+			t.Fatalf("next: %q, %v", p, err)
+		}
+		if ws.at != 0 {
+			break
+		}
+		if i == 50 {
+			t.Fatal("no receive timestamp on 50 frames, 10 ms apart")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	send <- "first"
 	sent := <-written
 	time.Sleep(200 * time.Millisecond) // the frame waits in the socket
 	if _, p, err := ws.next(); err != nil || string(p) != "first" {

@@ -11,12 +11,14 @@ import (
 )
 
 // A WebSocket's buffers, smaller than net/http's 4 KiB each: client frames
-// are small, and memory saved here is saved on every idle connection. A
-// delivery that fits the write buffer (with its 2–10 byte frame header)
-// goes out in one write call; a bigger one takes two.
+// are small, and memory saved here is saved on every idle connection. The
+// write buffer carries only the WebSocket library's control frames (the
+// session writes data frames to the frameConn itself): it holds a whole
+// one, a 2-byte header and at most 125 bytes of payload, so each goes out
+// in one write.
 const (
 	readBufferSize  = 512
-	writeBufferSize = 2048
+	writeBufferSize = 2 + 125
 )
 
 // hijacker hands the WebSocket library smaller buffers than net/http's

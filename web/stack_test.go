@@ -56,15 +56,15 @@ func TestIdleConnectionStack(t *testing.T) {
 	upgrade := []byte("GET /ws HTTP/1.1\r\nHost: " + addr + "\r\nUser-Agent: test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n" +
 		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
 	join := maskedText([]byte(`{"type":"join","group":"idle","id":1}`))
-	inUse := func() uint64 {
+	inUse := func() (stack, heap uint64) {
 		runtime.GC() // shrinks the stacks that can be
 		runtime.GC()
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
-		return ms.StackInuse
+		return ms.StackInuse, ms.HeapAlloc
 	}
 	const n = 200
-	before := inUse()
+	stack0, heap0 := inUse()
 	buf := make([]byte, 4096)
 	for range n {
 		c, err := net.Dial("tcp", addr)
@@ -83,7 +83,8 @@ func TestIdleConnectionStack(t *testing.T) {
 		}
 	}
 	waitFor(t, 5*time.Second, func() bool { return e.srv.openSessions() == n })
-	t.Logf("%.0f bytes of goroutine stack per idle connection", float64(inUse()-before)/n)
+	stack1, heap1 := inUse()
+	t.Logf("per idle connection: %.0f bytes of goroutine stack, %.0f of heap", float64(stack1-stack0)/n, float64(heap1-heap0)/n)
 	mu.Lock()
 	defer mu.Unlock()
 	if len(stacks) != n {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/xml"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -292,25 +294,34 @@ type instance struct {
 func startGroupcast(t *testing.T, env ...string) instance {
 	t.Helper()
 	bin := groupcast.Path(t)
-	port, err := freePort()
-	if err != nil {
+	for attempt := 1; ; attempt++ {
+		port, err := freePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(bin)
+		cmd.Env = append(envWithout("NATS_URL", "API_KEY", "PORT"), fmt.Sprintf("PORT=%d", port))
+		cmd.Env = append(cmd.Env, env...)
+		exited, logs := startProcess(t, cmd)
+		base := fmt.Sprintf("http://127.0.0.1:%d", port)
+		err = waitReady(t.Context(), base+"/readyz", exited, 10*time.Second)
+		if err == nil {
+			return instance{ws: fmt.Sprintf("ws://127.0.0.1:%d/ws", port), api: base, pid: cmd.Process.Pid}
+		}
+		// The port was found free and let go for the binary to take:
+		// another test's process may have taken it meanwhile.
+		if attempt < 5 && strings.Contains(logs.String(), "address already in use") {
+			continue
+		}
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin)
-	cmd.Env = append(envWithout("NATS_URL", "API_KEY", "PORT"), fmt.Sprintf("PORT=%d", port))
-	cmd.Env = append(cmd.Env, env...)
-	exited := startProcess(t, cmd)
-	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	if err := waitReady(t.Context(), base+"/readyz", exited, 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	return instance{ws: fmt.Sprintf("ws://127.0.0.1:%d/ws", port), api: base, pid: cmd.Process.Pid}
 }
 
 // startProcess starts cmd, keeping the tail of its output, and stops it
 // (SIGTERM, then after 10 s SIGKILL) when the test ends, logging the output
-// if the test failed. The channel yields Wait's result.
-func startProcess(t *testing.T, cmd *exec.Cmd) <-chan error {
+// if the test failed. The channel yields Wait's result: whoever takes it
+// before the end puts it back, for the stop.
+func startProcess(t *testing.T, cmd *exec.Cmd) (chan error, *tail) {
 	t.Helper()
 	logs := &tail{}
 	cmd.Stdout, cmd.Stderr = logs, logs
@@ -325,7 +336,7 @@ func startProcess(t *testing.T, cmd *exec.Cmd) <-chan error {
 			t.Logf("%s output (tail):\n%s", filepath.Base(cmd.Path), logs.String())
 		}
 	})
-	return exited
+	return exited, logs
 }
 
 // TestFanoutGroupcast runs ./app with the embedded NATS and checks an exact
@@ -495,8 +506,9 @@ func TestPlot(t *testing.T) {
 	}
 }
 
-// waitReady polls url until it answers 200, the process exits, or d passes.
-func waitReady(ctx context.Context, url string, exited <-chan error, d time.Duration) error {
+// waitReady polls url until it answers 200, the process exits (its Wait
+// result goes back on exited), or d passes.
+func waitReady(ctx context.Context, url string, exited chan error, d time.Duration) error {
 	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{Proxy: nil}}
 	defer client.CloseIdleConnections()
 	deadline := time.Now().Add(d)
@@ -514,11 +526,34 @@ func waitReady(ctx context.Context, url string, exited <-chan error, d time.Dura
 		}
 		select {
 		case err := <-exited:
+			exited <- err // for the stop at the test's end
 			return fmt.Errorf("server exited: %v", err)
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(50 * time.Millisecond):
 		}
+	}
+}
+
+// TestWaitReadyExited: a process that exits before it is ready is
+// reported at once, and its Wait result is left for the stop at the test's
+// end, which would otherwise wait for it forever.
+func TestWaitReadyExited(t *testing.T) {
+	cmd := exec.Command("sh", "-c", "echo address already in use >&2; exit 3")
+	exited, logs := startProcess(t, cmd)
+	err := waitReady(t.Context(), "http://127.0.0.1:1/readyz", exited, 10*time.Second)
+	if err == nil || !strings.Contains(err.Error(), "exited") {
+		t.Fatalf("waitReady: %v; want the exit", err)
+	}
+	select {
+	case err := <-exited:
+		exited <- err
+	default:
+		exited <- errors.New("taken") // for this test's own stop
+		t.Fatal("waitReady took the exit's result: the stop at the test's end would wait for it forever")
+	}
+	if !strings.Contains(logs.String(), "address already in use") {
+		t.Errorf("output kept: %q", logs.String())
 	}
 }
 

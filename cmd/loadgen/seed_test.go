@@ -40,7 +40,7 @@ func startChannels(t *testing.T) (instance, int) {
 	}
 	cmd := exec.Command(seedPython, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", fmt.Sprint(port), "seedsite:application")
 	cmd.Env = append(envWithout("PYTHONPATH", "REDIS_URL"), "PYTHONPATH="+seed, fmt.Sprintf("REDIS_URL=redis://127.0.0.1:%d/0", rport))
-	exited := startProcess(t, cmd)
+	exited, _ := startProcess(t, cmd)
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
 	if err := waitReady(t.Context(), base+"/readyz", exited, 20*time.Second); err != nil {
 		t.Fatal(err)

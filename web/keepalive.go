@@ -70,11 +70,7 @@ func (s *session) ping() {
 		s.nextPing(now) // the pong came: on to the next ping
 		return
 	}
-	if grid := s.grid(); grid > 0 {
-		s.pingLast.Store(now - now%grid) // the grid point it fired for: the next is PingInterval on
-	} else {
-		s.pingLast.Store(now)
-	}
+	s.pingLast.Store(now - now%max(s.grid(), 1)) // the grid point it fired for: the next is PingInterval on
 	if s.sse != nil {
 		if s.pingNow(s.sse.heartbeatBytes()) { // nothing comes back: a dead stream's writes fail
 			s.nextPing(now)

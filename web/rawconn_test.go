@@ -121,8 +121,9 @@ func TestControlFramesOneWrite(t *testing.T) {
 		case <-pinged:
 		case <-ctx.Done():
 		}
-		// A close reason near the 123-byte limit: the largest control frame.
-		if err := conn.Close(websocket.StatusNormalClosure, strings.Repeat("r", 120)); err != nil {
+		// A close reason at the 123-byte limit: the largest control frame,
+		// which must fit the write buffer.
+		if err := conn.Close(websocket.StatusNormalClosure, strings.Repeat("r", 123)); err != nil {
 			t.Errorf("close: %v", err)
 		}
 		<-read

@@ -310,7 +310,7 @@ func startGroupcast(t *testing.T, env ...string) instance {
 		}
 		// The port was found free and let go for the binary to take:
 		// another test's process may have taken it meanwhile.
-		if attempt < 5 && strings.Contains(logs.String(), "address already in use") {
+		if attempt < 5 && strings.Contains(logs.String(), apptest.PortTaken) {
 			continue
 		}
 		t.Fatal(err)
@@ -539,7 +539,7 @@ func waitReady(ctx context.Context, url string, exited chan error, d time.Durati
 // reported at once, and its Wait result is left for the stop at the test's
 // end, which would otherwise wait for it forever.
 func TestWaitReadyExited(t *testing.T) {
-	cmd := exec.Command("sh", "-c", "echo address already in use >&2; exit 3")
+	cmd := exec.Command("sh", "-c", "echo "+apptest.PortTaken+" >&2; exit 3")
 	exited, logs := startProcess(t, cmd)
 	err := waitReady(t.Context(), "http://127.0.0.1:1/readyz", exited, 10*time.Second)
 	if err == nil || !strings.Contains(err.Error(), "exited") {
@@ -552,7 +552,7 @@ func TestWaitReadyExited(t *testing.T) {
 		exited <- errors.New("taken") // for this test's own stop
 		t.Fatal("waitReady took the exit's result: the stop at the test's end would wait for it forever")
 	}
-	if !strings.Contains(logs.String(), "address already in use") {
+	if !strings.Contains(logs.String(), apptest.PortTaken) {
 		t.Errorf("output kept: %q", logs.String())
 	}
 }

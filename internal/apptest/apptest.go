@@ -53,7 +53,7 @@ func Start(t testing.TB, stderr io.Writer, env ...string) *Process {
 		if err == nil {
 			return p
 		}
-		if attempt < maxStarts && strings.Contains(out, portTaken) {
+		if attempt < maxStarts && strings.Contains(out, PortTaken) {
 			continue
 		}
 		t.Fatalf("%v; its output:\n%s", err, out)
@@ -63,8 +63,8 @@ func Start(t testing.TB, stderr io.Writer, env ...string) *Process {
 // maxStarts bounds the starts Start tries when the port it found is taken.
 const maxStarts = 5
 
-// portTaken is how the binary's error reads when its port is taken.
-const portTaken = "address already in use"
+// PortTaken is how the binary's error reads when its port is taken.
+const PortTaken = "address already in use"
 
 // launch runs bin on port and waits, 10 s at most, until it is ready. A
 // process that is not is killed, and its output so far returned with the

@@ -22,8 +22,8 @@ func TestLaunchTakenPort(t *testing.T) {
 		p.Cmd.Process.Kill()
 		t.Fatal("started on a port another process holds")
 	}
-	if !strings.Contains(out, portTaken) {
-		t.Fatalf("error %v, output %q: want the output to say %q", err, out, portTaken)
+	if !strings.Contains(out, PortTaken) {
+		t.Fatalf("error %v, output %q: want the output to say %q", err, out, PortTaken)
 	}
 }
 
